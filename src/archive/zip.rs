@@ -1,0 +1,279 @@
+//! torch's zip container (spec §2): which records exist, where each one's bytes lie, and the
+//! rules torch applies to them.
+//!
+//! Policy, on top of the layouts in `zip_spec.rs`:
+//! - the central directory is authoritative (torch's local headers carry no sizes);
+//! - zip64 is a merge step: the locator and zip64 EOCD are read when present, and the entry
+//!   fields that hold all-ones are replaced from each entry's 0x0001 extra field;
+//! - the data offset of every entry comes from its own local header (name and extra lengths),
+//!   as torch's `get_record_offset` does;
+//! - the folder is the text of entry #0's name before its first `/`, and every entry must be
+//!   under it (torch's `get_all_records`);
+//! - CRCs are never required (torch ignores them: `set_crc32_options(False)` writes zeros);
+//! - an entry count larger than the directory can hold is refused before anything is allocated.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Read;
+
+use super::zip_spec::{CentralHeader, Eocd, Eocd64, Eocd64Locator, LocalHeader, EOCD_MAGIC};
+use super::{ByteOrder, Record};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Compression methods torch's reader accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Method 0: the bytes as they are.
+    Stored,
+    /// Method 8: raw deflate.
+    Deflated,
+}
+
+/// The central directory of a torch zip file, with records named relative to its folder.
+#[derive(Debug)]
+pub struct ZipDirectory {
+    /// The archive folder (`archive`, `model.v1`, …).
+    pub prefix: String,
+    records: Vec<Record>,
+    by_name: HashMap<String, usize>,
+}
+
+impl ZipDirectory {
+    /// Reads the directory of the zip file `data`.
+    pub fn parse(data: &[u8]) -> Result<ZipDirectory> {
+        let eocd_offset = find_eocd(data)?;
+        let eocd = Eocd::parse(data, eocd_offset)?;
+        let (mut entries, mut cd_size, mut cd_offset) = (
+            eocd.entries as u64,
+            eocd.cd_size as u64,
+            eocd.cd_offset as u64,
+        );
+        if eocd_offset >= Eocd64Locator::SIZE as u64 {
+            let locator_offset = eocd_offset - Eocd64Locator::SIZE as u64;
+            if let Some(locator) = Eocd64Locator::parse(data, locator_offset)? {
+                let eocd64 = Eocd64::parse(data, locator.eocd64_offset)?;
+                // Merge: only the fields the classic record could not hold.
+                if eocd.entries == u16::MAX || eocd64.entries > entries {
+                    entries = eocd64.entries;
+                }
+                if eocd.cd_size == u32::MAX || eocd64.cd_size > cd_size {
+                    cd_size = eocd64.cd_size;
+                }
+                if eocd.cd_offset == u32::MAX || eocd64.cd_offset != cd_offset {
+                    cd_offset = eocd64.cd_offset;
+                }
+            }
+        }
+        let cd_end = cd_offset.checked_add(cd_size);
+        if cd_end.is_none_or(|end| end > data.len() as u64) {
+            return Err(Error::zip(
+                eocd_offset,
+                format!(
+                    "central directory (offset {cd_offset}, {cd_size} bytes) lies outside the file ({} bytes)",
+                    data.len()
+                ),
+            ));
+        }
+        if entries > cd_size / CentralHeader::SIZE as u64 {
+            return Err(Error::zip(
+                eocd_offset,
+                format!("{entries} entries cannot fit in a central directory of {cd_size} bytes"),
+            ));
+        }
+        if entries == 0 {
+            return Err(Error::zip(eocd_offset, "the archive has no entries"));
+        }
+
+        let mut records = Vec::with_capacity(entries as usize);
+        let mut by_name = HashMap::with_capacity(entries as usize);
+        let mut prefix: Option<String> = None;
+        let mut pos = cd_offset;
+        for _ in 0..entries {
+            let header = CentralHeader::parse(data, pos)?;
+            let header_offset = pos;
+            pos += header.total_len as u64;
+            let name = String::from_utf8_lossy(&header.name).into_owned();
+            let prefix = prefix.get_or_insert_with(|| {
+                name.split_once('/').map(|(p, _)| p.to_owned()).unwrap_or_default()
+            });
+            if prefix.is_empty() {
+                return Err(Error::zip(
+                    header_offset,
+                    format!("file in archive is not in a subdirectory: {name}"),
+                ));
+            }
+            let Some(relative) = name.strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix('/')) else {
+                return Err(Error::zip(
+                    header_offset,
+                    format!("file in archive is not in a subdirectory {prefix}/: {name}"),
+                ));
+            };
+            let method = match header.method {
+                0 => Method::Stored,
+                8 => Method::Deflated,
+                m => {
+                    return Err(Error::zip(
+                        header_offset,
+                        format!("entry '{name}' uses compression method {m}; only stored (0) and deflate (8) are supported"),
+                    ))
+                }
+            };
+            if method == Method::Stored && header.compressed_size != header.size {
+                return Err(Error::zip(
+                    header_offset,
+                    format!(
+                        "stored entry '{name}' has compressed size {} but size {}",
+                        header.compressed_size, header.size
+                    ),
+                ));
+            }
+            let local = LocalHeader::parse(data, header.local_header_offset)?;
+            let data_offset = local.data_offset(header.local_header_offset);
+            let data_end = data_offset.checked_add(header.compressed_size);
+            if data_end.is_none_or(|end| end > data.len() as u64) {
+                return Err(Error::zip(
+                    header.local_header_offset,
+                    format!(
+                        "entry '{name}': {} bytes of data at offset {data_offset} run past the end of the file ({} bytes)",
+                        header.compressed_size,
+                        data.len()
+                    ),
+                ));
+            }
+            by_name.insert(relative.to_owned(), records.len());
+            records.push(Record {
+                name: name.clone(),
+                data_offset,
+                stored_len: header.compressed_size,
+                size: header.size,
+                method,
+            });
+        }
+        Ok(ZipDirectory {
+            prefix: prefix.unwrap_or_default(),
+            records,
+            by_name,
+        })
+    }
+
+    /// The record named `name` relative to the folder (`data.pkl`, `data/0`), if present.
+    pub fn record(&self, name: &str) -> Option<&Record> {
+        self.by_name.get(name).map(|&i| &self.records[i])
+    }
+
+    /// The record named `name`, or a [`ErrorKind::MissingRecord`] error.
+    pub fn require(&self, name: &str) -> Result<&Record> {
+        self.record(name).ok_or_else(|| {
+            Error::new(ErrorKind::MissingRecord {
+                name: format!("{}/{name}", self.prefix),
+            })
+        })
+    }
+
+    /// All records, in central-directory order.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// The format version from `.data/version` or `version`, checked to be within 1..=10.
+    pub fn version(&self, data: &[u8], max_bytes: u64) -> Result<u64> {
+        let record = match self.record(".data/version") {
+            Some(r) => r,
+            None => self.require("version")?,
+        };
+        let bytes = record.read(data, max_bytes)?;
+        let digits: String = bytes
+            .iter()
+            .skip_while(|b| b.is_ascii_whitespace())
+            .take_while(|b| b.is_ascii_digit())
+            .map(|&b| b as char)
+            .collect();
+        let version = digits.parse::<u64>().map_err(|_| {
+            Error::new(ErrorKind::Record {
+                record: record.name.clone(),
+                offset: record.data_offset,
+                message: format!(
+                    "version record holds {:?}, not a number",
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(32)])
+                ),
+            })
+        })?;
+        if !(1..=10).contains(&version) {
+            return Err(Error::new(ErrorKind::UnsupportedVersion { version }));
+        }
+        Ok(version)
+    }
+
+    /// The byte order from the `byteorder` record; little when it is absent (torch ≥ 2.1.1).
+    pub fn byte_order(&self, data: &[u8]) -> Result<ByteOrder> {
+        let Some(record) = self.record("byteorder") else {
+            return Ok(ByteOrder::Little);
+        };
+        let bytes = record.read(data, 64)?;
+        match &bytes[..] {
+            b"little" => Ok(ByteOrder::Little),
+            b"big" => Ok(ByteOrder::Big),
+            other => Err(Error::new(ErrorKind::UnknownByteOrder {
+                value: String::from_utf8_lossy(other).into_owned(),
+            })),
+        }
+    }
+}
+
+impl Record {
+    /// The record's bytes: borrowed when stored, inflated when deflated. Inflation never goes
+    /// past the declared size, and a result larger than `max_bytes` is refused before it is
+    /// allocated.
+    pub fn read<'a>(&self, data: &'a [u8], max_bytes: u64) -> Result<Cow<'a, [u8]>> {
+        let start = self.data_offset as usize;
+        let raw = &data[start..start + self.stored_len as usize];
+        match self.method {
+            Method::Stored => Ok(Cow::Borrowed(raw)),
+            Method::Deflated => {
+                if self.size > max_bytes {
+                    return Err(Error::limit("max_record_bytes", self.size, max_bytes));
+                }
+                let mut out = Vec::with_capacity(self.size.min(1 << 26) as usize);
+                let mut decoder = flate2::read::DeflateDecoder::new(raw).take(self.size + 1);
+                decoder.read_to_end(&mut out).map_err(|e| self.error(format!("deflate stream is corrupt: {e}")))?;
+                if out.len() as u64 != self.size {
+                    return Err(self.error(format!(
+                        "deflate stream holds {}{} bytes, but the directory declares {}",
+                        if out.len() as u64 > self.size { "more than " } else { "" },
+                        out.len().min(self.size as usize),
+                        self.size
+                    )));
+                }
+                Ok(Cow::Owned(out))
+            }
+        }
+    }
+
+    pub(crate) fn error(&self, message: String) -> Error {
+        Error::new(ErrorKind::Record {
+            record: self.name.clone(),
+            offset: self.data_offset,
+            message,
+        })
+    }
+}
+
+/// Finds the EOCD by scanning back from the end over at most a maximal comment (64 KiB).
+fn find_eocd(data: &[u8]) -> Result<u64> {
+    if data.len() < Eocd::SIZE {
+        return Err(Error::zip(0, format!("file too short for a zip archive ({} bytes)", data.len())));
+    }
+    let last = data.len() - Eocd::SIZE;
+    let first = last.saturating_sub(u16::MAX as usize);
+    let magic = EOCD_MAGIC.to_le_bytes();
+    (first..=last)
+        .rev()
+        .find(|&i| data[i..i + 4] == magic)
+        .map(|i| i as u64)
+        .ok_or_else(|| {
+            Error::zip(
+                data.len() as u64,
+                "no end-of-central-directory record (truncated or not a zip file)",
+            )
+        })
+}

@@ -1,0 +1,334 @@
+//! Zip record layouts (PKWARE APPNOTE 6.3.x), little-endian, each with its magic: plain parsing,
+//! no policy. Decisions about what to trust live in `zip.rs`.
+//!
+//! | record | APPNOTE | magic | fixed size |
+//! |---|---|---|---|
+//! | local file header | 4.3.7 | `PK\3\4` | 30 |
+//! | central directory header | 4.3.12 | `PK\1\2` | 46 |
+//! | end of central directory (EOCD) | 4.3.16 | `PK\5\6` | 22 |
+//! | zip64 EOCD locator | 4.3.15 | `PK\6\7` | 20 |
+//! | zip64 EOCD | 4.3.14 | `PK\6\6` | 56 |
+//! | zip64 extended information extra field | 4.5.3 | id `0x0001` | — |
+
+use crate::error::{Error, Result};
+
+/// Magic of a local file header.
+pub const LOCAL_HEADER_MAGIC: u32 = 0x0403_4b50;
+/// Magic of a central directory header.
+pub const CENTRAL_HEADER_MAGIC: u32 = 0x0201_4b50;
+/// Magic of the end-of-central-directory record.
+pub const EOCD_MAGIC: u32 = 0x0605_4b50;
+/// Magic of the zip64 EOCD locator.
+pub const EOCD64_LOCATOR_MAGIC: u32 = 0x0706_4b50;
+/// Magic of the zip64 EOCD record.
+pub const EOCD64_MAGIC: u32 = 0x0606_4b50;
+
+/// Reads little-endian fields from a fixed slice.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn u16(&mut self) -> u16 {
+        let v = u16::from_le_bytes([self.bytes[self.pos], self.bytes[self.pos + 1]]);
+        self.pos += 2;
+        v
+    }
+    fn u32(&mut self) -> u32 {
+        let b = &self.bytes[self.pos..self.pos + 4];
+        self.pos += 4;
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+    fn u64(&mut self) -> u64 {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&self.bytes[self.pos..self.pos + 8]);
+        self.pos += 8;
+        u64::from_le_bytes(a)
+    }
+}
+
+/// `size` bytes at `offset` of `data`, or an error naming what was expected there.
+fn fixed<'a>(data: &'a [u8], offset: u64, size: usize, what: &str) -> Result<Fields<'a>> {
+    let start = usize::try_from(offset).ok();
+    match start.and_then(|s| Some(s..s.checked_add(size)?)) {
+        Some(r) if r.end <= data.len() => Ok(Fields {
+            bytes: &data[r],
+            pos: 0,
+        }),
+        _ => Err(Error::zip(
+            offset,
+            format!("{what} ({size} bytes) lies past the end of the file ({} bytes)", data.len()),
+        )),
+    }
+}
+
+fn magic(f: &mut Fields<'_>, expected: u32, offset: u64, what: &str) -> Result<()> {
+    let found = f.u32();
+    if found != expected {
+        return Err(Error::zip(
+            offset,
+            format!("wrong magic for {what}: expected 0x{expected:08X}, found 0x{found:08X}"),
+        ));
+    }
+    Ok(())
+}
+
+/// End of central directory record (APPNOTE 4.3.16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eocd {
+    /// Entries in the central directory (all disks).
+    pub entries: u16,
+    /// Size of the central directory in bytes.
+    pub cd_size: u32,
+    /// Offset of the central directory.
+    pub cd_offset: u32,
+}
+
+impl Eocd {
+    /// Fixed size of the record (without its comment).
+    pub const SIZE: usize = 22;
+
+    /// Parses the record at `offset`.
+    pub fn parse(data: &[u8], offset: u64) -> Result<Eocd> {
+        let mut f = fixed(data, offset, Self::SIZE, "end of central directory")?;
+        magic(&mut f, EOCD_MAGIC, offset, "end of central directory")?;
+        let _disk = f.u16();
+        let _cd_disk = f.u16();
+        let _entries_here = f.u16();
+        let entries = f.u16();
+        let cd_size = f.u32();
+        let cd_offset = f.u32();
+        Ok(Eocd {
+            entries,
+            cd_size,
+            cd_offset,
+        })
+    }
+}
+
+/// Zip64 EOCD locator (APPNOTE 4.3.15): where the zip64 EOCD lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eocd64Locator {
+    /// Offset of the zip64 EOCD record.
+    pub eocd64_offset: u64,
+}
+
+impl Eocd64Locator {
+    /// Fixed size of the record.
+    pub const SIZE: usize = 20;
+
+    /// Parses the record at `offset`; `Ok(None)` when its magic is absent.
+    pub fn parse(data: &[u8], offset: u64) -> Result<Option<Eocd64Locator>> {
+        let mut f = fixed(data, offset, Self::SIZE, "zip64 locator")?;
+        if f.u32() != EOCD64_LOCATOR_MAGIC {
+            return Ok(None);
+        }
+        let _disk = f.u32();
+        let eocd64_offset = f.u64();
+        Ok(Some(Eocd64Locator { eocd64_offset }))
+    }
+}
+
+/// Zip64 EOCD record (APPNOTE 4.3.14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Eocd64 {
+    /// Entries in the central directory.
+    pub entries: u64,
+    /// Size of the central directory.
+    pub cd_size: u64,
+    /// Offset of the central directory.
+    pub cd_offset: u64,
+}
+
+impl Eocd64 {
+    /// Fixed size of the record.
+    pub const SIZE: usize = 56;
+
+    /// Parses the record at `offset`.
+    pub fn parse(data: &[u8], offset: u64) -> Result<Eocd64> {
+        let mut f = fixed(data, offset, Self::SIZE, "zip64 end of central directory")?;
+        magic(&mut f, EOCD64_MAGIC, offset, "zip64 end of central directory")?;
+        let _record_size = f.u64();
+        let _made_by = f.u16();
+        let _needed = f.u16();
+        let _disk = f.u32();
+        let _cd_disk = f.u32();
+        let _entries_here = f.u64();
+        let entries = f.u64();
+        let cd_size = f.u64();
+        let cd_offset = f.u64();
+        Ok(Eocd64 {
+            entries,
+            cd_size,
+            cd_offset,
+        })
+    }
+}
+
+/// Central directory file header (APPNOTE 4.3.12), with sizes merged from the zip64 extra.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CentralHeader {
+    /// General purpose flags.
+    pub flags: u16,
+    /// Compression method (0 stored, 8 deflate).
+    pub method: u16,
+    /// CRC-32 of the uncompressed data.
+    pub crc32: u32,
+    /// Compressed size.
+    pub compressed_size: u64,
+    /// Uncompressed size.
+    pub size: u64,
+    /// Offset of the local header.
+    pub local_header_offset: u64,
+    /// The entry's name (bytes as stored).
+    pub name: Vec<u8>,
+    /// Total length of this header (fixed part + name + extra + comment).
+    pub total_len: usize,
+}
+
+impl CentralHeader {
+    /// Fixed size of the header.
+    pub const SIZE: usize = 46;
+
+    /// Parses the header at `offset`, applying the zip64 extra field (0x0001) to the fields
+    /// that hold all-ones, in APPNOTE order (size, compressed size, header offset).
+    pub fn parse(data: &[u8], offset: u64) -> Result<CentralHeader> {
+        let mut f = fixed(data, offset, Self::SIZE, "central directory header")?;
+        magic(&mut f, CENTRAL_HEADER_MAGIC, offset, "central directory header")?;
+        let _made_by = f.u16();
+        let _needed = f.u16();
+        let flags = f.u16();
+        let method = f.u16();
+        let _time = f.u16();
+        let _date = f.u16();
+        let crc32 = f.u32();
+        let csize32 = f.u32();
+        let size32 = f.u32();
+        let name_len = f.u16() as usize;
+        let extra_len = f.u16() as usize;
+        let comment_len = f.u16() as usize;
+        let _disk = f.u16();
+        let _internal = f.u16();
+        let _external = f.u32();
+        let offset32 = f.u32();
+        let var_len = name_len + extra_len + comment_len;
+        let var = fixed(data, offset + Self::SIZE as u64, var_len, "central directory name and extra")?;
+        let name = var.bytes[..name_len].to_vec();
+        let extra = &var.bytes[name_len..name_len + extra_len];
+
+        let mut header = CentralHeader {
+            flags,
+            method,
+            crc32,
+            compressed_size: csize32 as u64,
+            size: size32 as u64,
+            local_header_offset: offset32 as u64,
+            name,
+            total_len: Self::SIZE + var_len,
+        };
+        let needs64 = size32 == u32::MAX || csize32 == u32::MAX || offset32 == u32::MAX;
+        if needs64 {
+            let Some(field) = extra_fields(extra).find(|(id, _)| *id == 0x0001).map(|(_, d)| d) else {
+                return Err(Error::zip(
+                    offset,
+                    "a size or offset is 0xFFFFFFFF but the zip64 extra field is missing",
+                ));
+            };
+            let mut pos = 0;
+            let mut next = |what: &str| -> Result<u64> {
+                let b = field.get(pos..pos + 8).ok_or_else(|| {
+                    Error::zip(offset, format!("zip64 extra field too short for the {what}"))
+                })?;
+                pos += 8;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                Ok(u64::from_le_bytes(a))
+            };
+            if size32 == u32::MAX {
+                header.size = next("uncompressed size")?;
+            }
+            if csize32 == u32::MAX {
+                header.compressed_size = next("compressed size")?;
+            }
+            if offset32 == u32::MAX {
+                header.local_header_offset = next("local header offset")?;
+            }
+        }
+        Ok(header)
+    }
+}
+
+/// Iterates `(id, payload)` over an extra field; stops at the first malformed block.
+pub fn extra_fields(mut extra: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if extra.len() < 4 {
+            return None;
+        }
+        let id = u16::from_le_bytes([extra[0], extra[1]]);
+        let len = u16::from_le_bytes([extra[2], extra[3]]) as usize;
+        let payload = extra.get(4..4 + len)?;
+        extra = &extra[4 + len..];
+        Some((id, payload))
+    })
+}
+
+/// Local file header (APPNOTE 4.3.7). Only the lengths matter: sizes live in the central
+/// directory (torch writes zeros here and puts them in a data descriptor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalHeader {
+    /// Length of the name.
+    pub name_len: u16,
+    /// Length of the extra field (torch's `FB` alignment padding lives here).
+    pub extra_len: u16,
+}
+
+impl LocalHeader {
+    /// Fixed size of the header.
+    pub const SIZE: usize = 30;
+
+    /// Parses the header at `offset`.
+    pub fn parse(data: &[u8], offset: u64) -> Result<LocalHeader> {
+        let mut f = fixed(data, offset, Self::SIZE, "local file header")?;
+        magic(&mut f, LOCAL_HEADER_MAGIC, offset, "local file header")?;
+        f.pos = 26;
+        let name_len = f.u16();
+        let extra_len = f.u16();
+        Ok(LocalHeader {
+            name_len,
+            extra_len,
+        })
+    }
+
+    /// Offset of the entry's data, given the header's own offset.
+    pub fn data_offset(&self, header_offset: u64) -> u64 {
+        header_offset + Self::SIZE as u64 + self.name_len as u64 + self.extra_len as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_magic_is_named() {
+        let err = LocalHeader::parse(&[0u8; 40], 4).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "zip container, byte 0x4: wrong magic for local file header: expected 0x04034B50, found 0x00000000"
+        );
+    }
+
+    #[test]
+    fn short_data_is_an_error() {
+        let err = Eocd::parse(&[0u8; 10], 0).unwrap_err();
+        assert!(err.to_string().contains("past the end of the file"), "{err}");
+    }
+
+    #[test]
+    fn extra_fields_iterate() {
+        let extra = [1, 0, 2, 0, 9, 9, 0x46, 0x42, 0, 0];
+        let v: Vec<_> = extra_fields(&extra).collect();
+        assert_eq!(v, vec![(1u16, &[9u8, 9][..]), (0x4246, &[][..])]);
+    }
+}

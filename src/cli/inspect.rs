@@ -1,0 +1,191 @@
+//! `ptload inspect`: a readable table of a checkpoint's tensors, or the JSON contract of
+//! DESIGN.md (`--json`), optionally with SHA-256 digests of each tensor's elements.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::Args;
+use serde_json::{json, Value as Json};
+
+use ptload::{Checkpoint, Loader, MapLocation};
+
+/// Options of `ptload inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Add the SHA-256 of each tensor's elements (C order, little-endian).
+    #[arg(long)]
+    sha256: bool,
+    /// Where storages go: a device (`cpu`, `cuda:1`, `meta`) or a mapping `FROM=TO` (repeatable).
+    #[arg(long = "map-location", value_name = "LOC")]
+    map_location: Vec<String>,
+    /// Accept globals outside torch's weights-only allowlist (they load as inert objects;
+    /// nothing is ever executed).
+    #[arg(long)]
+    no_weights_only: bool,
+    /// The checkpoint.
+    file: PathBuf,
+}
+
+/// Builds the `MapLocation` from the repeated `--map-location` values.
+fn map_location(values: &[String]) -> Result<MapLocation, String> {
+    let (pairs, plain): (Vec<&String>, Vec<&String>) = values.iter().partition(|v| v.contains('='));
+    match (pairs.is_empty(), plain.as_slice()) {
+        (true, []) => Ok(MapLocation::Default),
+        (true, [one]) => Ok(MapLocation::To((*one).clone())),
+        (true, _) => Err("--map-location takes one device, or several FROM=TO mappings".into()),
+        (false, []) => Ok(MapLocation::map(pairs.iter().map(|p| {
+            let (from, to) = p.split_once('=').unwrap_or((p.as_str(), ""));
+            (from.to_owned(), to.to_owned())
+        }))),
+        (false, _) => Err("--map-location: a device and FROM=TO mappings cannot be mixed".into()),
+    }
+}
+
+/// Runs the subcommand; `Err` is the one-line message for stderr.
+pub fn run(args: &InspectArgs) -> Result<(), String> {
+    let location = map_location(&args.map_location).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let ckpt = Loader::new()
+        .weights_only(!args.no_weights_only)
+        .map_location(location)
+        .load(&args.file)
+        .map_err(|e| e.to_string())?;
+    let out = if args.json {
+        json_report(&ckpt, args.sha256).map_err(|e| format!("{}: {e}", args.file.display()))?
+    } else {
+        table_report(&ckpt, &args.file, args.sha256).map_err(|e| format!("{}: {e}", args.file.display()))?
+    };
+    let mut stdout = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    let _ = stdout.write_all(out.as_bytes());
+    Ok(())
+}
+
+fn json_report(ckpt: &Checkpoint, sha256: bool) -> ptload::Result<String> {
+    let mut tensors = Vec::new();
+    for (path, t) in ckpt.tensors() {
+        let mut entry = json!({
+            "path": path,
+            "dtype": t.dtype().name(),
+            "shape": t.shape(),
+            "stride": t.stride(),
+            "storage_offset": t.storage_offset(),
+            "storage": t.storage().map(|s| Json::from(s.key.clone())).unwrap_or(Json::Null),
+            "device": t.device().to_string(),
+            "requires_grad": t.requires_grad(),
+        });
+        if sha256 {
+            entry["sha256"] = match t.device() {
+                ptload::Device::Meta => Json::Null,
+                _ => Json::from(t.sha256()?),
+            };
+        }
+        tensors.push(entry);
+    }
+    let report = json!({
+        "format": ckpt.format.name(),
+        "byte_order": ckpt.byte_order.name(),
+        "tensors": tensors,
+    });
+    Ok(format!("{report}\n"))
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn table_report(ckpt: &Checkpoint, file: &std::path::Path, sha256: bool) -> ptload::Result<String> {
+    let mut rows = Vec::new();
+    let mut total_elements = 0u64;
+    let mut total_bytes = 0u64;
+    for (path, t) in ckpt.tensors() {
+        let bytes = t.numel() * t.dtype().element_size() as u64;
+        total_elements += t.numel();
+        total_bytes += bytes;
+        let shape = format!(
+            "[{}]",
+            t.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        let mut row = vec![path, t.dtype().name().to_owned(), shape, t.device().to_string(), human_bytes(bytes)];
+        if sha256 {
+            row.push(match t.device() {
+                ptload::Device::Meta => "-".into(),
+                _ => t.sha256()?,
+            });
+        }
+        rows.push(row);
+    }
+    let mut header = vec!["path", "dtype", "shape", "device", "bytes"];
+    if sha256 {
+        header.push("sha256");
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let storage_bytes: u64 = ckpt.storages.iter().map(|s| s.nbytes()).sum();
+    out.push_str(&format!(
+        "{}: {} format, {}-endian, {} tensors in {} storages ({})\n\n",
+        file.display(),
+        ckpt.format,
+        ckpt.byte_order.name(),
+        rows.len(),
+        ckpt.storages.len(),
+        human_bytes(storage_bytes)
+    ));
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ");
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    out.push_str(&line(header.clone()));
+    for row in &rows {
+        out.push_str(&line(row.iter().map(|s| s.as_str()).collect()));
+    }
+    out.push_str(&format!(
+        "\ntotal: {} tensors, {} elements, {}\n",
+        rows.len(),
+        total_elements,
+        human_bytes(total_bytes)
+    ));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_location_forms() {
+        assert!(matches!(map_location(&[]).unwrap(), MapLocation::Default));
+        assert!(matches!(map_location(&["cpu".into()]).unwrap(), MapLocation::To(t) if t == "cpu"));
+        assert!(matches!(
+            map_location(&["cuda:0=cpu".into(), "cuda:1=cpu".into()]).unwrap(),
+            MapLocation::Map(m) if m.len() == 2
+        ));
+        assert!(map_location(&["cpu".into(), "cuda:0=cpu".into()]).is_err());
+        assert!(map_location(&["cpu".into(), "meta".into()]).is_err());
+    }
+}

@@ -1,0 +1,3 @@
+//! Subcommands of the `ptload` binary.
+
+pub mod inspect;

@@ -1,0 +1,248 @@
+//! The one public error type: what went wrong ([`ErrorKind`]) and in which file.
+//!
+//! Every message names the file (a path, or `<memory>`), and where the structure is at fault,
+//! the record and byte offset. Wording follows torch where users will search for it.
+
+use std::fmt;
+use std::io;
+
+use crate::pickle::PickleError;
+use crate::torch::Dtype;
+
+/// Result with ptload's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failure to load a checkpoint. `Display` gives one line: `<file>: <what is wrong>`.
+#[derive(Debug)]
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: Option<String>,
+    kind: ErrorKind,
+}
+
+/// What went wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Reading the file failed.
+    Io(io::Error),
+    /// The bytes are not a checkpoint of any known format.
+    NotACheckpoint {
+        /// Why not.
+        reason: String,
+    },
+    /// The zip container is malformed.
+    Zip {
+        /// Absolute byte offset of the faulty structure.
+        offset: u64,
+        /// What is wrong there.
+        message: String,
+    },
+    /// A record the format requires is absent.
+    MissingRecord {
+        /// The record's full name inside the container.
+        name: String,
+    },
+    /// The archive's `version` record is out of the range torch reads.
+    UnsupportedVersion {
+        /// The version the file declares.
+        version: u64,
+    },
+    /// The `byteorder` record is neither `little` nor `big`.
+    UnknownByteOrder {
+        /// The record's content.
+        value: String,
+    },
+    /// The pickle could not be read.
+    Pickle {
+        /// The record holding the pickle (`archive/data.pkl`).
+        record: String,
+        /// Where and what.
+        error: PickleError,
+    },
+    /// Weights-only loading refused a global (torch's wording, plus how to opt out).
+    WeightsOnly {
+        /// The full message.
+        message: String,
+    },
+    /// A storage's record does not hold the bytes the pickle declares.
+    StorageSize {
+        /// The record's full name.
+        record: String,
+        /// Absolute offset of the record's data.
+        offset: u64,
+        /// Elements the pickle declares.
+        numel: u64,
+        /// The storage's dtype.
+        dtype: Dtype,
+        /// Bytes the record holds.
+        actual: u64,
+    },
+    /// A record's bytes could not be read (bad deflate stream, out of the file, …).
+    Record {
+        /// The record's full name.
+        record: String,
+        /// Absolute offset of the record's data.
+        offset: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A tensor's metadata is invalid (bounds, rank, overflow, bad arguments).
+    InvalidTensor {
+        /// What is wrong, naming the rebuild function or tensor.
+        message: String,
+    },
+    /// The file uses something ptload does not support.
+    Unsupported {
+        /// What.
+        what: String,
+    },
+    /// A safety limit was exceeded.
+    LimitExceeded {
+        /// The limit's name, as in [`crate::Limits`].
+        limit: &'static str,
+        /// The value met.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A storage cannot be placed where `map_location` sends it (torch's wording).
+    Location {
+        /// The full message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// An error of this kind, not yet tied to a file.
+    pub fn new(kind: ErrorKind) -> Self {
+        Error {
+            inner: Box::new(Inner { file: None, kind }),
+        }
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> &ErrorKind {
+        &self.inner.kind
+    }
+
+    /// The file the error is about (a path, or `<memory>`), once known.
+    pub fn file(&self) -> Option<&str> {
+        self.inner.file.as_deref()
+    }
+
+    /// Ties the error to a file, unless it already names one.
+    pub fn in_file(mut self, file: &str) -> Self {
+        if self.inner.file.is_none() {
+            self.inner.file = Some(file.to_owned());
+        }
+        self
+    }
+
+    pub(crate) fn zip(offset: u64, message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Zip {
+            offset,
+            message: message.into(),
+        })
+    }
+
+    pub(crate) fn invalid_tensor(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidTensor {
+            message: message.into(),
+        })
+    }
+
+    pub(crate) fn unsupported(what: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Unsupported { what: what.into() })
+    }
+
+    pub(crate) fn limit(limit: &'static str, value: u64, max: u64) -> Self {
+        Error::new(ErrorKind::LimitExceeded { limit, value, max })
+    }
+}
+
+impl From<ErrorKind> for Error {
+    fn from(kind: ErrorKind) -> Self {
+        Error::new(kind)
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::new(ErrorKind::Io(e))
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::Io(e) => write!(f, "{e}"),
+            ErrorKind::NotACheckpoint { reason } => write!(f, "not a PyTorch checkpoint: {reason}"),
+            ErrorKind::Zip { offset, message } => {
+                write!(f, "zip container, byte 0x{offset:X}: {message}")
+            }
+            ErrorKind::MissingRecord { name } => {
+                write!(f, "record '{name}' is missing from the archive")
+            }
+            ErrorKind::UnsupportedVersion { version } => write!(
+                f,
+                "Attempted to read a PyTorch file with version {version}, but the {} supported version for reading is {}",
+                if *version < 1 { "minimum" } else { "maximum" },
+                if *version < 1 { 1 } else { 10 }
+            ),
+            ErrorKind::UnknownByteOrder { value } => write!(f, "Unknown endianness type: {value}"),
+            ErrorKind::Pickle { record, error } => write!(f, "{record} {error}"),
+            ErrorKind::WeightsOnly { message } => f.write_str(message),
+            ErrorKind::StorageSize {
+                record,
+                offset,
+                numel,
+                dtype,
+                actual,
+            } => {
+                let size = dtype.element_size() as u64;
+                write!(
+                    f,
+                    "storage '{record}' (data at byte 0x{offset:X}): record size ({actual} bytes) does not match expected size ({} bytes = {numel} elements * {size} bytes/element) for dtype {}",
+                    numel.saturating_mul(size),
+                    dtype.scalar_type_name()
+                )
+            }
+            ErrorKind::Record {
+                record,
+                offset,
+                message,
+            } => write!(f, "record '{record}' (data at byte 0x{offset:X}): {message}"),
+            ErrorKind::InvalidTensor { message } => f.write_str(message),
+            ErrorKind::Unsupported { what } => write!(f, "unsupported: {what}"),
+            ErrorKind::LimitExceeded { limit, value, max } => write!(
+                f,
+                "limit {limit} exceeded: {value} > {max} (raise it with Loader::limits if the file is trusted)"
+            ),
+            ErrorKind::Location { message } => f.write_str(message),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.inner.file {
+            write!(f, "{file}: ")?;
+        }
+        write!(f, "{}", self.inner.kind)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.inner.kind {
+            ErrorKind::Io(e) => Some(e),
+            ErrorKind::Pickle { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}

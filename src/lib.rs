@@ -1,0 +1,64 @@
+//! # ptload
+//!
+//! Loads PyTorch checkpoints (`torch.save` files) without Python and places their storages
+//! where the caller asks, following `torch.load`'s `map_location` rules.
+//!
+//! ```
+//! # fn main() -> Result<(), ptload::Error> {
+//! let ckpt = ptload::load("examples/tiny_convnet.pt")?;
+//! for (path, tensor) in ckpt.tensors() {
+//!     println!("{path}: {} {:?} on {}", tensor.dtype(), tensor.shape(), tensor.device());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Layers
+//!
+//! `source` (bytes) → `archive` (containers) → `pickle` (a general pickle VM) → `torch`
+//! (rebuild functions, dtypes, weights-only policy) → `location` (map_location) → `place`
+//! (bytes moved once). Parsing never touches tensor bytes; placing reads each storage once.
+//!
+//! ## Supported containers
+//!
+//! - the zip format of `torch.save` (torch ≥ 1.6), stored or deflated records, zip64, any
+//!   folder name, either byte order.
+//!
+//! ## Safety
+//!
+//! - Nothing in a file is ever imported or executed. By default (as torch ≥ 2.6) only torch's
+//!   weights-only allowlist of globals is accepted; [`Loader::weights_only`]`(false)` keeps
+//!   other globals as inert [`Object`]s.
+//! - Every length, count and view is checked before use; [`Limits`] bounds memory and time.
+//! - Bad input is an [`Error`] naming the file and what is wrong, never a panic.
+
+#![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod archive;
+mod error;
+pub mod loader;
+pub mod location;
+pub mod pickle;
+pub mod place;
+pub mod source;
+pub mod torch;
+
+pub use archive::{ByteOrder, Format};
+pub use error::{Error, ErrorKind, Result};
+pub use loader::{Checkpoint, Limits, Loader, Storage, Tensor};
+pub use location::{Device, MapLocation, Placement, StorageInfo};
+pub use pickle::StringEncoding;
+pub use place::StorageData;
+pub use source::Source;
+pub use torch::{Dict, Dtype, Object, TensorKind, TensorMeta, Value};
+
+/// Loads a checkpoint file with default options: `Loader::new().load(path)`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load(path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
+    Loader::new().load(path)
+}
+
+/// Loads a checkpoint from bytes with default options: `Loader::new().load_bytes(bytes)`.
+pub fn load_bytes(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Result<Checkpoint> {
+    Loader::new().load_bytes(bytes)
+}

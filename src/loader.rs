@@ -1,0 +1,550 @@
+//! The public loading API: [`Loader`] (options), [`Checkpoint`] (the result), [`Tensor`] (a view
+//! onto a placed storage), and [`Limits`].
+//!
+//! A load runs the layers in order: sniff and open the container, read its pickle into a tree
+//! (no tensor bytes touched), decide every storage's device from `map_location` (all errors
+//! before any byte is read), then place each storage exactly once.
+
+use crate::archive::{self, ByteOrder, Format, Method, Sniffed, ZipDirectory};
+use crate::error::{Error, ErrorKind, Result};
+use crate::location::{Device, DeviceSupport, MapLocation, StorageInfo};
+use crate::pickle::{PickleLimits, StringEncoding};
+use crate::place::{cpu::CpuPlacer, Placer, RecordBytes, StorageData};
+use crate::source::Source;
+use crate::torch::{self, rebuild::TreeLimits, Dtype, StorageRef, TensorMeta, Value};
+
+/// Safety limits. Each guards time or memory against a hostile file; raise one (or use
+/// [`Limits::none`]) for a trusted file that exceeds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest pickle (`data.pkl`) read, in bytes. Real pickles are kilobytes to a few MB.
+    pub max_pickle_bytes: u64,
+    /// Largest record inflated from a deflated entry, in bytes: a zip bomb is refused before
+    /// anything is allocated.
+    pub max_record_bytes: u64,
+    /// Most objects the pickle may create.
+    pub max_pickle_nodes: u64,
+    /// Most distinct memo slots.
+    pub max_memo_entries: u64,
+    /// Deepest container nesting in the tree (Python's own pickler stops near 1000).
+    pub max_depth: u64,
+    /// Most values in the tree; a value shared through the memo counts each time it is reached,
+    /// so a "memo bomb" is stopped here.
+    pub max_values: u64,
+    /// Most storages in one checkpoint.
+    pub max_storages: u64,
+    /// Most dimensions of one tensor.
+    pub max_rank: u64,
+    /// Largest tensor materialized by [`Tensor::to_contiguous_bytes`], in bytes (an expanded
+    /// view can describe far more bytes than its storage holds).
+    pub max_tensor_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pickle_bytes: 1 << 30,
+            max_record_bytes: 64 << 30,
+            max_pickle_nodes: 50_000_000,
+            max_memo_entries: 10_000_000,
+            max_depth: 1000,
+            max_values: 20_000_000,
+            max_storages: 10_000_000,
+            max_rank: 64,
+            max_tensor_bytes: if cfg!(target_pointer_width = "32") { 1 << 31 } else { 64 << 30 },
+        }
+    }
+}
+
+impl Limits {
+    /// No limits beyond what the address space allows.
+    pub fn none() -> Self {
+        Limits {
+            max_pickle_bytes: u64::MAX,
+            max_record_bytes: u64::MAX,
+            max_pickle_nodes: u32::MAX as u64,
+            max_memo_entries: u64::MAX,
+            max_depth: 100_000,
+            max_values: u64::MAX,
+            max_storages: u64::MAX,
+            max_rank: u64::MAX,
+            max_tensor_bytes: u64::MAX,
+        }
+    }
+}
+
+fn cap(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// Options for loading checkpoints: the builder behind [`crate::load`].
+///
+/// ```
+/// # fn main() -> Result<(), ptload::Error> {
+/// let bytes = std::fs::read("examples/tiny_convnet.pt").unwrap();
+/// let ckpt = ptload::Loader::new().map_location("cpu").load_bytes(bytes)?;
+/// assert!(ckpt.tensors().count() > 0);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Loader {
+    weights_only: bool,
+    map_location: MapLocation,
+    limits: Limits,
+    encoding: StringEncoding,
+    support: DeviceSupport,
+}
+
+impl Default for Loader {
+    fn default() -> Self {
+        Loader {
+            weights_only: true,
+            map_location: MapLocation::Default,
+            limits: Limits::default(),
+            encoding: StringEncoding::Utf8,
+            support: DeviceSupport::default(),
+        }
+    }
+}
+
+impl Loader {
+    /// Default options: weights-only, storages where their tags say, default limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether to refuse globals outside torch's weights-only allowlist (default `true`, as torch
+    /// ≥ 2.6). With `false`, such globals load as inert [`crate::Object`]s; nothing in a file is
+    /// ever executed either way.
+    ///
+    /// ```
+    /// # let bytes = std::fs::read("examples/tiny_convnet.pt").unwrap();
+    /// let ckpt = ptload::Loader::new().weights_only(false).load_bytes(bytes).unwrap();
+    /// ```
+    pub fn weights_only(&mut self, yes: bool) -> &mut Self {
+        self.weights_only = yes;
+        self
+    }
+
+    /// torch.load's `map_location`: a device string (`"cpu"`, `"cuda:1"`, `"meta"`), a
+    /// [`Device`], a dict ([`MapLocation::map`]) or a callback ([`MapLocation::with`]).
+    ///
+    /// ```
+    /// # let bytes = std::fs::read("examples/tiny_convnet.pt").unwrap();
+    /// let ckpt = ptload::Loader::new().map_location("meta").load_bytes(bytes).unwrap();
+    /// assert!(ckpt.tensors().all(|(_, t)| t.device() == ptload::Device::Meta));
+    /// ```
+    pub fn map_location(&mut self, map_location: impl Into<MapLocation>) -> &mut Self {
+        self.map_location = map_location.into();
+        self
+    }
+
+    /// Safety limits.
+    pub fn limits(&mut self, limits: Limits) -> &mut Self {
+        self.limits = limits;
+        self
+    }
+
+    /// How Python 2 strings decode (torch.load's `encoding`): UTF-8 by default.
+    pub fn encoding(&mut self, encoding: StringEncoding) -> &mut Self {
+        self.encoding = encoding;
+        self
+    }
+
+    /// Loads a checkpoint file (memory-mapped: CPU storages borrow from the map).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(&self, path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
+        let source = Source::open(path)?;
+        self.load_source(source)
+    }
+
+    /// Loads a checkpoint from bytes the caller hands over (`Vec<u8>`, `Arc<[u8]>`,
+    /// `&'static [u8]`, …); CPU storages borrow from them.
+    pub fn load_bytes(&self, bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Result<Checkpoint> {
+        self.load_source(Source::from_bytes("<memory>", bytes))
+    }
+
+    /// Loads a checkpoint from a [`Source`].
+    pub fn load_source(&self, source: Source) -> Result<Checkpoint> {
+        let name = source.name().to_owned();
+        self.load_inner(source).map_err(|e| e.in_file(&name))
+    }
+
+    fn pickle_options(&self) -> torch::PickleOptions {
+        torch::PickleOptions {
+            weights_only: self.weights_only,
+            encoding: self.encoding,
+            pickle_limits: PickleLimits {
+                max_nodes: cap(self.limits.max_pickle_nodes).min(u32::MAX as usize - 1),
+                max_memo: cap(self.limits.max_memo_entries),
+                max_stack: cap(self.limits.max_pickle_nodes),
+            },
+            tree_limits: TreeLimits {
+                max_depth: cap(self.limits.max_depth),
+                max_values: self.limits.max_values,
+                max_rank: cap(self.limits.max_rank),
+            },
+            max_storages: cap(self.limits.max_storages),
+        }
+    }
+
+    fn load_inner(&self, source: Source) -> Result<Checkpoint> {
+        let data = source.bytes();
+        if data.is_empty() {
+            return Err(Error::new(ErrorKind::NotACheckpoint {
+                reason: "the file is empty".into(),
+            }));
+        }
+        match archive::sniff(data) {
+            Sniffed::Zip => self.load_zip(&source),
+            Sniffed::Tar => Err(Error::unsupported("the tar checkpoint format of torch ≤ 0.1 (not yet)")),
+            Sniffed::Pickle => Err(legacy_error(data)),
+        }
+    }
+
+    fn load_zip(&self, source: &Source) -> Result<Checkpoint> {
+        let data = source.bytes();
+        let dir = ZipDirectory::parse(data)?;
+        dir.version(data, 64)?;
+        if dir.record("constants.pkl").is_some() {
+            return Err(Error::unsupported("TorchScript archives (torch.jit.save) are not supported yet"));
+        }
+        let byte_order = dir.byte_order(data)?;
+        let pickle_record = dir.require("data.pkl")?;
+        if pickle_record.size > self.limits.max_pickle_bytes {
+            return Err(Error::limit("max_pickle_bytes", pickle_record.size, self.limits.max_pickle_bytes));
+        }
+        let pickle = pickle_record.read(data, self.limits.max_pickle_bytes)?;
+        let parsed = torch::parse_pickle(&pickle, &pickle_record.name, &self.pickle_options())?;
+        drop(pickle);
+
+        let devices = self.decide_devices(&parsed.storages)?;
+        let swap_units = swap_units(&parsed.root, &parsed.storages);
+        let mut storages = Vec::with_capacity(parsed.storages.len());
+        let mut cpu = CpuPlacer;
+        for (id, storage) in parsed.storages.iter().enumerate() {
+            let device = devices[id].clone();
+            let placed = match device {
+                Device::Meta => StorageData::Meta,
+                _ => {
+                    let record = dir.require(&format!("data/{}", storage.key))?;
+                    let nbytes = storage.nbytes().unwrap_or(u64::MAX);
+                    if record.size != nbytes {
+                        return Err(Error::new(ErrorKind::StorageSize {
+                            record: record.name.clone(),
+                            offset: record.data_offset,
+                            numel: storage.numel,
+                            dtype: storage.dtype,
+                            actual: record.size,
+                        }));
+                    }
+                    let bytes = record.read(data, self.limits.max_record_bytes)?;
+                    let request = RecordBytes {
+                        storage,
+                        bytes,
+                        source_offset: (record.method == Method::Stored).then_some(record.data_offset as usize),
+                        byte_order,
+                        swap_unit: swap_units[id],
+                    };
+                    cpu.place(source.shared(), request)?
+                }
+            };
+            storages.push(Storage {
+                key: storage.key.clone(),
+                dtype: storage.dtype,
+                numel: storage.numel,
+                location: storage.location.clone(),
+                device,
+                data: placed,
+            });
+        }
+        Ok(Checkpoint {
+            root: parsed.root,
+            storages,
+            format: Format::Zip,
+            byte_order,
+            max_tensor_bytes: self.limits.max_tensor_bytes,
+        })
+    }
+
+    /// Every storage's device, decided (and checked to exist) before any byte is read.
+    fn decide_devices(&self, storages: &[StorageRef]) -> Result<Vec<Device>> {
+        if self.map_location.is_meta() {
+            return Ok(vec![Device::Meta; storages.len()]);
+        }
+        storages
+            .iter()
+            .map(|s| {
+                let info = StorageInfo {
+                    key: s.key.clone(),
+                    dtype: s.dtype,
+                    nbytes: s.nbytes().unwrap_or(u64::MAX),
+                    location: s.location.clone(),
+                };
+                let device = self.map_location.resolve(&info)?;
+                let device = self.support.check(&device)?;
+                match device {
+                    Device::Cpu | Device::Meta => Ok(device),
+                    other => Err(Error::new(ErrorKind::Location {
+                        message: format!("no placer for device {other} in this build"),
+                    })),
+                }
+            })
+            .collect()
+    }
+}
+
+/// The error for a file that is neither zip nor tar: the legacy stream (not yet supported) when
+/// its first pickle is torch's magic number, else torch's "Invalid magic number".
+fn legacy_error(data: &[u8]) -> Error {
+    // pickle of 0x1950a86a20f9469cfc6c with protocol 2: LONG1, 10 bytes little-endian.
+    const MAGIC_LONG1: &[u8] = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
+    let head = &data[..data.len().min(64)];
+    let is_legacy = head.windows(MAGIC_LONG1.len()).any(|w| w == MAGIC_LONG1)
+        || head.windows(22).any(|w| w == b"119547037146038801333356");
+    if is_legacy {
+        Error::unsupported("the legacy pickle-stream format (_use_new_zipfile_serialization=False) is not supported yet")
+    } else {
+        Error::new(ErrorKind::NotACheckpoint {
+            reason: "Invalid magic number; corrupt file? (neither a zip archive nor a torch pickle stream)".into(),
+        })
+    }
+}
+
+/// Each storage's byte-swap unit: from the dtype of the first tensor that views it (so
+/// untyped v3 storages swap by their tensor's dtype, which torch itself gets wrong), else
+/// from the storage's own dtype.
+fn swap_units(root: &Value, storages: &[StorageRef]) -> Vec<usize> {
+    let mut units: Vec<Option<usize>> = vec![None; storages.len()];
+    walk_tensors(root, &mut String::new(), &mut |_, meta| {
+        if let Some(id) = meta.storage {
+            units[id].get_or_insert(meta.dtype.swap_unit());
+        }
+    });
+    units
+        .into_iter()
+        .zip(storages)
+        .map(|(u, s)| u.unwrap_or(s.dtype.swap_unit()))
+        .collect()
+}
+
+/// Calls `f(path, tensor)` for every tensor in the tree, in file order.
+pub(crate) fn walk_tensors<'v>(value: &'v Value, path: &mut String, f: &mut dyn FnMut(&str, &'v TensorMeta)) {
+    if let Value::Tensor(meta) = value {
+        f(path, meta);
+        return;
+    }
+    for (segment, child) in value.children() {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(&segment);
+        walk_tensors(child, path, f);
+        path.truncate(len);
+    }
+}
+
+/// One storage after placement.
+#[derive(Debug)]
+pub struct Storage {
+    /// Its key in the file.
+    pub key: String,
+    /// Its dtype (uint8 for untyped storages).
+    pub dtype: Dtype,
+    /// Elements of `dtype`.
+    pub numel: u64,
+    /// The device tag it was saved with.
+    pub location: String,
+    /// Where it was placed.
+    pub device: Device,
+    /// Its bytes.
+    pub data: StorageData,
+}
+
+impl Storage {
+    /// Bytes it holds.
+    pub fn nbytes(&self) -> u64 {
+        self.numel * self.dtype.element_size() as u64
+    }
+}
+
+/// A loaded checkpoint: the object tree and its placed storages.
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The object `torch.load` would have returned.
+    pub root: Value,
+    /// Storages, in order of first reference.
+    pub storages: Vec<Storage>,
+    /// The container format.
+    pub format: Format,
+    /// The byte order of the file's tensor data (as stored; loaded data is in host order).
+    pub byte_order: ByteOrder,
+    max_tensor_bytes: u64,
+}
+
+impl Checkpoint {
+    /// Every tensor with its `.`-joined path, in file order. A tensor reachable by two paths
+    /// (the same object saved twice) is listed at both.
+    pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor<'_>)> + '_ {
+        let mut out = Vec::new();
+        walk_tensors(&self.root, &mut String::new(), &mut |path, meta| out.push((path.to_owned(), meta)));
+        out.into_iter().map(move |(path, meta)| (path, self.tensor_view(meta)))
+    }
+
+    /// The tensor at `path`, if there is one.
+    pub fn tensor(&self, path: &str) -> Option<Tensor<'_>> {
+        self.root.get_path(path)?.as_tensor().map(|m| self.tensor_view(m))
+    }
+
+    fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {
+        Tensor {
+            meta,
+            storage: meta.storage.map(|id| &self.storages[id]),
+            max_bytes: self.max_tensor_bytes,
+        }
+    }
+}
+
+/// A tensor of a loaded checkpoint: metadata plus its placed storage.
+#[derive(Clone, Copy, Debug)]
+pub struct Tensor<'c> {
+    meta: &'c TensorMeta,
+    storage: Option<&'c Storage>,
+    max_bytes: u64,
+}
+
+impl<'c> Tensor<'c> {
+    /// All metadata.
+    pub fn meta(&self) -> &'c TensorMeta {
+        self.meta
+    }
+    /// Element type.
+    pub fn dtype(&self) -> Dtype {
+        self.meta.dtype
+    }
+    /// Size of each dimension.
+    pub fn shape(&self) -> &'c [u64] {
+        &self.meta.shape
+    }
+    /// Stride of each dimension, in elements.
+    pub fn stride(&self) -> &'c [u64] {
+        &self.meta.stride
+    }
+    /// Offset into the storage, in elements.
+    pub fn storage_offset(&self) -> u64 {
+        self.meta.storage_offset
+    }
+    /// Number of elements.
+    pub fn numel(&self) -> u64 {
+        self.meta.numel()
+    }
+    /// `requires_grad` as saved.
+    pub fn requires_grad(&self) -> bool {
+        self.meta.requires_grad
+    }
+    /// The storage it views (`None` for meta tensors saved without one).
+    pub fn storage(&self) -> Option<&'c Storage> {
+        self.storage
+    }
+    /// Where its data lives.
+    pub fn device(&self) -> Device {
+        match self.storage {
+            Some(s) => s.device.clone(),
+            None => Device::Meta,
+        }
+    }
+
+    fn host_storage(&self) -> Result<&'c [u8]> {
+        match self.storage.and_then(|s| s.data.host_bytes()) {
+            Some(bytes) => Ok(bytes),
+            None => Err(Error::invalid_tensor(format!(
+                "the tensor is on the {} device: it has no data in host memory",
+                self.device()
+            ))),
+        }
+    }
+
+    /// Its bytes, borrowed, when it is contiguous and in host memory (in host byte order).
+    pub fn as_bytes(&self) -> Option<&'c [u8]> {
+        if !self.meta.is_contiguous() {
+            return None;
+        }
+        let bytes = self.host_storage().ok()?;
+        let size = self.dtype().element_size() as u64;
+        let start = self.meta.storage_offset.checked_mul(size)?;
+        let len = self.numel().checked_mul(size)?;
+        bytes.get(usize::try_from(start).ok()?..usize::try_from(start.checked_add(len)?).ok()?)
+    }
+
+    /// Calls `f` with the tensor's bytes in C-contiguous order, run by run, without
+    /// materializing them (hashing a huge expanded view costs no memory).
+    pub fn for_each_run(&self, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let bytes = self.host_storage()?;
+        let size = self.dtype().element_size();
+        let shape = &self.meta.shape;
+        let stride = &self.meta.stride;
+        if self.numel() == 0 {
+            return Ok(());
+        }
+        // Merge trailing dimensions that are contiguous into one run.
+        let mut run = 1u64;
+        let mut outer = shape.len();
+        while outer > 0 && stride[outer - 1] == run {
+            run *= shape[outer - 1];
+            outer -= 1;
+        }
+        let run_bytes = run as usize * size;
+        let mut index = vec![0u64; outer];
+        let mut offset = self.meta.storage_offset;
+        loop {
+            let start = offset as usize * size;
+            f(&bytes[start..start + run_bytes]);
+            // Advance the outer index like an odometer.
+            let mut d = outer;
+            loop {
+                if d == 0 {
+                    return Ok(());
+                }
+                d -= 1;
+                index[d] += 1;
+                offset += stride[d];
+                if index[d] < shape[d] {
+                    break;
+                }
+                offset -= stride[d] * shape[d];
+                index[d] = 0;
+            }
+        }
+    }
+
+    /// The elements in C-contiguous order, in host byte order (`bool` as one byte). Borrows
+    /// nothing; refuses views larger than [`Limits::max_tensor_bytes`].
+    pub fn to_contiguous_bytes(&self) -> Result<Vec<u8>> {
+        let total = self
+            .numel()
+            .checked_mul(self.dtype().element_size() as u64)
+            .unwrap_or(u64::MAX);
+        if total > self.max_bytes {
+            return Err(Error::limit("max_tensor_bytes", total, self.max_bytes));
+        }
+        if let Some(bytes) = self.as_bytes() {
+            return Ok(bytes.to_vec());
+        }
+        let mut out = Vec::with_capacity(total as usize);
+        self.for_each_run(&mut |chunk| out.extend_from_slice(chunk))?;
+        Ok(out)
+    }
+
+    /// SHA-256 of [`Tensor::to_contiguous_bytes`], computed run by run, as lowercase hex.
+    pub fn sha256(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        self.for_each_run(&mut |chunk| hasher.update(chunk))?;
+        Ok(hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect())
+    }
+}

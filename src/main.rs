@@ -1,0 +1,36 @@
+//! The `ptload` command line: `ptload inspect [--json] [--sha256] [--map-location LOC]...
+//! [--no-weights-only] FILE`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+#[derive(Parser)]
+#[command(name = "ptload", version, about = "Inspect PyTorch checkpoints without Python")]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List a checkpoint's tensors: path, dtype, shape, device, bytes.
+    Inspect(cli::inspect::InspectArgs),
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Command::Inspect(a) => cli::inspect::run(&a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            // One line on stderr, naming the file and the problem.
+            eprintln!("ptload: {}", message.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! The pickle virtual machine: protocols 0–5, iterative (a stack of ids, never Rust recursion),
+//! with a memo that shares values by reference.
+//!
+//! It executes nothing. `GLOBAL` asks the [`Hooks::find_class`] hook, which may refuse;
+//! persistent ids go to [`Hooks::persistent_load`]; calls and `BUILD`s are recorded in the
+//! [`Arena`]. Every length the input declares is checked against the bytes that remain before
+//! anything is allocated, so memory stays proportional to the input.
+
+use std::collections::HashMap;
+
+use super::value::{decimal_to_bigint, Arena, Call, CallKind, Node, NodeId};
+use super::{opcode_name, Hooks, PickleError, PickleLimits, StringEncoding};
+
+/// Runs one pickle to its `STOP` and returns the id of the result.
+pub struct Machine<'a, H: Hooks> {
+    input: &'a [u8],
+    pos: usize,
+    /// Offset of the opcode being executed (for errors).
+    op_pos: usize,
+    op: u8,
+    stack: Vec<NodeId>,
+    marks: Vec<usize>,
+    memo: HashMap<u64, NodeId>,
+    arena: &'a mut Arena,
+    hooks: &'a mut H,
+    limits: PickleLimits,
+    encoding: StringEncoding,
+}
+
+type Result<T> = std::result::Result<T, PickleError>;
+
+impl<'a, H: Hooks> Machine<'a, H> {
+    /// A machine over `input` that adds its nodes to `arena`.
+    pub fn new(
+        input: &'a [u8],
+        arena: &'a mut Arena,
+        hooks: &'a mut H,
+        limits: PickleLimits,
+        encoding: StringEncoding,
+    ) -> Self {
+        Machine {
+            input,
+            pos: 0,
+            op_pos: 0,
+            op: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            arena,
+            hooks,
+            limits,
+            encoding,
+        }
+    }
+
+    /// Offset just past the `STOP` once [`Machine::run`] returned (where a next pickle starts).
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    fn err(&self, message: impl Into<String>) -> PickleError {
+        PickleError {
+            offset: self.op_pos as u64,
+            opcode: Some(self.op),
+            message: message.into(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.input.len());
+        match end {
+            Some(end) => {
+                let s = &self.input[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(self.err(format!(
+                "needs {n} bytes but only {} remain (truncated pickle?)",
+                self.input.len() - self.pos
+            ))),
+        }
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&mut self) -> Result<u32> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn len_u64(&mut self, declared: u64) -> Result<usize> {
+        let remaining = (self.input.len() - self.pos) as u64;
+        if declared > remaining {
+            return Err(self.err(format!(
+                "declares a length of {declared} bytes but only {remaining} remain"
+            )));
+        }
+        Ok(declared as usize)
+    }
+    fn line(&mut self) -> Result<&'a [u8]> {
+        let rest = &self.input[self.pos..];
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                self.pos += i + 1;
+                let line = &rest[..i];
+                Ok(line.strip_suffix(b"\r").unwrap_or(line))
+            }
+            None => Err(self.err("a text argument has no terminating newline")),
+        }
+    }
+    fn line_str(&mut self) -> Result<&'a str> {
+        let line = self.line()?;
+        std::str::from_utf8(line).map_err(|_| self.err("a text argument is not valid UTF-8"))
+    }
+
+    fn push_node(&mut self, node: Node) -> Result<()> {
+        if self.arena.len() >= self.limits.max_nodes {
+            return Err(self.err(format!(
+                "limit max_pickle_nodes exceeded: more than {} objects",
+                self.limits.max_nodes
+            )));
+        }
+        let id = self.arena.push(node);
+        self.stack.push(id);
+        Ok(())
+    }
+
+    fn new_node(&mut self, node: Node) -> Result<NodeId> {
+        if self.arena.len() >= self.limits.max_nodes {
+            return Err(self.err(format!(
+                "limit max_pickle_nodes exceeded: more than {} objects",
+                self.limits.max_nodes
+            )));
+        }
+        Ok(self.arena.push(node))
+    }
+
+    fn pop(&mut self) -> Result<NodeId> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.err("unpickling stack underflow"));
+        }
+        Ok(self.stack.pop().unwrap_or_default())
+    }
+
+    fn top(&self) -> Result<NodeId> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor {
+            return Err(self.err("unpickling stack underflow"));
+        }
+        Ok(self.stack[self.stack.len() - 1])
+    }
+
+    fn pop_mark(&mut self) -> Result<Vec<NodeId>> {
+        match self.marks.pop() {
+            Some(at) => Ok(self.stack.split_off(at)),
+            None => Err(self.err("could not find MARK")),
+        }
+    }
+
+    fn memo_put(&mut self, index: u64) -> Result<()> {
+        let top = self.top()?;
+        if !self.memo.contains_key(&index) && self.memo.len() >= self.limits.max_memo {
+            return Err(self.err(format!(
+                "limit max_memo_entries exceeded: more than {} memo entries",
+                self.limits.max_memo
+            )));
+        }
+        self.memo.insert(index, top);
+        Ok(())
+    }
+
+    fn memo_get(&mut self, index: u64) -> Result<()> {
+        match self.memo.get(&index) {
+            Some(&id) => {
+                self.stack.push(id);
+                Ok(())
+            }
+            None => Err(self.err(format!("memo slot {index} was never set"))),
+        }
+    }
+
+    fn global(&mut self, module: &str, name: &str) -> Result<NodeId> {
+        let (module, name) = self
+            .hooks
+            .find_class(module, name)
+            .map_err(|m| self.err(m))?;
+        self.new_node(Node::Global { module, name })
+    }
+
+    fn py2_string(&mut self, bytes: Vec<u8>) -> Result<()> {
+        let node = match self.encoding {
+            StringEncoding::Bytes => Node::Bytes(bytes),
+            StringEncoding::Latin1 => Node::Str(bytes.iter().map(|&b| b as char).collect()),
+            StringEncoding::Utf8 => match String::from_utf8(bytes) {
+                Ok(s) => Node::Str(s),
+                Err(_) => {
+                    return Err(self.err(
+                        "a Python 2 string is not valid UTF-8 (load with encoding latin1 or bytes)",
+                    ))
+                }
+            },
+        };
+        self.push_node(node)
+    }
+
+    fn call(&mut self, callable: NodeId, args: NodeId, kwargs: Option<NodeId>, kind: CallKind) -> Result<()> {
+        self.push_node(Node::Call(Box::new(Call {
+            callable,
+            args,
+            kwargs,
+            kind,
+            state: Vec::new(),
+            list_items: Vec::new(),
+            dict_items: Vec::new(),
+        })))
+    }
+
+    fn append(&mut self, target: NodeId, items: Vec<NodeId>) -> Result<()> {
+        match self.arena.get_mut(target) {
+            Node::List(list) => list.extend(items),
+            Node::Call(call) => call.list_items.extend(items),
+            _ => {
+                let kind = self.arena.kind_name(target);
+                return Err(self.err(format!("cannot append to a {kind}")));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_items(&mut self, target: NodeId, flat: Vec<NodeId>) -> Result<()> {
+        if flat.len() % 2 != 0 {
+            return Err(self.err("odd number of items for SETITEMS"));
+        }
+        let pairs = flat.chunks_exact(2).map(|c| (c[0], c[1]));
+        match self.arena.get(target) {
+            Node::Dict(_) => {
+                for (k, v) in pairs {
+                    self.dict_insert(target, k, v);
+                }
+            }
+            Node::Call(_) => {
+                if let Node::Call(call) = self.arena.get_mut(target) {
+                    call.dict_items.extend(pairs);
+                }
+            }
+            _ => {
+                let kind = self.arena.kind_name(target);
+                return Err(self.err(format!("cannot set items on a {kind}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts into a dict node; a repeated simple key (str or int) replaces its value in place,
+    /// as Python's dict does. Other keys are appended (compared by identity only).
+    fn dict_insert(&mut self, dict: NodeId, key: NodeId, value: NodeId) {
+        let simple = matches!(self.arena.get(key), Node::Str(_) | Node::Int(_));
+        let existing = if simple {
+            let key_node = self.arena.get(key).clone();
+            match self.arena.get(dict) {
+                Node::Dict(items) if items.len() <= 4096 => items
+                    .iter()
+                    .position(|&(k, _)| k == key || *self.arena.get(k) == key_node),
+                // Large dicts: only identical ids are merged, to stay linear.
+                Node::Dict(items) => items.iter().rposition(|&(k, _)| k == key),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if let Node::Dict(items) = self.arena.get_mut(dict) {
+            match existing {
+                Some(i) => items[i].1 = value,
+                None => items.push((key, value)),
+            }
+        }
+    }
+
+    /// Executes opcodes until `STOP` and returns the result's id.
+    pub fn run(&mut self) -> Result<NodeId> {
+        loop {
+            self.op_pos = self.pos;
+            if self.pos >= self.input.len() {
+                self.op = 0;
+                return Err(PickleError {
+                    offset: self.pos as u64,
+                    opcode: None,
+                    message: "pickle data was truncated (no STOP opcode)".into(),
+                });
+            }
+            let op = self.input[self.pos];
+            self.op = op;
+            self.pos += 1;
+            match op {
+                // --- protocol and framing
+                0x80 => {
+                    let proto = self.u8()?;
+                    if proto > 5 {
+                        return Err(self.err(format!("unsupported pickle protocol: {proto}")));
+                    }
+                }
+                0x95 => {
+                    // FRAME: a length hint; the framed opcodes follow inline.
+                    self.u64()?;
+                }
+                b'.' => {
+                    let result = self.pop()?;
+                    return Ok(result);
+                }
+                // --- stack manipulation
+                b'(' => self.marks.push(self.stack.len()),
+                b'0' => {
+                    self.pop()?;
+                }
+                b'1' => {
+                    self.pop_mark()?;
+                }
+                b'2' => {
+                    let top = self.top()?;
+                    self.stack.push(top);
+                }
+                // --- constants
+                b'N' => self.push_node(Node::None)?,
+                0x88 => self.push_node(Node::Bool(true))?,
+                0x89 => self.push_node(Node::Bool(false))?,
+                b'J' => {
+                    let v = self.u32()? as i32;
+                    self.push_node(Node::Int(v as i64))?
+                }
+                b'K' => {
+                    let v = self.u8()?;
+                    self.push_node(Node::Int(v as i64))?
+                }
+                b'M' => {
+                    let v = self.u16()?;
+                    self.push_node(Node::Int(v as i64))?
+                }
+                0x8a | 0x8b => {
+                    let n = if op == 0x8a {
+                        self.u8()? as u64
+                    } else {
+                        let n = self.u32()? as i32;
+                        if n < 0 {
+                            return Err(self.err("LONG4 with a negative byte count"));
+                        }
+                        n as u64
+                    };
+                    let n = self.len_u64(n)?;
+                    let bytes = self.take(n)?;
+                    self.push_node(long_node(bytes))?
+                }
+                b'I' => {
+                    let text = self.line_str()?;
+                    let node = match text {
+                        "01" => Node::Bool(true),
+                        "00" => Node::Bool(false),
+                        _ => int_text(text).ok_or_else(|| self.err(format!("invalid INT literal {text:?}")))?,
+                    };
+                    self.push_node(node)?
+                }
+                b'L' => {
+                    let text = self.line_str()?;
+                    let text = text.strip_suffix('L').unwrap_or(text);
+                    let node = int_text(text).ok_or_else(|| self.err(format!("invalid LONG literal {text:?}")))?;
+                    self.push_node(node)?
+                }
+                b'G' => {
+                    let b = self.take(8)?;
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b);
+                    self.push_node(Node::Float(f64::from_be_bytes(a)))?
+                }
+                b'F' => {
+                    let text = self.line_str()?;
+                    let v = parse_py_float(text).ok_or_else(|| self.err(format!("invalid FLOAT literal {text:?}")))?;
+                    self.push_node(Node::Float(v))?
+                }
+                // --- strings and bytes
+                b'X' | 0x8c | 0x8d => {
+                    let n = match op {
+                        b'X' => self.u32()? as u64,
+                        0x8c => self.u8()? as u64,
+                        _ => self.u64()?,
+                    };
+                    let n = self.len_u64(n)?;
+                    let bytes = self.take(n)?;
+                    let s = std::str::from_utf8(bytes)
+                        .map_err(|_| self.err("a str is not valid UTF-8"))?;
+                    self.push_node(Node::Str(s.to_owned()))?
+                }
+                b'V' => {
+                    let line = self.line()?;
+                    let s = raw_unicode_escape(line).ok_or_else(|| self.err("invalid UNICODE literal"))?;
+                    self.push_node(Node::Str(s))?
+                }
+                b'U' | b'T' => {
+                    let n = if op == b'U' { self.u8()? as u64 } else { self.u32()? as u64 };
+                    let n = self.len_u64(n)?;
+                    let bytes = self.take(n)?.to_vec();
+                    self.py2_string(bytes)?
+                }
+                b'S' => {
+                    let line = self.line()?;
+                    let bytes = py_string_literal(line).ok_or_else(|| self.err("invalid STRING literal"))?;
+                    self.py2_string(bytes)?
+                }
+                b'C' | b'B' | 0x8e | 0x96 => {
+                    let n = match op {
+                        b'C' => self.u8()? as u64,
+                        b'B' => self.u32()? as u64,
+                        _ => self.u64()?,
+                    };
+                    let n = self.len_u64(n)?;
+                    let bytes = self.take(n)?.to_vec();
+                    let node = if op == 0x96 { Node::ByteArray(bytes) } else { Node::Bytes(bytes) };
+                    self.push_node(node)?
+                }
+                0x97 => return Err(self.err("out-of-band buffers (NEXT_BUFFER) are not supported")),
+                0x98 => {
+                    self.top()?;
+                }
+                // --- containers
+                b')' => self.push_node(Node::Tuple(Vec::new()))?,
+                0x85..=0x87 => {
+                    let n = (op - 0x84) as usize;
+                    let floor = self.marks.last().copied().unwrap_or(0);
+                    if self.stack.len() < floor + n {
+                        return Err(self.err("unpickling stack underflow"));
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.push_node(Node::Tuple(items))?
+                }
+                b't' => {
+                    let items = self.pop_mark()?;
+                    self.push_node(Node::Tuple(items))?
+                }
+                b']' => self.push_node(Node::List(Vec::new()))?,
+                b'l' => {
+                    let items = self.pop_mark()?;
+                    self.push_node(Node::List(items))?
+                }
+                b'}' => self.push_node(Node::Dict(Vec::new()))?,
+                b'd' => {
+                    let flat = self.pop_mark()?;
+                    if flat.len() % 2 != 0 {
+                        return Err(self.err("odd number of items for DICT"));
+                    }
+                    let id = self.new_node(Node::Dict(Vec::new()))?;
+                    self.set_items(id, flat)?;
+                    self.stack.push(id);
+                }
+                0x8f => self.push_node(Node::Set(Vec::new()))?,
+                0x91 => {
+                    let items = self.pop_mark()?;
+                    self.push_node(Node::FrozenSet(items))?
+                }
+                0x90 => {
+                    let items = self.pop_mark()?;
+                    let target = self.top()?;
+                    match self.arena.get_mut(target) {
+                        Node::Set(set) => set.extend(items),
+                        _ => {
+                            let kind = self.arena.kind_name(target);
+                            return Err(self.err(format!("cannot add items to a {kind}")));
+                        }
+                    }
+                }
+                b'a' => {
+                    let item = self.pop()?;
+                    let target = self.top()?;
+                    self.append(target, vec![item])?
+                }
+                b'e' => {
+                    let items = self.pop_mark()?;
+                    let target = self.top()?;
+                    self.append(target, items)?
+                }
+                b's' => {
+                    let value = self.pop()?;
+                    let key = self.pop()?;
+                    let target = self.top()?;
+                    self.set_items(target, vec![key, value])?
+                }
+                b'u' => {
+                    let flat = self.pop_mark()?;
+                    let target = self.top()?;
+                    self.set_items(target, flat)?
+                }
+                // --- memo
+                b'p' => {
+                    let text = self.line_str()?;
+                    let i = text.parse::<u64>().map_err(|_| self.err(format!("invalid PUT index {text:?}")))?;
+                    self.memo_put(i)?
+                }
+                b'q' => {
+                    let i = self.u8()? as u64;
+                    self.memo_put(i)?
+                }
+                b'r' => {
+                    let i = self.u32()? as u64;
+                    self.memo_put(i)?
+                }
+                0x94 => {
+                    let i = self.memo.len() as u64;
+                    self.memo_put(i)?
+                }
+                b'g' => {
+                    let text = self.line_str()?;
+                    let i = text.parse::<u64>().map_err(|_| self.err(format!("invalid GET index {text:?}")))?;
+                    self.memo_get(i)?
+                }
+                b'h' => {
+                    let i = self.u8()? as u64;
+                    self.memo_get(i)?
+                }
+                b'j' => {
+                    let i = self.u32()? as u64;
+                    self.memo_get(i)?
+                }
+                // --- globals, calls, objects
+                b'c' => {
+                    let module = self.line_str()?;
+                    let name = self.line_str()?;
+                    let id = self.global(module, name)?;
+                    self.stack.push(id);
+                }
+                0x93 => {
+                    let name = self.pop()?;
+                    let module = self.pop()?;
+                    let (Some(module), Some(name)) = (self.arena.str(module), self.arena.str(name)) else {
+                        return Err(self.err("STACK_GLOBAL requires str module and name"));
+                    };
+                    let (module, name) = (module.to_owned(), name.to_owned());
+                    let id = self.global(&module, &name)?;
+                    self.stack.push(id);
+                }
+                0x82..=0x84 => {
+                    return Err(self.err("the copyreg extension registry (EXT1/EXT2/EXT4) is not supported"))
+                }
+                b'R' => {
+                    let args = self.pop()?;
+                    let callable = self.pop()?;
+                    if self.arena.tuple(args).is_none() {
+                        return Err(self.err(format!("REDUCE arguments must be a tuple, not a {}", self.arena.kind_name(args))));
+                    }
+                    self.call(callable, args, None, CallKind::Reduce)?
+                }
+                0x81 => {
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    if self.arena.tuple(args).is_none() {
+                        return Err(self.err(format!("NEWOBJ arguments must be a tuple, not a {}", self.arena.kind_name(args))));
+                    }
+                    self.call(cls, args, None, CallKind::NewObj)?
+                }
+                0x92 => {
+                    let kwargs = self.pop()?;
+                    let args = self.pop()?;
+                    let cls = self.pop()?;
+                    if self.arena.tuple(args).is_none() || !matches!(self.arena.get(kwargs), Node::Dict(_)) {
+                        return Err(self.err("NEWOBJ_EX needs a tuple and a dict"));
+                    }
+                    self.call(cls, args, Some(kwargs), CallKind::NewObj)?
+                }
+                b'o' => {
+                    let mut items = self.pop_mark()?;
+                    if items.is_empty() {
+                        return Err(self.err("OBJ without a class"));
+                    }
+                    let cls = items.remove(0);
+                    let args = self.new_node(Node::Tuple(items))?;
+                    self.call(cls, args, None, CallKind::Inst)?
+                }
+                b'i' => {
+                    let module = self.line_str()?;
+                    let name = self.line_str()?;
+                    let items = self.pop_mark()?;
+                    let cls = self.global(module, name)?;
+                    let args = self.new_node(Node::Tuple(items))?;
+                    self.call(cls, args, None, CallKind::Inst)?
+                }
+                b'b' => {
+                    let state = self.pop()?;
+                    let target = self.top()?;
+                    match self.arena.get_mut(target) {
+                        Node::Call(call) => call.state.push(state),
+                        _ => {
+                            let kind = self.arena.kind_name(target);
+                            return Err(self.err(format!("BUILD on a {kind} is not supported")));
+                        }
+                    }
+                }
+                // --- persistent ids
+                b'Q' => {
+                    let pid = self.pop()?;
+                    let id = self.hooks.persistent_load(self.arena, pid).map_err(|m| self.err(m))?;
+                    self.stack.push(id);
+                }
+                b'P' => {
+                    let text = self.line_str()?.to_owned();
+                    let pid = self.new_node(Node::Str(text))?;
+                    let id = self.hooks.persistent_load(self.arena, pid).map_err(|m| self.err(m))?;
+                    self.stack.push(id);
+                }
+                _ => {
+                    return Err(self.err(format!(
+                        "unknown opcode 0x{op:02x}{}",
+                        if opcode_name(op).is_some() { "" } else { " (not a pickle opcode)" }
+                    )))
+                }
+            }
+            if self.stack.len() > self.limits.max_stack {
+                return Err(self.err(format!(
+                    "limit max_stack_depth exceeded: more than {} values on the stack",
+                    self.limits.max_stack
+                )));
+            }
+        }
+    }
+}
+
+/// A LONG1/LONG4 payload: an `Int` when it fits in 64 bits, else a `BigInt`.
+fn long_node(bytes: &[u8]) -> Node {
+    if bytes.is_empty() {
+        return Node::Int(0);
+    }
+    if bytes.len() <= 8 {
+        let negative = bytes[bytes.len() - 1] & 0x80 != 0;
+        let mut a = if negative { [0xffu8; 8] } else { [0u8; 8] };
+        a[..bytes.len()].copy_from_slice(bytes);
+        return Node::Int(i64::from_le_bytes(a));
+    }
+    Node::BigInt(bytes.to_vec())
+}
+
+/// Text int (INT/LONG opcodes): `Int` if it fits, else `BigInt`.
+fn int_text(text: &str) -> Option<Node> {
+    if let Ok(v) = text.parse::<i64>() {
+        return Some(Node::Int(v));
+    }
+    decimal_to_bigint(text).map(Node::BigInt)
+}
+
+/// Python's float text (repr), including `inf`, `nan`.
+fn parse_py_float(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok()
+}
+
+/// Decodes protocol-0 `UNICODE` (raw-unicode-escape): `\uXXXX` and `\UXXXXXXXX` escapes,
+/// other bytes as Latin-1.
+fn raw_unicode_escape(line: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    while i < line.len() {
+        let b = line[i];
+        if b == b'\\' && i + 1 < line.len() && (line[i + 1] == b'u' || line[i + 1] == b'U') {
+            let n = if line[i + 1] == b'u' { 4 } else { 8 };
+            let hex = line.get(i + 2..i + 2 + n)?;
+            let code = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+            out.push(char::from_u32(code)?);
+            i += 2 + n;
+        } else {
+            out.push(b as char);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// Decodes protocol-0 `STRING`: a Python 2 repr in single or double quotes, with escapes.
+fn py_string_literal(line: &[u8]) -> Option<Vec<u8>> {
+    let quote = *line.first()?;
+    if !(quote == b'\'' || quote == b'"') || line.len() < 2 || *line.last()? != quote {
+        return None;
+    }
+    let body = &line[1..line.len() - 1];
+    let mut out = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b != b'\\' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let e = *body.get(i + 1)?;
+        i += 2;
+        match e {
+            b'n' => out.push(b'\n'),
+            b't' => out.push(b'\t'),
+            b'r' => out.push(b'\r'),
+            b'a' => out.push(7),
+            b'b' => out.push(8),
+            b'f' => out.push(12),
+            b'v' => out.push(11),
+            b'\\' => out.push(b'\\'),
+            b'\'' => out.push(b'\''),
+            b'"' => out.push(b'"'),
+            b'\n' => {}
+            b'x' => {
+                let hex = body.get(i..i + 2)?;
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 2;
+            }
+            b'0'..=b'7' => {
+                let mut v = (e - b'0') as u32;
+                let mut k = 0;
+                while k < 2 && i < body.len() && (b'0'..=b'7').contains(&body[i]) {
+                    v = v * 8 + (body[i] - b'0') as u32;
+                    i += 1;
+                    k += 1;
+                }
+                out.push(v as u8);
+            }
+            other => {
+                out.push(b'\\');
+                out.push(other);
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load_pickle, NoHooks};
+    use super::*;
+
+    fn run(bytes: &[u8]) -> std::result::Result<(Arena, NodeId), PickleError> {
+        let mut arena = Arena::new();
+        let id = load_pickle(bytes, &mut arena, &mut NoHooks, PickleLimits::default(), StringEncoding::Utf8)?.0;
+        Ok((arena, id))
+    }
+
+    #[test]
+    fn protocol2_dict_with_memo_sharing() {
+        // pickle.dumps({'a': [1, 2], 'b': 'x'}, protocol=2) with the list memoized and reused:
+        // {'a': L, 'b': L} where L = [1, 2]
+        let bytes = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01K\x02eX\x01\x00\x00\x00bq\x03h\x02u.";
+        let (arena, root) = run(bytes).unwrap();
+        let Node::Dict(items) = arena.get(root) else { panic!() };
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].1, items[1].1, "memo shares by reference");
+        let Node::List(list) = arena.get(items[0].1) else { panic!() };
+        let ints: Vec<_> = list.iter().map(|&i| arena.get(i).clone()).collect();
+        assert_eq!(ints, vec![Node::Int(1), Node::Int(2)]);
+    }
+
+    #[test]
+    fn big_ints_and_floats() {
+        // pickle.dumps([2**70, -1, 1.5], protocol=2)
+        let bytes = b"\x80\x02]q\x00(\x8a\t\x00\x00\x00\x00\x00\x00\x00\x00@J\xff\xff\xff\xffG?\xf8\x00\x00\x00\x00\x00\x00e.";
+        let (arena, root) = run(bytes).unwrap();
+        let Node::List(items) = arena.get(root) else { panic!() };
+        assert!(matches!(arena.get(items[0]), Node::BigInt(_)));
+        assert_eq!(arena.get(items[1]), &Node::Int(-1));
+        assert_eq!(arena.get(items[2]), &Node::Float(1.5));
+    }
+
+    #[test]
+    fn protocol0_text_opcodes() {
+        // pickle.dumps([1, 'a', 2.5, True], protocol=0)
+        let bytes = b"(lp0\nI1\naVa\np1\naF2.5\naI01\na.";
+        let (arena, root) = run(bytes).unwrap();
+        let Node::List(items) = arena.get(root) else { panic!() };
+        assert_eq!(arena.get(items[0]), &Node::Int(1));
+        assert_eq!(arena.get(items[1]), &Node::Str("a".into()));
+        assert_eq!(arena.get(items[2]), &Node::Float(2.5));
+        assert_eq!(arena.get(items[3]), &Node::Bool(true));
+    }
+
+    #[test]
+    fn py2_string_literals() {
+        assert_eq!(py_string_literal(b"'a\\x00\\n\\'b'").unwrap(), b"a\x00\n'b");
+        assert_eq!(raw_unicode_escape(b"caf\\u00e9").unwrap(), "caf\u{e9}");
+    }
+
+    #[test]
+    fn errors_name_offset_and_opcode() {
+        let err = run(b"\x80\x02h\x05.").unwrap_err();
+        assert_eq!(err.to_string(), "byte 0x2, opcode BINGET: memo slot 5 was never set");
+        let err = run(b"\x80\x02.").unwrap_err();
+        assert_eq!(err.to_string(), "byte 0x2, opcode STOP: unpickling stack underflow");
+        let err = run(b"\x80\x02X\xff\xff\xff\xffab").unwrap_err();
+        assert!(err.to_string().contains("declares a length of 4294967295 bytes"), "{err}");
+        let err = run(b"\x80\x02K").unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
+        let err = run(b"").unwrap_err();
+        assert!(err.to_string().contains("no STOP"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_does_not_recurse() {
+        // 100 000 nested lists: ']' * n then 'a' * (n-1) then '.'
+        let n = 100_000;
+        let mut bytes = vec![0x80, 2];
+        bytes.extend(std::iter::repeat(b']').take(n));
+        bytes.extend(std::iter::repeat(b'a').take(n - 1));
+        bytes.push(b'.');
+        let (arena, _) = run(&bytes).unwrap();
+        assert_eq!(arena.len(), n);
+    }
+}

@@ -1,0 +1,189 @@
+//! A general pickle reader (protocols 0–5) that knows nothing of torch.
+//!
+//! [`load_pickle`] runs the [`machine::Machine`] over a byte slice and returns the id of the
+//! result in an [`Arena`]. Two hooks give meaning to what the machine cannot decide alone:
+//!
+//! | hook | called for | may |
+//! |---|---|---|
+//! | [`Hooks::find_class`] | `GLOBAL`, `STACK_GLOBAL`, `INST` | rename (`__builtin__` → `builtins`) or refuse |
+//! | [`Hooks::persistent_load`] | `BINPERSID`, `PERSID` | return any node (torch: a storage handle) |
+//!
+//! Nothing is imported or executed: calls are recorded as [`Node::Call`] nodes.
+
+pub mod machine;
+pub mod value;
+
+use std::fmt;
+
+pub use value::{Arena, Call, CallKind, Node, NodeId};
+
+/// What the machine asks of the layer above it.
+pub trait Hooks {
+    /// Resolves a global name. Returns the `(module, name)` to record, or a message refusing it.
+    fn find_class(&mut self, module: &str, name: &str) -> Result<(String, String), String>;
+
+    /// Turns a persistent id (the node `pid`) into the node that stands for it.
+    fn persistent_load(&mut self, arena: &mut Arena, pid: NodeId) -> Result<NodeId, String>;
+}
+
+/// Hooks that accept every global as it is and refuse persistent ids.
+#[derive(Debug, Default)]
+pub struct NoHooks;
+
+impl Hooks for NoHooks {
+    fn find_class(&mut self, module: &str, name: &str) -> Result<(String, String), String> {
+        Ok((module.to_owned(), name.to_owned()))
+    }
+    fn persistent_load(&mut self, _: &mut Arena, _: NodeId) -> Result<NodeId, String> {
+        Err("persistent ids are not supported here".into())
+    }
+}
+
+/// How Python 2 strings (`STRING`, `BINSTRING`, `SHORT_BINSTRING`) are decoded, as torch.load's
+/// `encoding` argument.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StringEncoding {
+    /// UTF-8 text (torch's default).
+    #[default]
+    Utf8,
+    /// Latin-1 text: every byte one code point.
+    Latin1,
+    /// Kept as bytes.
+    Bytes,
+}
+
+/// Bounds the machine enforces; each guards memory against a hostile pickle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickleLimits {
+    /// Most objects one pickle may create. Each opcode makes at most two, so the input size
+    /// already bounds this; the cap keeps ids in `u32` and memory predictable.
+    pub max_nodes: usize,
+    /// Most distinct memo slots (`BINPUT` with scattered indices costs a map entry each).
+    pub max_memo: usize,
+    /// Most values on the stack at once.
+    pub max_stack: usize,
+}
+
+impl Default for PickleLimits {
+    fn default() -> Self {
+        PickleLimits {
+            max_nodes: 50_000_000,
+            max_memo: 10_000_000,
+            max_stack: 10_000_000,
+        }
+    }
+}
+
+/// A pickle that could not be read: where, during which opcode, and what went wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PickleError {
+    /// Byte offset of the opcode within the pickle.
+    pub offset: u64,
+    /// The opcode being executed, if any.
+    pub opcode: Option<u8>,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for PickleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "byte 0x{:X}", self.offset)?;
+        if let Some(op) = self.opcode {
+            match opcode_name(op) {
+                Some(name) => write!(f, ", opcode {name}")?,
+                None => write!(f, ", opcode 0x{op:02X}")?,
+            }
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for PickleError {}
+
+/// Runs one pickle from the start of `input`; returns the result and the offset after `STOP`.
+pub fn load_pickle<H: Hooks>(
+    input: &[u8],
+    arena: &mut Arena,
+    hooks: &mut H,
+    limits: PickleLimits,
+    encoding: StringEncoding,
+) -> Result<(NodeId, usize), PickleError> {
+    let mut machine = machine::Machine::new(input, arena, hooks, limits, encoding);
+    let root = machine.run()?;
+    Ok((root, machine.position()))
+}
+
+/// The name of a pickle opcode, as Python's `pickletools` spells it.
+pub fn opcode_name(op: u8) -> Option<&'static str> {
+    Some(match op {
+        b'(' => "MARK",
+        b'.' => "STOP",
+        b'0' => "POP",
+        b'1' => "POP_MARK",
+        b'2' => "DUP",
+        b'F' => "FLOAT",
+        b'I' => "INT",
+        b'J' => "BININT",
+        b'K' => "BININT1",
+        b'L' => "LONG",
+        b'M' => "BININT2",
+        b'N' => "NONE",
+        b'P' => "PERSID",
+        b'Q' => "BINPERSID",
+        b'R' => "REDUCE",
+        b'S' => "STRING",
+        b'T' => "BINSTRING",
+        b'U' => "SHORT_BINSTRING",
+        b'V' => "UNICODE",
+        b'X' => "BINUNICODE",
+        b'a' => "APPEND",
+        b'b' => "BUILD",
+        b'c' => "GLOBAL",
+        b'd' => "DICT",
+        b'}' => "EMPTY_DICT",
+        b'e' => "APPENDS",
+        b'g' => "GET",
+        b'h' => "BINGET",
+        b'i' => "INST",
+        b'j' => "LONG_BINGET",
+        b'l' => "LIST",
+        b']' => "EMPTY_LIST",
+        b'o' => "OBJ",
+        b'p' => "PUT",
+        b'q' => "BINPUT",
+        b'r' => "LONG_BINPUT",
+        b's' => "SETITEM",
+        b't' => "TUPLE",
+        b')' => "EMPTY_TUPLE",
+        b'u' => "SETITEMS",
+        b'G' => "BINFLOAT",
+        b'B' => "BINBYTES",
+        b'C' => "SHORT_BINBYTES",
+        0x80 => "PROTO",
+        0x81 => "NEWOBJ",
+        0x82 => "EXT1",
+        0x83 => "EXT2",
+        0x84 => "EXT4",
+        0x85 => "TUPLE1",
+        0x86 => "TUPLE2",
+        0x87 => "TUPLE3",
+        0x88 => "NEWTRUE",
+        0x89 => "NEWFALSE",
+        0x8a => "LONG1",
+        0x8b => "LONG4",
+        0x8c => "SHORT_BINUNICODE",
+        0x8d => "BINUNICODE8",
+        0x8e => "BINBYTES8",
+        0x8f => "EMPTY_SET",
+        0x90 => "ADDITEMS",
+        0x91 => "FROZENSET",
+        0x92 => "NEWOBJ_EX",
+        0x93 => "STACK_GLOBAL",
+        0x94 => "MEMOIZE",
+        0x95 => "FRAME",
+        0x96 => "BYTEARRAY8",
+        0x97 => "NEXT_BUFFER",
+        0x98 => "READONLY_BUFFER",
+        _ => return None,
+    })
+}

@@ -1,0 +1,272 @@
+//! The objects a pickle builds, kept in an arena so that the memo shares them by reference.
+//!
+//! Every value the machine creates is a [`Node`] in an [`Arena`], named by a [`NodeId`]. The memo,
+//! the stack and containers hold ids, so a value stored once and fetched a million times (BINGET)
+//! is still one node, and a container mutated after it was memoized (EMPTY_DICT, BINPUT, SETITEMS)
+//! is seen mutated through every reference, exactly as in Python. Nothing is ever deep-cloned.
+//!
+//! The arena knows nothing of torch: calls (`REDUCE`, `NEWOBJ`, `OBJ`, `INST`) and `BUILD`s are
+//! recorded, never performed; later layers decide what they mean.
+
+/// Index of a node in its [`Arena`].
+pub type NodeId = u32;
+
+/// How a [`Call`] node was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallKind {
+    /// `REDUCE`: `callable(*args)`.
+    Reduce,
+    /// `NEWOBJ` / `NEWOBJ_EX`: `cls.__new__(cls, *args, **kwargs)`.
+    NewObj,
+    /// `OBJ` / `INST` (protocols 0–1): `cls(*args)`.
+    Inst,
+}
+
+/// A call recorded by the machine, with whatever later opcodes did to its result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    /// The callable or class (usually a [`Node::Global`]).
+    pub callable: NodeId,
+    /// The positional arguments (a [`Node::Tuple`]).
+    pub args: NodeId,
+    /// Keyword arguments for `NEWOBJ_EX` (a [`Node::Dict`]).
+    pub kwargs: Option<NodeId>,
+    /// Which opcode made it.
+    pub kind: CallKind,
+    /// The states passed to `BUILD`, in order (usually zero or one).
+    pub state: Vec<NodeId>,
+    /// Items added by `APPEND`/`APPENDS` (the object acts as a list).
+    pub list_items: Vec<NodeId>,
+    /// Items added by `SETITEM`/`SETITEMS` (the object acts as a dict).
+    pub dict_items: Vec<(NodeId, NodeId)>,
+}
+
+/// One pickled value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Node {
+    /// `None`
+    None,
+    /// `True` / `False`
+    Bool(bool),
+    /// An int that fits in 64 bits.
+    Int(i64),
+    /// A larger int, as little-endian two's-complement bytes (LONG1/LONG4 payload).
+    BigInt(Vec<u8>),
+    /// A float.
+    Float(f64),
+    /// A str (and py2 strings decoded as text).
+    Str(String),
+    /// A bytes object (and py2 strings kept as bytes).
+    Bytes(Vec<u8>),
+    /// A bytearray (protocol 5 `BYTEARRAY8`).
+    ByteArray(Vec<u8>),
+    /// A list.
+    List(Vec<NodeId>),
+    /// A tuple.
+    Tuple(Vec<NodeId>),
+    /// A dict, in insertion order; a repeated key replaces the earlier value in place.
+    Dict(Vec<(NodeId, NodeId)>),
+    /// A set (`EMPTY_SET` + `ADDITEMS`).
+    Set(Vec<NodeId>),
+    /// A frozenset.
+    FrozenSet(Vec<NodeId>),
+    /// A global name (`GLOBAL`, `STACK_GLOBAL`, `INST`), as the find_class hook returned it.
+    Global {
+        /// Module, e.g. `torch._utils`.
+        module: String,
+        /// Qualified name, e.g. `_rebuild_tensor_v2`.
+        name: String,
+    },
+    /// A call or object construction, recorded, never performed.
+    Call(Box<Call>),
+    /// An opaque value made by the persistent_load hook (e.g. a storage handle).
+    External(u64),
+}
+
+/// The node store: ids are indices into it.
+#[derive(Debug, Default)]
+pub struct Arena {
+    nodes: Vec<Node>,
+}
+
+impl Arena {
+    /// An empty arena.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a node and returns its id.
+    ///
+    /// Ids are `u32`: the machine's input cap keeps the count far below that; a pickle that
+    /// would exceed it is refused before this is called.
+    pub fn push(&mut self, node: Node) -> NodeId {
+        let id = self.nodes.len() as NodeId;
+        self.nodes.push(node);
+        id
+    }
+
+    /// The node with this id.
+    ///
+    /// Ids only come from [`Arena::push`] of this arena, so they are always in range.
+    pub fn get(&self, id: NodeId) -> &Node {
+        &self.nodes[id as usize]
+    }
+
+    /// The node with this id, mutably.
+    pub fn get_mut(&mut self, id: NodeId) -> &mut Node {
+        &mut self.nodes[id as usize]
+    }
+
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether the arena is empty.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// A node's items when it is a tuple, else `None`.
+    pub fn tuple(&self, id: NodeId) -> Option<&[NodeId]> {
+        match self.get(id) {
+            Node::Tuple(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    /// A node's text when it is a str, else `None`.
+    pub fn str(&self, id: NodeId) -> Option<&str> {
+        match self.get(id) {
+            Node::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A node's value when it is an int that fits in 64 bits (or a bool, as Python's int).
+    pub fn int(&self, id: NodeId) -> Option<i64> {
+        match self.get(id) {
+            Node::Int(v) => Some(*v),
+            Node::Bool(b) => Some(*b as i64),
+            _ => None,
+        }
+    }
+
+    /// `(module, name)` when the node is a global.
+    pub fn global(&self, id: NodeId) -> Option<(&str, &str)> {
+        match self.get(id) {
+            Node::Global { module, name } => Some((module, name)),
+            _ => None,
+        }
+    }
+
+    /// A short name for the node's kind, for error messages.
+    pub fn kind_name(&self, id: NodeId) -> &'static str {
+        match self.get(id) {
+            Node::None => "None",
+            Node::Bool(_) => "bool",
+            Node::Int(_) | Node::BigInt(_) => "int",
+            Node::Float(_) => "float",
+            Node::Str(_) => "str",
+            Node::Bytes(_) => "bytes",
+            Node::ByteArray(_) => "bytearray",
+            Node::List(_) => "list",
+            Node::Tuple(_) => "tuple",
+            Node::Dict(_) => "dict",
+            Node::Set(_) => "set",
+            Node::FrozenSet(_) => "frozenset",
+            Node::Global { .. } => "global",
+            Node::Call(_) => "object",
+            Node::External(_) => "persistent object",
+        }
+    }
+}
+
+/// Decimal text of a little-endian two's-complement integer of any length.
+pub fn bigint_to_decimal(le: &[u8]) -> String {
+    if le.is_empty() {
+        return "0".to_string();
+    }
+    let negative = le[le.len() - 1] & 0x80 != 0;
+    // Magnitude as little-endian bytes.
+    let mut mag: Vec<u8> = if negative {
+        let mut out = Vec::with_capacity(le.len());
+        let mut carry = 1u16;
+        for &b in le {
+            let v = (!b) as u16 + carry;
+            out.push(v as u8);
+            carry = v >> 8;
+        }
+        out
+    } else {
+        le.to_vec()
+    };
+    let mut digits = Vec::new();
+    while mag.iter().any(|&b| b != 0) {
+        let mut rem = 0u32;
+        for b in mag.iter_mut().rev() {
+            let cur = (rem << 8) | *b as u32;
+            *b = (cur / 10) as u8;
+            rem = cur % 10;
+        }
+        digits.push(b'0' + rem as u8);
+    }
+    if digits.is_empty() {
+        digits.push(b'0');
+    }
+    if negative {
+        digits.push(b'-');
+    }
+    digits.reverse();
+    String::from_utf8(digits).unwrap_or_default()
+}
+
+/// Little-endian two's-complement bytes of a decimal integer text (`-?[0-9]+`), or `None`.
+pub fn decimal_to_bigint(text: &str) -> Option<Vec<u8>> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut mag: Vec<u8> = vec![0];
+    for d in digits.bytes() {
+        let mut carry = (d - b'0') as u32;
+        for b in mag.iter_mut() {
+            let v = *b as u32 * 10 + carry;
+            *b = v as u8;
+            carry = v >> 8;
+        }
+        if carry > 0 {
+            mag.push(carry as u8);
+        }
+    }
+    mag.push(0); // room for the sign bit
+    if negative {
+        let mut carry = 1u16;
+        for b in mag.iter_mut() {
+            let v = (!*b) as u16 + carry;
+            *b = v as u8;
+            carry = v >> 8;
+        }
+    }
+    Some(mag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bigint_decimal_round_trip() {
+        for text in ["0", "1", "-1", "1180591620717411303424", "-1180591620717411303424", "255"] {
+            let bytes = decimal_to_bigint(text).unwrap();
+            assert_eq!(bigint_to_decimal(&bytes), text);
+        }
+        // 2**70 as Python's LONG1 writes it: 9 bytes.
+        assert_eq!(bigint_to_decimal(&[0, 0, 0, 0, 0, 0, 0, 0, 0x40]), "1180591620717411303424");
+        assert_eq!(bigint_to_decimal(&[0xff]), "-1");
+        assert_eq!(decimal_to_bigint("12a"), None);
+    }
+}

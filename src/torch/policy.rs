@@ -1,0 +1,154 @@
+//! The weights-only policy (spec §6): which globals a checkpoint may name.
+//!
+//! With `weights_only` (the default, as in torch ≥ 2.6) a global outside torch's allowlist is
+//! refused when the pickle names it, with torch's wording so users can search for it. Without
+//! it every global is accepted, but nothing is ever imported or run: unknown classes become
+//! inert [`super::Object`]s. Module names are first mapped as Python 3's unpickler does for
+//! protocol-2 files (`__builtin__` → `builtins`, `copy_reg` → `copyreg`).
+
+use super::Dtype;
+
+/// Modules that can never be allowlisted in torch (spec §6.2).
+const BLOCKED_MODULES: [&str; 4] = ["sys", "os", "posix", "nt"];
+
+/// Non-torch globals torch allows by default.
+const ALLOWED_PLAIN: [&str; 11] = [
+    "collections.OrderedDict",
+    "collections.Counter",
+    "torch.nn.parameter.Parameter",
+    "torch.serialization._get_layout",
+    "torch.Size",
+    "torch.Tensor",
+    "torch.device",
+    "_codecs.encode",
+    "builtins.bytearray",
+    "builtins.set",
+    "builtins.complex",
+];
+
+const REBUILD_FUNCTIONS: [&str; 12] = [
+    "torch._utils._rebuild_tensor",
+    "torch._utils._rebuild_tensor_v2",
+    "torch._utils._rebuild_tensor_v3",
+    "torch._utils._rebuild_parameter",
+    "torch._utils._rebuild_parameter_with_state",
+    "torch._utils._rebuild_qtensor",
+    "torch._utils._rebuild_sparse_tensor",
+    "torch._utils._rebuild_meta_tensor_no_storage",
+    "torch._utils._rebuild_wrapper_subclass",
+    "torch._utils._rebuild_device_tensor_from_numpy",
+    "torch._utils._rebuild_device_tensor_from_cpu_tensor",
+    "torch._tensor._rebuild_from_type_v2",
+];
+
+const QSCHEMES: [&str; 5] = [
+    "per_tensor_affine",
+    "per_channel_affine",
+    "per_tensor_symmetric",
+    "per_channel_symmetric",
+    "per_channel_affine_float_qparams",
+];
+
+const LEGACY_TENSOR_CLASSES: [&str; 10] = [
+    "DoubleTensor",
+    "FloatTensor",
+    "HalfTensor",
+    "BFloat16Tensor",
+    "LongTensor",
+    "IntTensor",
+    "ShortTensor",
+    "CharTensor",
+    "ByteTensor",
+    "BoolTensor",
+];
+
+/// Python 3's renames of Python 2 modules, as `pickle`'s `fix_imports` applies them.
+pub fn python3_module(module: &str) -> &str {
+    match module {
+        "__builtin__" => "builtins",
+        "copy_reg" => "copyreg",
+        "Queue" => "queue",
+        "cPickle" => "pickle",
+        "UserDict" | "UserList" | "UserString" => "collections",
+        other => other,
+    }
+}
+
+/// Whether torch's weights-only unpickler allows `module.name` by default.
+pub fn is_allowed(module: &str, name: &str) -> bool {
+    let full = format!("{module}.{name}");
+    if ALLOWED_PLAIN.contains(&full.as_str()) || REBUILD_FUNCTIONS.contains(&full.as_str()) {
+        return true;
+    }
+    match module {
+        "torch" => {
+            Dtype::from_name(name).is_some()
+                || is_sub_byte_int(name)
+                || QSCHEMES.contains(&name)
+                || LEGACY_TENSOR_CLASSES.contains(&name)
+                || Dtype::from_storage_class(name).is_some()
+        }
+        "torch.cuda" | "torch.sparse" | "torch.cuda.sparse" => {
+            LEGACY_TENSOR_CLASSES.contains(&name)
+                || (module == "torch.cuda" && Dtype::from_storage_class(name).is_some())
+        }
+        "torch.storage" => name == "UntypedStorage" || name == "TypedStorage",
+        _ => false,
+    }
+}
+
+/// `uint1`…`uint7`, `int1`…`int7`: dtypes torch allows as globals but cannot save.
+fn is_sub_byte_int(name: &str) -> bool {
+    let digits = name.strip_prefix("uint").or_else(|| name.strip_prefix("int"));
+    matches!(digits, Some(d) if d.len() == 1 && (b'1'..=b'7').contains(&d.as_bytes()[0]))
+}
+
+/// The message for a global refused under weights-only: torch's searchable sentence, then how
+/// to opt out in ptload.
+pub fn refusal(module: &str, name: &str) -> String {
+    let shown = if module == "builtins" {
+        name.to_owned()
+    } else {
+        format!("{module}.{name}")
+    };
+    let what = if BLOCKED_MODULES.contains(&module) {
+        format!("Trying to load unsupported GLOBAL {module}.{name} whose module {module} is blocked.")
+    } else {
+        format!("Unsupported global: GLOBAL {shown} was not an allowed global by default.")
+    };
+    format!(
+        "Weights only load failed. WeightsUnpickler error: {what} Only load this file without \
+         weights_only if you trust its source (Loader::weights_only(false), CLI --no-weights-only, \
+         JS weightsOnly: false): ptload then keeps such globals as inert objects and never runs them."
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowlist() {
+        assert!(is_allowed("torch._utils", "_rebuild_tensor_v2"));
+        assert!(is_allowed("collections", "OrderedDict"));
+        assert!(is_allowed("torch", "bfloat16"));
+        assert!(is_allowed("torch", "uint3"));
+        assert!(is_allowed("torch", "FloatStorage"));
+        assert!(is_allowed("torch.cuda", "HalfStorage"));
+        assert!(is_allowed("torch", "per_channel_affine"));
+        assert!(!is_allowed("torch._utils", "_rebuild_nested_tensor"));
+        assert!(!is_allowed("builtins", "frozenset"));
+        assert!(!is_allowed("argparse", "Namespace"));
+        assert!(!is_allowed("torch.torch_version", "TorchVersion"));
+        assert!(!is_allowed("posix", "system"));
+    }
+
+    #[test]
+    fn refusal_texts() {
+        let m = refusal("argparse", "Namespace");
+        assert!(m.contains("Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default."));
+        assert!(refusal("builtins", "frozenset").contains("GLOBAL frozenset was"));
+        assert!(refusal("posix", "system")
+            .contains("Trying to load unsupported GLOBAL posix.system whose module posix is blocked."));
+    }
+}

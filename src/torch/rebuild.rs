@@ -1,0 +1,568 @@
+//! Gives torch meaning to the pickle machine's nodes: the rebuild functions (spec §3.4), the
+//! other torch and Python globals checkpoints use (§3.5–3.6), and the conversion of the arena
+//! into the checkpoint's [`Value`] tree.
+//!
+//! Rebuild functions are pure constructors of [`TensorMeta`]; nothing is called. Argument lists:
+//!
+//! | global | arguments |
+//! |---|---|
+//! | `torch._utils._rebuild_tensor` | storage, offset, size, stride |
+//! | `torch._utils._rebuild_tensor_v2` | storage, offset, size, stride, requires_grad, hooks[, metadata] |
+//! | `torch._utils._rebuild_tensor_v3` | storage, offset, size, stride, requires_grad, hooks, dtype[, metadata] |
+//! | `torch._utils._rebuild_parameter` | tensor, requires_grad, hooks |
+//! | `torch._utils._rebuild_parameter_with_state` | tensor, requires_grad, hooks, state |
+//! | `torch._tensor._rebuild_from_type_v2` | func, new_type, args, state |
+//! | `torch._utils._rebuild_qtensor` | storage, offset, size, stride, qparams, requires_grad, hooks |
+//! | `torch._utils._rebuild_meta_tensor_no_storage` | dtype, size, stride, requires_grad |
+//!
+//! Offsets, sizes and strides are in elements of the tensor's dtype; every view is checked to lie
+//! within its storage, with checked arithmetic, before it is accepted.
+
+use super::storage::StorageRef;
+use super::value::{Dict, Object, StorageId, TensorKind, TensorMeta, Value};
+use super::Dtype;
+use crate::error::{Error, Result};
+use crate::pickle::value::bigint_to_decimal;
+use crate::pickle::{Arena, Call, Node, NodeId};
+
+use super::storage::StorageView;
+
+/// Bounds on the tree built from a pickle.
+#[derive(Clone, Copy, Debug)]
+pub struct TreeLimits {
+    /// Deepest nesting of containers.
+    pub max_depth: usize,
+    /// Most values in the tree (a memo-shared value counts each time it is reached).
+    pub max_values: u64,
+    /// Most tensor dimensions.
+    pub max_rank: usize,
+}
+
+/// Converts an arena into a [`Value`] tree.
+pub struct Interpreter<'a> {
+    arena: &'a Arena,
+    storages: &'a [StorageRef],
+    views: &'a [StorageView],
+    limits: TreeLimits,
+    values: u64,
+    path: Vec<String>,
+}
+
+/// What a call's callable is, once resolved.
+enum Callee<'n> {
+    Global(&'n str, &'n str),
+    Other(&'static str),
+}
+
+impl<'a> Interpreter<'a> {
+    /// An interpreter over `arena`, whose `External` nodes index `views` into `storages`.
+    pub fn new(arena: &'a Arena, storages: &'a [StorageRef], views: &'a [StorageView], limits: TreeLimits) -> Self {
+        Interpreter {
+            arena,
+            storages,
+            views,
+            limits,
+            values: 0,
+            path: Vec::new(),
+        }
+    }
+
+    /// Converts the node `root` and everything it reaches.
+    pub fn convert(&mut self, root: NodeId) -> Result<Value> {
+        self.value(root, 0)
+    }
+
+    fn here(&self) -> String {
+        if self.path.is_empty() {
+            "<root>".to_owned()
+        } else {
+            self.path.join(".")
+        }
+    }
+
+    fn tensor_error(&self, message: impl std::fmt::Display) -> Error {
+        Error::invalid_tensor(format!("tensor '{}': {message}", self.here()))
+    }
+
+    fn count(&mut self) -> Result<()> {
+        self.values += 1;
+        if self.values > self.limits.max_values {
+            return Err(Error::limit("max_values", self.values, self.limits.max_values));
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, id: NodeId, depth: usize) -> Result<Value> {
+        if depth > self.limits.max_depth {
+            return Err(Error::limit("max_depth", depth as u64, self.limits.max_depth as u64));
+        }
+        self.count()?;
+        let arena = self.arena;
+        Ok(match arena.get(id) {
+            Node::None => Value::None,
+            Node::Bool(b) => Value::Bool(*b),
+            Node::Int(i) => Value::Int(*i),
+            Node::BigInt(bytes) => Value::BigInt(bigint_to_decimal(bytes)),
+            Node::Float(x) => Value::Float(*x),
+            Node::Str(s) => Value::Str(s.clone()),
+            Node::Bytes(b) => Value::Bytes(b.clone()),
+            Node::ByteArray(b) => Value::ByteArray(b.clone()),
+            Node::List(items) => Value::List(self.seq(items, depth)?),
+            Node::Tuple(items) => Value::Tuple(self.seq(items, depth)?),
+            Node::Set(items) => Value::Set(self.seq(items, depth)?),
+            Node::FrozenSet(items) => Value::FrozenSet(self.seq(items, depth)?),
+            Node::Dict(items) => Value::Dict(Dict {
+                class: "dict".into(),
+                items: self.pairs(items, depth)?,
+                attributes: Vec::new(),
+            }),
+            Node::Global { module, name } => Value::Global(format!("{module}.{name}")),
+            Node::External(i) => {
+                let view = self.views[*i as usize];
+                Value::Storage(view.id)
+            }
+            Node::Call(call) => self.call(call, depth)?,
+        })
+    }
+
+    fn seq(&mut self, items: &[NodeId], depth: usize) -> Result<Vec<Value>> {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, &item) in items.iter().enumerate() {
+            self.path.push(i.to_string());
+            out.push(self.value(item, depth + 1)?);
+            self.path.pop();
+        }
+        Ok(out)
+    }
+
+    fn pairs(&mut self, items: &[(NodeId, NodeId)], depth: usize) -> Result<Vec<(Value, Value)>> {
+        let mut out = Vec::with_capacity(items.len());
+        for &(k, v) in items {
+            let key = self.value(k, depth + 1)?;
+            self.path.push(super::value::key_segment(&key));
+            let value = self.value(v, depth + 1)?;
+            self.path.pop();
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    fn args(&mut self, call: &Call, depth: usize) -> Result<Vec<Value>> {
+        let items = self.arena.tuple(call.args).unwrap_or(&[]);
+        self.seq(items, depth)
+    }
+
+    fn call(&mut self, call: &Call, depth: usize) -> Result<Value> {
+        let callee = match self.arena.get(call.callable) {
+            Node::Global { module, name } => Callee::Global(module, name),
+            _ => Callee::Other(self.arena.kind_name(call.callable)),
+        };
+        let (module, name) = match callee {
+            Callee::Global(m, n) => (m, n),
+            Callee::Other(kind) => {
+                return Err(Error::unsupported(format!(
+                    "at '{}': a call whose callable is a {kind}, not a global",
+                    self.here()
+                )))
+            }
+        };
+        match (module, name) {
+            ("collections", "OrderedDict" | "Counter" | "defaultdict") => self.dict_object(module, name, call, depth),
+            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_tensor_v3" | "_rebuild_qtensor") => {
+                let view = self.first_arg_view(call);
+                let args = self.args(call, depth)?;
+                self.rebuild_tensor(name, &args, view)
+            }
+            ("torch._utils", "_rebuild_parameter" | "_rebuild_parameter_with_state") => {
+                let args = self.args(call, depth)?;
+                self.rebuild_parameter(name, args)
+            }
+            ("torch.nn.parameter", "Parameter") => {
+                let args = self.args(call, depth)?;
+                let mut it = args.into_iter();
+                let tensor = it.next().unwrap_or(Value::None);
+                let requires_grad = it.next().unwrap_or(Value::Bool(true));
+                self.rebuild_parameter("Parameter", vec![tensor, requires_grad, Value::None])
+            }
+            ("torch._tensor", "_rebuild_from_type_v2") => self.rebuild_from_type(call, depth),
+            ("torch._utils", "_rebuild_meta_tensor_no_storage") => {
+                let args = self.args(call, depth)?;
+                self.rebuild_meta(&args)
+            }
+            (
+                "torch._utils",
+                "_rebuild_sparse_tensor"
+                | "_rebuild_nested_tensor"
+                | "_rebuild_wrapper_subclass"
+                | "_rebuild_device_tensor_from_numpy"
+                | "_rebuild_device_tensor_from_cpu_tensor"
+                | "_rebuild_xla_tensor",
+            ) => Err(Error::unsupported(format!(
+                "tensor '{}' is built by torch._utils.{name}, which ptload does not support yet",
+                self.here()
+            ))),
+            ("torch", "Size") => {
+                let args = self.args(call, depth)?;
+                match args.into_iter().next() {
+                    Some(Value::Tuple(dims)) | Some(Value::List(dims)) => Ok(Value::Tuple(dims)),
+                    _ => Err(Error::invalid_tensor(format!("at '{}': torch.Size needs a tuple", self.here()))),
+                }
+            }
+            ("builtins", "set" | "frozenset") => {
+                let args = self.args(call, depth)?;
+                let items = match args.into_iter().next() {
+                    Some(Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v)) => v,
+                    None => Vec::new(),
+                    Some(other) => return Err(self.bad_args(module, name, &other)),
+                };
+                Ok(if name == "set" { Value::Set(items) } else { Value::FrozenSet(items) })
+            }
+            ("builtins", "complex") => {
+                let args = self.args(call, depth)?;
+                let num = |v: Option<&Value>| match v {
+                    Some(Value::Float(x)) => Some(*x),
+                    Some(Value::Int(i)) => Some(*i as f64),
+                    None => Some(0.0),
+                    _ => None,
+                };
+                match (num(args.first()), num(args.get(1))) {
+                    (Some(re), Some(im)) => Ok(Value::Complex(re, im)),
+                    _ => Err(self.bad_args(module, name, &Value::Tuple(args))),
+                }
+            }
+            ("builtins", "bytearray") => {
+                let args = self.args(call, depth)?;
+                match args.as_slice() {
+                    [] => Ok(Value::ByteArray(Vec::new())),
+                    [Value::Bytes(b)] | [Value::ByteArray(b)] => Ok(Value::ByteArray(b.clone())),
+                    [Value::Str(s), Value::Str(enc)] => Ok(Value::ByteArray(self.encode(s, enc)?)),
+                    _ => Err(self.bad_args(module, name, &Value::Tuple(args))),
+                }
+            }
+            ("_codecs", "encode") => {
+                let args = self.args(call, depth)?;
+                match args.as_slice() {
+                    [Value::Str(s)] => Ok(Value::Bytes(s.as_bytes().to_vec())),
+                    [Value::Str(s), Value::Str(enc)] => Ok(Value::Bytes(self.encode(s, enc)?)),
+                    _ => Err(self.bad_args(module, name, &Value::Tuple(args))),
+                }
+            }
+            ("torch.serialization", "_get_layout") => {
+                let args = self.args(call, depth)?;
+                match args.first() {
+                    Some(Value::Str(s)) => Ok(Value::Global(s.clone())),
+                    _ => Err(self.bad_args(module, name, &Value::Tuple(args))),
+                }
+            }
+            _ => self.object(format!("{module}.{name}"), call, depth),
+        }
+    }
+
+    fn bad_args(&self, module: &str, name: &str, got: &Value) -> Error {
+        Error::invalid_tensor(format!("at '{}': unexpected arguments for {module}.{name}: {got}", self.here()))
+    }
+
+    fn encode(&self, s: &str, encoding: &str) -> Result<Vec<u8>> {
+        match encoding.to_ascii_lowercase().replace('_', "-").as_str() {
+            "latin1" | "latin-1" | "iso-8859-1" => s
+                .chars()
+                .map(|c| u8::try_from(c as u32).ok())
+                .collect::<Option<Vec<u8>>>()
+                .ok_or_else(|| Error::invalid_tensor(format!("at '{}': a latin-1 bytes literal holds a character above U+00FF", self.here()))),
+            "utf-8" | "utf8" => Ok(s.as_bytes().to_vec()),
+            other => Err(Error::unsupported(format!("at '{}': bytes encoded as {other}", self.here()))),
+        }
+    }
+
+    fn dict_object(&mut self, module: &str, name: &str, call: &Call, depth: usize) -> Result<Value> {
+        let args = self.args(call, depth)?;
+        let mut items = Vec::new();
+        match args.into_iter().next() {
+            None | Some(Value::None) => {}
+            Some(Value::Dict(d)) => items = d.items,
+            Some(Value::List(pairs)) if name == "OrderedDict" => {
+                for pair in pairs {
+                    match pair {
+                        Value::Tuple(mut kv) | Value::List(mut kv) if kv.len() == 2 => {
+                            let v = kv.pop().unwrap_or(Value::None);
+                            let k = kv.pop().unwrap_or(Value::None);
+                            items.push((k, v));
+                        }
+                        other => return Err(self.bad_args(module, name, &other)),
+                    }
+                }
+            }
+            // defaultdict(factory): the factory is a global; keep nothing of it.
+            Some(Value::Global(_)) if name == "defaultdict" => {}
+            Some(other) => return Err(self.bad_args(module, name, &other)),
+        }
+        items.extend(self.pairs(&call.dict_items, depth)?);
+        let mut attributes = Vec::new();
+        for &state in &call.state {
+            match self.value(state, depth + 1)? {
+                Value::Dict(d) => {
+                    for (k, v) in d.items {
+                        attributes.push((super::value::key_segment(&k), v));
+                    }
+                }
+                Value::None => {}
+                other => attributes.push(("__state__".into(), other)),
+            }
+        }
+        Ok(Value::Dict(Dict {
+            class: format!("{module}.{name}"),
+            items,
+            attributes,
+        }))
+    }
+
+    fn object(&mut self, class: String, call: &Call, depth: usize) -> Result<Value> {
+        let args = self.args(call, depth)?;
+        let state = match call.state.as_slice() {
+            [] => None,
+            [.., last] => Some(self.object_state(*last, depth)?),
+        };
+        let dict_items = self.pairs(&call.dict_items, depth)?;
+        let list_items = self.seq(&call.list_items, depth)?;
+        if let Some(kwargs) = call.kwargs {
+            let _ = kwargs; // keyword arguments of NEWOBJ_EX are not kept
+        }
+        Ok(Value::Object(Box::new(Object {
+            class,
+            args,
+            state,
+            list_items,
+            dict_items,
+        })))
+    }
+
+    /// An object's `BUILD` state; its dict keys become path segments (attribute names).
+    fn object_state(&mut self, state: NodeId, depth: usize) -> Result<Value> {
+        self.value(state, depth + 1)
+    }
+
+    /// The storage view when a call's first argument is a persistent-id result: each reference
+    /// carries the dtype its own storage type named.
+    fn first_arg_view(&self, call: &Call) -> Option<StorageView> {
+        let first = *self.arena.tuple(call.args)?.first()?;
+        match self.arena.get(first) {
+            Node::External(i) => self.views.get(*i as usize).copied(),
+            _ => None,
+        }
+    }
+
+    fn dims(&self, v: &Value, what: &str) -> Result<Vec<u64>> {
+        let items = match v {
+            Value::Tuple(items) | Value::List(items) => items,
+            other => return Err(self.tensor_error(format!("{what} must be a tuple of ints, not {other}"))),
+        };
+        if items.len() > self.limits.max_rank {
+            return Err(Error::limit("max_rank", items.len() as u64, self.limits.max_rank as u64));
+        }
+        items
+            .iter()
+            .map(|item| match item {
+                Value::Int(i) if *i >= 0 => Ok(*i as u64),
+                Value::Int(i) => Err(self.tensor_error(format!("negative {what} {i} in {v}"))),
+                other => Err(self.tensor_error(format!("{what} must hold ints, not {other}"))),
+            })
+            .collect()
+    }
+
+    fn rebuild_tensor(&self, name: &str, args: &[Value], view: Option<StorageView>) -> Result<Value> {
+        let arity = match name {
+            "_rebuild_tensor" => 4..=4,
+            "_rebuild_tensor_v2" => 6..=7,
+            "_rebuild_tensor_v3" => 7..=8,
+            _ => 7..=7, // _rebuild_qtensor
+        };
+        if !arity.contains(&args.len()) {
+            return Err(self.tensor_error(format!(
+                "torch._utils.{name} takes {} arguments, got {}",
+                if arity.start() == arity.end() { arity.start().to_string() } else { format!("{} or {}", arity.start(), arity.end()) },
+                args.len()
+            )));
+        }
+        let view = view.ok_or_else(|| {
+            self.tensor_error(format!("the first argument must be a storage, not {}", args[0]))
+        })?;
+        let dtype = if name == "_rebuild_tensor_v3" {
+            match &args[6] {
+                Value::Global(g) => g
+                    .strip_prefix("torch.")
+                    .and_then(Dtype::from_name)
+                    .ok_or_else(|| self.tensor_error(format!("unknown dtype {g}")))?,
+                other => return Err(self.tensor_error(format!("dtype must be a torch dtype, not {other}"))),
+            }
+        } else {
+            view.dtype
+        };
+        let offset = match &args[1] {
+            Value::Int(i) if *i >= 0 => *i as u64,
+            other => return Err(self.tensor_error(format!("storage offset must be a non-negative int, not {other}"))),
+        };
+        let shape = self.dims(&args[2], "size")?;
+        let stride = self.dims(&args[3], "stride")?;
+        if shape.len() != stride.len() {
+            return Err(self.tensor_error(format!(
+                "size has {} dimensions but stride has {}",
+                shape.len(),
+                stride.len()
+            )));
+        }
+        let requires_grad = match name {
+            "_rebuild_tensor" => false,
+            "_rebuild_qtensor" => matches!(args[5], Value::Bool(true)),
+            _ => matches!(args[4], Value::Bool(true)),
+        };
+        let metadata = match name {
+            "_rebuild_tensor_v2" => args.get(6),
+            "_rebuild_tensor_v3" => args.get(7),
+            _ => None,
+        };
+        let flag = |key: &str| match metadata {
+            Some(Value::Dict(d)) => matches!(d.get(key), Some(Value::Bool(true))),
+            _ => false,
+        };
+        let quantizer = (name == "_rebuild_qtensor").then(|| Box::new(args[4].clone()));
+        let meta = TensorMeta {
+            storage: Some(view.id),
+            dtype,
+            shape,
+            stride,
+            storage_offset: offset,
+            requires_grad,
+            conj: flag("conj"),
+            neg: flag("neg"),
+            kind: TensorKind::Tensor,
+            quantizer,
+            attributes: None,
+        };
+        self.check_bounds(&meta, view.id)?;
+        Ok(Value::Tensor(Box::new(meta)))
+    }
+
+    /// torch's `set_` check: the view's last element must lie inside the storage.
+    fn check_bounds(&self, meta: &TensorMeta, id: StorageId) -> Result<()> {
+        let storage = &self.storages[id];
+        let storage_bytes = storage.nbytes().unwrap_or(u64::MAX);
+        let itemsize = meta.dtype.element_size() as u64;
+        let mut numel: u64 = 1;
+        for &s in &meta.shape {
+            numel = numel
+                .checked_mul(s)
+                .ok_or_else(|| self.tensor_error(format!("the element count of size {:?} overflows", meta.shape)))?;
+        }
+        let required = if numel == 0 {
+            Some(0)
+        } else {
+            meta.shape
+                .iter()
+                .zip(&meta.stride)
+                .try_fold(meta.storage_offset.checked_add(1), |acc, (&size, &stride)| {
+                    Some(acc?.checked_add((size - 1).checked_mul(stride)?))
+                })
+                .flatten()
+                .and_then(|elements| elements.checked_mul(itemsize))
+        };
+        match required {
+            Some(bytes) if bytes <= storage_bytes => Ok(()),
+            _ => Err(self.tensor_error(format!(
+                "setStorage: sizes {:?}, strides {:?}, storage offset {}, and itemsize {itemsize} requiring a storage size of {} are out of bounds for storage of size {storage_bytes}",
+                meta.shape,
+                meta.stride,
+                meta.storage_offset,
+                required.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
+            ))),
+        }
+    }
+
+    fn rebuild_parameter(&self, name: &str, args: Vec<Value>) -> Result<Value> {
+        let mut it = args.into_iter();
+        let tensor = it.next();
+        let requires_grad = it.next();
+        let _hooks = it.next();
+        let state = it.next();
+        let Some(Value::Tensor(mut meta)) = tensor else {
+            return Err(self.tensor_error(format!("{name} needs a tensor as its first argument")));
+        };
+        meta.kind = TensorKind::Parameter;
+        meta.requires_grad = matches!(requires_grad, Some(Value::Bool(true)));
+        if let Some(state) = state.filter(|s| !is_empty_state(s)) {
+            meta.attributes = Some(Box::new(state));
+        }
+        Ok(Value::Tensor(meta))
+    }
+
+    fn rebuild_from_type(&mut self, call: &Call, depth: usize) -> Result<Value> {
+        let parts = self.arena.tuple(call.args).unwrap_or(&[]);
+        let [func, new_type, args, state] = parts else {
+            return Err(self.tensor_error(format!("_rebuild_from_type_v2 takes 4 arguments, got {}", parts.len())));
+        };
+        let inner = Call {
+            callable: *func,
+            args: *args,
+            kwargs: None,
+            kind: crate::pickle::CallKind::Reduce,
+            state: Vec::new(),
+            list_items: Vec::new(),
+            dict_items: Vec::new(),
+        };
+        let mut value = self.call(&inner, depth)?;
+        let state = self.value(*state, depth + 1)?;
+        let new_type = self.value(*new_type, depth + 1)?;
+        if let Value::Tensor(meta) = &mut value {
+            let plain = matches!(&new_type, Value::Global(g) if g == "torch.Tensor" || g == "torch.nn.parameter.Parameter");
+            if !is_empty_state(&state) {
+                meta.attributes = Some(Box::new(state));
+            }
+            if !plain {
+                let class = Value::Dict(Dict {
+                    class: "dict".into(),
+                    items: vec![(Value::Str("__class__".into()), new_type)],
+                    attributes: Vec::new(),
+                });
+                meta.attributes.get_or_insert(Box::new(class));
+            }
+        }
+        Ok(value)
+    }
+
+    fn rebuild_meta(&self, args: &[Value]) -> Result<Value> {
+        let [dtype, size, stride, requires_grad] = args else {
+            return Err(self.tensor_error("_rebuild_meta_tensor_no_storage takes 4 arguments"));
+        };
+        let dtype = match dtype {
+            Value::Global(g) => g.strip_prefix("torch.").and_then(Dtype::from_name),
+            _ => None,
+        }
+        .ok_or_else(|| self.tensor_error(format!("unknown dtype {dtype}")))?;
+        let shape = self.dims(size, "size")?;
+        let stride = self.dims(stride, "stride")?;
+        if shape.len() != stride.len() {
+            return Err(self.tensor_error("size and stride differ in length"));
+        }
+        Ok(Value::Tensor(Box::new(TensorMeta {
+            storage: None,
+            dtype,
+            shape,
+            stride,
+            storage_offset: 0,
+            requires_grad: matches!(requires_grad, Value::Bool(true)),
+            conj: false,
+            neg: false,
+            kind: TensorKind::Tensor,
+            quantizer: None,
+            attributes: None,
+        })))
+    }
+}
+
+fn is_empty_state(state: &Value) -> bool {
+    match state {
+        Value::None => true,
+        Value::Dict(d) => d.items.is_empty(),
+        Value::Tuple(parts) => parts.iter().all(is_empty_state),
+        _ => false,
+    }
+}

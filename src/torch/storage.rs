@@ -1,0 +1,144 @@
+//! Storage references: what a pickle's persistent ids say about each storage (spec §3.2).
+//!
+//! A zip checkpoint names every storage with the persistent id
+//! `('storage', storage_type, key, location, numel)`:
+//!
+//! | field | meaning |
+//! |---|---|
+//! | `storage_type` | a global: `torch FloatStorage` (typed, any module) or `torch.storage UntypedStorage` |
+//! | `key` | opaque str; the bytes are record `data/<key>` |
+//! | `location` | the device tag at save time (`cpu`, `cuda:0`, …) |
+//! | `numel` | elements of the storage type; **bytes** for `UntypedStorage` |
+//!
+//! The legacy stream adds a sixth field, `view_metadata` (spec §4.2). Every key maps to one
+//! [`StorageRef`], shared by all tensors that reference it.
+
+use std::collections::HashMap;
+
+use super::Dtype;
+use crate::pickle::{Arena, Node, NodeId};
+
+use super::value::StorageId;
+
+/// One storage as the pickle declares it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageRef {
+    /// The key (`"0"`, or a pointer number in older files).
+    pub key: String,
+    /// The dtype of its first reference (uint8 for `UntypedStorage`).
+    pub dtype: Dtype,
+    /// Elements of `dtype`.
+    pub numel: u64,
+    /// The device tag saved with it.
+    pub location: String,
+}
+
+impl StorageRef {
+    /// Bytes the storage holds, or `None` on overflow.
+    pub fn nbytes(&self) -> Option<u64> {
+        self.numel.checked_mul(self.dtype.element_size() as u64)
+    }
+}
+
+/// A storage as one reference sees it: torch lets two references of the same key read the same
+/// bytes as different dtypes when their sizes agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StorageView {
+    /// Which storage.
+    pub id: StorageId,
+    /// The dtype this reference named (uint8 for untyped).
+    pub dtype: Dtype,
+    /// Whether the reference was an `UntypedStorage` (numel in bytes; tensor dtype comes later).
+    pub untyped: bool,
+}
+
+/// The storages met while unpickling, by key.
+#[derive(Debug, Default)]
+pub struct StorageTable {
+    /// Storages in order of first reference.
+    pub storages: Vec<StorageRef>,
+    by_key: HashMap<String, StorageId>,
+    /// Persistent-id results handed to the pickle machine (`Node::External(i)` is `views[i]`).
+    pub views: Vec<StorageView>,
+}
+
+impl StorageTable {
+    /// Resolves a persistent id node to a new `External` node, registering the storage.
+    pub fn persistent_load(&mut self, arena: &mut Arena, pid: NodeId, max_storages: usize) -> Result<NodeId, String> {
+        let Some(fields) = arena.tuple(pid) else {
+            return Err(format!("persistent id must be a tuple, not a {}", arena.kind_name(pid)));
+        };
+        let text = |id: NodeId| -> Option<String> {
+            match arena.get(id) {
+                Node::Str(s) => Some(s.clone()),
+                Node::Bytes(b) if b.is_ascii() => Some(String::from_utf8_lossy(b).into_owned()),
+                Node::Int(i) => Some(i.to_string()),
+                _ => None,
+            }
+        };
+        if fields.is_empty() || text(fields[0]).as_deref() != Some("storage") {
+            return Err("unsupported persistent id: only ('storage', …) ids are understood".into());
+        }
+        if fields.len() != 5 && fields.len() != 6 {
+            return Err(format!("a storage persistent id has 5 fields, not {}", fields.len()));
+        }
+        if fields.len() == 6 && !matches!(arena.get(fields[5]), Node::None) {
+            return Err("storage views in persistent ids (legacy view_metadata) are not supported yet".into());
+        }
+        let (dtype, untyped) = match arena.global(fields[1]) {
+            Some((module, "UntypedStorage")) if module.starts_with("torch") => (Dtype::UInt8, true),
+            Some((module, name)) => match Dtype::from_storage_class(name) {
+                Some(d) => (d, false),
+                None => return Err(format!("unknown storage type {module}.{name}")),
+            },
+            None => {
+                return Err(format!(
+                    "storage type must be a global, not a {}",
+                    arena.kind_name(fields[1])
+                ))
+            }
+        };
+        let key = text(fields[2]).ok_or("storage key must be a str")?;
+        let location = text(fields[3]).ok_or("storage location must be a str")?;
+        let numel = match arena.get(fields[4]) {
+            Node::Int(n) if *n >= 0 => *n as u64,
+            Node::Int(n) => return Err(format!("storage '{key}' has a negative size {n}")),
+            _ => return Err(format!("storage '{key}' size must be an int")),
+        };
+        if numel.checked_mul(dtype.element_size() as u64).is_none() {
+            return Err(format!("storage '{key}' size {numel} × {} bytes overflows", dtype.element_size()));
+        }
+        let id = match self.by_key.get(&key) {
+            Some(&id) => {
+                let existing = &self.storages[id];
+                let nbytes = numel * dtype.element_size() as u64;
+                if existing.nbytes() == Some(nbytes) {
+                    id
+                } else {
+                    // torch: a separate storage (only possible for empty records).
+                    self.push(key, dtype, numel, location, max_storages)?
+                }
+            }
+            None => {
+                let id = self.push(key.clone(), dtype, numel, location, max_storages)?;
+                self.by_key.insert(key, id);
+                id
+            }
+        };
+        self.views.push(StorageView { id, dtype, untyped });
+        Ok(arena.push(Node::External((self.views.len() - 1) as u64)))
+    }
+
+    fn push(&mut self, key: String, dtype: Dtype, numel: u64, location: String, max: usize) -> Result<StorageId, String> {
+        if self.storages.len() >= max {
+            return Err(format!("limit max_storages exceeded: more than {max} storages"));
+        }
+        self.storages.push(StorageRef {
+            key,
+            dtype,
+            numel,
+            location,
+        });
+        Ok(self.storages.len() - 1)
+    }
+}

@@ -1,0 +1,325 @@
+//! The checkpoint tree: plain values, tensors (metadata only) and inert objects.
+//!
+//! A [`Value`] is what `torch.load` would have returned, minus behaviour: dicts keep insertion
+//! order and any key, tensors are [`TensorMeta`] pointing at a storage by [`StorageId`], and
+//! anything torch would have constructed from an unknown class is an [`Object`] holding what
+//! the pickle said (class name, arguments, state), never run.
+
+use std::fmt;
+
+use super::Dtype;
+
+/// Index of a storage in its checkpoint.
+pub type StorageId = usize;
+
+/// Whether a tensor was saved as a plain tensor or an `nn.Parameter`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    /// `torch.Tensor`
+    Tensor,
+    /// `torch.nn.Parameter`
+    Parameter,
+}
+
+/// Everything about a tensor except its bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorMeta {
+    /// The storage it views; `None` for meta tensors saved without storage.
+    pub storage: Option<StorageId>,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Size of each dimension.
+    pub shape: Vec<u64>,
+    /// Stride of each dimension, in elements.
+    pub stride: Vec<u64>,
+    /// Offset of the first element in the storage, in elements of `dtype`.
+    pub storage_offset: u64,
+    /// `requires_grad` as saved.
+    pub requires_grad: bool,
+    /// The conjugate bit: the logical value is the complex conjugate of the stored one.
+    pub conj: bool,
+    /// The negative bit: the logical value is the negation of the stored one.
+    pub neg: bool,
+    /// Tensor or Parameter.
+    pub kind: TensorKind,
+    /// For quantized tensors, the quantizer parameters as saved (`(qscheme, scale, zero_point)`
+    /// or `(qscheme, scales, zero_points, axis)`).
+    pub quantizer: Option<Box<Value>>,
+    /// Python attributes saved with the tensor (`_rebuild_from_type_v2` / parameter state).
+    pub attributes: Option<Box<Value>>,
+}
+
+impl TensorMeta {
+    /// Number of elements (the product of the shape; 1 for a scalar).
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+
+    /// Whether the elements lie in C order without gaps (dimensions of size 1 are ignored).
+    pub fn is_contiguous(&self) -> bool {
+        let mut expected = 1u64;
+        for (&size, &stride) in self.shape.iter().zip(&self.stride).rev() {
+            if size == 1 {
+                continue;
+            }
+            if size == 0 {
+                return true;
+            }
+            if stride != expected {
+                return false;
+            }
+            expected *= size;
+        }
+        true
+    }
+}
+
+/// A value of the checkpoint tree.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// `None`
+    None,
+    /// `bool`
+    Bool(bool),
+    /// An `int` within 64 bits.
+    Int(i64),
+    /// A larger `int`, as decimal text.
+    BigInt(String),
+    /// `float`
+    Float(f64),
+    /// `complex`
+    Complex(f64, f64),
+    /// `str`
+    Str(String),
+    /// `bytes`
+    Bytes(Vec<u8>),
+    /// `bytearray`
+    ByteArray(Vec<u8>),
+    /// `list`
+    List(Vec<Value>),
+    /// `tuple` (also `torch.Size`)
+    Tuple(Vec<Value>),
+    /// `dict`, `OrderedDict`, `Counter`, …
+    Dict(Dict),
+    /// `set`
+    Set(Vec<Value>),
+    /// `frozenset`
+    FrozenSet(Vec<Value>),
+    /// A tensor.
+    Tensor(Box<TensorMeta>),
+    /// A storage saved on its own (`torch.save(t.untyped_storage())`).
+    Storage(StorageId),
+    /// An instance of a class ptload does not interpret, kept inert.
+    Object(Box<Object>),
+    /// A global name (a dtype such as `torch.float32`, a class, a function), as `module.name`.
+    Global(String),
+}
+
+/// A dict with insertion order and, for `OrderedDict`, attributes set on it (`_metadata`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Dict {
+    /// The class: `dict`, `collections.OrderedDict`, `collections.Counter`, …
+    pub class: String,
+    /// Items in insertion order.
+    pub items: Vec<(Value, Value)>,
+    /// Attributes (e.g. `_metadata` on a `state_dict()`), in the order set.
+    pub attributes: Vec<(String, Value)>,
+}
+
+impl Dict {
+    /// The value for a `str` key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.items
+            .iter()
+            .find(|(k, _)| matches!(k, Value::Str(s) if s == key))
+            .map(|(_, v)| v)
+    }
+}
+
+/// An inert instance: what the pickle said about it, nothing executed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Object {
+    /// `module.name` of its class or factory (`argparse.Namespace`, `__main__.Net`).
+    pub class: String,
+    /// The arguments of the call that made it.
+    pub args: Vec<Value>,
+    /// The state given to `BUILD` (usually the instance `__dict__`), or `None`.
+    pub state: Option<Value>,
+    /// Items appended to it (it acted as a list).
+    pub list_items: Vec<Value>,
+    /// Items set on it (it acted as a dict).
+    pub dict_items: Vec<(Value, Value)>,
+}
+
+impl Value {
+    /// The text of a `str` value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The tensor metadata of a tensor value.
+    pub fn as_tensor(&self) -> Option<&TensorMeta> {
+        match self {
+            Value::Tensor(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The value at a `.`-joined path (dict keys, list/tuple indices, object attributes).
+    pub fn get_path(&self, path: &str) -> Option<&Value> {
+        if path.is_empty() {
+            return Some(self);
+        }
+        let mut current = self;
+        for segment in path.split('.') {
+            current = current.children().find(|(s, _)| s == segment).map(|(_, v)| v)?;
+        }
+        Some(current)
+    }
+
+    /// Direct children with their path segments, in file order.
+    pub fn children(&self) -> Box<dyn Iterator<Item = (String, &Value)> + '_> {
+        match self {
+            Value::List(items) | Value::Tuple(items) | Value::Set(items) | Value::FrozenSet(items) => {
+                Box::new(items.iter().enumerate().map(|(i, v)| (i.to_string(), v)))
+            }
+            Value::Dict(d) => Box::new(d.items.iter().map(|(k, v)| (key_segment(k), v))),
+            Value::Object(o) => {
+                let state: Box<dyn Iterator<Item = (String, &Value)>> = match &o.state {
+                    Some(Value::Dict(d)) => Box::new(d.items.iter().map(|(k, v)| (key_segment(k), v))),
+                    // (dict, slots) state, as Python's default __reduce_ex__ writes it.
+                    Some(Value::Tuple(parts)) => Box::new(parts.iter().flat_map(|p| match p {
+                        Value::Dict(d) => d.items.iter().map(|(k, v)| (key_segment(k), v)).collect::<Vec<_>>(),
+                        _ => Vec::new(),
+                    })),
+                    _ => Box::new(std::iter::empty()),
+                };
+                Box::new(
+                    state
+                        .chain(o.dict_items.iter().map(|(k, v)| (key_segment(k), v)))
+                        .chain(o.list_items.iter().enumerate().map(|(i, v)| (i.to_string(), v))),
+                )
+            }
+            _ => Box::new(std::iter::empty()),
+        }
+    }
+}
+
+/// The path segment for a dict key: str as is, ints in decimal, bools as Python prints them.
+pub fn key_segment(key: &Value) -> String {
+    match key {
+        Value::Str(s) => s.clone(),
+        Value::Int(i) => i.to_string(),
+        Value::BigInt(s) => s.clone(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::None => "None".into(),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Value {
+    /// A short Python-like rendering (tensors and objects abbreviated).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn seq(f: &mut fmt::Formatter<'_>, open: &str, items: &[Value], close: &str) -> fmt::Result {
+            f.write_str(open)?;
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{v}")?;
+            }
+            if open == "(" && items.len() == 1 {
+                f.write_str(",")?;
+            }
+            f.write_str(close)
+        }
+        match self {
+            Value::None => f.write_str("None"),
+            Value::Bool(b) => f.write_str(if *b { "True" } else { "False" }),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::BigInt(s) => f.write_str(s),
+            Value::Float(x) => {
+                if x.is_nan() {
+                    f.write_str("nan")
+                } else if x.is_infinite() {
+                    f.write_str(if *x > 0.0 { "inf" } else { "-inf" })
+                } else if x.fract() == 0.0 && x.abs() < 1e16 {
+                    write!(f, "{x:.1}")
+                } else {
+                    write!(f, "{x}")
+                }
+            }
+            Value::Complex(re, im) => write!(f, "({re}{im:+}j)"),
+            Value::Str(s) => write!(f, "{s:?}"),
+            Value::Bytes(b) => write!(f, "b{:?}", String::from_utf8_lossy(b)),
+            Value::ByteArray(b) => write!(f, "bytearray(b{:?})", String::from_utf8_lossy(b)),
+            Value::List(items) => seq(f, "[", items, "]"),
+            Value::Tuple(items) => seq(f, "(", items, ")"),
+            Value::Set(items) => seq(f, "{", items, "}"),
+            Value::FrozenSet(items) => seq(f, "frozenset({", items, "})"),
+            Value::Dict(d) => {
+                f.write_str("{")?;
+                for (i, (k, v)) in d.items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{k}: {v}")?;
+                }
+                f.write_str("}")
+            }
+            Value::Tensor(t) => write!(f, "tensor({} {:?})", t.dtype, t.shape),
+            Value::Storage(id) => write!(f, "storage#{id}"),
+            Value::Object(o) => write!(f, "<{} object>", o.class),
+            Value::Global(name) => f.write_str(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(shape: &[u64], stride: &[u64]) -> TensorMeta {
+        TensorMeta {
+            storage: Some(0),
+            dtype: Dtype::Float32,
+            shape: shape.to_vec(),
+            stride: stride.to_vec(),
+            storage_offset: 0,
+            requires_grad: false,
+            conj: false,
+            neg: false,
+            kind: TensorKind::Tensor,
+            quantizer: None,
+            attributes: None,
+        }
+    }
+
+    #[test]
+    fn contiguity() {
+        assert!(meta(&[2, 3], &[3, 1]).is_contiguous());
+        assert!(!meta(&[2, 3], &[1, 2]).is_contiguous());
+        assert!(meta(&[], &[]).is_contiguous());
+        assert!(meta(&[1, 3], &[99, 1]).is_contiguous());
+        assert!(!meta(&[4, 3], &[0, 1]).is_contiguous());
+        assert!(meta(&[0, 3], &[0, 7]).is_contiguous());
+    }
+
+    #[test]
+    fn paths_and_display() {
+        let v = Value::Dict(Dict {
+            class: "dict".into(),
+            items: vec![
+                (Value::Int(3), Value::List(vec![Value::None, Value::Float(1.0)])),
+                (Value::Str("a".into()), Value::Tuple(vec![Value::Bool(true)])),
+            ],
+            attributes: vec![],
+        });
+        assert_eq!(v.get_path("3.1"), Some(&Value::Float(1.0)));
+        assert_eq!(v.to_string(), "{3: [None, 1.0], \"a\": (True,)}");
+    }
+}

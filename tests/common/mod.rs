@@ -1,0 +1,241 @@
+//! Helpers shared by the integration tests: the torch-made digests, a minimal zip writer and a
+//! pickle builder for hand-made hostile files.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A JSON file under `tests/fixtures/`.
+pub fn fixture_json(name: &str) -> Json {
+    let path = root().join("tests/fixtures").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Compares a loaded checkpoint with torch's digests for it; returns a list of mismatches.
+pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(format) = expected.get("format").and_then(Json::as_str) {
+        if ckpt.format.name() != format {
+            problems.push(format!("{what}: format {} != {format}", ckpt.format));
+        }
+    }
+    if let Some(order) = expected.get("byte_order").and_then(Json::as_str) {
+        if ckpt.byte_order.name() != order {
+            problems.push(format!("{what}: byte order {} != {order}", ckpt.byte_order.name()));
+        }
+    }
+    let want = expected["tensors"].as_array().unwrap();
+    let got: Vec<_> = ckpt.tensors().collect();
+    if got.len() != want.len() {
+        problems.push(format!(
+            "{what}: {} tensors, torch has {}: ours {:?}",
+            got.len(),
+            want.len(),
+            got.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()
+        ));
+        return problems;
+    }
+    let mut groups: HashMap<i64, usize> = HashMap::new();
+    for ((path, t), w) in got.iter().zip(want) {
+        let at = format!("{what}: {path}");
+        let check = |problems: &mut Vec<String>, field: &str, ours: Json| {
+            if w[field] != ours {
+                problems.push(format!("{at}: {field} = {ours}, torch says {}", w[field]));
+            }
+        };
+        check(&mut problems, "path", Json::from(path.clone()));
+        check(&mut problems, "dtype", Json::from(t.dtype().name()));
+        check(&mut problems, "shape", Json::from(t.shape().to_vec()));
+        check(&mut problems, "stride", Json::from(t.stride().to_vec()));
+        check(&mut problems, "storage_offset", Json::from(t.storage_offset()));
+        check(&mut problems, "requires_grad", Json::from(t.requires_grad()));
+        check(&mut problems, "conj", Json::from(t.meta().conj));
+        check(&mut problems, "neg", Json::from(t.meta().neg));
+        match t.sha256() {
+            Ok(sha) => check(&mut problems, "sha256", Json::from(sha)),
+            Err(e) => problems.push(format!("{at}: sha256 failed: {e}")),
+        }
+        // Sharing: torch's storage groups must be ptload's storages.
+        let id = t.meta().storage;
+        match (w["storage_group"].as_i64(), id) {
+            (Some(group), Some(id)) => {
+                let seen = *groups.entry(group).or_insert(id);
+                if seen != id {
+                    problems.push(format!("{at}: storage group {group} maps to storages {seen} and {id}"));
+                }
+            }
+            (None, _) => {
+                if t.storage().is_some_and(|s| s.nbytes() != 0) {
+                    problems.push(format!("{at}: torch has an empty storage, ours is not"));
+                }
+            }
+            (Some(_), None) => problems.push(format!("{at}: no storage")),
+        }
+    }
+    let distinct: std::collections::HashSet<_> = groups.values().collect();
+    if distinct.len() != groups.len() {
+        problems.push(format!("{what}: distinct torch storages share one ptload storage"));
+    }
+    problems
+}
+
+/// Builds a zip archive the way torch does (stored entries, one folder), for hand-made files.
+pub struct ZipBuilder {
+    bytes: Vec<u8>,
+    central: Vec<u8>,
+    entries: u16,
+    folder: String,
+}
+
+impl ZipBuilder {
+    pub fn new(folder: &str) -> Self {
+        ZipBuilder {
+            bytes: Vec::new(),
+            central: Vec::new(),
+            entries: 0,
+            folder: folder.to_owned(),
+        }
+    }
+
+    /// Adds a stored record named `<folder>/<name>`, its data aligned to 64 bytes.
+    pub fn add(mut self, name: &str, data: &[u8]) -> Self {
+        let full = format!("{}/{name}", self.folder);
+        let offset = self.bytes.len() as u32;
+        let start = offset as usize + 30 + full.len() + 4;
+        let pad = (64 - start % 64) % 64;
+        let extra_len = 4 + pad;
+        self.bytes.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+        self.bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // version, flags, method
+        self.bytes.extend_from_slice(&[0, 0, 0, 0]); // time, date
+        self.bytes.extend_from_slice(&[0; 12]); // crc, sizes (in the central directory)
+        self.bytes.extend_from_slice(&(full.len() as u16).to_le_bytes());
+        self.bytes.extend_from_slice(&(extra_len as u16).to_le_bytes());
+        self.bytes.extend_from_slice(full.as_bytes());
+        self.bytes.extend_from_slice(&0x4246u16.to_le_bytes());
+        self.bytes.extend_from_slice(&(pad as u16).to_le_bytes());
+        self.bytes.extend(std::iter::repeat(b'Z').take(pad));
+        self.bytes.extend_from_slice(data);
+
+        let c = &mut self.central;
+        c.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+        c.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]); // made by, needed, flags, method
+        c.extend_from_slice(&[0, 0, 0, 0]); // time, date
+        c.extend_from_slice(&0u32.to_le_bytes()); // crc
+        c.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        c.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        c.extend_from_slice(&(full.len() as u16).to_le_bytes());
+        c.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // extra, comment, disk, attrs
+        c.extend_from_slice(&offset.to_le_bytes());
+        c.extend_from_slice(full.as_bytes());
+        self.entries += 1;
+        self
+    }
+
+    /// A torch-like checkpoint: `data.pkl`, the given data records, `version`.
+    pub fn checkpoint(pickle: &[u8], records: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut z = ZipBuilder::new("archive").add("data.pkl", pickle);
+        for (name, data) in records {
+            z = z.add(&format!("data/{name}"), data);
+        }
+        z.add("version", b"3\n").finish()
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        let cd_offset = self.bytes.len() as u32;
+        let cd_size = self.central.len() as u32;
+        self.bytes.extend_from_slice(&self.central);
+        self.bytes.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        self.bytes.extend_from_slice(&[0, 0, 0, 0]);
+        self.bytes.extend_from_slice(&self.entries.to_le_bytes());
+        self.bytes.extend_from_slice(&self.entries.to_le_bytes());
+        self.bytes.extend_from_slice(&cd_size.to_le_bytes());
+        self.bytes.extend_from_slice(&cd_offset.to_le_bytes());
+        self.bytes.extend_from_slice(&[0, 0]);
+        self.bytes
+    }
+}
+
+/// Emits pickle opcodes (protocol 2) for hand-made test pickles.
+#[derive(Default)]
+pub struct Pickle(pub Vec<u8>);
+
+impl Pickle {
+    pub fn new() -> Self {
+        Pickle(vec![0x80, 2])
+    }
+    pub fn op(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    pub fn global(self, module: &str, name: &str) -> Self {
+        self.op(format!("c{module}\n{name}\n").as_bytes())
+    }
+    pub fn str(mut self, s: &str) -> Self {
+        self.0.push(b'X');
+        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    pub fn int(mut self, v: i64) -> Self {
+        if let Ok(v32) = i32::try_from(v) {
+            self.0.push(b'J');
+            self.0.extend_from_slice(&v32.to_le_bytes());
+        } else {
+            self.0.extend_from_slice(&[0x8a, 8]);
+            self.0.extend_from_slice(&v.to_le_bytes());
+        }
+        self
+    }
+    pub fn ints(mut self, values: &[i64]) -> Self {
+        self.0.push(b'(');
+        for &v in values {
+            self = self.int(v);
+        }
+        self.op(b"t")
+    }
+    /// `('storage', torch.<class>, key, 'cpu', numel)` as a BINPERSID.
+    pub fn storage(self, class: &str, key: &str, numel: i64) -> Self {
+        self.op(b"(")
+            .str("storage")
+            .global("torch", class)
+            .str(key)
+            .str("cpu")
+            .int(numel)
+            .op(b"tQ")
+    }
+    /// `_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`.
+    pub fn tensor(self, class: &str, key: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Self {
+        self.global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"(")
+            .storage(class, key, numel)
+            .int(offset)
+            .ints(size)
+            .ints(stride)
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")R")
+            .op(b"tR")
+    }
+    pub fn stop(self) -> Vec<u8> {
+        self.op(b".").0
+    }
+}
+
+/// Reads a fixture file under `tests/fixtures/`.
+pub fn fixture(rel: &str) -> Vec<u8> {
+    let path = root().join("tests/fixtures").join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Whether `path` exists relative to the repository root.
+pub fn exists(rel: &str) -> bool {
+    Path::new(&root()).join(rel).exists()
+}

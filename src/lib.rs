@@ -32,7 +32,10 @@
 //! - Bad input is an [`Error`] naming the file and what is wrong, never a panic.
 
 #![warn(missing_docs)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod archive;
 mod error;

@@ -48,10 +48,14 @@ impl Default for Limits {
             max_pickle_nodes: 50_000_000,
             max_memo_entries: 10_000_000,
             max_depth: 1000,
-            max_values: 20_000_000,
+            max_values: 5_000_000,
             max_storages: 10_000_000,
             max_rank: 64,
-            max_tensor_bytes: if cfg!(target_pointer_width = "32") { 1 << 31 } else { 64 << 30 },
+            max_tensor_bytes: if cfg!(target_pointer_width = "32") {
+                1 << 31
+            } else {
+                64 << 30
+            },
         }
     }
 }
@@ -160,7 +164,10 @@ impl Loader {
 
     /// Loads a checkpoint from bytes the caller hands over (`Vec<u8>`, `Arc<[u8]>`,
     /// `&'static [u8]`, …); CPU storages borrow from them.
-    pub fn load_bytes(&self, bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Result<Checkpoint> {
+    pub fn load_bytes(
+        &self,
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+    ) -> Result<Checkpoint> {
         self.load_source(Source::from_bytes("<memory>", bytes))
     }
 
@@ -197,7 +204,9 @@ impl Loader {
         }
         match archive::sniff(data) {
             Sniffed::Zip => self.load_zip(&source),
-            Sniffed::Tar => Err(Error::unsupported("the tar checkpoint format of torch ≤ 0.1 (not yet)")),
+            Sniffed::Tar => Err(Error::unsupported(
+                "the tar checkpoint format of torch ≤ 0.1 (not yet)",
+            )),
             Sniffed::Pickle => Err(legacy_error(data)),
         }
     }
@@ -207,15 +216,21 @@ impl Loader {
         let dir = ZipDirectory::parse(data)?;
         dir.version(data, 64)?;
         if dir.record("constants.pkl").is_some() {
-            return Err(Error::unsupported("TorchScript archives (torch.jit.save) are not supported yet"));
+            return Err(Error::unsupported(
+                "TorchScript archives (torch.jit.save) are not supported yet",
+            ));
         }
         let byte_order = dir.byte_order(data)?;
         let pickle_record = dir.require("data.pkl")?;
         if pickle_record.size > self.limits.max_pickle_bytes {
-            return Err(Error::limit("max_pickle_bytes", pickle_record.size, self.limits.max_pickle_bytes));
+            return Err(Error::limit(
+                "max_pickle_bytes",
+                pickle_record.size,
+                self.limits.max_pickle_bytes,
+            ));
         }
         let pickle = pickle_record.read(data, self.limits.max_pickle_bytes)?;
-        let parsed = torch::parse_pickle(&pickle, &pickle_record.name, &self.pickle_options())?;
+        let parsed = parse_on_big_stack(&pickle, &pickle_record.name, &self.pickle_options())?;
         drop(pickle);
 
         let devices = self.decide_devices(&parsed.storages)?;
@@ -242,7 +257,8 @@ impl Loader {
                     let request = RecordBytes {
                         storage,
                         bytes,
-                        source_offset: (record.method == Method::Stored).then_some(record.data_offset as usize),
+                        source_offset: (record.method == Method::Stored)
+                            .then_some(record.data_offset as usize),
                         byte_order,
                         swap_unit: swap_units[id],
                     };
@@ -294,6 +310,42 @@ impl Loader {
     }
 }
 
+/// Stack for reading a pickle: the tree is built recursively, up to [`Limits::max_depth`] deep
+/// (1000 by default, the depth Python's own pickler reaches), which needs more than the 2 MiB a
+/// spawned thread gets by default. Only the touched pages are ever committed.
+#[cfg(not(target_arch = "wasm32"))]
+const PARSE_STACK_BYTES: usize = 256 << 20;
+
+/// Runs [`torch::parse_pickle`] on a thread with a large stack (native targets).
+#[cfg(not(target_arch = "wasm32"))]
+fn parse_on_big_stack(
+    bytes: &[u8],
+    record: &str,
+    options: &torch::PickleOptions,
+) -> Result<torch::Parsed> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("ptload-parse".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(scope, || torch::parse_pickle(bytes, record, options))?;
+        worker.join().unwrap_or_else(|_| {
+            Err(Error::unsupported(format!(
+                "internal error while reading {record}"
+            )))
+        })
+    })
+}
+
+/// Runs [`torch::parse_pickle`] on the current stack (wasm has no threads; its limits are lower).
+#[cfg(target_arch = "wasm32")]
+fn parse_on_big_stack(
+    bytes: &[u8],
+    record: &str,
+    options: &torch::PickleOptions,
+) -> Result<torch::Parsed> {
+    torch::parse_pickle(bytes, record, options)
+}
+
 /// The error for a file that is neither zip nor tar: the legacy stream (not yet supported) when
 /// its first pickle is torch's magic number, else torch's "Invalid magic number".
 fn legacy_error(data: &[u8]) -> Error {
@@ -329,7 +381,11 @@ fn swap_units(root: &Value, storages: &[StorageRef]) -> Vec<usize> {
 }
 
 /// Calls `f(path, tensor)` for every tensor in the tree, in file order.
-pub(crate) fn walk_tensors<'v>(value: &'v Value, path: &mut String, f: &mut dyn FnMut(&str, &'v TensorMeta)) {
+pub(crate) fn walk_tensors<'v>(
+    value: &'v Value,
+    path: &mut String,
+    f: &mut dyn FnMut(&str, &'v TensorMeta),
+) {
     if let Value::Tensor(meta) = value {
         f(path, meta);
         return;
@@ -388,13 +444,19 @@ impl Checkpoint {
     /// (the same object saved twice) is listed at both.
     pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor<'_>)> + '_ {
         let mut out = Vec::new();
-        walk_tensors(&self.root, &mut String::new(), &mut |path, meta| out.push((path.to_owned(), meta)));
-        out.into_iter().map(move |(path, meta)| (path, self.tensor_view(meta)))
+        walk_tensors(&self.root, &mut String::new(), &mut |path, meta| {
+            out.push((path.to_owned(), meta))
+        });
+        out.into_iter()
+            .map(move |(path, meta)| (path, self.tensor_view(meta)))
     }
 
     /// The tensor at `path`, if there is one.
     pub fn tensor(&self, path: &str) -> Option<Tensor<'_>> {
-        self.root.get_path(path)?.as_tensor().map(|m| self.tensor_view(m))
+        self.root
+            .get_path(path)?
+            .as_tensor()
+            .map(|m| self.tensor_view(m))
     }
 
     fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {
@@ -523,8 +585,7 @@ impl<'c> Tensor<'c> {
     pub fn to_contiguous_bytes(&self) -> Result<Vec<u8>> {
         let total = self
             .numel()
-            .checked_mul(self.dtype().element_size() as u64)
-            .unwrap_or(u64::MAX);
+            .saturating_mul(self.dtype().element_size() as u64);
         if total > self.max_bytes {
             return Err(Error::limit("max_tensor_bytes", total, self.max_bytes));
         }

@@ -36,40 +36,61 @@ pub enum Device {
 
 /// Device types torch knows (for parsing device strings).
 const TORCH_DEVICE_TYPES: [&str; 18] = [
-    "cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia", "xla",
-    "lazy", "vulkan", "mps", "meta", "hpu",
+    "cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve", "fpga",
+    "maia", "xla", "lazy", "vulkan", "mps", "meta", "hpu",
 ];
-const MORE_DEVICE_TYPES: [&str; 3] = ["mtia", "privateuseone", "ort"];
+const MORE_DEVICE_TYPES: [&str; 2] = ["mtia", "privateuseone"];
 
 impl Device {
     /// Parses a torch device string (`cpu`, `cuda`, `cuda:1`, `meta`, `mps`, `xpu:0`) or ptload's
     /// `webgpu` / `wgpu`. Errors as torch's `torch.device()` does: `CPU` or `cuda0` are invalid.
     pub fn parse(text: &str) -> Result<Device> {
         let invalid = || location_error(format!("Invalid device string: '{text}'"));
-        let (kind, index) = match text.split_once(':') {
-            Some((kind, index)) => {
-                if index.is_empty() || !index.bytes().all(|b| b.is_ascii_digit()) || (index.len() > 1 && index.starts_with('0')) {
-                    return Err(invalid());
-                }
-                (kind, Some(index.parse::<usize>().map_err(|_| invalid())?))
+        // torch's grammar: `[a-zA-Z_]+(:(0|[1-9][0-9]*))?` over the whole string.
+        let split = text
+            .find(|c: char| !(c.is_ascii_alphabetic() || c == '_'))
+            .unwrap_or(text.len());
+        let (kind, rest) = text.split_at(split);
+        let index = match rest.strip_prefix(':') {
+            None if rest.is_empty() => None,
+            Some(digits)
+                if !digits.is_empty()
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && (digits == "0" || !digits.starts_with('0')) =>
+            {
+                Some(digits.parse::<usize>().map_err(|_| invalid())?)
             }
-            None => (text, None),
+            _ => return Err(invalid()),
         };
+        if kind.is_empty() {
+            return Err(invalid());
+        }
         match kind {
             "cpu" => match index {
                 None => Ok(Device::Cpu),
                 // torch.device('cpu:0') is valid but restores nowhere; keep its index.
-                Some(i) => Ok(Device::Other { kind: "cpu".into(), index: Some(i) }),
+                Some(i) => Ok(Device::Other {
+                    kind: "cpu".into(),
+                    index: Some(i),
+                }),
             },
             "cuda" => Ok(Device::Cuda(index)),
             "meta" if index.is_none() => Ok(Device::Meta),
             "webgpu" | "wgpu" if index.is_none() => Ok(Device::WebGpu),
-            k if TORCH_DEVICE_TYPES.contains(&k) || MORE_DEVICE_TYPES.contains(&k) => Ok(Device::Other {
-                kind: k.to_owned(),
-                index,
-            }),
+            k if TORCH_DEVICE_TYPES.contains(&k) || MORE_DEVICE_TYPES.contains(&k) => {
+                Ok(Device::Other {
+                    kind: k.to_owned(),
+                    index,
+                })
+            }
             _ => Err(location_error(format!(
-                "Expected one of cpu, cuda, meta, mps, xpu, webgpu, … device type at start of device string: {text}"
+                "Expected one of {}, webgpu, wgpu device type at start of device string: {text}",
+                TORCH_DEVICE_TYPES
+                    .iter()
+                    .chain(&MORE_DEVICE_TYPES[..2])
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         }
     }
@@ -91,7 +112,10 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cuda(Some(i)) => write!(f, "cuda:{i}"),
-            Device::Other { kind, index: Some(i) } => write!(f, "{kind}:{i}"),
+            Device::Other {
+                kind,
+                index: Some(i),
+            } => write!(f, "{kind}:{i}"),
             other => f.write_str(other.kind()),
         }
     }
@@ -189,11 +213,18 @@ impl MapLocation {
         K: Into<String>,
         V: Into<String>,
     {
-        MapLocation::Map(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        MapLocation::Map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 
     /// A callback `map_location`.
-    pub fn with(f: impl Fn(&StorageInfo, &str) -> Option<Placement> + Send + Sync + 'static) -> Self {
+    pub fn with(
+        f: impl Fn(&StorageInfo, &str) -> Option<Placement> + Send + Sync + 'static,
+    ) -> Self {
         MapLocation::With(Arc::new(f))
     }
 
@@ -209,7 +240,10 @@ impl MapLocation {
             MapLocation::Default => restore_location(saved),
             MapLocation::To(target) => restore_location(target),
             MapLocation::Map(pairs) => {
-                let target = pairs.iter().find(|(from, _)| from == saved).map_or(saved, |(_, to)| to.as_str());
+                let target = pairs
+                    .iter()
+                    .find(|(from, _)| from == saved)
+                    .map_or(saved, |(_, to)| to.as_str());
                 restore_location(target)
             }
             MapLocation::With(f) => match f(info, saved) {
@@ -241,7 +275,10 @@ pub fn restore_location(tag: &str) -> Result<Device> {
         }
     }
     if tag.starts_with("mps") {
-        return Ok(Device::Other { kind: "mps".into(), index: None });
+        return Ok(Device::Other {
+            kind: "mps".into(),
+            index: None,
+        });
     }
     if tag == "meta" {
         return Ok(Device::Meta);
@@ -272,7 +309,10 @@ impl DeviceSupport {
             Device::Cpu | Device::Meta => Ok(device.clone()),
             Device::Cuda(index) => {
                 if self.cuda_devices == 0 {
-                    let reason = self.cuda_reason.as_deref().unwrap_or("no CUDA device is available");
+                    let reason = self
+                        .cuda_reason
+                        .as_deref()
+                        .unwrap_or("no CUDA device is available");
                     return Err(location_error(format!(
                         "Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False \
                          ({reason}). If you are running on a CPU-only machine, please use map_location=\"cpu\" \
@@ -345,15 +385,35 @@ mod tests {
         assert_eq!(Device::parse("cuda:1").unwrap(), Device::Cuda(Some(1)));
         assert_eq!(Device::parse("wgpu").unwrap(), Device::WebGpu);
         assert_eq!(Device::parse("cuda:1").unwrap().to_string(), "cuda:1");
-        assert!(Device::parse("CPU").is_err());
-        assert_eq!(Device::parse("cuda0").unwrap_err().to_string(), "Invalid device string: 'cuda0'");
+        assert!(Device::parse("CPU")
+            .unwrap_err()
+            .to_string()
+            .starts_with("Expected one of cpu, cuda, ipu, xpu, mkldnn, opengl, opencl, ideep, hip, ve, fpga, maia, xla, lazy, vulkan, mps, meta, hpu, mtia, privateuseone"));
+        for bad in ["cuda:01", "cuda:x", "cuda:-1", "cuda:"] {
+            assert_eq!(
+                Device::parse(bad).unwrap_err().to_string(),
+                format!("Invalid device string: '{bad}'")
+            );
+        }
+        assert_eq!(
+            Device::parse("cuda0").unwrap_err().to_string(),
+            "Invalid device string: 'cuda0'"
+        );
     }
 
     #[test]
     fn torch_rules() {
-        assert_eq!(MapLocation::Default.resolve(&info("cpu")).unwrap(), Device::Cpu);
-        assert_eq!(MapLocation::from("cpu").resolve(&info("cuda:0")).unwrap(), Device::Cpu);
-        let err = MapLocation::from("cpu:0").resolve(&info("cpu")).unwrap_err();
+        assert_eq!(
+            MapLocation::Default.resolve(&info("cpu")).unwrap(),
+            Device::Cpu
+        );
+        assert_eq!(
+            MapLocation::from("cpu").resolve(&info("cuda:0")).unwrap(),
+            Device::Cpu
+        );
+        let err = MapLocation::from("cpu:0")
+            .resolve(&info("cpu"))
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "don't know how to restore data location of torch.storage.UntypedStorage (tagged with cpu:0)"
@@ -362,28 +422,49 @@ mod tests {
         let dict = MapLocation::map([("cuda:0", "cpu")]);
         assert_eq!(dict.resolve(&info("cuda:0")).unwrap(), Device::Cpu);
         // A missing key keeps the saved tag.
-        assert_eq!(dict.resolve(&info("cuda:1")).unwrap(), Device::Cuda(Some(1)));
+        assert_eq!(
+            dict.resolve(&info("cuda:1")).unwrap(),
+            Device::Cuda(Some(1))
+        );
         // No chaining: values are not looked up again.
         let chain = MapLocation::map([("cuda:0", "cuda:1"), ("cuda:1", "cpu")]);
-        assert_eq!(chain.resolve(&info("cuda:0")).unwrap(), Device::Cuda(Some(1)));
+        assert_eq!(
+            chain.resolve(&info("cuda:0")).unwrap(),
+            Device::Cuda(Some(1))
+        );
         let cb = MapLocation::with(|s, _| (s.key == "0").then(|| s.cpu()));
         assert_eq!(cb.resolve(&info("cuda:0")).unwrap(), Device::Cpu);
         let none = MapLocation::with(|_, _| None);
-        assert_eq!(none.resolve(&info("cuda:2")).unwrap(), Device::Cuda(Some(2)));
+        assert_eq!(
+            none.resolve(&info("cuda:2")).unwrap(),
+            Device::Cuda(Some(2))
+        );
         let err = MapLocation::Default.resolve(&info("weird:0")).unwrap_err();
         assert!(err.to_string().contains("(tagged with weird:0)"));
-        assert_eq!(MapLocation::Default.resolve(&info("meta")).unwrap(), Device::Meta);
+        assert_eq!(
+            MapLocation::Default.resolve(&info("meta")).unwrap(),
+            Device::Meta
+        );
     }
 
     #[test]
     fn support_errors() {
         let support = DeviceSupport::default();
-        let err = support.check(&Device::Cuda(Some(0))).unwrap_err().to_string();
+        let err = support
+            .check(&Device::Cuda(Some(0)))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False"));
         assert!(err.contains("--map-location cpu"));
-        let two = DeviceSupport { cuda_devices: 2, ..Default::default() };
+        let two = DeviceSupport {
+            cuda_devices: 2,
+            ..Default::default()
+        };
         let err = two.check(&Device::Cuda(Some(3))).unwrap_err().to_string();
         assert!(err.contains("on CUDA device 3 but torch.cuda.device_count() is 2"));
-        assert_eq!(two.check(&Device::Cuda(None)).unwrap(), Device::Cuda(Some(0)));
+        assert_eq!(
+            two.check(&Device::Cuda(None)).unwrap(),
+            Device::Cuda(Some(0))
+        );
     }
 }

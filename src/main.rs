@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 mod cli;
 
 #[derive(Parser)]
-#[command(name = "ptload", version, about = "Inspect PyTorch checkpoints without Python")]
+#[command(
+    name = "ptload",
+    version,
+    about = "Inspect PyTorch checkpoints without Python"
+)]
 struct Args {
     #[command(subcommand)]
     command: Command,

@@ -5,8 +5,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::error::Result;
-
 /// Shared, immutable bytes: an mmap, a `Vec<u8>`, an `Arc<[u8]>`, a `&'static [u8]`, …
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
@@ -28,7 +26,10 @@ impl fmt::Debug for Source {
 
 impl Source {
     /// Wraps bytes the caller owns; `name` appears in errors (`<memory>` by convention).
-    pub fn from_bytes(name: impl Into<String>, bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+    pub fn from_bytes(
+        name: impl Into<String>,
+        bytes: impl AsRef<[u8]> + Send + Sync + 'static,
+    ) -> Self {
         Source {
             name: name.into(),
             bytes: Arc::new(bytes),
@@ -37,11 +38,14 @@ impl Source {
 
     /// Opens a file: memory-mapped when the `mmap` feature is on, else read whole.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
+    pub fn open(path: impl AsRef<std::path::Path>) -> crate::Result<Self> {
         let path = path.as_ref();
         let name = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| crate::Error::from(e).in_file(&name))?;
-        let len = file.metadata().map_err(|e| crate::Error::from(e).in_file(&name))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| crate::Error::from(e).in_file(&name))?
+            .len();
         if len == 0 {
             return Ok(Source::from_bytes(name, Vec::new()));
         }
@@ -51,14 +55,16 @@ impl Source {
             // (safetensors, torch's mmap=True), truncating or rewriting the file while the
             // checkpoint is alive is undefined behaviour; callers who cannot rule that out should
             // read the file into memory and use `Source::from_bytes`.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| crate::Error::from(e).in_file(&name))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| crate::Error::from(e).in_file(&name))?;
             Ok(Source::from_bytes(name, map))
         }
         #[cfg(not(feature = "mmap"))]
         {
             let mut file = file;
             let mut bytes = Vec::with_capacity(len as usize);
-            std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| crate::Error::from(e).in_file(&name))?;
+            std::io::Read::read_to_end(&mut file, &mut bytes)
+                .map_err(|e| crate::Error::from(e).in_file(&name))?;
             Ok(Source::from_bytes(name, bytes))
         }
     }

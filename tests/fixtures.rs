@@ -10,7 +10,11 @@ use ptload::{Loader, StorageData};
 fn every_zip_fixture_matches_torch() {
     let expected = fixture_json("expected.json");
     let files = expected["files"].as_object().unwrap();
-    assert!(files.len() >= 16, "expected.json lists {} files", files.len());
+    assert!(
+        files.len() >= 16,
+        "expected.json lists {} files",
+        files.len()
+    );
     let mut problems = Vec::new();
     for (rel, want) in files {
         let path = root().join("tests/fixtures").join(rel);
@@ -19,7 +23,12 @@ fn every_zip_fixture_matches_torch() {
             Err(e) => problems.push(format!("{rel}: {e}")),
         }
     }
-    assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -35,13 +44,22 @@ fn buffers_load_like_files() {
 fn example_matches_torch() {
     let expected = fixture_json("expected.json");
     let ckpt = ptload::load(root().join("examples/tiny_convnet.pt")).unwrap();
-    let problems = compare(&ckpt, &expected["examples"]["tiny_convnet.pt"], "tiny_convnet.pt");
+    let problems = compare(
+        &ckpt,
+        &expected["examples"]["tiny_convnet.pt"],
+        "tiny_convnet.pt",
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
 fn stored_little_endian_storages_are_borrowed() {
-    for rel in ["zip/dtypes.pt", "zip/views.pt", "zip/alignment4096.pt", "zip/no_crc.pt"] {
+    for rel in [
+        "zip/dtypes.pt",
+        "zip/views.pt",
+        "zip/alignment4096.pt",
+        "zip/no_crc.pt",
+    ] {
         let ckpt = ptload::load(root().join("tests/fixtures").join(rel)).unwrap();
         for s in &ckpt.storages {
             if s.nbytes() > 0 {
@@ -54,28 +72,44 @@ fn stored_little_endian_storages_are_borrowed() {
 #[test]
 fn deflated_and_swapped_storages_are_owned() {
     let ckpt = ptload::load(root().join("tests/fixtures/zip/deflated.pt")).unwrap();
-    assert!(ckpt.storages.iter().all(|s| matches!(s.data, StorageData::Owned(_))));
+    assert!(ckpt
+        .storages
+        .iter()
+        .all(|s| matches!(s.data, StorageData::Owned(_))));
     let ckpt = ptload::load(root().join("tests/fixtures/zip/big_endian.pt")).unwrap();
     for s in &ckpt.storages {
-        let wide = ckpt
-            .tensors()
-            .any(|(_, t)| t.meta().storage.map(|id| &ckpt.storages[id].key) == Some(&s.key) && t.dtype().swap_unit() > 1);
-        assert_eq!(s.data.is_borrowed(), !wide, "big_endian.pt storage {}", s.key);
+        let wide = ckpt.tensors().any(|(_, t)| {
+            t.meta().storage.map(|id| &ckpt.storages[id].key) == Some(&s.key)
+                && t.dtype().swap_unit() > 1
+        });
+        assert_eq!(
+            s.data.is_borrowed(),
+            !wide,
+            "big_endian.pt storage {}",
+            s.key
+        );
     }
 }
 
 #[test]
 fn state_dict_keeps_metadata_and_order() {
     let ckpt = ptload::load(root().join("tests/fixtures/zip/state_dict.pt")).unwrap();
-    let ptload::Value::Dict(dict) = &ckpt.root else { panic!("root is {:?}", ckpt.root) };
+    let ptload::Value::Dict(dict) = &ckpt.root else {
+        panic!("root is {:?}", ckpt.root)
+    };
     assert_eq!(dict.class, "collections.OrderedDict");
     let (name, metadata) = &dict.attributes[0];
     assert_eq!(name, "_metadata");
-    let ptload::Value::Dict(metadata) = metadata else { panic!() };
-    assert_eq!(metadata.get("").and_then(|v| match v {
-        ptload::Value::Dict(d) => d.get("version").cloned(),
-        _ => None,
-    }), Some(ptload::Value::Int(1)));
+    let ptload::Value::Dict(metadata) = metadata else {
+        panic!()
+    };
+    assert_eq!(
+        metadata.get("").and_then(|v| match v {
+            ptload::Value::Dict(d) => d.get("version").cloned(),
+            _ => None,
+        }),
+        Some(ptload::Value::Int(1))
+    );
 }
 
 #[test]
@@ -92,9 +126,18 @@ fn nested_plain_values_are_exact() {
         }
     }
     walk(&ckpt.root, &mut text);
-    assert!(text.contains(&"1180591620717411303424".to_string()), "{text:?}");
-    assert!(text.contains(&"-1180591620717411303424".to_string()), "{text:?}");
-    assert!(text.iter().any(|s| s.contains("héllo wörld ✓ 日本")), "{text:?}");
+    assert!(
+        text.contains(&"1180591620717411303424".to_string()),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(&"-1180591620717411303424".to_string()),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|s| s.contains("héllo wörld ✓ 日本")),
+        "{text:?}"
+    );
     assert!(text.contains(&format!("{:?}", b"\x00\xffabc")), "{text:?}");
     // protocol 4 and 5 saves of the same object give the same tree.
     for rel in ["zip/protocol4.pt", "zip/protocol5.pt"] {

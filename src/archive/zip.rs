@@ -94,7 +94,9 @@ impl ZipDirectory {
             pos += header.total_len as u64;
             let name = String::from_utf8_lossy(&header.name).into_owned();
             let prefix = prefix.get_or_insert_with(|| {
-                name.split_once('/').map(|(p, _)| p.to_owned()).unwrap_or_default()
+                name.split_once('/')
+                    .map(|(p, _)| p.to_owned())
+                    .unwrap_or_default()
             });
             if prefix.is_empty() {
                 return Err(Error::zip(
@@ -102,7 +104,10 @@ impl ZipDirectory {
                     format!("file in archive is not in a subdirectory: {name}"),
                 ));
             }
-            let Some(relative) = name.strip_prefix(prefix.as_str()).and_then(|r| r.strip_prefix('/')) else {
+            let Some(relative) = name
+                .strip_prefix(prefix.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+            else {
                 return Err(Error::zip(
                     header_offset,
                     format!("file in archive is not in a subdirectory {prefix}/: {name}"),
@@ -235,11 +240,17 @@ impl Record {
                 }
                 let mut out = Vec::with_capacity(self.size.min(1 << 26) as usize);
                 let mut decoder = flate2::read::DeflateDecoder::new(raw).take(self.size + 1);
-                decoder.read_to_end(&mut out).map_err(|e| self.error(format!("deflate stream is corrupt: {e}")))?;
+                decoder
+                    .read_to_end(&mut out)
+                    .map_err(|e| self.error(format!("deflate stream is corrupt: {e}")))?;
                 if out.len() as u64 != self.size {
                     return Err(self.error(format!(
                         "deflate stream holds {}{} bytes, but the directory declares {}",
-                        if out.len() as u64 > self.size { "more than " } else { "" },
+                        if out.len() as u64 > self.size {
+                            "more than "
+                        } else {
+                            ""
+                        },
                         out.len().min(self.size as usize),
                         self.size
                     )));
@@ -261,7 +272,10 @@ impl Record {
 /// Finds the EOCD by scanning back from the end over at most a maximal comment (64 KiB).
 fn find_eocd(data: &[u8]) -> Result<u64> {
     if data.len() < Eocd::SIZE {
-        return Err(Error::zip(0, format!("file too short for a zip archive ({} bytes)", data.len())));
+        return Err(Error::zip(
+            0,
+            format!("file too short for a zip archive ({} bytes)", data.len()),
+        ));
     }
     let last = data.len() - Eocd::SIZE;
     let first = last.saturating_sub(u16::MAX as usize);

@@ -58,7 +58,10 @@ fn fixed<'a>(data: &'a [u8], offset: u64, size: usize, what: &str) -> Result<Fie
         }),
         _ => Err(Error::zip(
             offset,
-            format!("{what} ({size} bytes) lies past the end of the file ({} bytes)", data.len()),
+            format!(
+                "{what} ({size} bytes) lies past the end of the file ({} bytes)",
+                data.len()
+            ),
         )),
     }
 }
@@ -148,7 +151,12 @@ impl Eocd64 {
     /// Parses the record at `offset`.
     pub fn parse(data: &[u8], offset: u64) -> Result<Eocd64> {
         let mut f = fixed(data, offset, Self::SIZE, "zip64 end of central directory")?;
-        magic(&mut f, EOCD64_MAGIC, offset, "zip64 end of central directory")?;
+        magic(
+            &mut f,
+            EOCD64_MAGIC,
+            offset,
+            "zip64 end of central directory",
+        )?;
         let _record_size = f.u64();
         let _made_by = f.u16();
         let _needed = f.u16();
@@ -195,7 +203,12 @@ impl CentralHeader {
     /// that hold all-ones, in APPNOTE order (size, compressed size, header offset).
     pub fn parse(data: &[u8], offset: u64) -> Result<CentralHeader> {
         let mut f = fixed(data, offset, Self::SIZE, "central directory header")?;
-        magic(&mut f, CENTRAL_HEADER_MAGIC, offset, "central directory header")?;
+        magic(
+            &mut f,
+            CENTRAL_HEADER_MAGIC,
+            offset,
+            "central directory header",
+        )?;
         let _made_by = f.u16();
         let _needed = f.u16();
         let flags = f.u16();
@@ -213,7 +226,12 @@ impl CentralHeader {
         let _external = f.u32();
         let offset32 = f.u32();
         let var_len = name_len + extra_len + comment_len;
-        let var = fixed(data, offset + Self::SIZE as u64, var_len, "central directory name and extra")?;
+        let var = fixed(
+            data,
+            offset + Self::SIZE as u64,
+            var_len,
+            "central directory name and extra",
+        )?;
         let name = var.bytes[..name_len].to_vec();
         let extra = &var.bytes[name_len..name_len + extra_len];
 
@@ -229,7 +247,10 @@ impl CentralHeader {
         };
         let needs64 = size32 == u32::MAX || csize32 == u32::MAX || offset32 == u32::MAX;
         if needs64 {
-            let Some(field) = extra_fields(extra).find(|(id, _)| *id == 0x0001).map(|(_, d)| d) else {
+            let Some(field) = extra_fields(extra)
+                .find(|(id, _)| *id == 0x0001)
+                .map(|(_, d)| d)
+            else {
                 return Err(Error::zip(
                     offset,
                     "a size or offset is 0xFFFFFFFF but the zip64 extra field is missing",
@@ -238,7 +259,10 @@ impl CentralHeader {
             let mut pos = 0;
             let mut next = |what: &str| -> Result<u64> {
                 let b = field.get(pos..pos + 8).ok_or_else(|| {
-                    Error::zip(offset, format!("zip64 extra field too short for the {what}"))
+                    Error::zip(
+                        offset,
+                        format!("zip64 extra field too short for the {what}"),
+                    )
                 })?;
                 pos += 8;
                 let mut a = [0u8; 8];
@@ -322,7 +346,10 @@ mod tests {
     #[test]
     fn short_data_is_an_error() {
         let err = Eocd::parse(&[0u8; 10], 0).unwrap_err();
-        assert!(err.to_string().contains("past the end of the file"), "{err}");
+        assert!(
+            err.to_string().contains("past the end of the file"),
+            "{err}"
+        );
     }
 
     #[test]

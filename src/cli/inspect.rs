@@ -46,7 +46,8 @@ fn map_location(values: &[String]) -> Result<MapLocation, String> {
 
 /// Runs the subcommand; `Err` is the one-line message for stderr.
 pub fn run(args: &InspectArgs) -> Result<(), String> {
-    let location = map_location(&args.map_location).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let location =
+        map_location(&args.map_location).map_err(|e| format!("{}: {e}", args.file.display()))?;
     let ckpt = Loader::new()
         .weights_only(!args.no_weights_only)
         .map_location(location)
@@ -55,7 +56,8 @@ pub fn run(args: &InspectArgs) -> Result<(), String> {
     let out = if args.json {
         json_report(&ckpt, args.sha256).map_err(|e| format!("{}: {e}", args.file.display()))?
     } else {
-        table_report(&ckpt, &args.file, args.sha256).map_err(|e| format!("{}: {e}", args.file.display()))?
+        table_report(&ckpt, &args.file, args.sha256)
+            .map_err(|e| format!("{}: {e}", args.file.display()))?
     };
     let mut stdout = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth reporting.
@@ -117,9 +119,19 @@ fn table_report(ckpt: &Checkpoint, file: &std::path::Path, sha256: bool) -> ptlo
         total_bytes += bytes;
         let shape = format!(
             "[{}]",
-            t.shape().iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            t.shape()
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        let mut row = vec![path, t.dtype().name().to_owned(), shape, t.device().to_string(), human_bytes(bytes)];
+        let mut row = vec![
+            path,
+            t.dtype().name().to_owned(),
+            shape,
+            t.device().to_string(),
+            human_bytes(bytes),
+        ];
         if sha256 {
             row.push(match t.device() {
                 ptload::Device::Meta => "-".into(),

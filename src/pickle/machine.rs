@@ -199,22 +199,27 @@ impl<'a, H: Hooks> Machine<'a, H> {
     }
 
     fn py2_string(&mut self, bytes: Vec<u8>) -> Result<()> {
-        let node = match self.encoding {
-            StringEncoding::Bytes => Node::Bytes(bytes),
-            StringEncoding::Latin1 => Node::Str(bytes.iter().map(|&b| b as char).collect()),
-            StringEncoding::Utf8 => match String::from_utf8(bytes) {
-                Ok(s) => Node::Str(s),
-                Err(_) => {
-                    return Err(self.err(
+        let node =
+            match self.encoding {
+                StringEncoding::Bytes => Node::Bytes(bytes),
+                StringEncoding::Latin1 => Node::Str(bytes.iter().map(|&b| b as char).collect()),
+                StringEncoding::Utf8 => match String::from_utf8(bytes) {
+                    Ok(s) => Node::Str(s),
+                    Err(_) => return Err(self.err(
                         "a Python 2 string is not valid UTF-8 (load with encoding latin1 or bytes)",
-                    ))
-                }
-            },
-        };
+                    )),
+                },
+            };
         self.push_node(node)
     }
 
-    fn call(&mut self, callable: NodeId, args: NodeId, kwargs: Option<NodeId>, kind: CallKind) -> Result<()> {
+    fn call(
+        &mut self,
+        callable: NodeId,
+        args: NodeId,
+        kwargs: Option<NodeId>,
+        kind: CallKind,
+    ) -> Result<()> {
         self.push_node(Node::Call(Box::new(Call {
             callable,
             args,
@@ -365,14 +370,16 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     let node = match text {
                         "01" => Node::Bool(true),
                         "00" => Node::Bool(false),
-                        _ => int_text(text).ok_or_else(|| self.err(format!("invalid INT literal {text:?}")))?,
+                        _ => int_text(text)
+                            .ok_or_else(|| self.err(format!("invalid INT literal {text:?}")))?,
                     };
                     self.push_node(node)?
                 }
                 b'L' => {
                     let text = self.line_str()?;
                     let text = text.strip_suffix('L').unwrap_or(text);
-                    let node = int_text(text).ok_or_else(|| self.err(format!("invalid LONG literal {text:?}")))?;
+                    let node = int_text(text)
+                        .ok_or_else(|| self.err(format!("invalid LONG literal {text:?}")))?;
                     self.push_node(node)?
                 }
                 b'G' => {
@@ -383,7 +390,8 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 }
                 b'F' => {
                     let text = self.line_str()?;
-                    let v = parse_py_float(text).ok_or_else(|| self.err(format!("invalid FLOAT literal {text:?}")))?;
+                    let v = parse_py_float(text)
+                        .ok_or_else(|| self.err(format!("invalid FLOAT literal {text:?}")))?;
                     self.push_node(Node::Float(v))?
                 }
                 // --- strings and bytes
@@ -401,18 +409,24 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 }
                 b'V' => {
                     let line = self.line()?;
-                    let s = raw_unicode_escape(line).ok_or_else(|| self.err("invalid UNICODE literal"))?;
+                    let s = raw_unicode_escape(line)
+                        .ok_or_else(|| self.err("invalid UNICODE literal"))?;
                     self.push_node(Node::Str(s))?
                 }
                 b'U' | b'T' => {
-                    let n = if op == b'U' { self.u8()? as u64 } else { self.u32()? as u64 };
+                    let n = if op == b'U' {
+                        self.u8()? as u64
+                    } else {
+                        self.u32()? as u64
+                    };
                     let n = self.len_u64(n)?;
                     let bytes = self.take(n)?.to_vec();
                     self.py2_string(bytes)?
                 }
                 b'S' => {
                     let line = self.line()?;
-                    let bytes = py_string_literal(line).ok_or_else(|| self.err("invalid STRING literal"))?;
+                    let bytes = py_string_literal(line)
+                        .ok_or_else(|| self.err("invalid STRING literal"))?;
                     self.py2_string(bytes)?
                 }
                 b'C' | b'B' | 0x8e | 0x96 => {
@@ -423,7 +437,11 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     };
                     let n = self.len_u64(n)?;
                     let bytes = self.take(n)?.to_vec();
-                    let node = if op == 0x96 { Node::ByteArray(bytes) } else { Node::Bytes(bytes) };
+                    let node = if op == 0x96 {
+                        Node::ByteArray(bytes)
+                    } else {
+                        Node::Bytes(bytes)
+                    };
                     self.push_node(node)?
                 }
                 0x97 => return Err(self.err("out-of-band buffers (NEXT_BUFFER) are not supported")),
@@ -500,7 +518,9 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 // --- memo
                 b'p' => {
                     let text = self.line_str()?;
-                    let i = text.parse::<u64>().map_err(|_| self.err(format!("invalid PUT index {text:?}")))?;
+                    let i = text
+                        .parse::<u64>()
+                        .map_err(|_| self.err(format!("invalid PUT index {text:?}")))?;
                     self.memo_put(i)?
                 }
                 b'q' => {
@@ -517,7 +537,9 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 }
                 b'g' => {
                     let text = self.line_str()?;
-                    let i = text.parse::<u64>().map_err(|_| self.err(format!("invalid GET index {text:?}")))?;
+                    let i = text
+                        .parse::<u64>()
+                        .map_err(|_| self.err(format!("invalid GET index {text:?}")))?;
                     self.memo_get(i)?
                 }
                 b'h' => {
@@ -538,7 +560,8 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    let (Some(module), Some(name)) = (self.arena.str(module), self.arena.str(name)) else {
+                    let (Some(module), Some(name)) = (self.arena.str(module), self.arena.str(name))
+                    else {
                         return Err(self.err("STACK_GLOBAL requires str module and name"));
                     };
                     let (module, name) = (module.to_owned(), name.to_owned());
@@ -546,13 +569,17 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     self.stack.push(id);
                 }
                 0x82..=0x84 => {
-                    return Err(self.err("the copyreg extension registry (EXT1/EXT2/EXT4) is not supported"))
+                    return Err(self
+                        .err("the copyreg extension registry (EXT1/EXT2/EXT4) is not supported"))
                 }
                 b'R' => {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     if self.arena.tuple(args).is_none() {
-                        return Err(self.err(format!("REDUCE arguments must be a tuple, not a {}", self.arena.kind_name(args))));
+                        return Err(self.err(format!(
+                            "REDUCE arguments must be a tuple, not a {}",
+                            self.arena.kind_name(args)
+                        )));
                     }
                     self.call(callable, args, None, CallKind::Reduce)?
                 }
@@ -560,7 +587,10 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     let args = self.pop()?;
                     let cls = self.pop()?;
                     if self.arena.tuple(args).is_none() {
-                        return Err(self.err(format!("NEWOBJ arguments must be a tuple, not a {}", self.arena.kind_name(args))));
+                        return Err(self.err(format!(
+                            "NEWOBJ arguments must be a tuple, not a {}",
+                            self.arena.kind_name(args)
+                        )));
                     }
                     self.call(cls, args, None, CallKind::NewObj)?
                 }
@@ -568,7 +598,9 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     let kwargs = self.pop()?;
                     let args = self.pop()?;
                     let cls = self.pop()?;
-                    if self.arena.tuple(args).is_none() || !matches!(self.arena.get(kwargs), Node::Dict(_)) {
+                    if self.arena.tuple(args).is_none()
+                        || !matches!(self.arena.get(kwargs), Node::Dict(_))
+                    {
                         return Err(self.err("NEWOBJ_EX needs a tuple and a dict"));
                     }
                     self.call(cls, args, Some(kwargs), CallKind::NewObj)?
@@ -604,19 +636,29 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 // --- persistent ids
                 b'Q' => {
                     let pid = self.pop()?;
-                    let id = self.hooks.persistent_load(self.arena, pid).map_err(|m| self.err(m))?;
+                    let id = self
+                        .hooks
+                        .persistent_load(self.arena, pid)
+                        .map_err(|m| self.err(m))?;
                     self.stack.push(id);
                 }
                 b'P' => {
                     let text = self.line_str()?.to_owned();
                     let pid = self.new_node(Node::Str(text))?;
-                    let id = self.hooks.persistent_load(self.arena, pid).map_err(|m| self.err(m))?;
+                    let id = self
+                        .hooks
+                        .persistent_load(self.arena, pid)
+                        .map_err(|m| self.err(m))?;
                     self.stack.push(id);
                 }
                 _ => {
                     return Err(self.err(format!(
                         "unknown opcode 0x{op:02x}{}",
-                        if opcode_name(op).is_some() { "" } else { " (not a pickle opcode)" }
+                        if opcode_name(op).is_some() {
+                            ""
+                        } else {
+                            " (not a pickle opcode)"
+                        }
                     )))
                 }
             }
@@ -739,7 +781,14 @@ mod tests {
 
     fn run(bytes: &[u8]) -> std::result::Result<(Arena, NodeId), PickleError> {
         let mut arena = Arena::new();
-        let id = load_pickle(bytes, &mut arena, &mut NoHooks, PickleLimits::default(), StringEncoding::Utf8)?.0;
+        let id = load_pickle(
+            bytes,
+            &mut arena,
+            &mut NoHooks,
+            PickleLimits::default(),
+            StringEncoding::Utf8,
+        )?
+        .0;
         Ok((arena, id))
     }
 
@@ -749,10 +798,14 @@ mod tests {
         // {'a': L, 'b': L} where L = [1, 2]
         let bytes = b"\x80\x02}q\x00(X\x01\x00\x00\x00aq\x01]q\x02(K\x01K\x02eX\x01\x00\x00\x00bq\x03h\x02u.";
         let (arena, root) = run(bytes).unwrap();
-        let Node::Dict(items) = arena.get(root) else { panic!() };
+        let Node::Dict(items) = arena.get(root) else {
+            panic!()
+        };
         assert_eq!(items.len(), 2);
         assert_eq!(items[0].1, items[1].1, "memo shares by reference");
-        let Node::List(list) = arena.get(items[0].1) else { panic!() };
+        let Node::List(list) = arena.get(items[0].1) else {
+            panic!()
+        };
         let ints: Vec<_> = list.iter().map(|&i| arena.get(i).clone()).collect();
         assert_eq!(ints, vec![Node::Int(1), Node::Int(2)]);
     }
@@ -762,7 +815,9 @@ mod tests {
         // pickle.dumps([2**70, -1, 1.5], protocol=2)
         let bytes = b"\x80\x02]q\x00(\x8a\t\x00\x00\x00\x00\x00\x00\x00\x00@J\xff\xff\xff\xffG?\xf8\x00\x00\x00\x00\x00\x00e.";
         let (arena, root) = run(bytes).unwrap();
-        let Node::List(items) = arena.get(root) else { panic!() };
+        let Node::List(items) = arena.get(root) else {
+            panic!()
+        };
         assert!(matches!(arena.get(items[0]), Node::BigInt(_)));
         assert_eq!(arena.get(items[1]), &Node::Int(-1));
         assert_eq!(arena.get(items[2]), &Node::Float(1.5));
@@ -773,7 +828,9 @@ mod tests {
         // pickle.dumps([1, 'a', 2.5, True], protocol=0)
         let bytes = b"(lp0\nI1\naVa\np1\naF2.5\naI01\na.";
         let (arena, root) = run(bytes).unwrap();
-        let Node::List(items) = arena.get(root) else { panic!() };
+        let Node::List(items) = arena.get(root) else {
+            panic!()
+        };
         assert_eq!(arena.get(items[0]), &Node::Int(1));
         assert_eq!(arena.get(items[1]), &Node::Str("a".into()));
         assert_eq!(arena.get(items[2]), &Node::Float(2.5));
@@ -789,11 +846,21 @@ mod tests {
     #[test]
     fn errors_name_offset_and_opcode() {
         let err = run(b"\x80\x02h\x05.").unwrap_err();
-        assert_eq!(err.to_string(), "byte 0x2, opcode BINGET: memo slot 5 was never set");
+        assert_eq!(
+            err.to_string(),
+            "byte 0x2, opcode BINGET: memo slot 5 was never set"
+        );
         let err = run(b"\x80\x02.").unwrap_err();
-        assert_eq!(err.to_string(), "byte 0x2, opcode STOP: unpickling stack underflow");
+        assert_eq!(
+            err.to_string(),
+            "byte 0x2, opcode STOP: unpickling stack underflow"
+        );
         let err = run(b"\x80\x02X\xff\xff\xff\xffab").unwrap_err();
-        assert!(err.to_string().contains("declares a length of 4294967295 bytes"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("declares a length of 4294967295 bytes"),
+            "{err}"
+        );
         let err = run(b"\x80\x02K").unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         let err = run(b"").unwrap_err();
@@ -805,8 +872,8 @@ mod tests {
         // 100 000 nested lists: ']' * n then 'a' * (n-1) then '.'
         let n = 100_000;
         let mut bytes = vec![0x80, 2];
-        bytes.extend(std::iter::repeat(b']').take(n));
-        bytes.extend(std::iter::repeat(b'a').take(n - 1));
+        bytes.extend(std::iter::repeat_n(b']', n));
+        bytes.extend(std::iter::repeat_n(b'a', n - 1));
         bytes.push(b'.');
         let (arena, _) = run(&bytes).unwrap();
         assert_eq!(arena.len(), n);

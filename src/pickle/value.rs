@@ -260,12 +260,22 @@ mod tests {
 
     #[test]
     fn bigint_decimal_round_trip() {
-        for text in ["0", "1", "-1", "1180591620717411303424", "-1180591620717411303424", "255"] {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "1180591620717411303424",
+            "-1180591620717411303424",
+            "255",
+        ] {
             let bytes = decimal_to_bigint(text).unwrap();
             assert_eq!(bigint_to_decimal(&bytes), text);
         }
         // 2**70 as Python's LONG1 writes it: 9 bytes.
-        assert_eq!(bigint_to_decimal(&[0, 0, 0, 0, 0, 0, 0, 0, 0x40]), "1180591620717411303424");
+        assert_eq!(
+            bigint_to_decimal(&[0, 0, 0, 0, 0, 0, 0, 0, 0x40]),
+            "1180591620717411303424"
+        );
         assert_eq!(bigint_to_decimal(&[0xff]), "-1");
         assert_eq!(decimal_to_bigint("12a"), None);
     }

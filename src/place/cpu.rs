@@ -22,10 +22,12 @@ impl Placer for CpuPlacer {
         let swap = record.byte_order != ByteOrder::native() && record.swap_unit > 1;
         let align = record.storage.dtype.element_size().max(record.swap_unit);
         match (record.bytes, record.source_offset) {
-            (Cow::Borrowed(bytes), Some(offset)) if !swap && offset % align == 0 => Ok(StorageData::Borrowed {
-                source: source.clone(),
-                range: offset..offset + bytes.len(),
-            }),
+            (Cow::Borrowed(bytes), Some(offset)) if !swap && offset % align == 0 => {
+                Ok(StorageData::Borrowed {
+                    source: source.clone(),
+                    range: offset..offset + bytes.len(),
+                })
+            }
             (bytes, _) => {
                 let mut owned = bytes.into_owned();
                 if swap {

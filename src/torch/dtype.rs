@@ -141,7 +141,10 @@ impl Dtype {
 
     /// Whether the dtype is one of torch's complex types.
     pub fn is_complex(self) -> bool {
-        matches!(self, Dtype::Complex32 | Dtype::BComplex32 | Dtype::Complex64 | Dtype::Complex128)
+        matches!(
+            self,
+            Dtype::Complex32 | Dtype::BComplex32 | Dtype::Complex64 | Dtype::Complex128
+        )
     }
 
     /// Whether the dtype is one of torch's quantized types.

@@ -47,7 +47,11 @@ struct TorchHooks {
 }
 
 impl Hooks for TorchHooks {
-    fn find_class(&mut self, module: &str, name: &str) -> std::result::Result<(String, String), String> {
+    fn find_class(
+        &mut self,
+        module: &str,
+        name: &str,
+    ) -> std::result::Result<(String, String), String> {
         let mut module = policy::python3_module(module);
         if self.weights_only {
             if !policy::is_allowed(module, name) {
@@ -61,7 +65,11 @@ impl Hooks for TorchHooks {
         Ok((module.to_owned(), name.to_owned()))
     }
 
-    fn persistent_load(&mut self, arena: &mut Arena, pid: NodeId) -> std::result::Result<NodeId, String> {
+    fn persistent_load(
+        &mut self,
+        arena: &mut Arena,
+        pid: NodeId,
+    ) -> std::result::Result<NodeId, String> {
         self.table.persistent_load(arena, pid, self.max_storages)
     }
 }
@@ -75,7 +83,13 @@ pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Resu
         max_storages: options.max_storages,
         refused: None,
     };
-    let root = match pickle::load_pickle(bytes, &mut arena, &mut hooks, options.pickle_limits, options.encoding) {
+    let root = match pickle::load_pickle(
+        bytes,
+        &mut arena,
+        &mut hooks,
+        options.pickle_limits,
+        options.encoding,
+    ) {
         Ok((root, _end)) => root,
         Err(error) => {
             return Err(match hooks.refused {
@@ -88,7 +102,8 @@ pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Resu
         }
     };
     let TorchHooks { table, .. } = hooks;
-    let mut interpreter = rebuild::Interpreter::new(&arena, &table.storages, &table.views, options.tree_limits);
+    let mut interpreter =
+        rebuild::Interpreter::new(&arena, &table.storages, &table.views, options.tree_limits);
     let root = interpreter.convert(root)?;
     Ok(Parsed {
         root,

@@ -99,7 +99,9 @@ pub fn is_allowed(module: &str, name: &str) -> bool {
 
 /// `uint1`…`uint7`, `int1`…`int7`: dtypes torch allows as globals but cannot save.
 fn is_sub_byte_int(name: &str) -> bool {
-    let digits = name.strip_prefix("uint").or_else(|| name.strip_prefix("int"));
+    let digits = name
+        .strip_prefix("uint")
+        .or_else(|| name.strip_prefix("int"));
     matches!(digits, Some(d) if d.len() == 1 && (b'1'..=b'7').contains(&d.as_bytes()[0]))
 }
 
@@ -112,7 +114,9 @@ pub fn refusal(module: &str, name: &str) -> String {
         format!("{module}.{name}")
     };
     let what = if BLOCKED_MODULES.contains(&module) {
-        format!("Trying to load unsupported GLOBAL {module}.{name} whose module {module} is blocked.")
+        format!(
+            "Trying to load unsupported GLOBAL {module}.{name} whose module {module} is blocked."
+        )
     } else {
         format!("Unsupported global: GLOBAL {shown} was not an allowed global by default.")
     };
@@ -146,9 +150,12 @@ mod tests {
     #[test]
     fn refusal_texts() {
         let m = refusal("argparse", "Namespace");
-        assert!(m.contains("Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default."));
+        assert!(m.contains(
+            "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default."
+        ));
         assert!(refusal("builtins", "frozenset").contains("GLOBAL frozenset was"));
-        assert!(refusal("posix", "system")
-            .contains("Trying to load unsupported GLOBAL posix.system whose module posix is blocked."));
+        assert!(refusal("posix", "system").contains(
+            "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+        ));
     }
 }

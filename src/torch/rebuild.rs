@@ -56,7 +56,12 @@ enum Callee<'n> {
 
 impl<'a> Interpreter<'a> {
     /// An interpreter over `arena`, whose `External` nodes index `views` into `storages`.
-    pub fn new(arena: &'a Arena, storages: &'a [StorageRef], views: &'a [StorageView], limits: TreeLimits) -> Self {
+    pub fn new(
+        arena: &'a Arena,
+        storages: &'a [StorageRef],
+        views: &'a [StorageView],
+        limits: TreeLimits,
+    ) -> Self {
         Interpreter {
             arena,
             storages,
@@ -87,14 +92,22 @@ impl<'a> Interpreter<'a> {
     fn count(&mut self) -> Result<()> {
         self.values += 1;
         if self.values > self.limits.max_values {
-            return Err(Error::limit("max_values", self.values, self.limits.max_values));
+            return Err(Error::limit(
+                "max_values",
+                self.values,
+                self.limits.max_values,
+            ));
         }
         Ok(())
     }
 
     fn value(&mut self, id: NodeId, depth: usize) -> Result<Value> {
         if depth > self.limits.max_depth {
-            return Err(Error::limit("max_depth", depth as u64, self.limits.max_depth as u64));
+            return Err(Error::limit(
+                "max_depth",
+                depth as u64,
+                self.limits.max_depth as u64,
+            ));
         }
         self.count()?;
         let arena = self.arena;
@@ -111,11 +124,11 @@ impl<'a> Interpreter<'a> {
             Node::Tuple(items) => Value::Tuple(self.seq(items, depth)?),
             Node::Set(items) => Value::Set(self.seq(items, depth)?),
             Node::FrozenSet(items) => Value::FrozenSet(self.seq(items, depth)?),
-            Node::Dict(items) => Value::Dict(Dict {
+            Node::Dict(items) => Value::Dict(Box::new(Dict {
                 class: "dict".into(),
                 items: self.pairs(items, depth)?,
                 attributes: Vec::new(),
-            }),
+            })),
             Node::Global { module, name } => Value::Global(format!("{module}.{name}")),
             Node::External(i) => {
                 let view = self.views[*i as usize];
@@ -167,8 +180,14 @@ impl<'a> Interpreter<'a> {
             }
         };
         match (module, name) {
-            ("collections", "OrderedDict" | "Counter" | "defaultdict") => self.dict_object(module, name, call, depth),
-            ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_tensor_v3" | "_rebuild_qtensor") => {
+            ("collections", "OrderedDict" | "Counter" | "defaultdict") => {
+                self.dict_object(module, name, call, depth)
+            }
+            (
+                "torch._utils",
+                "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_tensor_v3"
+                | "_rebuild_qtensor",
+            ) => {
                 let view = self.first_arg_view(call);
                 let args = self.args(call, depth)?;
                 self.rebuild_tensor(name, &args, view)
@@ -205,17 +224,26 @@ impl<'a> Interpreter<'a> {
                 let args = self.args(call, depth)?;
                 match args.into_iter().next() {
                     Some(Value::Tuple(dims)) | Some(Value::List(dims)) => Ok(Value::Tuple(dims)),
-                    _ => Err(Error::invalid_tensor(format!("at '{}': torch.Size needs a tuple", self.here()))),
+                    _ => Err(Error::invalid_tensor(format!(
+                        "at '{}': torch.Size needs a tuple",
+                        self.here()
+                    ))),
                 }
             }
             ("builtins", "set" | "frozenset") => {
                 let args = self.args(call, depth)?;
                 let items = match args.into_iter().next() {
-                    Some(Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v)) => v,
+                    Some(
+                        Value::List(v) | Value::Tuple(v) | Value::Set(v) | Value::FrozenSet(v),
+                    ) => v,
                     None => Vec::new(),
                     Some(other) => return Err(self.bad_args(module, name, &other)),
                 };
-                Ok(if name == "set" { Value::Set(items) } else { Value::FrozenSet(items) })
+                Ok(if name == "set" {
+                    Value::Set(items)
+                } else {
+                    Value::FrozenSet(items)
+                })
             }
             ("builtins", "complex") => {
                 let args = self.args(call, depth)?;
@@ -259,7 +287,10 @@ impl<'a> Interpreter<'a> {
     }
 
     fn bad_args(&self, module: &str, name: &str, got: &Value) -> Error {
-        Error::invalid_tensor(format!("at '{}': unexpected arguments for {module}.{name}: {got}", self.here()))
+        Error::invalid_tensor(format!(
+            "at '{}': unexpected arguments for {module}.{name}: {got}",
+            self.here()
+        ))
     }
 
     fn encode(&self, s: &str, encoding: &str) -> Result<Vec<u8>> {
@@ -268,13 +299,27 @@ impl<'a> Interpreter<'a> {
                 .chars()
                 .map(|c| u8::try_from(c as u32).ok())
                 .collect::<Option<Vec<u8>>>()
-                .ok_or_else(|| Error::invalid_tensor(format!("at '{}': a latin-1 bytes literal holds a character above U+00FF", self.here()))),
+                .ok_or_else(|| {
+                    Error::invalid_tensor(format!(
+                        "at '{}': a latin-1 bytes literal holds a character above U+00FF",
+                        self.here()
+                    ))
+                }),
             "utf-8" | "utf8" => Ok(s.as_bytes().to_vec()),
-            other => Err(Error::unsupported(format!("at '{}': bytes encoded as {other}", self.here()))),
+            other => Err(Error::unsupported(format!(
+                "at '{}': bytes encoded as {other}",
+                self.here()
+            ))),
         }
     }
 
-    fn dict_object(&mut self, module: &str, name: &str, call: &Call, depth: usize) -> Result<Value> {
+    fn dict_object(
+        &mut self,
+        module: &str,
+        name: &str,
+        call: &Call,
+        depth: usize,
+    ) -> Result<Value> {
         let args = self.args(call, depth)?;
         let mut items = Vec::new();
         match args.into_iter().next() {
@@ -309,11 +354,11 @@ impl<'a> Interpreter<'a> {
                 other => attributes.push(("__state__".into(), other)),
             }
         }
-        Ok(Value::Dict(Dict {
+        Ok(Value::Dict(Box::new(Dict {
             class: format!("{module}.{name}"),
             items,
             attributes,
-        }))
+        })))
     }
 
     fn object(&mut self, class: String, call: &Call, depth: usize) -> Result<Value> {
@@ -354,10 +399,18 @@ impl<'a> Interpreter<'a> {
     fn dims(&self, v: &Value, what: &str) -> Result<Vec<u64>> {
         let items = match v {
             Value::Tuple(items) | Value::List(items) => items,
-            other => return Err(self.tensor_error(format!("{what} must be a tuple of ints, not {other}"))),
+            other => {
+                return Err(
+                    self.tensor_error(format!("{what} must be a tuple of ints, not {other}"))
+                )
+            }
         };
         if items.len() > self.limits.max_rank {
-            return Err(Error::limit("max_rank", items.len() as u64, self.limits.max_rank as u64));
+            return Err(Error::limit(
+                "max_rank",
+                items.len() as u64,
+                self.limits.max_rank as u64,
+            ));
         }
         items
             .iter()
@@ -369,7 +422,12 @@ impl<'a> Interpreter<'a> {
             .collect()
     }
 
-    fn rebuild_tensor(&self, name: &str, args: &[Value], view: Option<StorageView>) -> Result<Value> {
+    fn rebuild_tensor(
+        &self,
+        name: &str,
+        args: &[Value],
+        view: Option<StorageView>,
+    ) -> Result<Value> {
         let arity = match name {
             "_rebuild_tensor" => 4..=4,
             "_rebuild_tensor_v2" => 6..=7,
@@ -379,12 +437,19 @@ impl<'a> Interpreter<'a> {
         if !arity.contains(&args.len()) {
             return Err(self.tensor_error(format!(
                 "torch._utils.{name} takes {} arguments, got {}",
-                if arity.start() == arity.end() { arity.start().to_string() } else { format!("{} or {}", arity.start(), arity.end()) },
+                if arity.start() == arity.end() {
+                    arity.start().to_string()
+                } else {
+                    format!("{} or {}", arity.start(), arity.end())
+                },
                 args.len()
             )));
         }
         let view = view.ok_or_else(|| {
-            self.tensor_error(format!("the first argument must be a storage, not {}", args[0]))
+            self.tensor_error(format!(
+                "the first argument must be a storage, not {}",
+                args[0]
+            ))
         })?;
         let dtype = if name == "_rebuild_tensor_v3" {
             match &args[6] {
@@ -392,14 +457,22 @@ impl<'a> Interpreter<'a> {
                     .strip_prefix("torch.")
                     .and_then(Dtype::from_name)
                     .ok_or_else(|| self.tensor_error(format!("unknown dtype {g}")))?,
-                other => return Err(self.tensor_error(format!("dtype must be a torch dtype, not {other}"))),
+                other => {
+                    return Err(
+                        self.tensor_error(format!("dtype must be a torch dtype, not {other}"))
+                    )
+                }
             }
         } else {
             view.dtype
         };
         let offset = match &args[1] {
             Value::Int(i) if *i >= 0 => *i as u64,
-            other => return Err(self.tensor_error(format!("storage offset must be a non-negative int, not {other}"))),
+            other => {
+                return Err(self.tensor_error(format!(
+                    "storage offset must be a non-negative int, not {other}"
+                )))
+            }
         };
         let shape = self.dims(&args[2], "size")?;
         let stride = self.dims(&args[3], "stride")?;
@@ -449,9 +522,12 @@ impl<'a> Interpreter<'a> {
         let itemsize = meta.dtype.element_size() as u64;
         let mut numel: u64 = 1;
         for &s in &meta.shape {
-            numel = numel
-                .checked_mul(s)
-                .ok_or_else(|| self.tensor_error(format!("the element count of size {:?} overflows", meta.shape)))?;
+            numel = numel.checked_mul(s).ok_or_else(|| {
+                self.tensor_error(format!(
+                    "the element count of size {:?} overflows",
+                    meta.shape
+                ))
+            })?;
         }
         let required = if numel == 0 {
             Some(0)
@@ -459,9 +535,10 @@ impl<'a> Interpreter<'a> {
             meta.shape
                 .iter()
                 .zip(&meta.stride)
-                .try_fold(meta.storage_offset.checked_add(1), |acc, (&size, &stride)| {
-                    Some(acc?.checked_add((size - 1).checked_mul(stride)?))
-                })
+                .try_fold(
+                    meta.storage_offset.checked_add(1),
+                    |acc, (&size, &stride)| Some(acc?.checked_add((size - 1).checked_mul(stride)?)),
+                )
                 .flatten()
                 .and_then(|elements| elements.checked_mul(itemsize))
         };
@@ -497,7 +574,10 @@ impl<'a> Interpreter<'a> {
     fn rebuild_from_type(&mut self, call: &Call, depth: usize) -> Result<Value> {
         let parts = self.arena.tuple(call.args).unwrap_or(&[]);
         let [func, new_type, args, state] = parts else {
-            return Err(self.tensor_error(format!("_rebuild_from_type_v2 takes 4 arguments, got {}", parts.len())));
+            return Err(self.tensor_error(format!(
+                "_rebuild_from_type_v2 takes 4 arguments, got {}",
+                parts.len()
+            )));
         };
         let inner = Call {
             callable: *func,
@@ -517,11 +597,11 @@ impl<'a> Interpreter<'a> {
                 meta.attributes = Some(Box::new(state));
             }
             if !plain {
-                let class = Value::Dict(Dict {
+                let class = Value::Dict(Box::new(Dict {
                     class: "dict".into(),
                     items: vec![(Value::Str("__class__".into()), new_type)],
                     attributes: Vec::new(),
-                });
+                }));
                 meta.attributes.get_or_insert(Box::new(class));
             }
         }

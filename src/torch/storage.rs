@@ -64,9 +64,17 @@ pub struct StorageTable {
 
 impl StorageTable {
     /// Resolves a persistent id node to a new `External` node, registering the storage.
-    pub fn persistent_load(&mut self, arena: &mut Arena, pid: NodeId, max_storages: usize) -> Result<NodeId, String> {
+    pub fn persistent_load(
+        &mut self,
+        arena: &mut Arena,
+        pid: NodeId,
+        max_storages: usize,
+    ) -> Result<NodeId, String> {
         let Some(fields) = arena.tuple(pid) else {
-            return Err(format!("persistent id must be a tuple, not a {}", arena.kind_name(pid)));
+            return Err(format!(
+                "persistent id must be a tuple, not a {}",
+                arena.kind_name(pid)
+            ));
         };
         let text = |id: NodeId| -> Option<String> {
             match arena.get(id) {
@@ -80,10 +88,16 @@ impl StorageTable {
             return Err("unsupported persistent id: only ('storage', …) ids are understood".into());
         }
         if fields.len() != 5 && fields.len() != 6 {
-            return Err(format!("a storage persistent id has 5 fields, not {}", fields.len()));
+            return Err(format!(
+                "a storage persistent id has 5 fields, not {}",
+                fields.len()
+            ));
         }
         if fields.len() == 6 && !matches!(arena.get(fields[5]), Node::None) {
-            return Err("storage views in persistent ids (legacy view_metadata) are not supported yet".into());
+            return Err(
+                "storage views in persistent ids (legacy view_metadata) are not supported yet"
+                    .into(),
+            );
         }
         let (dtype, untyped) = match arena.global(fields[1]) {
             Some((module, "UntypedStorage")) if module.starts_with("torch") => (Dtype::UInt8, true),
@@ -106,7 +120,10 @@ impl StorageTable {
             _ => return Err(format!("storage '{key}' size must be an int")),
         };
         if numel.checked_mul(dtype.element_size() as u64).is_none() {
-            return Err(format!("storage '{key}' size {numel} × {} bytes overflows", dtype.element_size()));
+            return Err(format!(
+                "storage '{key}' size {numel} × {} bytes overflows",
+                dtype.element_size()
+            ));
         }
         let id = match self.by_key.get(&key) {
             Some(&id) => {
@@ -129,9 +146,18 @@ impl StorageTable {
         Ok(arena.push(Node::External((self.views.len() - 1) as u64)))
     }
 
-    fn push(&mut self, key: String, dtype: Dtype, numel: u64, location: String, max: usize) -> Result<StorageId, String> {
+    fn push(
+        &mut self,
+        key: String,
+        dtype: Dtype,
+        numel: u64,
+        location: String,
+        max: usize,
+    ) -> Result<StorageId, String> {
         if self.storages.len() >= max {
-            return Err(format!("limit max_storages exceeded: more than {max} storages"));
+            return Err(format!(
+                "limit max_storages exceeded: more than {max} storages"
+            ));
         }
         self.storages.push(StorageRef {
             key,

@@ -57,13 +57,13 @@ impl TensorMeta {
 
     /// Whether the elements lie in C order without gaps (dimensions of size 1 are ignored).
     pub fn is_contiguous(&self) -> bool {
+        if self.shape.contains(&0) {
+            return true;
+        }
         let mut expected = 1u64;
         for (&size, &stride) in self.shape.iter().zip(&self.stride).rev() {
             if size == 1 {
                 continue;
-            }
-            if size == 0 {
-                return true;
             }
             if stride != expected {
                 return false;
@@ -100,7 +100,7 @@ pub enum Value {
     /// `tuple` (also `torch.Size`)
     Tuple(Vec<Value>),
     /// `dict`, `OrderedDict`, `Counter`, …
-    Dict(Dict),
+    Dict(Box<Dict>),
     /// `set`
     Set(Vec<Value>),
     /// `frozenset`
@@ -175,7 +175,10 @@ impl Value {
         }
         let mut current = self;
         for segment in path.split('.') {
-            current = current.children().find(|(s, _)| s == segment).map(|(_, v)| v)?;
+            current = current
+                .children()
+                .find(|(s, _)| s == segment)
+                .map(|(_, v)| v)?;
         }
         Some(current)
     }
@@ -183,24 +186,40 @@ impl Value {
     /// Direct children with their path segments, in file order.
     pub fn children(&self) -> Box<dyn Iterator<Item = (String, &Value)> + '_> {
         match self {
-            Value::List(items) | Value::Tuple(items) | Value::Set(items) | Value::FrozenSet(items) => {
+            Value::List(items)
+            | Value::Tuple(items)
+            | Value::Set(items)
+            | Value::FrozenSet(items) => {
                 Box::new(items.iter().enumerate().map(|(i, v)| (i.to_string(), v)))
             }
             Value::Dict(d) => Box::new(d.items.iter().map(|(k, v)| (key_segment(k), v))),
             Value::Object(o) => {
                 let state: Box<dyn Iterator<Item = (String, &Value)>> = match &o.state {
-                    Some(Value::Dict(d)) => Box::new(d.items.iter().map(|(k, v)| (key_segment(k), v))),
+                    Some(Value::Dict(d)) => {
+                        Box::new(d.items.iter().map(|(k, v)| (key_segment(k), v)))
+                    }
                     // (dict, slots) state, as Python's default __reduce_ex__ writes it.
-                    Some(Value::Tuple(parts)) => Box::new(parts.iter().flat_map(|p| match p {
-                        Value::Dict(d) => d.items.iter().map(|(k, v)| (key_segment(k), v)).collect::<Vec<_>>(),
-                        _ => Vec::new(),
+                    Some(Value::Tuple(parts)) => Box::new(parts.iter().flat_map(|p| {
+                        match p {
+                            Value::Dict(d) => d
+                                .items
+                                .iter()
+                                .map(|(k, v)| (key_segment(k), v))
+                                .collect::<Vec<_>>(),
+                            _ => Vec::new(),
+                        }
                     })),
                     _ => Box::new(std::iter::empty()),
                 };
                 Box::new(
                     state
                         .chain(o.dict_items.iter().map(|(k, v)| (key_segment(k), v)))
-                        .chain(o.list_items.iter().enumerate().map(|(i, v)| (i.to_string(), v))),
+                        .chain(
+                            o.list_items
+                                .iter()
+                                .enumerate()
+                                .map(|(i, v)| (i.to_string(), v)),
+                        ),
                 )
             }
             _ => Box::new(std::iter::empty()),
@@ -224,7 +243,12 @@ pub fn key_segment(key: &Value) -> String {
 impl fmt::Display for Value {
     /// A short Python-like rendering (tensors and objects abbreviated).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn seq(f: &mut fmt::Formatter<'_>, open: &str, items: &[Value], close: &str) -> fmt::Result {
+        fn seq(
+            f: &mut fmt::Formatter<'_>,
+            open: &str,
+            items: &[Value],
+            close: &str,
+        ) -> fmt::Result {
             f.write_str(open)?;
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
@@ -310,15 +334,31 @@ mod tests {
     }
 
     #[test]
+    fn values_stay_small() {
+        // The tree budget (Limits::max_values) assumes about 32 bytes a value.
+        assert!(
+            std::mem::size_of::<Value>() <= 32,
+            "{}",
+            std::mem::size_of::<Value>()
+        );
+    }
+
+    #[test]
     fn paths_and_display() {
-        let v = Value::Dict(Dict {
+        let v = Value::Dict(Box::new(Dict {
             class: "dict".into(),
             items: vec![
-                (Value::Int(3), Value::List(vec![Value::None, Value::Float(1.0)])),
-                (Value::Str("a".into()), Value::Tuple(vec![Value::Bool(true)])),
+                (
+                    Value::Int(3),
+                    Value::List(vec![Value::None, Value::Float(1.0)]),
+                ),
+                (
+                    Value::Str("a".into()),
+                    Value::Tuple(vec![Value::Bool(true)]),
+                ),
             ],
             attributes: vec![],
-        });
+        }));
         assert_eq!(v.get_path("3.1"), Some(&Value::Float(1.0)));
         assert_eq!(v.to_string(), "{3: [None, 1.0], \"a\": (True,)}");
     }

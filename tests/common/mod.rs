@@ -29,7 +29,10 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
     }
     if let Some(order) = expected.get("byte_order").and_then(Json::as_str) {
         if ckpt.byte_order.name() != order {
-            problems.push(format!("{what}: byte order {} != {order}", ckpt.byte_order.name()));
+            problems.push(format!(
+                "{what}: byte order {} != {order}",
+                ckpt.byte_order.name()
+            ));
         }
     }
     let want = expected["tensors"].as_array().unwrap();
@@ -55,8 +58,16 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
         check(&mut problems, "dtype", Json::from(t.dtype().name()));
         check(&mut problems, "shape", Json::from(t.shape().to_vec()));
         check(&mut problems, "stride", Json::from(t.stride().to_vec()));
-        check(&mut problems, "storage_offset", Json::from(t.storage_offset()));
-        check(&mut problems, "requires_grad", Json::from(t.requires_grad()));
+        check(
+            &mut problems,
+            "storage_offset",
+            Json::from(t.storage_offset()),
+        );
+        check(
+            &mut problems,
+            "requires_grad",
+            Json::from(t.requires_grad()),
+        );
         check(&mut problems, "conj", Json::from(t.meta().conj));
         check(&mut problems, "neg", Json::from(t.meta().neg));
         match t.sha256() {
@@ -69,7 +80,9 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
             (Some(group), Some(id)) => {
                 let seen = *groups.entry(group).or_insert(id);
                 if seen != id {
-                    problems.push(format!("{at}: storage group {group} maps to storages {seen} and {id}"));
+                    problems.push(format!(
+                        "{at}: storage group {group} maps to storages {seen} and {id}"
+                    ));
                 }
             }
             (None, _) => {
@@ -82,7 +95,9 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
     }
     let distinct: std::collections::HashSet<_> = groups.values().collect();
     if distinct.len() != groups.len() {
-        problems.push(format!("{what}: distinct torch storages share one ptload storage"));
+        problems.push(format!(
+            "{what}: distinct torch storages share one ptload storage"
+        ));
     }
     problems
 }
@@ -116,12 +131,14 @@ impl ZipBuilder {
         self.bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // version, flags, method
         self.bytes.extend_from_slice(&[0, 0, 0, 0]); // time, date
         self.bytes.extend_from_slice(&[0; 12]); // crc, sizes (in the central directory)
-        self.bytes.extend_from_slice(&(full.len() as u16).to_le_bytes());
-        self.bytes.extend_from_slice(&(extra_len as u16).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(full.len() as u16).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(extra_len as u16).to_le_bytes());
         self.bytes.extend_from_slice(full.as_bytes());
         self.bytes.extend_from_slice(&0x4246u16.to_le_bytes());
         self.bytes.extend_from_slice(&(pad as u16).to_le_bytes());
-        self.bytes.extend(std::iter::repeat(b'Z').take(pad));
+        self.bytes.extend(std::iter::repeat_n(b'Z', pad));
         self.bytes.extend_from_slice(data);
 
         let c = &mut self.central;
@@ -212,7 +229,15 @@ impl Pickle {
             .op(b"tQ")
     }
     /// `_rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`.
-    pub fn tensor(self, class: &str, key: &str, numel: i64, offset: i64, size: &[i64], stride: &[i64]) -> Self {
+    pub fn tensor(
+        self,
+        class: &str,
+        key: &str,
+        numel: i64,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
+    ) -> Self {
         self.global("torch._utils", "_rebuild_tensor_v2")
             .op(b"(")
             .storage(class, key, numel)

@@ -1,0 +1,367 @@
+//! Bad input gets `Err` with a clear message: never a panic, never a huge allocation.
+
+mod common;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use common::{fixture, root, Pickle, ZipBuilder};
+use ptload::{ErrorKind, Loader};
+
+/// Loads `bytes` and, if that works, hashes every tensor; panics are caught and reported.
+fn survives(bytes: Vec<u8>) -> Result<(), String> {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        if let Ok(ckpt) = ptload::load_bytes(bytes) {
+            for (_, t) in ckpt.tensors() {
+                let _ = t.sha256();
+            }
+        }
+    }));
+    outcome.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
+}
+
+fn err(bytes: Vec<u8>) -> ptload::Error {
+    match ptload::load_bytes(bytes) {
+        Ok(_) => panic!("loaded a bad file"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn truncation_at_every_point_is_an_error() {
+    for rel in ["zip/views.pt", "zip/nested.pt", "zip/deflated.pt"] {
+        let bytes = fixture(rel);
+        for len in (0..bytes.len()).step_by(7) {
+            let cut = bytes[..len].to_vec();
+            match catch_unwind(|| ptload::load_bytes(cut)) {
+                Ok(Ok(_)) => panic!("{rel} cut to {len} bytes loaded"),
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    assert!(msg.starts_with("<memory>: "), "{msg}");
+                }
+                Err(_) => panic!("{rel} cut to {len} bytes panicked"),
+            }
+        }
+    }
+}
+
+#[test]
+fn bit_flips_never_panic() {
+    for rel in [
+        "zip/views.pt",
+        "zip/optimizer.pt",
+        "zip/deflated.pt",
+        "zip/big_endian.pt",
+    ] {
+        let bytes = fixture(rel);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..3000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut flipped = bytes.clone();
+            let at = (state % bytes.len() as u64) as usize;
+            flipped[at] ^= 1 << (state >> 60 & 7);
+            if let Err(p) = survives(flipped) {
+                panic!("{rel}: flipping a bit at byte {at} panicked: {p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn random_bytes_are_not_a_checkpoint() {
+    let mut state = 12345u64;
+    let bytes: Vec<u8> = (0..10_000)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) as u8
+        })
+        .collect();
+    let e = err(bytes.clone());
+    assert!(
+        e.to_string()
+            .contains("Invalid magic number; corrupt file?"),
+        "{e}"
+    );
+    let mut zipish = b"PK\x03\x04".to_vec();
+    zipish.extend(bytes);
+    let e = err(zipish);
+    assert!(
+        e.to_string().contains("no end-of-central-directory record"),
+        "{e}"
+    );
+    assert!(err(Vec::new()).to_string().contains("the file is empty"));
+}
+
+fn one_tensor(class: &str, numel: i64, size: &[i64], stride: &[i64], offset: i64) -> Vec<u8> {
+    Pickle::new()
+        .tensor(class, "0", numel, offset, size, stride)
+        .stop()
+}
+
+#[test]
+fn storage_shorter_than_declared() {
+    let pickle = one_tensor("FloatStorage", 4, &[4], &[1], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 12])]));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::StorageSize {
+                numel: 4,
+                actual: 12,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains(
+            "storage 'archive/data/0' (data at byte 0x"
+        ) && e.to_string().ends_with(
+            "record size (12 bytes) does not match expected size (16 bytes = 4 elements * 4 bytes/element) for dtype Float"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_record() {
+    let pickle = one_tensor("FloatStorage", 4, &[4], &[1], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[]));
+    assert_eq!(
+        e.to_string(),
+        "<memory>: record 'archive/data/0' is missing from the archive"
+    );
+    let e = err(ZipBuilder::new("archive").add("data.pkl", &pickle).finish());
+    assert!(
+        e.to_string()
+            .contains("record 'archive/version' is missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn views_past_their_storage() {
+    let pickle = one_tensor("FloatStorage", 10, &[4, 3], &[1, 4], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 40])]));
+    assert_eq!(
+        e.to_string(),
+        "<memory>: tensor '<root>': setStorage: sizes [4, 3], strides [1, 4], storage offset 0, and itemsize 4 \
+         requiring a storage size of 48 are out of bounds for storage of size 40"
+    );
+    let pickle = one_tensor("FloatStorage", 4, &[2], &[1], 3);
+    assert!(err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]))
+        .to_string()
+        .contains("out of bounds"));
+}
+
+#[test]
+fn negative_and_overflowing_dimensions() {
+    let pickle = one_tensor("FloatStorage", 4, &[2, 2], &[-1, 1], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]));
+    assert!(e.to_string().contains("negative stride -1"), "{e}");
+    let pickle = one_tensor("FloatStorage", 4, &[-2], &[1], 0);
+    assert!(err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]))
+        .to_string()
+        .contains("negative size -2"));
+    let big = i64::MAX / 2;
+    let pickle = one_tensor("FloatStorage", 4, &[big, big, big], &[1, 1, 1], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]));
+    assert!(e.to_string().contains("overflows"), "{e}");
+    let pickle = one_tensor("FloatStorage", 4, &[2, 2], &[big, big], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]));
+    assert!(
+        e.to_string()
+            .contains("requiring a storage size of more than 2^64"),
+        "{e}"
+    );
+    let pickle = one_tensor("FloatStorage", i64::MAX, &[1], &[1], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]));
+    assert!(e.to_string().contains("overflows"), "{e}");
+}
+
+#[test]
+fn unknown_storage_type() {
+    let pickle = one_tensor("FooStorage", 4, &[4], &[1], 0);
+    let e = err(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]));
+    // Under weights-only the global itself is refused first.
+    assert!(
+        e.to_string()
+            .contains("GLOBAL torch.FooStorage was not an allowed global"),
+        "{e}"
+    );
+    let e = Loader::new()
+        .weights_only(false)
+        .load_bytes(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 16])]))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("unknown storage type torch.FooStorage"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pickle_errors_name_offset_and_opcode() {
+    let e = err(ZipBuilder::checkpoint(&Pickle::new().op(b"t").stop(), &[]));
+    assert_eq!(
+        e.to_string(),
+        "<memory>: archive/data.pkl byte 0x2, opcode TUPLE: could not find MARK"
+    );
+    let e = err(ZipBuilder::checkpoint(&Pickle::new().op(b"R").stop(), &[]));
+    assert_eq!(
+        e.to_string(),
+        "<memory>: archive/data.pkl byte 0x2, opcode REDUCE: unpickling stack underflow"
+    );
+    let e = err(ZipBuilder::checkpoint(
+        &Pickle::new().op(b"h\x05").stop(),
+        &[],
+    ));
+    assert_eq!(
+        e.to_string(),
+        "<memory>: archive/data.pkl byte 0x2, opcode BINGET: memo slot 5 was never set"
+    );
+    let e = err(ZipBuilder::checkpoint(
+        &Pickle::new().op(b"X\xff\xff\xff\xffab").stop(),
+        &[],
+    ));
+    assert!(
+        e.to_string()
+            .contains("declares a length of 4294967295 bytes but only 3 remain"),
+        "{e}"
+    );
+    let e = err(ZipBuilder::checkpoint(
+        &Pickle::new()
+            .op(b"\x8e\xff\xff\xff\xff\xff\xff\xff\x7f")
+            .stop(),
+        &[],
+    ));
+    assert!(
+        e.to_string()
+            .contains("opcode BINBYTES8: declares a length"),
+        "{e}"
+    );
+    let e = err(ZipBuilder::checkpoint(
+        &Pickle::new().op(b"\xff").stop(),
+        &[],
+    ));
+    assert!(e.to_string().contains("unknown opcode 0xff"), "{e}");
+}
+
+#[test]
+fn absurd_zip_fields() {
+    let good = std::fs::read(root().join("tests/fixtures/zip/buffer.pt")).unwrap();
+    let eocd = good.len() - 22;
+    assert_eq!(&good[eocd..eocd + 4], b"PK\x05\x06");
+    // The zip64 EOCD says how many entries there are; claim a billion.
+    let locator = eocd - 20;
+    let eocd64 = u64::from_le_bytes(good[locator + 8..locator + 16].try_into().unwrap()) as usize;
+    let mut bad = good.clone();
+    bad[eocd64 + 32..eocd64 + 40].copy_from_slice(&1_000_000_000u64.to_le_bytes());
+    let e = err(bad);
+    assert!(
+        e.to_string()
+            .contains("1000000000 entries cannot fit in a central directory"),
+        "{e}"
+    );
+    // A central directory said to lie past the end of the file.
+    let mut bad = good.clone();
+    bad[eocd64 + 48..eocd64 + 56].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
+    let e = err(bad);
+    assert!(e.to_string().contains("lies outside the file"), "{e}");
+}
+
+#[test]
+fn weights_only_refuses_and_opting_out_stays_inert() {
+    // pickle.dumps of posix.system('echo pwned') built by hand: GLOBAL, args, REDUCE.
+    let evil = Pickle::new()
+        .global("posix", "system")
+        .op(b"(")
+        .str("echo pwned")
+        .op(b"tR")
+        .stop();
+    let e = err(ZipBuilder::checkpoint(&evil, &[]));
+    let msg = e.to_string();
+    assert!(msg.contains("Weights only load failed"), "{msg}");
+    assert!(
+        msg.contains(
+            "Trying to load unsupported GLOBAL posix.system whose module posix is blocked."
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("--no-weights-only"), "{msg}");
+    assert!(matches!(e.kind(), ErrorKind::WeightsOnly { .. }));
+
+    let ns = Pickle::new()
+        .global("argparse", "Namespace")
+        .op(b")\x81}")
+        .str("lr")
+        .op(b"G?\xb9\x99\x99\x99\x99\x99\x9a")
+        .op(b"sb")
+        .stop();
+    let e = err(ZipBuilder::checkpoint(&ns, &[]));
+    assert!(e.to_string().contains(
+        "Unsupported global: GLOBAL argparse.Namespace was not an allowed global by default."
+    ));
+
+    for bytes in [evil, ns] {
+        let ckpt = Loader::new()
+            .weights_only(false)
+            .load_bytes(ZipBuilder::checkpoint(&bytes, &[]))
+            .unwrap();
+        let ptload::Value::Object(obj) = &ckpt.root else {
+            panic!("{:?}", ckpt.root)
+        };
+        assert!(obj.class == "posix.system" || obj.class == "argparse.Namespace");
+    }
+}
+
+#[test]
+fn deep_nesting_is_limited_not_a_stack_overflow() {
+    let n = 100_000;
+    let mut p = Pickle::new();
+    p.0.extend(std::iter::repeat_n(b']', n));
+    p.0.extend(std::iter::repeat_n(b'a', n - 1));
+    let e = err(ZipBuilder::checkpoint(&p.stop(), &[]));
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::LimitExceeded {
+                limit: "max_depth",
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn memo_bomb_is_limited() {
+    // x0 = []; x(i) = (x(i-1), x(i-1)) for i in 1..=60, each memoized: 144 bytes of pickle
+    // describing 2^60 leaves. The machine shares them; building the tree stops at max_values.
+    let mut p = Pickle::new().op(b"]q\x00");
+    for i in 1..=60u8 {
+        p = p.op(&[b'0', b'h', i - 1, b'h', i - 1, 0x86, b'q', i]);
+    }
+    let bytes = ZipBuilder::checkpoint(&p.stop(), &[]);
+    let start = std::time::Instant::now();
+    let e = err(bytes);
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::LimitExceeded {
+                limit: "max_values",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("limit max_values exceeded"), "{e}");
+    // Bounded: the default budget is reached in well under a minute even in debug builds.
+    assert!(start.elapsed().as_secs() < 60);
+}

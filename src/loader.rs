@@ -207,7 +207,7 @@ impl Loader {
             Sniffed::Tar => Err(Error::unsupported(
                 "the tar checkpoint format of torch ≤ 0.1 (not yet)",
             )),
-            Sniffed::Pickle => Err(legacy_error(data)),
+            Sniffed::Pickle => self.load_legacy(&source),
         }
     }
 
@@ -233,6 +233,66 @@ impl Loader {
         let parsed = parse_on_big_stack(&pickle, &pickle_record.name, &self.pickle_options())?;
         drop(pickle);
 
+        let storages = self.place_all(source, &parsed, byte_order, |storage| {
+            let record = dir.require(&format!("data/{}", storage.key))?;
+            let nbytes = storage.nbytes().unwrap_or(u64::MAX);
+            if record.size != nbytes {
+                return Err(Error::new(ErrorKind::StorageSize {
+                    record: record.name.clone(),
+                    offset: record.data_offset,
+                    numel: storage.numel,
+                    dtype: storage.dtype,
+                    actual: record.size,
+                }));
+            }
+            Ok(record.clone())
+        })?;
+        Ok(Checkpoint {
+            root: parsed.root,
+            storages,
+            format: Format::Zip,
+            byte_order,
+            max_tensor_bytes: self.limits.max_tensor_bytes,
+        })
+    }
+
+    fn load_legacy(&self, source: &Source) -> Result<Checkpoint> {
+        let data = source.bytes();
+        let main = archive::legacy::read_header(data)?;
+        let pickle = &data[main..];
+        let parsed = parse_on_big_stack(pickle, "legacy stream pickle", &self.pickle_options())?;
+        let sizes = parsed
+            .storages
+            .iter()
+            .map(|s| (s.key.clone(), (s.dtype.element_size(), s.numel)))
+            .collect();
+        let records = archive::legacy::read_records(data, main + parsed.end, &sizes)?;
+        let storages = self.place_all(source, &parsed, ByteOrder::Little, |storage| {
+            records.get(&storage.key).cloned().ok_or_else(|| {
+                Error::new(ErrorKind::MissingRecord {
+                    name: format!("storage {} (not in the key list)", storage.key),
+                })
+            })
+        })?;
+        Ok(Checkpoint {
+            root: parsed.root,
+            storages,
+            format: Format::Legacy,
+            byte_order: ByteOrder::Little,
+            max_tensor_bytes: self.limits.max_tensor_bytes,
+        })
+    }
+
+    /// Decides every storage's device, then places each one exactly once, reading its record
+    /// (found by `record_of`) only when it goes somewhere that needs bytes.
+    fn place_all(
+        &self,
+        source: &Source,
+        parsed: &torch::Parsed,
+        byte_order: ByteOrder,
+        record_of: impl Fn(&StorageRef) -> Result<archive::Record>,
+    ) -> Result<Vec<Storage>> {
+        let data = source.bytes();
         let devices = self.decide_devices(&parsed.storages)?;
         let swap_units = swap_units(&parsed.root, &parsed.storages);
         let mut storages = Vec::with_capacity(parsed.storages.len());
@@ -242,17 +302,7 @@ impl Loader {
             let placed = match device {
                 Device::Meta => StorageData::Meta,
                 _ => {
-                    let record = dir.require(&format!("data/{}", storage.key))?;
-                    let nbytes = storage.nbytes().unwrap_or(u64::MAX);
-                    if record.size != nbytes {
-                        return Err(Error::new(ErrorKind::StorageSize {
-                            record: record.name.clone(),
-                            offset: record.data_offset,
-                            numel: storage.numel,
-                            dtype: storage.dtype,
-                            actual: record.size,
-                        }));
-                    }
+                    let record = record_of(storage)?;
                     let bytes = record.read(data, self.limits.max_record_bytes)?;
                     let request = RecordBytes {
                         storage,
@@ -274,13 +324,7 @@ impl Loader {
                 data: placed,
             });
         }
-        Ok(Checkpoint {
-            root: parsed.root,
-            storages,
-            format: Format::Zip,
-            byte_order,
-            max_tensor_bytes: self.limits.max_tensor_bytes,
-        })
+        Ok(storages)
     }
 
     /// Every storage's device, decided (and checked to exist) before any byte is read.
@@ -344,23 +388,6 @@ fn parse_on_big_stack(
     options: &torch::PickleOptions,
 ) -> Result<torch::Parsed> {
     torch::parse_pickle(bytes, record, options)
-}
-
-/// The error for a file that is neither zip nor tar: the legacy stream (not yet supported) when
-/// its first pickle is torch's magic number, else torch's "Invalid magic number".
-fn legacy_error(data: &[u8]) -> Error {
-    // pickle of 0x1950a86a20f9469cfc6c with protocol 2: LONG1, 10 bytes little-endian.
-    const MAGIC_LONG1: &[u8] = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19";
-    let head = &data[..data.len().min(64)];
-    let is_legacy = head.windows(MAGIC_LONG1.len()).any(|w| w == MAGIC_LONG1)
-        || head.windows(22).any(|w| w == b"119547037146038801333356");
-    if is_legacy {
-        Error::unsupported("the legacy pickle-stream format (_use_new_zipfile_serialization=False) is not supported yet")
-    } else {
-        Error::new(ErrorKind::NotACheckpoint {
-            reason: "Invalid magic number; corrupt file? (neither a zip archive nor a torch pickle stream)".into(),
-        })
-    }
 }
 
 /// Each storage's byte-swap unit: from the dtype of the first tensor that views it (so

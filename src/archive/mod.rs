@@ -5,8 +5,9 @@
 //! |---|---|---|
 //! | zip (`torch.save` ≥ 1.6, `torch.jit.save`) | `PK\3\4` at 0 | `zip.rs` |
 //! | tar (torch ≤ 0.1) | `ustar` at 257 | — (not yet) |
-//! | legacy pickle stream (1001) | a pickle at 0 | — (not yet) |
+//! | legacy pickle stream (1001) | a pickle of the magic number at 0 | `legacy.rs` |
 
+pub mod legacy;
 pub mod zip;
 pub mod zip_spec;
 

@@ -36,6 +36,8 @@ pub struct Parsed {
     pub root: Value,
     /// Storages in order of first reference.
     pub storages: Vec<StorageRef>,
+    /// Offset just past the pickle's `STOP` (where a legacy stream's key list starts).
+    pub end: usize,
 }
 
 /// The hooks torch gives the pickle machine.
@@ -83,14 +85,14 @@ pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Resu
         max_storages: options.max_storages,
         refused: None,
     };
-    let root = match pickle::load_pickle(
+    let (root, end) = match pickle::load_pickle(
         bytes,
         &mut arena,
         &mut hooks,
         options.pickle_limits,
         options.encoding,
     ) {
-        Ok((root, _end)) => root,
+        Ok(found) => found,
         Err(error) => {
             return Err(match hooks.refused {
                 Some(message) => Error::new(ErrorKind::WeightsOnly { message }),
@@ -108,5 +110,6 @@ pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Resu
     Ok(Parsed {
         root,
         storages: table.storages,
+        end,
     })
 }

@@ -220,11 +220,15 @@ impl Pickle {
     }
     /// `('storage', torch.<class>, key, 'cpu', numel)` as a BINPERSID.
     pub fn storage(self, class: &str, key: &str, numel: i64) -> Self {
+        self.storage_at(class, key, "cpu", numel)
+    }
+    /// `('storage', torch.<class>, key, location, numel)` as a BINPERSID.
+    pub fn storage_at(self, class: &str, key: &str, location: &str, numel: i64) -> Self {
         self.op(b"(")
             .str("storage")
             .global("torch", class)
             .str(key)
-            .str("cpu")
+            .str(location)
             .int(numel)
             .op(b"tQ")
     }

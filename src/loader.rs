@@ -192,6 +192,7 @@ impl Loader {
                 max_rank: cap(self.limits.max_rank),
             },
             max_storages: cap(self.limits.max_storages),
+            torchscript: false,
         }
     }
 
@@ -215,42 +216,56 @@ impl Loader {
         let data = source.bytes();
         let dir = ZipDirectory::parse(data)?;
         dir.version(data, 64)?;
-        if dir.record("constants.pkl").is_some() {
-            return Err(Error::unsupported(
-                "TorchScript archives (torch.jit.save) are not supported yet",
-            ));
-        }
+        let torchscript = dir.record("constants.pkl").is_some();
         let byte_order = dir.byte_order(data)?;
-        let pickle_record = dir.require("data.pkl")?;
-        if pickle_record.size > self.limits.max_pickle_bytes {
-            return Err(Error::limit(
-                "max_pickle_bytes",
-                pickle_record.size,
-                self.limits.max_pickle_bytes,
-            ));
+        let mut options = self.pickle_options();
+        options.torchscript = torchscript;
+        let mut parsed = self.parse_record(&dir, data, "data.pkl", &options)?;
+        // TorchScript: tensors of constants.pkl live under `constants/`; their storages follow
+        // data.pkl's, and the constants tuple is listed after the module tree.
+        let data_storages = parsed.storages.len();
+        let mut constants = None;
+        if torchscript {
+            let mut extra = self.parse_record(&dir, data, "constants.pkl", &options)?;
+            extra.root.shift_storage_ids(data_storages);
+            parsed.storages.append(&mut extra.storages);
+            constants = Some(extra.root);
         }
-        let pickle = pickle_record.read(data, self.limits.max_pickle_bytes)?;
-        let parsed = parse_on_big_stack(&pickle, &pickle_record.name, &self.pickle_options())?;
-        drop(pickle);
 
-        let storages = self.place_all(source, &parsed, byte_order, |storage| {
-            let record = dir.require(&format!("data/{}", storage.key))?;
-            let nbytes = storage.nbytes().unwrap_or(u64::MAX);
-            if record.size != nbytes {
-                return Err(Error::new(ErrorKind::StorageSize {
-                    record: record.name.clone(),
-                    offset: record.data_offset,
-                    numel: storage.numel,
-                    dtype: storage.dtype,
-                    actual: record.size,
-                }));
-            }
-            Ok(record.clone())
-        })?;
+        let storages = self.place_all(
+            source,
+            &parsed,
+            &[&parsed.root, constants.as_ref().unwrap_or(&Value::None)],
+            byte_order,
+            |id, storage| {
+                let folder = if id < data_storages {
+                    "data"
+                } else {
+                    "constants"
+                };
+                let record = dir.require(&format!("{folder}/{}", storage.key))?;
+                let nbytes = storage.nbytes().unwrap_or(u64::MAX);
+                if record.size != nbytes {
+                    return Err(Error::new(ErrorKind::StorageSize {
+                        record: record.name.clone(),
+                        offset: record.data_offset,
+                        numel: storage.numel,
+                        dtype: storage.dtype,
+                        actual: record.size,
+                    }));
+                }
+                Ok(record.clone())
+            },
+        )?;
         Ok(Checkpoint {
             root: parsed.root,
+            constants,
             storages,
-            format: Format::Zip,
+            format: if torchscript {
+                Format::TorchScript
+            } else {
+                Format::Zip
+            },
             byte_order,
             max_tensor_bytes: self.limits.max_tensor_bytes,
         })
@@ -267,20 +282,47 @@ impl Loader {
             .map(|s| (s.key.clone(), (s.dtype.element_size(), s.numel)))
             .collect();
         let records = archive::legacy::read_records(data, main + parsed.end, &sizes)?;
-        let storages = self.place_all(source, &parsed, ByteOrder::Little, |storage| {
-            records.get(&storage.key).cloned().ok_or_else(|| {
-                Error::new(ErrorKind::MissingRecord {
-                    name: format!("storage {} (not in the key list)", storage.key),
+        let storages = self.place_all(
+            source,
+            &parsed,
+            &[&parsed.root],
+            ByteOrder::Little,
+            |_, storage| {
+                records.get(&storage.key).cloned().ok_or_else(|| {
+                    Error::new(ErrorKind::MissingRecord {
+                        name: format!("storage {} (not in the key list)", storage.key),
+                    })
                 })
-            })
-        })?;
+            },
+        )?;
         Ok(Checkpoint {
             root: parsed.root,
+            constants: None,
             storages,
             format: Format::Legacy,
             byte_order: ByteOrder::Little,
             max_tensor_bytes: self.limits.max_tensor_bytes,
         })
+    }
+
+    /// Reads one pickle record of a zip archive into a tree.
+    fn parse_record(
+        &self,
+        dir: &ZipDirectory,
+        data: &[u8],
+        name: &str,
+        options: &torch::PickleOptions,
+    ) -> Result<torch::Parsed> {
+        let record = dir.require(name)?;
+        if record.size > self.limits.max_pickle_bytes {
+            return Err(Error::limit(
+                "max_pickle_bytes",
+                record.size,
+                self.limits.max_pickle_bytes,
+            ));
+        }
+        let pickle = record.read(data, self.limits.max_pickle_bytes)?;
+        parse_on_big_stack(&pickle, &record.name, options)
     }
 
     /// Decides every storage's device, then places each one exactly once, reading its record
@@ -289,12 +331,13 @@ impl Loader {
         &self,
         source: &Source,
         parsed: &torch::Parsed,
+        roots: &[&Value],
         byte_order: ByteOrder,
-        record_of: impl Fn(&StorageRef) -> Result<archive::Record>,
+        record_of: impl Fn(usize, &StorageRef) -> Result<archive::Record>,
     ) -> Result<Vec<Storage>> {
         let data = source.bytes();
         let devices = self.decide_devices(&parsed.storages)?;
-        let swap_units = swap_units(&parsed.root, &parsed.storages);
+        let swap_units = swap_units(roots, &parsed.storages);
         let mut storages = Vec::with_capacity(parsed.storages.len());
         let mut cpu = CpuPlacer;
         for (id, storage) in parsed.storages.iter().enumerate() {
@@ -302,7 +345,7 @@ impl Loader {
             let placed = match device {
                 Device::Meta => StorageData::Meta,
                 _ => {
-                    let record = record_of(storage)?;
+                    let record = record_of(id, storage)?;
                     let bytes = record.read(data, self.limits.max_record_bytes)?;
                     let request = RecordBytes {
                         storage,
@@ -393,13 +436,15 @@ fn parse_on_big_stack(
 /// Each storage's byte-swap unit: from the dtype of the first tensor that views it (so
 /// untyped v3 storages swap by their tensor's dtype, which torch itself gets wrong), else
 /// from the storage's own dtype.
-fn swap_units(root: &Value, storages: &[StorageRef]) -> Vec<usize> {
+fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
     let mut units: Vec<Option<usize>> = vec![None; storages.len()];
-    walk_tensors(root, &mut String::new(), &mut |_, meta| {
-        if let Some(id) = meta.storage {
-            units[id].get_or_insert(meta.dtype.swap_unit());
-        }
-    });
+    for root in roots {
+        walk_tensors(root, &mut String::new(), &mut |_, meta| {
+            if let Some(id) = meta.storage {
+                units[id].get_or_insert(meta.dtype.swap_unit());
+            }
+        });
+    }
     units
         .into_iter()
         .zip(storages)
@@ -455,8 +500,12 @@ impl Storage {
 /// A loaded checkpoint: the object tree and its placed storages.
 #[derive(Debug)]
 pub struct Checkpoint {
-    /// The object `torch.load` would have returned.
+    /// The object `torch.load` would have returned (for TorchScript: the module tree of
+    /// `data.pkl`, with attributes as path segments).
     pub root: Value,
+    /// TorchScript only: the tuple of `constants.pkl`, whose tensors [`Checkpoint::tensors`]
+    /// lists after the module's as `constants.<i>`.
+    pub constants: Option<Value>,
     /// Storages, in order of first reference.
     pub storages: Vec<Storage>,
     /// The container format.
@@ -474,16 +523,22 @@ impl Checkpoint {
         walk_tensors(&self.root, &mut String::new(), &mut |path, meta| {
             out.push((path.to_owned(), meta))
         });
+        if let Some(constants) = &self.constants {
+            walk_tensors(constants, &mut "constants".to_owned(), &mut |path, meta| {
+                out.push((path.to_owned(), meta))
+            });
+        }
         out.into_iter()
             .map(move |(path, meta)| (path, self.tensor_view(meta)))
     }
 
     /// The tensor at `path`, if there is one.
     pub fn tensor(&self, path: &str) -> Option<Tensor<'_>> {
-        self.root
-            .get_path(path)?
-            .as_tensor()
-            .map(|m| self.tensor_view(m))
+        let found = match (path.strip_prefix("constants."), &self.constants) {
+            (Some(rest), Some(constants)) => constants.get_path(rest),
+            _ => self.root.get_path(path),
+        };
+        found?.as_tensor().map(|m| self.tensor_view(m))
     }
 
     fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {

@@ -3,8 +3,9 @@
 //!
 //! Policy, on top of the layouts in `zip_spec.rs`:
 //! - the central directory is authoritative (torch's local headers carry no sizes);
-//! - zip64 is a merge step: the locator and zip64 EOCD are read when present, and the entry
-//!   fields that hold all-ones are replaced from each entry's 0x0001 extra field;
+//! - zip64 is a merge step: the zip64 EOCD (found through its locator) replaces the classic
+//!   record when present, and the entry fields that hold all-ones are replaced from each
+//!   entry's 0x0001 extra field;
 //! - the data offset of every entry comes from its own local header (name and extra lengths),
 //!   as torch's `get_record_offset` does;
 //! - the folder is the text of entry #0's name before its first `/`, and every entry must be
@@ -52,16 +53,9 @@ impl ZipDirectory {
             let locator_offset = eocd_offset - Eocd64Locator::SIZE as u64;
             if let Some(locator) = Eocd64Locator::parse(data, locator_offset)? {
                 let eocd64 = Eocd64::parse(data, locator.eocd64_offset)?;
-                // Merge: only the fields the classic record could not hold.
-                if eocd.entries == u16::MAX || eocd64.entries > entries {
-                    entries = eocd64.entries;
-                }
-                if eocd.cd_size == u32::MAX || eocd64.cd_size > cd_size {
-                    cd_size = eocd64.cd_size;
-                }
-                if eocd.cd_offset == u32::MAX || eocd64.cd_offset != cd_offset {
-                    cd_offset = eocd64.cd_offset;
-                }
+                // torch always writes a zip64 record; where present it is authoritative (its
+                // fields hold what the classic record's all-ones values stand for).
+                (entries, cd_size, cd_offset) = (eocd64.entries, eocd64.cd_size, eocd64.cd_offset);
             }
         }
         let cd_end = cd_offset.checked_add(cd_size);

@@ -27,6 +27,9 @@ pub struct PickleOptions {
     pub tree_limits: rebuild::TreeLimits,
     /// Most storages one checkpoint may declare.
     pub max_storages: usize,
+    /// The pickle is a TorchScript archive's (`__torch__.*` classes and `torch.jit._pickle`
+    /// helpers are accepted as inert, under either policy).
+    pub torchscript: bool,
 }
 
 /// The result of reading a checkpoint's main pickle.
@@ -43,6 +46,7 @@ pub struct Parsed {
 /// The hooks torch gives the pickle machine.
 struct TorchHooks {
     weights_only: bool,
+    torchscript: bool,
     table: StorageTable,
     max_storages: usize,
     refused: Option<String>,
@@ -56,7 +60,9 @@ impl Hooks for TorchHooks {
     ) -> std::result::Result<(String, String), String> {
         let mut module = policy::python3_module(module);
         if self.weights_only {
-            if !policy::is_allowed(module, name) {
+            if !policy::is_allowed(module, name)
+                && !(self.torchscript && policy::is_torchscript(module))
+            {
                 let message = policy::refusal(module, name);
                 self.refused = Some(message.clone());
                 return Err(message);
@@ -81,6 +87,7 @@ pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Resu
     let mut arena = Arena::new();
     let mut hooks = TorchHooks {
         weights_only: options.weights_only,
+        torchscript: options.torchscript,
         table: StorageTable::default(),
         max_storages: options.max_storages,
         refused: None,

@@ -97,6 +97,12 @@ pub fn is_allowed(module: &str, name: &str) -> bool {
     }
 }
 
+/// Whether a module belongs to TorchScript's own pickles: compiled classes (`__torch__.*`) and
+/// the list/type helpers of `torch.jit._pickle`. They are data, never code, in ptload.
+pub fn is_torchscript(module: &str) -> bool {
+    module == "__torch__" || module.starts_with("__torch__.") || module == "torch.jit._pickle"
+}
+
 /// `uint1`…`uint7`, `int1`…`int7`: dtypes torch allows as globals but cannot save.
 fn is_sub_byte_int(name: &str) -> bool {
     let digits = name

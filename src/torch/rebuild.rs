@@ -275,6 +275,18 @@ impl<'a> Interpreter<'a> {
                     _ => Err(self.bad_args(module, name, &Value::Tuple(args))),
                 }
             }
+            // TorchScript's typed containers: the value is the argument itself.
+            (
+                "torch.jit._pickle",
+                "build_intlist" | "build_tensorlist" | "build_doublelist" | "build_boollist"
+                | "restore_type_tag",
+            ) => {
+                let args = self.args(call, depth)?;
+                match args.into_iter().next() {
+                    Some(value) => Ok(value),
+                    None => Err(self.bad_args(module, name, &Value::None)),
+                }
+            }
             ("torch.serialization", "_get_layout") => {
                 let args = self.args(call, depth)?;
                 match args.first() {

@@ -183,6 +183,45 @@ impl Value {
         Some(current)
     }
 
+    /// Adds `offset` to every storage id in the tree (to merge the storages of two pickles).
+    pub fn shift_storage_ids(&mut self, offset: StorageId) {
+        match self {
+            Value::Tensor(t) => {
+                if let Some(id) = &mut t.storage {
+                    *id += offset;
+                }
+            }
+            Value::Storage(id) => *id += offset,
+            Value::List(items)
+            | Value::Tuple(items)
+            | Value::Set(items)
+            | Value::FrozenSet(items) => items.iter_mut().for_each(|v| v.shift_storage_ids(offset)),
+            Value::Dict(d) => {
+                for (k, v) in &mut d.items {
+                    k.shift_storage_ids(offset);
+                    v.shift_storage_ids(offset);
+                }
+                d.attributes
+                    .iter_mut()
+                    .for_each(|(_, v)| v.shift_storage_ids(offset));
+            }
+            Value::Object(o) => {
+                o.args.iter_mut().for_each(|v| v.shift_storage_ids(offset));
+                if let Some(state) = &mut o.state {
+                    state.shift_storage_ids(offset);
+                }
+                o.list_items
+                    .iter_mut()
+                    .for_each(|v| v.shift_storage_ids(offset));
+                for (k, v) in &mut o.dict_items {
+                    k.shift_storage_ids(offset);
+                    v.shift_storage_ids(offset);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Direct children with their path segments, in file order.
     pub fn children(&self) -> Box<dyn Iterator<Item = (String, &Value)> + '_> {
         match self {

@@ -121,8 +121,13 @@ impl ZipBuilder {
     }
 
     /// Adds a stored record named `<folder>/<name>`, its data aligned to 64 bytes.
-    pub fn add(mut self, name: &str, data: &[u8]) -> Self {
+    pub fn add(self, name: &str, data: &[u8]) -> Self {
         let full = format!("{}/{name}", self.folder);
+        self.add_entry(&full, data, 0, data.len() as u32)
+    }
+
+    /// Adds an entry with any full name, compression method and declared uncompressed size.
+    pub fn add_entry(mut self, full: &str, data: &[u8], method: u16, size: u32) -> Self {
         let offset = self.bytes.len() as u32;
         let start = offset as usize + 30 + full.len() + 4;
         let pad = (64 - start % 64) % 64;
@@ -143,11 +148,12 @@ impl ZipBuilder {
 
         let c = &mut self.central;
         c.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-        c.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]); // made by, needed, flags, method
+        c.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // made by, needed, flags
+        c.extend_from_slice(&method.to_le_bytes());
         c.extend_from_slice(&[0, 0, 0, 0]); // time, date
         c.extend_from_slice(&0u32.to_le_bytes()); // crc
         c.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        c.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        c.extend_from_slice(&size.to_le_bytes());
         c.extend_from_slice(&(full.len() as u16).to_le_bytes());
         c.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // extra, comment, disk, attrs
         c.extend_from_slice(&offset.to_le_bytes());

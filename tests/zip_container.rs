@@ -1,0 +1,224 @@
+//! The zip container rules of spec §2 on hand-made archives: zip64 as a merge step, version and
+//! byte-order records, folder rules, deflate bounds.
+
+mod common;
+
+use std::io::Write;
+
+use common::{Pickle, ZipBuilder};
+
+fn tensor_pickle() -> Vec<u8> {
+    Pickle::new()
+        .tensor("FloatStorage", "0", 2, 0, &[2], &[1])
+        .stop()
+}
+
+fn floats() -> Vec<u8> {
+    [1.5f32, -2.0]
+        .iter()
+        .flat_map(|f| f.to_le_bytes())
+        .collect()
+}
+
+fn err(bytes: Vec<u8>) -> String {
+    ptload::load_bytes(bytes).unwrap_err().to_string()
+}
+
+/// Rewrites every central header of `zip` to carry its sizes and offset in a zip64 extra field
+/// (0xFFFFFFFF in the fixed fields), and the EOCD to defer to a zip64 EOCD, as torch's writer
+/// does past 4 GiB.
+fn to_zip64(zip: &[u8]) -> Vec<u8> {
+    let eocd = zip.len() - 22;
+    let entries = u16::from_le_bytes([zip[eocd + 10], zip[eocd + 11]]);
+    let cd_offset = u32::from_le_bytes(zip[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    let mut out = zip[..cd_offset].to_vec();
+    let mut pos = cd_offset;
+    for _ in 0..entries {
+        let name_len = u16::from_le_bytes([zip[pos + 28], zip[pos + 29]]) as usize;
+        let csize = u32::from_le_bytes(zip[pos + 20..pos + 24].try_into().unwrap()) as u64;
+        let size = u32::from_le_bytes(zip[pos + 24..pos + 28].try_into().unwrap()) as u64;
+        let offset = u32::from_le_bytes(zip[pos + 42..pos + 46].try_into().unwrap()) as u64;
+        let mut header = zip[pos..pos + 46].to_vec();
+        header[20..28].copy_from_slice(&[0xff; 8]);
+        header[42..46].copy_from_slice(&[0xff; 4]);
+        header[30..32].copy_from_slice(&28u16.to_le_bytes()); // extra length
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&zip[pos + 46..pos + 46 + name_len]);
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&24u16.to_le_bytes());
+        for v in [size, csize, offset] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        pos += 46 + name_len;
+    }
+    let cd_size = (out.len() - cd_offset) as u64;
+    let eocd64 = out.len() as u64;
+    out.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+    out.extend_from_slice(&44u64.to_le_bytes());
+    out.extend_from_slice(&[45, 0, 45, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&(entries as u64).to_le_bytes());
+    out.extend_from_slice(&(entries as u64).to_le_bytes());
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&(cd_offset as u64).to_le_bytes());
+    out.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&eocd64.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    out.extend_from_slice(&[0xff; 8]);
+    out.extend_from_slice(&[0, 0]);
+    out
+}
+
+#[test]
+fn zip64_fields_are_merged_from_the_extra_field() {
+    let plain = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    let zip64 = to_zip64(&plain);
+    let ckpt = ptload::load_bytes(zip64).unwrap();
+    let (path, t) = ckpt.tensors().next().unwrap();
+    assert_eq!(path, "");
+    assert_eq!(t.as_bytes().unwrap(), floats().as_slice());
+    assert!(ckpt.storages[0].data.is_borrowed());
+}
+
+#[test]
+fn zip64_extra_missing_is_an_error() {
+    let plain = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    let mut zip64 = to_zip64(&plain);
+    // Rename the first entry's 0x0001 block so the sizes cannot be found.
+    let at = zip64.windows(4).position(|w| w == [1, 0, 24, 0]).unwrap();
+    zip64[at] = 9;
+    assert!(err(zip64).contains("the zip64 extra field is missing"));
+}
+
+#[test]
+fn version_must_be_within_1_to_10() {
+    let build = |v: &[u8]| {
+        ZipBuilder::new("archive")
+            .add("data.pkl", &Pickle::new().op(b"N").stop())
+            .add("version", v)
+            .finish()
+    };
+    assert!(ptload::load_bytes(build(b"3\n")).is_ok());
+    assert!(ptload::load_bytes(build(b"10")).is_ok());
+    assert!(err(build(b"11\n"))
+        .ends_with("Attempted to read a PyTorch file with version 11, but the maximum supported version for reading is 10"));
+    assert!(err(build(b"0")).contains("the minimum supported version for reading is 1"));
+    assert!(err(build(b"three")).contains("not a number"));
+    // `.data/version` wins over `version`.
+    let both = ZipBuilder::new("archive")
+        .add("data.pkl", &Pickle::new().op(b"N").stop())
+        .add(".data/version", b"6\n")
+        .add("version", b"99\n")
+        .finish();
+    assert!(ptload::load_bytes(both).is_ok());
+}
+
+#[test]
+fn byte_order_record() {
+    let build = |order: &[u8]| {
+        ZipBuilder::new("archive")
+            .add("data.pkl", &Pickle::new().op(b"N").stop())
+            .add("byteorder", order)
+            .add("version", b"3\n")
+            .finish()
+    };
+    assert_eq!(
+        ptload::load_bytes(build(b"big")).unwrap().byte_order,
+        ptload::ByteOrder::Big
+    );
+    assert!(err(build(b"middle")).ends_with("Unknown endianness type: middle"));
+}
+
+#[test]
+fn every_entry_must_share_the_first_entry_folder() {
+    let zip = ZipBuilder::new("anything.v2")
+        .add("data.pkl", &Pickle::new().op(b"N").stop())
+        .add("version", b"3\n")
+        .add_entry("other/readme.txt", b"hi", 0, 2)
+        .finish();
+    assert!(err(zip)
+        .contains("file in archive is not in a subdirectory anything.v2/: other/readme.txt"));
+    let zip = ZipBuilder::new("x")
+        .add_entry("data.pkl", b"N.", 0, 2)
+        .finish();
+    assert!(err(zip).contains("file in archive is not in a subdirectory: data.pkl"));
+}
+
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+#[test]
+fn deflated_records_inflate_to_exactly_their_declared_size() {
+    let pickle = tensor_pickle();
+    let good = ZipBuilder::new("archive")
+        .add_entry(
+            "archive/data.pkl",
+            &deflate(&pickle),
+            8,
+            pickle.len() as u32,
+        )
+        .add_entry("archive/data/0", &deflate(&floats()), 8, 8)
+        .add("version", b"3\n")
+        .finish();
+    let ckpt = ptload::load_bytes(good).unwrap();
+    assert_eq!(
+        ckpt.tensors()
+            .next()
+            .unwrap()
+            .1
+            .to_contiguous_bytes()
+            .unwrap(),
+        floats()
+    );
+
+    // A bomb: 64 MiB of zeros declared as 8 bytes. Inflation stops at 9 bytes.
+    let bomb = deflate(&vec![0u8; 64 << 20]);
+    let zip = ZipBuilder::new("archive")
+        .add("data.pkl", &pickle)
+        .add_entry("archive/data/0", &bomb, 8, 8)
+        .add("version", b"3\n")
+        .finish();
+    assert!(
+        err(zip).contains("deflate stream holds more than 8 bytes, but the directory declares 8")
+    );
+
+    let zip = ZipBuilder::new("archive")
+        .add("data.pkl", &pickle)
+        .add_entry("archive/data/0", b"\xff\xff\xff garbage", 8, 8)
+        .add("version", b"3\n")
+        .finish();
+    assert!(err(zip).contains("deflate stream is corrupt"));
+
+    let zip = ZipBuilder::new("archive")
+        .add("data.pkl", &pickle)
+        .add_entry("archive/data/0", &floats(), 12, 8)
+        .add("version", b"3\n")
+        .finish();
+    assert!(err(zip).contains("compression method 12"));
+}
+
+#[test]
+fn declared_size_over_the_limit_is_refused_before_allocating() {
+    let pickle = tensor_pickle();
+    let zip = ZipBuilder::new("archive")
+        .add_entry("archive/data.pkl", &deflate(&pickle), 8, u32::MAX - 1)
+        .add("version", b"3\n")
+        .finish();
+    let e = ptload::Loader::new()
+        .limits(ptload::Limits {
+            max_pickle_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .load_bytes(zip)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("limit max_pickle_bytes exceeded: 4294967294 > 1048576"),
+        "{e}"
+    );
+}

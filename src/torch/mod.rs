@@ -60,9 +60,9 @@ impl Hooks for TorchHooks {
     ) -> std::result::Result<(String, String), String> {
         let mut module = policy::python3_module(module);
         if self.weights_only {
-            if !policy::is_allowed(module, name)
-                && !(self.torchscript && policy::is_torchscript(module))
-            {
+            let allowed = policy::is_allowed(module, name)
+                || (self.torchscript && policy::is_torchscript(module));
+            if !allowed {
                 let message = policy::refusal(module, name);
                 self.refused = Some(message.clone());
                 return Err(message);

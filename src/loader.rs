@@ -205,9 +205,7 @@ impl Loader {
         }
         match archive::sniff(data) {
             Sniffed::Zip => self.load_zip(&source),
-            Sniffed::Tar => Err(Error::unsupported(
-                "the tar checkpoint format of torch ≤ 0.1 (not yet)",
-            )),
+            Sniffed::Tar => self.load_tar(&source),
             Sniffed::Pickle => self.load_legacy(&source),
         }
     }
@@ -271,11 +269,46 @@ impl Loader {
         })
     }
 
+    fn load_tar(&self, source: &Source) -> Result<Checkpoint> {
+        let data = source.bytes();
+        let members = archive::tar::members(data)?;
+        let member = |name: &str| {
+            members.get(name).cloned().ok_or_else(|| {
+                Error::new(ErrorKind::MissingRecord {
+                    name: format!("tar member '{name}'"),
+                })
+            })
+        };
+        let (storages, tensors, pickle) =
+            (member("storages")?, member("tensors")?, member("pickle")?);
+        let options = self.pickle_options();
+        let (parsed, records) = on_big_stack("a tar checkpoint", || {
+            torch::tar::parse(data, storages, tensors, pickle, &options)
+        })?;
+        let storages = self.place_all(
+            source,
+            &parsed,
+            &[&parsed.root],
+            ByteOrder::Little,
+            |id, _| Ok(records[id].clone()),
+        )?;
+        Ok(Checkpoint {
+            root: parsed.root,
+            constants: None,
+            storages,
+            format: Format::Tar,
+            byte_order: ByteOrder::Little,
+            max_tensor_bytes: self.limits.max_tensor_bytes,
+        })
+    }
+
     fn load_legacy(&self, source: &Source) -> Result<Checkpoint> {
         let data = source.bytes();
         let main = archive::legacy::read_header(data)?;
         let pickle = &data[main..];
-        let parsed = parse_on_big_stack(pickle, "legacy stream pickle", &self.pickle_options())?;
+        let parsed = on_big_stack("legacy stream pickle", || {
+            torch::parse_pickle(pickle, "legacy stream pickle", &self.pickle_options())
+        })?;
         let sizes = parsed
             .storages
             .iter()
@@ -322,7 +355,9 @@ impl Loader {
             ));
         }
         let pickle = record.read(data, self.limits.max_pickle_bytes)?;
-        parse_on_big_stack(&pickle, &record.name, options)
+        on_big_stack(&record.name, || {
+            torch::parse_pickle(&pickle, &record.name, options)
+        })
     }
 
     /// Decides every storage's device, then places each one exactly once, reading its record
@@ -403,34 +438,27 @@ impl Loader {
 #[cfg(not(target_arch = "wasm32"))]
 const PARSE_STACK_BYTES: usize = 256 << 20;
 
-/// Runs [`torch::parse_pickle`] on a thread with a large stack (native targets).
+/// Runs `f` (pickle reading) on a thread with a large stack (native targets). A panic there,
+/// which would be a bug, becomes an error rather than taking the caller down.
 #[cfg(not(target_arch = "wasm32"))]
-fn parse_on_big_stack(
-    bytes: &[u8],
-    record: &str,
-    options: &torch::PickleOptions,
-) -> Result<torch::Parsed> {
+fn on_big_stack<T: Send>(what: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("ptload-parse".into())
             .stack_size(PARSE_STACK_BYTES)
-            .spawn_scoped(scope, || torch::parse_pickle(bytes, record, options))?;
+            .spawn_scoped(scope, f)?;
         worker.join().unwrap_or_else(|_| {
             Err(Error::unsupported(format!(
-                "internal error while reading {record}"
+                "internal error while reading {what}"
             )))
         })
     })
 }
 
-/// Runs [`torch::parse_pickle`] on the current stack (wasm has no threads; its limits are lower).
+/// Runs `f` on the current stack (wasm has no threads; its limits are lower).
 #[cfg(target_arch = "wasm32")]
-fn parse_on_big_stack(
-    bytes: &[u8],
-    record: &str,
-    options: &torch::PickleOptions,
-) -> Result<torch::Parsed> {
-    torch::parse_pickle(bytes, record, options)
+fn on_big_stack<T>(_what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f()
 }
 
 /// Each storage's byte-swap unit: from the dtype of the first tensor that views it (so

@@ -55,7 +55,13 @@ fn third_party_checkpoints_match_torch() {
             .get("weights_only")
             .and_then(|v| v.as_bool())
             .unwrap_or(true);
-        match ptload::Loader::new().weights_only(weights_only).load(&path) {
+        // lpips' weights were saved from CUDA: torch needs map_location="cpu" for them too.
+        let mut loader = ptload::Loader::new();
+        loader.weights_only(weights_only);
+        if let Some(location) = want.get("map_location").and_then(|v| v.as_str()) {
+            loader.map_location(location);
+        }
+        match loader.load(&path) {
             Ok(ckpt) => {
                 problems.extend(compare(&ckpt, want, rel));
                 checked += 1;

@@ -4,10 +4,11 @@
 //! | format | signature | module |
 //! |---|---|---|
 //! | zip (`torch.save` ≥ 1.6, `torch.jit.save`) | `PK\3\4` at 0 | `zip.rs` |
-//! | tar (torch ≤ 0.1) | `ustar` at 257 | — (not yet) |
+//! | tar (torch ≤ 0.1) | `ustar` at 257 | `tar.rs` |
 //! | legacy pickle stream (1001) | a pickle of the magic number at 0 | `legacy.rs` |
 
 pub mod legacy;
+pub mod tar;
 pub mod zip;
 pub mod zip_spec;
 

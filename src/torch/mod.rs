@@ -5,6 +5,7 @@ pub mod dtype;
 pub mod policy;
 pub mod rebuild;
 pub mod storage;
+pub mod tar;
 pub mod value;
 
 pub use dtype::Dtype;
@@ -78,41 +79,73 @@ impl Hooks for TorchHooks {
         arena: &mut Arena,
         pid: NodeId,
     ) -> std::result::Result<NodeId, String> {
+        if let Some(fields) = arena.tuple(pid) {
+            // ('module', cls, source_file, source): full-module pickles of the legacy stream;
+            // the result is the class, as torch returns it (spec §4.2).
+            if fields.len() == 4 && arena.str(fields[0]) == Some("module") {
+                return Ok(fields[1]);
+            }
+            // The tar format's module ids: (cls, source_file, source), untagged.
+            if fields.len() == 3 && !self.table.by_id.is_empty() {
+                return Ok(fields[0]);
+            }
+        }
         self.table.persistent_load(arena, pid, self.max_storages)
     }
 }
 
 /// Reads `bytes` (the record `record`, for errors) as a torch pickle and builds its tree.
 pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Result<Parsed> {
+    parse_pickle_with(bytes, record, options, StorageTable::default())
+}
+
+/// Runs one pickle with torch's hooks over `table`; returns the arena, the root and the end.
+fn run_pickle(
+    bytes: &[u8],
+    record: &str,
+    options: &PickleOptions,
+    table: StorageTable,
+) -> Result<(Arena, NodeId, usize, StorageTable)> {
     let mut arena = Arena::new();
     let mut hooks = TorchHooks {
         weights_only: options.weights_only,
         torchscript: options.torchscript,
-        table: StorageTable::default(),
+        table,
         max_storages: options.max_storages,
         refused: None,
     };
-    let (root, end) = match pickle::load_pickle(
+    match pickle::load_pickle(
         bytes,
         &mut arena,
         &mut hooks,
         options.pickle_limits,
         options.encoding,
     ) {
-        Ok(found) => found,
-        Err(error) => {
-            return Err(match hooks.refused {
-                Some(message) => Error::new(ErrorKind::WeightsOnly { message }),
-                None => Error::new(ErrorKind::Pickle {
-                    record: record.to_owned(),
-                    error,
-                }),
-            })
-        }
-    };
-    let TorchHooks { table, .. } = hooks;
-    let mut interpreter =
-        rebuild::Interpreter::new(&arena, &table.storages, &table.views, options.tree_limits);
+        Ok((root, end)) => Ok((arena, root, end, hooks.table)),
+        Err(error) => Err(match hooks.refused {
+            Some(message) => Error::new(ErrorKind::WeightsOnly { message }),
+            None => Error::new(ErrorKind::Pickle {
+                record: record.to_owned(),
+                error,
+            }),
+        }),
+    }
+}
+
+/// [`parse_pickle`] with storages (and tar objects) already known.
+pub fn parse_pickle_with(
+    bytes: &[u8],
+    record: &str,
+    options: &PickleOptions,
+    table: StorageTable,
+) -> Result<Parsed> {
+    let (arena, root, end, table) = run_pickle(bytes, record, options, table)?;
+    let mut interpreter = rebuild::Interpreter::new(
+        &arena,
+        &table.storages,
+        &table.externals,
+        options.tree_limits,
+    );
     let root = interpreter.convert(root)?;
     Ok(Parsed {
         root,

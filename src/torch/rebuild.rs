@@ -25,7 +25,7 @@ use crate::error::{Error, Result};
 use crate::pickle::value::bigint_to_decimal;
 use crate::pickle::{Arena, Call, Node, NodeId};
 
-use super::storage::StorageView;
+use super::storage::{External, StorageView};
 
 /// Bounds on the tree built from a pickle.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +42,7 @@ pub struct TreeLimits {
 pub struct Interpreter<'a> {
     arena: &'a Arena,
     storages: &'a [StorageRef],
-    views: &'a [StorageView],
+    externals: &'a [External],
     limits: TreeLimits,
     values: u64,
     path: Vec<String>,
@@ -55,17 +55,17 @@ enum Callee<'n> {
 }
 
 impl<'a> Interpreter<'a> {
-    /// An interpreter over `arena`, whose `External` nodes index `views` into `storages`.
+    /// An interpreter over `arena`, whose `External` nodes index `externals`.
     pub fn new(
         arena: &'a Arena,
         storages: &'a [StorageRef],
-        views: &'a [StorageView],
+        externals: &'a [External],
         limits: TreeLimits,
     ) -> Self {
         Interpreter {
             arena,
             storages,
-            views,
+            externals,
             limits,
             values: 0,
             path: Vec::new(),
@@ -130,10 +130,10 @@ impl<'a> Interpreter<'a> {
                 attributes: Vec::new(),
             })),
             Node::Global { module, name } => Value::Global(format!("{module}.{name}")),
-            Node::External(i) => {
-                let view = self.views[*i as usize];
-                Value::Storage(view.id)
-            }
+            Node::External(i) => match &self.externals[*i as usize] {
+                External::Storage(view) => Value::Storage(view.id),
+                External::Tensor(meta) => Value::Tensor(meta.clone()),
+            },
             Node::Call(call) => self.call(call, depth)?,
         })
     }
@@ -403,7 +403,10 @@ impl<'a> Interpreter<'a> {
     fn first_arg_view(&self, call: &Call) -> Option<StorageView> {
         let first = *self.arena.tuple(call.args)?.first()?;
         match self.arena.get(first) {
-            Node::External(i) => self.views.get(*i as usize).copied(),
+            Node::External(i) => match self.externals.get(*i as usize)? {
+                External::Storage(view) => Some(*view),
+                External::Tensor(_) => None,
+            },
             _ => None,
         }
     }
@@ -529,40 +532,10 @@ impl<'a> Interpreter<'a> {
 
     /// torch's `set_` check: the view's last element must lie inside the storage.
     fn check_bounds(&self, meta: &TensorMeta, id: StorageId) -> Result<()> {
-        let storage = &self.storages[id];
-        let storage_bytes = storage.nbytes().unwrap_or(u64::MAX);
-        let itemsize = meta.dtype.element_size() as u64;
-        let mut numel: u64 = 1;
-        for &s in &meta.shape {
-            numel = numel.checked_mul(s).ok_or_else(|| {
-                self.tensor_error(format!(
-                    "the element count of size {:?} overflows",
-                    meta.shape
-                ))
-            })?;
-        }
-        let required = if numel == 0 {
-            Some(0)
-        } else {
-            meta.shape
-                .iter()
-                .zip(&meta.stride)
-                .try_fold(
-                    meta.storage_offset.checked_add(1),
-                    |acc, (&size, &stride)| Some(acc?.checked_add((size - 1).checked_mul(stride)?)),
-                )
-                .flatten()
-                .and_then(|elements| elements.checked_mul(itemsize))
-        };
-        match required {
-            Some(bytes) if bytes <= storage_bytes => Ok(()),
-            _ => Err(self.tensor_error(format!(
-                "setStorage: sizes {:?}, strides {:?}, storage offset {}, and itemsize {itemsize} requiring a storage size of {} are out of bounds for storage of size {storage_bytes}",
-                meta.shape,
-                meta.stride,
-                meta.storage_offset,
-                required.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
-            ))),
+        let storage_bytes = self.storages[id].nbytes().unwrap_or(u64::MAX);
+        match view_bounds_error(meta, storage_bytes) {
+            None => Ok(()),
+            Some(message) => Err(self.tensor_error(message)),
         }
     }
 
@@ -656,5 +629,46 @@ fn is_empty_state(state: &Value) -> bool {
         Value::Dict(d) => d.items.is_empty(),
         Value::Tuple(parts) => parts.iter().all(is_empty_state),
         _ => false,
+    }
+}
+
+/// torch's `set_` check for a view over a storage of `storage_bytes` bytes: `None` when the view
+/// lies inside it, else torch's message. All arithmetic is checked.
+pub fn view_bounds_error(meta: &TensorMeta, storage_bytes: u64) -> Option<String> {
+    let itemsize = meta.dtype.element_size() as u64;
+    let mut numel: u64 = 1;
+    for &s in &meta.shape {
+        match numel.checked_mul(s) {
+            Some(n) => numel = n,
+            None => {
+                return Some(format!(
+                    "the element count of size {:?} overflows",
+                    meta.shape
+                ))
+            }
+        }
+    }
+    let required = if numel == 0 {
+        Some(0)
+    } else {
+        meta.shape
+            .iter()
+            .zip(&meta.stride)
+            .try_fold(
+                meta.storage_offset.checked_add(1),
+                |acc, (&size, &stride)| Some(acc?.checked_add((size - 1).checked_mul(stride)?)),
+            )
+            .flatten()
+            .and_then(|elements| elements.checked_mul(itemsize))
+    };
+    match required {
+        Some(bytes) if bytes <= storage_bytes => None,
+        _ => Some(format!(
+            "setStorage: sizes {:?}, strides {:?}, storage offset {}, and itemsize {itemsize} requiring a storage size of {} are out of bounds for storage of size {storage_bytes}",
+            meta.shape,
+            meta.stride,
+            meta.storage_offset,
+            required.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
+        )),
     }
 }

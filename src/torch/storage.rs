@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use super::Dtype;
 use crate::pickle::{Arena, Node, NodeId};
 
-use super::value::StorageId;
+use super::value::{StorageId, TensorMeta};
 
 /// One storage as the pickle declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,14 +52,26 @@ pub struct StorageView {
     pub untyped: bool,
 }
 
+/// What a persistent id stood for: a storage (zip, legacy) or, in the tar format, a tensor
+/// read from the `tensors` member.
+#[derive(Clone, Debug, PartialEq)]
+pub enum External {
+    /// A storage, as this reference sees it.
+    Storage(StorageView),
+    /// A tensor built outside the pickle.
+    Tensor(Box<TensorMeta>),
+}
+
 /// The storages met while unpickling, by key.
 #[derive(Debug, Default)]
 pub struct StorageTable {
     /// Storages in order of first reference.
     pub storages: Vec<StorageRef>,
     by_key: HashMap<String, StorageId>,
-    /// Persistent-id results handed to the pickle machine (`Node::External(i)` is `views[i]`).
-    pub views: Vec<StorageView>,
+    /// Persistent-id results handed to the pickle machine (`Node::External(i)` is `externals[i]`).
+    pub externals: Vec<External>,
+    /// Objects the persistent ids of a tar checkpoint name, by their decimal key.
+    pub by_id: HashMap<String, External>,
 }
 
 impl StorageTable {
@@ -70,6 +82,22 @@ impl StorageTable {
         pid: NodeId,
         max_storages: usize,
     ) -> Result<NodeId, String> {
+        // Tar checkpoints: the id is the decimal key of a storage or tensor read beforehand.
+        if !self.by_id.is_empty() {
+            let key = match arena.get(pid) {
+                Node::Str(s) => Some(s.clone()),
+                Node::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                Node::Int(i) => Some(i.to_string()),
+                _ => None,
+            };
+            if let Some(key) = key {
+                let found =
+                    self.by_id.get(&key).cloned().ok_or_else(|| {
+                        format!("persistent id {key:?} names no storage or tensor")
+                    })?;
+                return Ok(self.external(arena, found));
+            }
+        }
         let Some(fields) = arena.tuple(pid) else {
             return Err(format!(
                 "persistent id must be a tuple, not a {}",
@@ -142,8 +170,24 @@ impl StorageTable {
                 id
             }
         };
-        self.views.push(StorageView { id, dtype, untyped });
-        Ok(arena.push(Node::External((self.views.len() - 1) as u64)))
+        Ok(self.external(arena, External::Storage(StorageView { id, dtype, untyped })))
+    }
+
+    /// Registers an external object and returns the node that stands for it.
+    pub fn external(&mut self, arena: &mut Arena, external: External) -> NodeId {
+        self.externals.push(external);
+        arena.push(Node::External((self.externals.len() - 1) as u64))
+    }
+
+    /// Adds a storage declared outside a pickle (the tar format's `storages` member).
+    pub fn add(&mut self, storage: StorageRef, max: usize) -> Result<StorageId, String> {
+        let StorageRef {
+            key,
+            dtype,
+            numel,
+            location,
+        } = storage;
+        self.push(key, dtype, numel, location, max)
     }
 
     fn push(

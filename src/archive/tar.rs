@@ -1,0 +1,216 @@
+//! The tar container of torch ≤ 0.1 (spec §4.3): where each member's bytes lie.
+//!
+//! POSIX tar (ustar), 512-byte blocks. Header fields used (offsets in the block):
+//!
+//! | field | offset | size | note |
+//! |---|---|---|---|
+//! | name | 0 | 100 | NUL-terminated |
+//! | size | 124 | 12 | octal text, or base-256 when the first byte has 0x80 |
+//! | chksum | 148 | 8 | octal sum of the header with this field as spaces |
+//! | typeflag | 156 | 1 | `0`/NUL file, `x` PAX header for the next member, `g` global PAX, `L` GNU long name |
+//! | magic | 257 | 6 | `ustar` |
+//! | prefix | 345 | 155 | ustar name prefix |
+//!
+//! Members are found by name; torch writes `sys_info`, `pickle`, `tensors`, `storages`.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use crate::error::{Error, Result};
+
+const BLOCK: usize = 512;
+
+fn tar_error(offset: usize, message: impl Into<String>) -> Error {
+    Error::new(crate::ErrorKind::NotACheckpoint {
+        reason: format!("tar archive, byte 0x{offset:X}: {}", message.into()),
+    })
+}
+
+fn field_str(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn octal(bytes: &[u8], at: usize, what: &str) -> Result<u64> {
+    if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        // base-256: big-endian two's complement in the remaining bytes.
+        let mut v: u64 = 0;
+        for &b in &bytes[1..] {
+            v = v
+                .checked_shl(8)
+                .ok_or_else(|| tar_error(at, format!("{what} overflows")))?
+                | b as u64;
+        }
+        return Ok(v);
+    }
+    let text: String = bytes
+        .iter()
+        .take_while(|&&b| b != 0)
+        .map(|&b| b as char)
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(0);
+    }
+    u64::from_str_radix(text, 8)
+        .map_err(|_| tar_error(at, format!("{what} is not octal: {text:?}")))
+}
+
+/// The members of a tar archive: name → byte range of the content.
+pub fn members(data: &[u8]) -> Result<HashMap<String, Range<usize>>> {
+    let mut out = HashMap::new();
+    let mut pos = 0usize;
+    let mut pax_name: Option<String> = None;
+    let mut pax_size: Option<u64> = None;
+    let mut long_name: Option<String> = None;
+    loop {
+        let Some(header) = data.get(pos..pos + BLOCK) else {
+            return Err(tar_error(
+                pos,
+                "truncated: the archive ends inside a header (no end-of-archive blocks)",
+            ));
+        };
+        if header.iter().all(|&b| b == 0) {
+            return Ok(out);
+        }
+        let stored = octal(&header[148..156], pos, "checksum")?;
+        let sum: u64 = header
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    b' ' as u64
+                } else {
+                    b as u64
+                }
+            })
+            .sum();
+        if stored != sum {
+            return Err(tar_error(
+                pos,
+                format!("header checksum {stored} does not match {sum}"),
+            ));
+        }
+        let mut size = octal(&header[124..136], pos, "size")?;
+        if let Some(s) = pax_size.take() {
+            size = s;
+        }
+        let start = pos + BLOCK;
+        let end = (start as u64)
+            .checked_add(size)
+            .filter(|&e| e <= data.len() as u64)
+            .ok_or_else(|| {
+                tar_error(
+                    pos,
+                    format!("member of {size} bytes runs past the end of the file"),
+                )
+            })? as usize;
+        let typeflag = header[156];
+        let mut name = field_str(&header[0..100]);
+        if &header[257..262] == b"ustar" {
+            let prefix = field_str(&header[345..500]);
+            if !prefix.is_empty() {
+                name = format!("{prefix}/{name}");
+            }
+        }
+        match typeflag {
+            b'x' => {
+                for (key, value) in pax_records(&data[start..end]) {
+                    match key {
+                        "path" => pax_name = Some(value.to_owned()),
+                        "size" => pax_size = value.parse().ok(),
+                        _ => {}
+                    }
+                }
+            }
+            b'L' => long_name = Some(field_str(&data[start..end])),
+            b'0' | 0 | b'7' => {
+                let name = pax_name.take().or(long_name.take()).unwrap_or(name);
+                out.insert(name, start..end);
+            }
+            _ => {
+                pax_name = None;
+                long_name = None;
+            }
+        }
+        let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
+        pos = start
+            .checked_add(padded as usize)
+            .ok_or_else(|| tar_error(pos, "member size overflows"))?;
+    }
+}
+
+/// `LEN key=value\n` records of a PAX extended header.
+fn pax_records(mut body: &[u8]) -> Vec<(&str, &str)> {
+    let mut out = Vec::new();
+    while !body.is_empty() {
+        let Some(space) = body.iter().position(|&b| b == b' ') else {
+            break;
+        };
+        let Some(len) = std::str::from_utf8(&body[..space])
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            break;
+        };
+        if len <= space + 1 || len > body.len() {
+            break;
+        }
+        let record = &body[space + 1..len - 1];
+        if let Ok(text) = std::str::from_utf8(record) {
+            if let Some((k, v)) = text.split_once('=') {
+                out.push((k, v));
+            }
+        }
+        body = &body[len..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &str, size: usize, flag: u8) -> Vec<u8> {
+        let mut h = vec![0u8; BLOCK];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        let size = format!("{size:011o}\0");
+        h[124..136].copy_from_slice(size.as_bytes());
+        h[156] = flag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        h
+    }
+
+    #[test]
+    fn finds_members_and_pax_names() {
+        let mut data = header("a", 3, b'0');
+        data.extend_from_slice(b"abc");
+        data.resize(2 * BLOCK, 0);
+        let pax = b"17 path=longname\n";
+        data.extend(header("PaxHeader", pax.len(), b'x'));
+        data.extend_from_slice(pax);
+        data.resize(4 * BLOCK, 0);
+        data.extend(header("short", 1, b'0'));
+        data.push(b'z');
+        data.resize(6 * BLOCK + 2 * BLOCK, 0);
+        let m = members(&data).unwrap();
+        assert_eq!(&data[m["a"].clone()], b"abc");
+        assert_eq!(&data[m["longname"].clone()], b"z");
+    }
+
+    #[test]
+    fn bad_checksum_and_truncation() {
+        let mut data = header("a", 3, b'0');
+        data[0] = b'b';
+        data.resize(4 * BLOCK, 0);
+        assert!(members(&data).unwrap_err().to_string().contains("checksum"));
+        let data = header("a", 3000, b'0');
+        assert!(members(&data)
+            .unwrap_err()
+            .to_string()
+            .contains("runs past the end"));
+    }
+}

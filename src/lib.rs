@@ -65,3 +65,46 @@ pub fn load(path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
 pub fn load_bytes(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Result<Checkpoint> {
     Loader::new().load_bytes(bytes)
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{Limits, Loader};
+
+    /// Small caps, so that the fuzzer finds logic errors rather than legitimate large
+    /// allocations.
+    pub fn limits() -> Limits {
+        Limits {
+            max_pickle_bytes: 1 << 24,
+            max_record_bytes: 1 << 24,
+            max_pickle_nodes: 1_000_000,
+            max_memo_entries: 100_000,
+            max_depth: 1000,
+            max_values: 200_000,
+            max_storages: 100_000,
+            max_rank: 64,
+            max_tensor_bytes: 1 << 24,
+        }
+    }
+
+    /// Reads `data` as a torch pickle (the interpreter included).
+    pub fn parse_pickle(data: &[u8], weights_only: bool) -> bool {
+        let loader = Loader::new();
+        let mut options = loader.fuzz_pickle_options();
+        options.weights_only = weights_only;
+        crate::torch::parse_pickle(data, "fuzz", &options).is_ok()
+    }
+
+    /// Loads `data` and hashes every tensor (under the caps).
+    pub fn load_and_hash(data: &[u8]) {
+        let mut loader = Loader::new();
+        loader
+            .limits(limits())
+            .weights_only(data.last().is_some_and(|b| b & 1 == 0));
+        if let Ok(ckpt) = loader.load_bytes(data.to_vec()) {
+            for (_, t) in ckpt.tensors() {
+                let _ = t.sha256();
+            }
+        }
+    }
+}

@@ -177,6 +177,13 @@ impl Loader {
         self.load_inner(source).map_err(|e| e.in_file(&name))
     }
 
+    #[doc(hidden)]
+    pub fn fuzz_pickle_options(&self) -> torch::PickleOptions {
+        let mut loader = self.clone();
+        loader.limits = crate::fuzzing::limits();
+        loader.pickle_options()
+    }
+
     fn pickle_options(&self) -> torch::PickleOptions {
         torch::PickleOptions {
             weights_only: self.weights_only,
@@ -651,7 +658,15 @@ impl<'c> Tensor<'c> {
 
     /// Calls `f` with the tensor's bytes in C-contiguous order, run by run, without
     /// materializing them (hashing a huge expanded view costs no memory).
+    /// Views larger than [`Limits::max_tensor_bytes`] are refused: an expanded view can
+    /// describe far more elements than any storage holds.
     pub fn for_each_run(&self, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let total = self
+            .numel()
+            .saturating_mul(self.dtype().element_size() as u64);
+        if total > self.max_bytes {
+            return Err(Error::limit("max_tensor_bytes", total, self.max_bytes));
+        }
         let bytes = self.host_storage()?;
         let size = self.dtype().element_size();
         let shape = &self.meta.shape;

@@ -1,0 +1,161 @@
+//! Every other format torch has written (`tests/fixtures/make_formats.py`, real torch 2.15):
+//! legacy streams, tar, TorchScript archives, full-module pickles, Python-2-era pickles — each
+//! compared bit-exact with torch's digests, and sniffed as the right format.
+
+mod common;
+
+use common::{compare, fixture_json, root};
+use ptload::{Loader, StringEncoding};
+use serde_json::Value as Json;
+
+/// ptload's policy: weights-only everywhere (pure-data opcodes, TorchScript and tar included),
+/// except full-module pickles, whose classes torch's allowlist refuses too.
+fn needs_no_weights_only(rel: &str) -> bool {
+    rel.starts_with("modules/")
+}
+
+fn loader_for(rel: &str, want: &Json) -> Loader {
+    let mut loader = Loader::new();
+    loader.weights_only(!needs_no_weights_only(rel));
+    match want.get("encoding").and_then(Json::as_str) {
+        Some("latin1") => {
+            loader.encoding(StringEncoding::Latin1);
+        }
+        Some("bytes") => {
+            loader.encoding(StringEncoding::Bytes);
+        }
+        _ => {}
+    }
+    loader
+}
+
+/// For TorchScript, torch's digests are `state_dict()`'s: every entry must be among ours.
+fn compare_by_path(ckpt: &ptload::Checkpoint, want: &Json, what: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ours: std::collections::HashMap<String, ptload::Tensor<'_>> = ckpt.tensors().collect();
+    for w in want["tensors"].as_array().unwrap() {
+        let path = w["path"].as_str().unwrap();
+        let Some(t) = ours.get(path) else {
+            problems.push(format!(
+                "{what}: no tensor at {path}; ours: {:?}",
+                ours.keys().collect::<Vec<_>>()
+            ));
+            continue;
+        };
+        let got = [
+            ("dtype", Json::from(t.dtype().name())),
+            ("shape", Json::from(t.shape().to_vec())),
+            ("stride", Json::from(t.stride().to_vec())),
+            ("storage_offset", Json::from(t.storage_offset())),
+            ("sha256", Json::from(t.sha256().unwrap_or_default())),
+        ];
+        for (field, value) in got {
+            if w[field] != value {
+                problems.push(format!(
+                    "{what}: {path}: {field} = {value}, torch says {}",
+                    w[field]
+                ));
+            }
+        }
+    }
+    if ckpt.format.name() != want["format"] {
+        problems.push(format!("{what}: format {}", ckpt.format));
+    }
+    problems
+}
+
+#[test]
+fn every_format_fixture_matches_torch() {
+    let expected = fixture_json("expected_formats.json");
+    let files = expected["files"].as_object().unwrap();
+    assert!(files.len() >= 20, "{} files", files.len());
+    let mut problems = Vec::new();
+    for (rel, want) in files {
+        let path = root().join("tests/fixtures").join(rel);
+        match loader_for(rel, want).load(&path) {
+            Ok(ckpt) if want.get("compare").and_then(Json::as_str) == Some("by_path") => {
+                problems.extend(compare_by_path(&ckpt, want, rel))
+            }
+            Ok(ckpt) => problems.extend(compare(&ckpt, want, rel)),
+            Err(e) => problems.push(format!("{rel}: {e}")),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn full_modules_are_refused_under_weights_only() {
+    for rel in ["modules/full_module.pt", "modules/full_module_legacy.pt"] {
+        let e = ptload::load(root().join("tests/fixtures").join(rel)).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("Weights only load failed"), "{rel}: {msg}");
+        assert!(
+            msg.contains("was not an allowed global by default"),
+            "{rel}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn full_module_objects_are_inert_and_walkable() {
+    let ckpt = Loader::new()
+        .weights_only(false)
+        .load(root().join("tests/fixtures/modules/full_module.pt"))
+        .unwrap();
+    let ptload::Value::Object(obj) = &ckpt.root else {
+        panic!("{}", ckpt.root)
+    };
+    assert!(!obj.class.is_empty());
+    assert!(
+        ckpt.tensors().any(|(p, _)| p.starts_with("_modules.")),
+        "{:?}",
+        ckpt.tensors().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn formats_are_sniffed_from_bytes_not_names() {
+    let expected = fixture_json("expected_formats.json");
+    for (rel, want) in expected["files"].as_object().unwrap() {
+        let bytes = std::fs::read(root().join("tests/fixtures").join(rel)).unwrap();
+        let ckpt = loader_for(rel, want).load_bytes(bytes).unwrap();
+        assert_eq!(
+            ckpt.format.name(),
+            want["format"].as_str().unwrap(),
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn files_torch_cannot_load_fail_clearly() {
+    // torch: "saved_id must be a tuple, got str" — protocol 0 cannot carry torch's storage ids.
+    let expected = fixture_json("expected_formats.json");
+    let unloadable = expected["unloadable"].as_object().unwrap();
+    assert!(!unloadable.is_empty());
+    for rel in unloadable.keys() {
+        let e = Loader::new()
+            .weights_only(false)
+            .load(root().join("tests/fixtures").join(rel))
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("persistent id must be a tuple, not a str"),
+            "{rel}: {e}"
+        );
+    }
+}
+
+#[test]
+fn latin1_strings_need_the_latin1_encoding() {
+    let e = ptload::load(root().join("tests/fixtures/py2/latin1.pt")).unwrap_err();
+    assert!(
+        e.to_string().contains("load with encoding latin1 or bytes"),
+        "{e}"
+    );
+}

@@ -101,6 +101,12 @@ pub enum ErrorKind {
         /// What.
         what: String,
     },
+    /// Bytes that a partial source ([`crate::source::SparseBytes`]) has not loaded yet:
+    /// load these `(offset, len)` ranges and try again.
+    NeedBytes {
+        /// The missing ranges.
+        ranges: Vec<(u64, u64)>,
+    },
     /// A safety limit was exceeded.
     LimitExceeded {
         /// The limit's name, as in [`crate::Limits`].
@@ -224,6 +230,16 @@ impl fmt::Display for ErrorKind {
                 "limit {limit} exceeded: {value} > {max} (raise it with Loader::limits if the file is trusted)"
             ),
             ErrorKind::Location { message } => f.write_str(message),
+            ErrorKind::NeedBytes { ranges } => {
+                write!(f, "needs bytes not loaded yet:")?;
+                for (offset, len) in ranges.iter().take(8) {
+                    write!(f, " {offset}..{}", offset.saturating_add(*len))?;
+                }
+                if ranges.len() > 8 {
+                    write!(f, " and {} more ranges", ranges.len() - 8)?;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -48,7 +48,7 @@ pub mod torch;
 
 pub use archive::{ByteOrder, Format};
 pub use error::{Error, ErrorKind, Result};
-pub use loader::{Checkpoint, Limits, Loader, Storage, Tensor};
+pub use loader::{Checkpoint, Limits, Loader, Plan, PlannedStorage, Storage, Tensor};
 pub use location::{Device, MapLocation, Placement, StorageInfo};
 pub use pickle::StringEncoding;
 pub use place::StorageData;

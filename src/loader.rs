@@ -10,7 +10,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::location::{Device, DeviceSupport, MapLocation, StorageInfo};
 use crate::pickle::{PickleLimits, StringEncoding};
 use crate::place::{cpu::CpuPlacer, Placer, RecordBytes, StorageData};
-use crate::source::Source;
+use crate::source::{ByteSource, Source};
 use crate::torch::{self, rebuild::TreeLimits, Dtype, StorageRef, TensorMeta, Value};
 
 /// Safety limits. Each guards time or memory against a hostile file; raise one (or use
@@ -203,81 +203,103 @@ impl Loader {
         }
     }
 
-    fn load_inner(&self, source: Source) -> Result<Checkpoint> {
-        let data = source.bytes();
-        if data.is_empty() {
+    /// Plans a load: reads the container's directory and pickles from `bytes`, decides every
+    /// storage's device, and says where each storage's bytes lie — reading no tensor byte.
+    ///
+    /// `bytes` may be partial ([`crate::source::SparseBytes`]): for zip files only the tail,
+    /// the central directory, the local headers and the small records are needed; each missing
+    /// range comes back as [`ErrorKind::NeedBytes`], to be loaded before trying again. Legacy
+    /// and tar files need all their bytes.
+    pub fn plan(&self, name: &str, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
+        self.plan_inner(bytes).map_err(|e| e.in_file(name))
+    }
+
+    fn plan_inner(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
+        let len = bytes.len();
+        if len == 0 {
             return Err(Error::new(ErrorKind::NotACheckpoint {
                 reason: "the file is empty".into(),
             }));
         }
-        match archive::sniff(data) {
-            Sniffed::Zip => self.load_zip(&source),
-            Sniffed::Tar => self.load_tar(&source),
-            Sniffed::Pickle => self.load_legacy(&source),
+        let head = bytes.get(0, len.min(262))?;
+        match archive::sniff(head) {
+            Sniffed::Zip => self.plan_zip(bytes),
+            Sniffed::Tar => self.plan_tar(bytes.get(0, len)?),
+            Sniffed::Pickle => self.plan_legacy(bytes.get(0, len)?),
         }
     }
 
-    fn load_zip(&self, source: &Source) -> Result<Checkpoint> {
-        let data = source.bytes();
-        let dir = ZipDirectory::parse(data)?;
-        dir.version(data, 64)?;
+    fn load_inner(&self, source: Source) -> Result<Checkpoint> {
+        let plan = self.plan_inner(&source)?;
+        self.place(plan, &source)
+    }
+
+    fn plan_zip(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
+        let dir = ZipDirectory::parse(bytes)?;
         let torchscript = dir.record("constants.pkl").is_some();
-        let byte_order = dir.byte_order(data)?;
+        // The small records, all at once (a partial source loads them in one round).
+        let small: Vec<&archive::Record> = [
+            "version",
+            ".data/version",
+            "byteorder",
+            "data.pkl",
+            "constants.pkl",
+        ]
+        .iter()
+        .filter_map(|name| dir.record(name))
+        .collect();
+        for record in &small {
+            if record.stored_len > self.limits.max_pickle_bytes {
+                return Err(Error::limit(
+                    "max_pickle_bytes",
+                    record.stored_len,
+                    self.limits.max_pickle_bytes,
+                ));
+            }
+        }
+        require_all(bytes, small.iter().map(|r| (r.data_offset, r.stored_len)))?;
+        dir.version(bytes, 64)?;
+        let byte_order = dir.byte_order(bytes)?;
         let mut options = self.pickle_options();
         options.torchscript = torchscript;
-        let mut parsed = self.parse_record(&dir, data, "data.pkl", &options)?;
+        let mut parsed = self.parse_record(&dir, bytes, "data.pkl", &options)?;
         // TorchScript: tensors of constants.pkl live under `constants/`; their storages follow
         // data.pkl's, and the constants tuple is listed after the module tree.
         let data_storages = parsed.storages.len();
         let mut constants = None;
         if torchscript {
-            let mut extra = self.parse_record(&dir, data, "constants.pkl", &options)?;
+            let mut extra = self.parse_record(&dir, bytes, "constants.pkl", &options)?;
             extra.root.shift_storage_ids(data_storages);
             parsed.storages.append(&mut extra.storages);
             constants = Some(extra.root);
         }
-
-        let storages = self.place_all(
-            source,
-            &parsed,
-            &[&parsed.root, constants.as_ref().unwrap_or(&Value::None)],
-            byte_order,
-            |id, storage| {
-                let folder = if id < data_storages {
-                    "data"
-                } else {
-                    "constants"
-                };
-                let record = dir.require(&format!("{folder}/{}", storage.key))?;
-                let nbytes = storage.nbytes().unwrap_or(u64::MAX);
-                if record.size != nbytes {
-                    return Err(Error::new(ErrorKind::StorageSize {
-                        record: record.name.clone(),
-                        offset: record.data_offset,
-                        numel: storage.numel,
-                        dtype: storage.dtype,
-                        actual: record.size,
-                    }));
-                }
-                Ok(record.clone())
-            },
-        )?;
-        Ok(Checkpoint {
-            root: parsed.root,
-            constants,
-            storages,
-            format: if torchscript {
-                Format::TorchScript
+        let format = if torchscript {
+            Format::TorchScript
+        } else {
+            Format::Zip
+        };
+        self.finish_plan(parsed, constants, format, byte_order, |id, storage| {
+            let folder = if id < data_storages {
+                "data"
             } else {
-                Format::Zip
-            },
-            byte_order,
-            max_tensor_bytes: self.limits.max_tensor_bytes,
+                "constants"
+            };
+            let record = dir.require(&format!("{folder}/{}", storage.key))?;
+            let nbytes = storage.nbytes().unwrap_or(u64::MAX);
+            if record.size != nbytes {
+                return Err(Error::new(ErrorKind::StorageSize {
+                    record: record.name.clone(),
+                    offset: record.data_offset,
+                    numel: storage.numel,
+                    dtype: storage.dtype,
+                    actual: record.size,
+                }));
+            }
+            Ok(record.clone())
         })
     }
 
-    fn load_tar(&self, source: &Source) -> Result<Checkpoint> {
-        let data = source.bytes();
+    fn plan_tar(&self, data: &[u8]) -> Result<Plan> {
         let members = archive::tar::members(data)?;
         let member = |name: &str| {
             members.get(name).cloned().ok_or_else(|| {
@@ -292,25 +314,12 @@ impl Loader {
         let (parsed, records) = on_big_stack("a tar checkpoint", || {
             torch::tar::parse(data, storages, tensors, pickle, &options)
         })?;
-        let storages = self.place_all(
-            source,
-            &parsed,
-            &[&parsed.root],
-            ByteOrder::Little,
-            |id, _| Ok(records[id].clone()),
-        )?;
-        Ok(Checkpoint {
-            root: parsed.root,
-            constants: None,
-            storages,
-            format: Format::Tar,
-            byte_order: ByteOrder::Little,
-            max_tensor_bytes: self.limits.max_tensor_bytes,
+        self.finish_plan(parsed, None, Format::Tar, ByteOrder::Little, |id, _| {
+            Ok(records[id].clone())
         })
     }
 
-    fn load_legacy(&self, source: &Source) -> Result<Checkpoint> {
-        let data = source.bytes();
+    fn plan_legacy(&self, data: &[u8]) -> Result<Plan> {
         let main = archive::legacy::read_header(data)?;
         let pickle = &data[main..];
         let parsed = on_big_stack("legacy stream pickle", || {
@@ -322,10 +331,10 @@ impl Loader {
             .map(|s| (s.key.clone(), (s.dtype.element_size(), s.numel)))
             .collect();
         let records = archive::legacy::read_records(data, main + parsed.end, &sizes)?;
-        let storages = self.place_all(
-            source,
-            &parsed,
-            &[&parsed.root],
+        self.finish_plan(
+            parsed,
+            None,
+            Format::Legacy,
             ByteOrder::Little,
             |_, storage| {
                 records.get(&storage.key).cloned().ok_or_else(|| {
@@ -334,22 +343,14 @@ impl Loader {
                     })
                 })
             },
-        )?;
-        Ok(Checkpoint {
-            root: parsed.root,
-            constants: None,
-            storages,
-            format: Format::Legacy,
-            byte_order: ByteOrder::Little,
-            max_tensor_bytes: self.limits.max_tensor_bytes,
-        })
+        )
     }
 
     /// Reads one pickle record of a zip archive into a tree.
     fn parse_record(
         &self,
         dir: &ZipDirectory,
-        data: &[u8],
+        bytes: &(impl ByteSource + ?Sized),
         name: &str,
         options: &torch::PickleOptions,
     ) -> Result<torch::Parsed> {
@@ -361,55 +362,91 @@ impl Loader {
                 self.limits.max_pickle_bytes,
             ));
         }
-        let pickle = record.read(data, self.limits.max_pickle_bytes)?;
+        let pickle = record.read(bytes, self.limits.max_pickle_bytes)?;
         on_big_stack(&record.name, || {
             torch::parse_pickle(&pickle, &record.name, options)
         })
     }
 
-    /// Decides every storage's device, then places each one exactly once, reading its record
-    /// (found by `record_of`) only when it goes somewhere that needs bytes.
-    fn place_all(
+    /// Decides every storage's device (all errors before any byte is read), then finds the
+    /// record of each storage that needs bytes.
+    fn finish_plan(
         &self,
-        source: &Source,
-        parsed: &torch::Parsed,
-        roots: &[&Value],
+        parsed: torch::Parsed,
+        constants: Option<Value>,
+        format: Format,
         byte_order: ByteOrder,
         record_of: impl Fn(usize, &StorageRef) -> Result<archive::Record>,
-    ) -> Result<Vec<Storage>> {
-        let data = source.bytes();
+    ) -> Result<Plan> {
         let devices = self.decide_devices(&parsed.storages)?;
-        let swap_units = swap_units(roots, &parsed.storages);
+        let roots: Vec<&Value> = std::iter::once(&parsed.root)
+            .chain(constants.as_ref())
+            .collect();
+        let swap_units = swap_units(&roots, &parsed.storages);
         let mut storages = Vec::with_capacity(parsed.storages.len());
+        for (id, (storage, device)) in parsed.storages.into_iter().zip(devices).enumerate() {
+            let record = match device {
+                Device::Meta => None,
+                _ => Some(record_of(id, &storage)?),
+            };
+            storages.push(PlannedStorage {
+                key: storage.key,
+                dtype: storage.dtype,
+                numel: storage.numel,
+                location: storage.location,
+                device,
+                record,
+                swap_unit: swap_units[id],
+            });
+        }
+        Ok(Plan {
+            format,
+            byte_order,
+            root: parsed.root,
+            constants,
+            storages,
+            max_tensor_bytes: self.limits.max_tensor_bytes,
+        })
+    }
+
+    /// Places every storage of a plan, reading each record exactly once from `source`.
+    pub fn place(&self, plan: Plan, source: &Source) -> Result<Checkpoint> {
+        let data = source.bytes();
         let mut cpu = CpuPlacer;
-        for (id, storage) in parsed.storages.iter().enumerate() {
-            let device = devices[id].clone();
-            let placed = match device {
-                Device::Meta => StorageData::Meta,
-                _ => {
-                    let record = record_of(id, storage)?;
+        let mut storages = Vec::with_capacity(plan.storages.len());
+        for planned in plan.storages {
+            let data = match (&planned.device, &planned.record) {
+                (Device::Meta, _) | (_, None) => StorageData::Meta,
+                (_, Some(record)) => {
                     let bytes = record.read(data, self.limits.max_record_bytes)?;
                     let request = RecordBytes {
-                        storage,
+                        dtype: planned.dtype,
                         bytes,
                         source_offset: (record.method == Method::Stored)
                             .then_some(record.data_offset as usize),
-                        byte_order,
-                        swap_unit: swap_units[id],
+                        byte_order: plan.byte_order,
+                        swap_unit: planned.swap_unit,
                     };
                     cpu.place(source.shared(), request)?
                 }
             };
             storages.push(Storage {
-                key: storage.key.clone(),
-                dtype: storage.dtype,
-                numel: storage.numel,
-                location: storage.location.clone(),
-                device,
-                data: placed,
+                key: planned.key,
+                dtype: planned.dtype,
+                numel: planned.numel,
+                location: planned.location,
+                device: planned.device,
+                data,
             });
         }
-        Ok(storages)
+        Ok(Checkpoint {
+            root: plan.root,
+            constants: plan.constants,
+            storages,
+            format: plan.format,
+            byte_order: plan.byte_order,
+            max_tensor_bytes: plan.max_tensor_bytes,
+        })
     }
 
     /// Every storage's device, decided (and checked to exist) before any byte is read.
@@ -508,6 +545,85 @@ pub(crate) fn walk_tensors<'v>(
     }
 }
 
+/// Where every storage of a checkpoint goes and where its bytes lie: the result of
+/// [`Loader::plan`], before any tensor byte is read.
+#[derive(Debug)]
+pub struct Plan {
+    /// The container format.
+    pub format: Format,
+    /// The byte order of the file's tensor data.
+    pub byte_order: ByteOrder,
+    /// The object tree.
+    pub root: Value,
+    /// TorchScript only: the `constants.pkl` tuple.
+    pub constants: Option<Value>,
+    /// Storages in order of first reference.
+    pub storages: Vec<PlannedStorage>,
+    max_tensor_bytes: u64,
+}
+
+impl Plan {
+    /// Every tensor with its path, in file order (as [`Checkpoint::tensors`]).
+    pub fn tensors(&self) -> Vec<(String, &TensorMeta)> {
+        tensors_of(&self.root, self.constants.as_ref())
+    }
+}
+
+/// One storage of a [`Plan`].
+#[derive(Clone, Debug)]
+pub struct PlannedStorage {
+    /// Its key in the file.
+    pub key: String,
+    /// Its dtype (uint8 for untyped storages).
+    pub dtype: Dtype,
+    /// Elements of `dtype`.
+    pub numel: u64,
+    /// The device tag it was saved with.
+    pub location: String,
+    /// Where it goes.
+    pub device: Device,
+    /// Where its bytes lie; `None` when nothing needs reading (meta).
+    pub record: Option<archive::Record>,
+    /// Bytes are swapped in units of this when the file's byte order is not the host's (1: never).
+    pub swap_unit: usize,
+}
+
+/// Tensors of a tree (and TorchScript constants, as `constants.<i>`), in file order.
+fn tensors_of<'v>(root: &'v Value, constants: Option<&'v Value>) -> Vec<(String, &'v TensorMeta)> {
+    let mut out = Vec::new();
+    walk_tensors(root, &mut String::new(), &mut |path, meta| {
+        out.push((path.to_owned(), meta))
+    });
+    if let Some(constants) = constants {
+        walk_tensors(constants, &mut "constants".to_owned(), &mut |path, meta| {
+            out.push((path.to_owned(), meta))
+        });
+    }
+    out
+}
+
+/// Checks that every `(offset, len)` range is loaded; otherwise one `NeedBytes` error naming
+/// all the missing ones.
+fn require_all(
+    bytes: &(impl ByteSource + ?Sized),
+    ranges: impl Iterator<Item = (u64, u64)>,
+) -> Result<()> {
+    let mut missing = Vec::new();
+    for (offset, len) in ranges {
+        if let Err(e) = bytes.get(offset, len) {
+            match e.kind() {
+                ErrorKind::NeedBytes { ranges } => missing.extend_from_slice(ranges),
+                _ => return Err(e),
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::NeedBytes { ranges: missing }))
+    }
+}
+
 /// One storage after placement.
 #[derive(Debug)]
 pub struct Storage {
@@ -554,16 +670,8 @@ impl Checkpoint {
     /// Every tensor with its `.`-joined path, in file order. A tensor reachable by two paths
     /// (the same object saved twice) is listed at both.
     pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor<'_>)> + '_ {
-        let mut out = Vec::new();
-        walk_tensors(&self.root, &mut String::new(), &mut |path, meta| {
-            out.push((path.to_owned(), meta))
-        });
-        if let Some(constants) = &self.constants {
-            walk_tensors(constants, &mut "constants".to_owned(), &mut |path, meta| {
-                out.push((path.to_owned(), meta))
-            });
-        }
-        out.into_iter()
+        tensors_of(&self.root, self.constants.as_ref())
+            .into_iter()
             .map(move |(path, meta)| (path, self.tensor_view(meta)))
     }
 

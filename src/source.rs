@@ -2,8 +2,11 @@
 //! over. Everything above reads through `&[u8]`; storages borrow slices of the same shared
 //! bytes, so a CPU load copies nothing it does not have to.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+
+use crate::error::{Error, ErrorKind, Result};
 
 /// Shared, immutable bytes: an mmap, a `Vec<u8>`, an `Arc<[u8]>`, a `&'static [u8]`, …
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
@@ -38,7 +41,7 @@ impl Source {
 
     /// Opens a file: memory-mapped when the `mmap` feature is on, else read whole.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(path: impl AsRef<std::path::Path>) -> crate::Result<Self> {
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
         let name = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| crate::Error::from(e).in_file(&name))?;
@@ -82,5 +85,106 @@ impl Source {
     /// The shared handle, for storages that borrow from it.
     pub fn shared(&self) -> &SharedBytes {
         &self.bytes
+    }
+}
+
+/// Random access to a file's bytes, some of which may not be loaded yet.
+///
+/// The archive layer reads through this: a whole file in memory (`[u8]`) has every range; a
+/// [`SparseBytes`] (the browser's `Blob`, read by slices) answers a missing range with
+/// [`ErrorKind::NeedBytes`], so the caller can load it and try again.
+pub trait ByteSource {
+    /// Length of the whole file.
+    fn len(&self) -> u64;
+
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes `[offset, offset + len)`.
+    fn get(&self, offset: u64, len: u64) -> Result<&[u8]>;
+}
+
+fn past_the_end(offset: u64, len: u64, total: u64) -> Error {
+    Error::new(ErrorKind::NotACheckpoint {
+        reason: format!(
+            "bytes {offset}..{} lie past the end of the file ({total} bytes; truncated?)",
+            offset.saturating_add(len)
+        ),
+    })
+}
+
+impl ByteSource for [u8] {
+    fn len(&self) -> u64 {
+        <[u8]>::len(self) as u64
+    }
+
+    fn get(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        let total = <[u8]>::len(self) as u64;
+        match offset.checked_add(len) {
+            Some(end) if end <= total => Ok(&self[offset as usize..end as usize]),
+            _ => Err(past_the_end(offset, len, total)),
+        }
+    }
+}
+
+impl ByteSource for Source {
+    fn len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+
+    fn get(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        ByteSource::get(self.bytes(), offset, len)
+    }
+}
+
+/// Some ranges of a file of known length, loaded piece by piece.
+#[derive(Debug, Default)]
+pub struct SparseBytes {
+    total: u64,
+    chunks: BTreeMap<u64, Vec<u8>>,
+}
+
+impl SparseBytes {
+    /// Nothing loaded yet of a file of `total` bytes.
+    pub fn new(total: u64) -> Self {
+        SparseBytes {
+            total,
+            chunks: BTreeMap::new(),
+        }
+    }
+
+    /// Adds the bytes found at `offset`.
+    pub fn insert(&mut self, offset: u64, bytes: Vec<u8>) {
+        self.chunks.insert(offset, bytes);
+    }
+
+    /// Bytes loaded so far.
+    pub fn loaded(&self) -> u64 {
+        self.chunks.values().map(|c| c.len() as u64).sum()
+    }
+}
+
+impl ByteSource for SparseBytes {
+    fn len(&self) -> u64 {
+        self.total
+    }
+
+    fn get(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        let end = match offset.checked_add(len) {
+            Some(end) if end <= self.total => end,
+            _ => return Err(past_the_end(offset, len, self.total)),
+        };
+        // Any chunk that starts at or before `offset` and reaches `end`.
+        for (&start, chunk) in self.chunks.range(..=offset).rev() {
+            let chunk_end = start + chunk.len() as u64;
+            if chunk_end >= end {
+                return Ok(&chunk[(offset - start) as usize..(end - start) as usize]);
+            }
+        }
+        Err(Error::new(ErrorKind::NeedBytes {
+            ranges: vec![(offset, len)],
+        }))
     }
 }

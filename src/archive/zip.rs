@@ -20,6 +20,7 @@ use std::io::Read;
 use super::zip_spec::{CentralHeader, Eocd, Eocd64, Eocd64Locator, LocalHeader, EOCD_MAGIC};
 use super::{ByteOrder, Record};
 use crate::error::{Error, ErrorKind, Result};
+use crate::source::ByteSource;
 
 /// Compression methods torch's reader accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub struct ZipDirectory {
 
 impl ZipDirectory {
     /// Reads the directory of the zip file `data`.
-    pub fn parse(data: &[u8]) -> Result<ZipDirectory> {
+    pub fn parse(data: &(impl ByteSource + ?Sized)) -> Result<ZipDirectory> {
         let eocd_offset = find_eocd(data)?;
         let eocd = Eocd::parse(data, eocd_offset)?;
         let (mut entries, mut cd_size, mut cd_offset) = (
@@ -59,7 +60,7 @@ impl ZipDirectory {
             }
         }
         let cd_end = cd_offset.checked_add(cd_size);
-        if cd_end.is_none_or(|end| end > data.len() as u64) {
+        if cd_end.is_none_or(|end| end > data.len()) {
             return Err(Error::zip(
                 eocd_offset,
                 format!(
@@ -78,7 +79,10 @@ impl ZipDirectory {
             return Err(Error::zip(eocd_offset, "the archive has no entries"));
         }
 
+        // The whole directory at once (a partial source loads it in one round).
+        data.get(cd_offset, cd_size)?;
         let mut records = Vec::with_capacity(entries as usize);
+        let mut missing = Vec::new();
         let mut by_name = HashMap::with_capacity(entries as usize);
         let mut prefix: Option<String> = None;
         let mut pos = cd_offset;
@@ -126,10 +130,21 @@ impl ZipDirectory {
                     ),
                 ));
             }
-            let local = LocalHeader::parse(data, header.local_header_offset)?;
+            // Local headers are needed for their lengths only; collect the missing ones so that a
+            // partial source loads them all in one round.
+            let local = match LocalHeader::parse(data, header.local_header_offset) {
+                Ok(local) => local,
+                Err(e) => match e.kind() {
+                    ErrorKind::NeedBytes { ranges } => {
+                        missing.extend_from_slice(ranges);
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
+            };
             let data_offset = local.data_offset(header.local_header_offset);
             let data_end = data_offset.checked_add(header.compressed_size);
-            if data_end.is_none_or(|end| end > data.len() as u64) {
+            if data_end.is_none_or(|end| end > data.len()) {
                 return Err(Error::zip(
                     header.local_header_offset,
                     format!(
@@ -147,6 +162,9 @@ impl ZipDirectory {
                 size: header.size,
                 method,
             });
+        }
+        if !missing.is_empty() {
+            return Err(Error::new(ErrorKind::NeedBytes { ranges: missing }));
         }
         Ok(ZipDirectory {
             prefix: prefix.unwrap_or_default(),
@@ -175,7 +193,7 @@ impl ZipDirectory {
     }
 
     /// The format version from `.data/version` or `version`, checked to be within 1..=10.
-    pub fn version(&self, data: &[u8], max_bytes: u64) -> Result<u64> {
+    pub fn version(&self, data: &(impl ByteSource + ?Sized), max_bytes: u64) -> Result<u64> {
         let record = match self.record(".data/version") {
             Some(r) => r,
             None => self.require("version")?,
@@ -204,7 +222,7 @@ impl ZipDirectory {
     }
 
     /// The byte order from the `byteorder` record; little when it is absent (torch ≥ 2.1.1).
-    pub fn byte_order(&self, data: &[u8]) -> Result<ByteOrder> {
+    pub fn byte_order(&self, data: &(impl ByteSource + ?Sized)) -> Result<ByteOrder> {
         let Some(record) = self.record("byteorder") else {
             return Ok(ByteOrder::Little);
         };
@@ -223,9 +241,12 @@ impl Record {
     /// The record's bytes: borrowed when stored, inflated when deflated. Inflation never goes
     /// past the declared size, and a result larger than `max_bytes` is refused before it is
     /// allocated.
-    pub fn read<'a>(&self, data: &'a [u8], max_bytes: u64) -> Result<Cow<'a, [u8]>> {
-        let start = self.data_offset as usize;
-        let raw = &data[start..start + self.stored_len as usize];
+    pub fn read<'a>(
+        &self,
+        data: &'a (impl ByteSource + ?Sized),
+        max_bytes: u64,
+    ) -> Result<Cow<'a, [u8]>> {
+        let raw = data.get(self.data_offset, self.stored_len)?;
         match self.method {
             Method::Stored => Ok(Cow::Borrowed(raw)),
             Method::Deflated => {
@@ -264,23 +285,24 @@ impl Record {
 }
 
 /// Finds the EOCD by scanning back from the end over at most a maximal comment (64 KiB).
-fn find_eocd(data: &[u8]) -> Result<u64> {
-    if data.len() < Eocd::SIZE {
+fn find_eocd(data: &(impl ByteSource + ?Sized)) -> Result<u64> {
+    let len = data.len();
+    if len < Eocd::SIZE as u64 {
         return Err(Error::zip(
             0,
-            format!("file too short for a zip archive ({} bytes)", data.len()),
+            format!("file too short for a zip archive ({len} bytes)"),
         ));
     }
-    let last = data.len() - Eocd::SIZE;
-    let first = last.saturating_sub(u16::MAX as usize);
+    let window_start = (len - Eocd::SIZE as u64).saturating_sub(u16::MAX as u64);
+    let window = data.get(window_start, len - window_start)?;
     let magic = EOCD_MAGIC.to_le_bytes();
-    (first..=last)
+    (0..=window.len() - Eocd::SIZE)
         .rev()
-        .find(|&i| data[i..i + 4] == magic)
-        .map(|i| i as u64)
+        .find(|&i| window[i..i + 4] == magic)
+        .map(|i| window_start + i as u64)
         .ok_or_else(|| {
             Error::zip(
-                data.len() as u64,
+                len,
                 "no end-of-central-directory record (truncated or not a zip file)",
             )
         })

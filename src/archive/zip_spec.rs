@@ -11,6 +11,7 @@
 //! | zip64 extended information extra field | 4.5.3 | id `0x0001` | — |
 
 use crate::error::{Error, Result};
+use crate::source::ByteSource;
 
 /// Magic of a local file header.
 pub const LOCAL_HEADER_MAGIC: u32 = 0x0403_4b50;
@@ -49,11 +50,15 @@ impl<'a> Fields<'a> {
 }
 
 /// `size` bytes at `offset` of `data`, or an error naming what was expected there.
-fn fixed<'a>(data: &'a [u8], offset: u64, size: usize, what: &str) -> Result<Fields<'a>> {
-    let start = usize::try_from(offset).ok();
-    match start.and_then(|s| Some(s..s.checked_add(size)?)) {
-        Some(r) if r.end <= data.len() => Ok(Fields {
-            bytes: &data[r],
+fn fixed<'a>(
+    data: &'a (impl ByteSource + ?Sized),
+    offset: u64,
+    size: usize,
+    what: &str,
+) -> Result<Fields<'a>> {
+    match offset.checked_add(size as u64) {
+        Some(end) if end <= data.len() => Ok(Fields {
+            bytes: data.get(offset, size as u64)?,
             pos: 0,
         }),
         _ => Err(Error::zip(
@@ -93,7 +98,7 @@ impl Eocd {
     pub const SIZE: usize = 22;
 
     /// Parses the record at `offset`.
-    pub fn parse(data: &[u8], offset: u64) -> Result<Eocd> {
+    pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<Eocd> {
         let mut f = fixed(data, offset, Self::SIZE, "end of central directory")?;
         magic(&mut f, EOCD_MAGIC, offset, "end of central directory")?;
         let _disk = f.u16();
@@ -122,7 +127,7 @@ impl Eocd64Locator {
     pub const SIZE: usize = 20;
 
     /// Parses the record at `offset`; `Ok(None)` when its magic is absent.
-    pub fn parse(data: &[u8], offset: u64) -> Result<Option<Eocd64Locator>> {
+    pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<Option<Eocd64Locator>> {
         let mut f = fixed(data, offset, Self::SIZE, "zip64 locator")?;
         if f.u32() != EOCD64_LOCATOR_MAGIC {
             return Ok(None);
@@ -149,7 +154,7 @@ impl Eocd64 {
     pub const SIZE: usize = 56;
 
     /// Parses the record at `offset`.
-    pub fn parse(data: &[u8], offset: u64) -> Result<Eocd64> {
+    pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<Eocd64> {
         let mut f = fixed(data, offset, Self::SIZE, "zip64 end of central directory")?;
         magic(
             &mut f,
@@ -201,7 +206,7 @@ impl CentralHeader {
 
     /// Parses the header at `offset`, applying the zip64 extra field (0x0001) to the fields
     /// that hold all-ones, in APPNOTE order (size, compressed size, header offset).
-    pub fn parse(data: &[u8], offset: u64) -> Result<CentralHeader> {
+    pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<CentralHeader> {
         let mut f = fixed(data, offset, Self::SIZE, "central directory header")?;
         magic(
             &mut f,
@@ -312,7 +317,7 @@ impl LocalHeader {
     pub const SIZE: usize = 30;
 
     /// Parses the header at `offset`.
-    pub fn parse(data: &[u8], offset: u64) -> Result<LocalHeader> {
+    pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<LocalHeader> {
         let mut f = fixed(data, offset, Self::SIZE, "local file header")?;
         magic(&mut f, LOCAL_HEADER_MAGIC, offset, "local file header")?;
         f.pos = 26;
@@ -336,7 +341,7 @@ mod tests {
 
     #[test]
     fn wrong_magic_is_named() {
-        let err = LocalHeader::parse(&[0u8; 40], 4).unwrap_err();
+        let err = LocalHeader::parse(&[0u8; 40][..], 4).unwrap_err();
         assert_eq!(
             err.to_string(),
             "zip container, byte 0x4: wrong magic for local file header: expected 0x04034B50, found 0x00000000"
@@ -345,7 +350,7 @@ mod tests {
 
     #[test]
     fn short_data_is_an_error() {
-        let err = Eocd::parse(&[0u8; 10], 0).unwrap_err();
+        let err = Eocd::parse(&[0u8; 10][..], 0).unwrap_err();
         assert!(
             err.to_string().contains("past the end of the file"),
             "{err}"

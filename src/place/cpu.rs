@@ -20,7 +20,7 @@ impl Placer for CpuPlacer {
 
     fn place(&mut self, source: &SharedBytes, record: RecordBytes<'_>) -> Result<StorageData> {
         let swap = record.byte_order != ByteOrder::native() && record.swap_unit > 1;
-        let align = record.storage.dtype.element_size().max(record.swap_unit);
+        let align = record.dtype.element_size().max(record.swap_unit);
         match (record.bytes, record.source_offset) {
             (Cow::Borrowed(bytes), Some(offset)) if !swap && offset % align == 0 => {
                 Ok(StorageData::Borrowed {

@@ -13,7 +13,7 @@ use crate::archive::ByteOrder;
 use crate::error::Result;
 use crate::location::Device;
 use crate::source::SharedBytes;
-use crate::torch::StorageRef;
+use crate::torch::Dtype;
 
 /// Where a placed storage's bytes are.
 #[derive(Clone)]
@@ -59,8 +59,8 @@ impl std::fmt::Debug for StorageData {
 
 /// One storage's bytes as the container holds them, ready to be placed.
 pub struct RecordBytes<'a> {
-    /// The storage as the pickle declares it.
-    pub storage: &'a StorageRef,
+    /// The storage's dtype.
+    pub dtype: Dtype,
     /// Its bytes: borrowed from the source when stored, owned when they had to be inflated.
     pub bytes: Cow<'a, [u8]>,
     /// Offset of `bytes` within the source when borrowed.

@@ -1,0 +1,141 @@
+//! `Loader::plan` over a partial source, as the browser reads a `Blob` by slices: only the
+//! tail, the directory, local headers and small records are loaded — never a tensor's bytes —
+//! in a handful of rounds, and the plan equals the one made from the whole file.
+
+mod common;
+
+use common::{fixture_json, root};
+use ptload::source::{ByteSource, SparseBytes};
+use ptload::{ErrorKind, Loader};
+
+/// Plans `file` from a sparse copy; returns the plan, the rounds and the loaded ranges.
+fn plan_sparse(file: &[u8]) -> (ptload::loader::Plan, usize, Vec<(u64, u64)>) {
+    let len = file.len() as u64;
+    let mut sparse = SparseBytes::new(len);
+    let tail = len.min(65_557 + 22 + 76);
+    let mut loaded = vec![(len - tail, tail)];
+    sparse.insert(len - tail, file[(len - tail) as usize..].to_vec());
+    // The first bytes, for sniffing.
+    let head = len.min(262);
+    sparse.insert(0, file[..head as usize].to_vec());
+    loaded.push((0, head));
+    for round in 1..=10 {
+        match Loader::new().plan("<sparse>", &sparse) {
+            Ok(plan) => return (plan, round, loaded),
+            Err(e) => match e.kind() {
+                ErrorKind::NeedBytes { ranges } => {
+                    for &(offset, n) in ranges {
+                        sparse.insert(
+                            offset,
+                            file[offset as usize..(offset + n) as usize].to_vec(),
+                        );
+                        loaded.push((offset, n));
+                    }
+                }
+                _ => panic!("{e}"),
+            },
+        }
+    }
+    panic!("no plan after 10 rounds");
+}
+
+#[test]
+fn zip_plans_never_read_tensor_bytes() {
+    let expected = fixture_json("expected.json");
+    for rel in expected["files"].as_object().unwrap().keys() {
+        let file = std::fs::read(root().join("tests/fixtures").join(rel)).unwrap();
+        let (plan, rounds, loaded) = plan_sparse(&file);
+        assert!(rounds <= 5, "{rel}: {rounds} rounds");
+        let whole = Loader::new().plan("<whole>", &file[..]).unwrap();
+        assert_eq!(
+            format!("{:?}", plan.root),
+            format!("{:?}", whole.root),
+            "{rel}"
+        );
+        assert_eq!(plan.storages.len(), whole.storages.len(), "{rel}");
+        for (a, b) in plan.storages.iter().zip(&whole.storages) {
+            assert_eq!(a.record, b.record, "{rel}");
+            assert_eq!(a.device, b.device, "{rel}");
+            // No tensor byte was needed, except what the tail window happened to cover.
+            let record = a.record.as_ref().unwrap();
+            let (start, end) = (record.data_offset, record.data_offset + record.stored_len);
+            let tail_start = loaded[0].0;
+            for &(offset, n) in &loaded[1..] {
+                assert!(
+                    offset + n <= start || offset >= end || start >= tail_start,
+                    "{rel}: loaded {offset}..{} overlaps storage {} at {start}..{end}",
+                    offset + n,
+                    a.key
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn missing_ranges_are_reported_together() {
+    let file = std::fs::read(root().join("tests/fixtures/zip/alignment4096.pt")).unwrap();
+    let len = file.len() as u64;
+    let mut sparse = SparseBytes::new(len);
+    sparse.insert(0, file[..262].to_vec());
+    let e = Loader::new().plan("x.pt", &sparse).unwrap_err();
+    let ErrorKind::NeedBytes { ranges } = e.kind() else {
+        panic!("{e}")
+    };
+    assert_eq!(ranges.len(), 1, "first the tail window");
+    assert!(
+        e.to_string()
+            .starts_with("x.pt: needs bytes not loaded yet:"),
+        "{e}"
+    );
+    assert!(sparse.get(len, 1).is_err());
+}
+
+#[test]
+fn a_large_zip_loads_only_metadata() {
+    // Four 256 KiB storages: far more than the 64 KiB tail window.
+    let n = 65_536i64;
+    let mut p = common::Pickle::new().op(b"}(");
+    let keys = ["a", "b", "c", "d"];
+    for (i, key) in keys.iter().enumerate() {
+        p = p
+            .str(key)
+            .tensor("FloatStorage", &i.to_string(), n, 0, &[n], &[1]);
+    }
+    let pickle = p.op(b"u").stop();
+    let data: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; (n * 4) as usize]).collect();
+    let records: Vec<(String, &[u8])> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (i.to_string(), d.as_slice()))
+        .collect();
+    let records: Vec<(&str, &[u8])> = records.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+    let file = common::ZipBuilder::checkpoint(&pickle, &records);
+    let (plan, rounds, loaded) = plan_sparse(&file);
+    assert!(rounds <= 5, "{rounds} rounds");
+    let total: u64 = loaded.iter().map(|&(_, n)| n).sum();
+    assert!(
+        total < 70_000 + 4 * 30 + 1024,
+        "loaded {total} bytes of {}",
+        file.len()
+    );
+    for s in &plan.storages {
+        let r = s.record.as_ref().unwrap();
+        let tail_start = loaded[0].0;
+        for &(offset, len) in &loaded[1..] {
+            let overlaps = offset < r.data_offset + r.stored_len && offset + len > r.data_offset;
+            assert!(
+                !overlaps || r.data_offset + r.stored_len > tail_start,
+                "read storage {} bytes",
+                s.key
+            );
+        }
+    }
+    // Placing the plan reads each storage once and gives the right bytes.
+    let source = ptload::Source::from_bytes("<memory>", file);
+    let ckpt = Loader::new().place(plan, &source).unwrap();
+    for (i, (path, t)) in ckpt.tensors().enumerate() {
+        assert_eq!(path, keys[i]);
+        assert!(t.as_bytes().unwrap().iter().all(|&b| b == i as u8));
+    }
+}

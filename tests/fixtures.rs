@@ -158,3 +158,42 @@ fn meta_map_location_reads_nothing() {
         assert!(t.to_contiguous_bytes().is_err());
     }
 }
+
+#[test]
+fn extras_keep_python_values_and_attributes() {
+    use ptload::{TensorKind, Value};
+    let ckpt = ptload::load(root().join("tests/fixtures/zip/extras.pt")).unwrap();
+    let get = |path: &str| ckpt.root.get_path(path).unwrap_or_else(|| panic!("{path}"));
+    assert_eq!(
+        get("set"),
+        &Value::Set(vec![Value::Int(1), Value::Int(2), Value::Int(3)])
+    );
+    assert_eq!(get("complex"), &Value::Complex(1.5, -2.0));
+    assert_eq!(get("bytearray"), &Value::ByteArray(b"\x00\x01ab".to_vec()));
+    assert_eq!(
+        get("size"),
+        &Value::Tuple(vec![Value::Int(2), Value::Int(3)])
+    );
+    assert_eq!(get("dtype"), &Value::Global("torch.bfloat16".into()));
+    let Value::Object(device) = get("device") else {
+        panic!("{}", get("device"))
+    };
+    assert_eq!(device.class, "torch.device");
+    assert_eq!(device.args, vec![Value::Str("cuda".into()), Value::Int(1)]);
+    let attr = get("attr_tensor").as_tensor().unwrap();
+    assert_eq!(
+        attr.attributes.as_deref().map(|a| a.to_string()),
+        Some("{\"note\": \"hello\"}".into())
+    );
+    let param = get("param_with_state").as_tensor().unwrap();
+    assert_eq!(param.kind, TensorKind::Parameter);
+    assert!(param.requires_grad);
+    assert!(
+        param
+            .attributes
+            .as_deref()
+            .is_some_and(|a| a.to_string().contains("\"tag\": 7")),
+        "{:?}",
+        param.attributes
+    );
+}

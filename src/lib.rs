@@ -45,6 +45,8 @@ pub mod pickle;
 pub mod place;
 pub mod source;
 pub mod torch;
+#[cfg(all(feature = "wasm", target_arch = "wasm32"))]
+pub mod wasm;
 
 pub use archive::{ByteOrder, Format};
 pub use error::{Error, ErrorKind, Result};

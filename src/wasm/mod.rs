@@ -1,0 +1,339 @@
+//! The wasm side of the npm package (feature `wasm`, wasm32 only): parses a checkpoint's
+//! directory and pickle and says where every storage's bytes lie; the JS wrapper
+//! (`pkg-template/src/api.mjs`) reads those bytes and makes the `TypedArray`s.
+//!
+//! This module owns the contract between the two halves, nothing else. Only the container's
+//! directory, its small records and the pickle enter wasm memory (for legacy and tar files,
+//! whose layout is only known after reading the whole stream, the whole file); tensor bytes
+//! stay in JS, except a deflated record while it is inflated.
+//!
+//! The JS driver loop:
+//!
+//! ```text
+//! const p = new Planner(name, totalBytes, { weightsOnly, encoding, mapLocation, callback });
+//! let need;
+//! while ((need = p.step(callbackOrUndefined)) !== null)   // [[offset, length], ...]
+//!   for (const [offset, length] of need) p.insert(offset, await readSlice(offset, length));
+//! const plan = p.result(makeTensor, makeStorage);          // { format, byteOrder, root, ... }
+//! // for each plan.storages[i].record: read it (a view for buffers), p.inflate(i, bytes) if deflated
+//! p.free();
+//! ```
+//!
+//! `step` returns `null` once the plan is made. It throws an `Error` whose message is the
+//! native loader's (`<file>: <what is wrong>`), or rethrows what a `mapLocation` callback
+//! threw. A callback is called once per storage, in order of first reference, as torch does;
+//! its result (a device string, the storage object it was given = stay on the CPU, or
+//! `undefined` = the saved tag) goes through `restore_location` and the device checks, so
+//! the errors are torch's.
+//!
+//! Tests: `tests/wasm.rs` (`cargo test --target wasm32-unknown-unknown --no-default-features
+//! --features wasm --test wasm` with `wasm-bindgen-test-runner` as the runner, see
+//! `scripts/test`), and the Node suite `tests/node/` over the built package.
+
+mod convert;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use js_sys::{Array, Function, Object, Reflect};
+use wasm_bindgen::prelude::*;
+
+use crate::archive::Method;
+use crate::error::{Error, ErrorKind};
+use crate::loader::Plan;
+use crate::location::{restore_location, Device, DeviceSupport, MapLocation, Placement};
+use crate::source::{ByteSource, SparseBytes};
+use crate::{Limits, Loader, StringEncoding};
+
+use convert::{numbers, Converter};
+
+/// A native error as a JS `Error` with the same message.
+fn js_error(e: Error) -> JsValue {
+    JsError::new(&e.to_string()).into()
+}
+
+fn get(options: &JsValue, key: &str) -> Result<JsValue, JsValue> {
+    if options.is_object() {
+        Reflect::get(options, &JsValue::from_str(key))
+    } else {
+        Ok(JsValue::UNDEFINED)
+    }
+}
+
+fn set(target: &JsValue, key: &str, value: &JsValue) -> Result<(), JsValue> {
+    Reflect::set(target, &JsValue::from_str(key), value).map(|_| ())
+}
+
+fn type_error(message: &str) -> JsValue {
+    js_sys::TypeError::new(message).into()
+}
+
+/// The `map_location` other than a callback: `null` | a string | `[[from, to], ...]`.
+fn map_location(spec: &JsValue) -> Result<MapLocation, JsValue> {
+    if spec.is_undefined() || spec.is_null() {
+        return Ok(MapLocation::Default);
+    }
+    if let Some(target) = spec.as_string() {
+        return Ok(MapLocation::To(target));
+    }
+    if Array::is_array(spec) {
+        let mut pairs = Vec::new();
+        for pair in Array::from(spec).iter() {
+            let pair = Array::from(&pair);
+            match (pair.get(0).as_string(), pair.get(1).as_string()) {
+                (Some(from), Some(to)) => pairs.push((from, to)),
+                _ => {
+                    return Err(type_error(
+                        "mapLocation: every {from: to} value must be a string",
+                    ))
+                }
+            }
+        }
+        return Ok(MapLocation::Map(pairs));
+    }
+    Err(type_error(
+        "mapLocation must be a device string, a {from: to} object or a function",
+    ))
+}
+
+/// Whether this build can put a storage on `device` (as the native loader's own check).
+fn placeable(device: Device) -> Result<Device, Error> {
+    match device {
+        Device::Cpu | Device::Meta => Ok(device),
+        other => Err(Error::new(ErrorKind::Location {
+            message: format!("no placer for device {other} in this build"),
+        })),
+    }
+}
+
+/// Plans a load of one checkpoint from the byte ranges the JS side hands in.
+#[wasm_bindgen]
+pub struct Planner {
+    name: String,
+    loader: Loader,
+    /// Set when `map_location` is a JS function: its devices, once called for every storage.
+    callback: bool,
+    devices: Option<Arc<Vec<Device>>>,
+    bytes: SparseBytes,
+    plan: Option<Plan>,
+    limits: Limits,
+}
+
+#[wasm_bindgen]
+impl Planner {
+    /// A planner for a file of `total_len` bytes named `name` (in errors). `options`:
+    /// `{ weightsOnly?: boolean = true, encoding?: "utf8" | "latin1" | "bytes",
+    ///    mapLocation?: null | string | [from, to][], callback?: boolean }`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(name: String, total_len: f64, options: JsValue) -> Result<Planner, JsValue> {
+        if !(0.0..=9_007_199_254_740_991.0).contains(&total_len) {
+            return Err(type_error("the input size must be a byte count"));
+        }
+        let mut loader = Loader::new();
+        let weights_only = get(&options, "weightsOnly")?;
+        loader.weights_only(weights_only.as_bool().unwrap_or(true));
+        match get(&options, "encoding")?.as_string().as_deref() {
+            None | Some("utf8") | Some("utf-8") => {}
+            Some("latin1") => {
+                loader.encoding(StringEncoding::Latin1);
+            }
+            Some("bytes") => {
+                loader.encoding(StringEncoding::Bytes);
+            }
+            Some(other) => {
+                return Err(type_error(&format!(
+                    "encoding must be \"utf8\", \"latin1\" or \"bytes\", not {other:?}"
+                )))
+            }
+        }
+        let callback = get(&options, "callback")?.as_bool().unwrap_or(false);
+        if callback {
+            // First pass: only the storages' tags are needed, no record.
+            loader.map_location("meta");
+        } else {
+            loader.map_location(map_location(&get(&options, "mapLocation")?)?);
+        }
+        Ok(Planner {
+            name,
+            loader,
+            callback,
+            devices: None,
+            bytes: SparseBytes::new(total_len as u64),
+            plan: None,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Hands in the bytes found at `offset` (copied into wasm memory).
+    pub fn insert(&mut self, offset: f64, bytes: Vec<u8>) {
+        self.bytes.insert(offset as u64, bytes);
+    }
+
+    /// Bytes handed in so far.
+    pub fn loaded(&self) -> f64 {
+        self.bytes.loaded() as f64
+    }
+
+    /// Tries to make the plan: `null` when done, else the `[offset, length]` ranges to hand in
+    /// before trying again. `callback` is the `mapLocation` function, if there is one.
+    pub fn step(&mut self, callback: Option<Function>) -> Result<JsValue, JsValue> {
+        if self.plan.is_some() {
+            return Ok(JsValue::NULL);
+        }
+        let mut loader = self.loader.clone();
+        if let Some(devices) = &self.devices {
+            let devices = devices.clone();
+            let next = AtomicUsize::new(0);
+            loader.map_location(MapLocation::with(move |_, _| {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                devices.get(i).cloned().map(Placement)
+            }));
+        }
+        match loader.plan(&self.name, &self.bytes) {
+            Ok(plan) => {
+                if self.callback && self.devices.is_none() {
+                    let Some(f) = callback else {
+                        return Err(type_error("mapLocation: the callback is missing"));
+                    };
+                    self.devices = Some(Arc::new(self.call_back(&plan, &f)?));
+                    return self.step(None);
+                }
+                self.plan = Some(plan);
+                Ok(JsValue::NULL)
+            }
+            Err(e) => match e.kind() {
+                ErrorKind::NeedBytes { ranges } => Ok(ranges
+                    .iter()
+                    .map(|&(offset, len)| -> JsValue { numbers(&[offset, len]).into() })
+                    .collect::<Array>()
+                    .into()),
+                _ => Err(js_error(e)),
+            },
+        }
+    }
+
+    /// The plan as JS values: `{ format, byteOrder, root, constants, storages, tensors }`.
+    /// `make_tensor(meta)` makes each tensor, `make_storage(index)` each storage saved alone.
+    pub fn result(
+        &self,
+        make_tensor: &Function,
+        make_storage: &Function,
+    ) -> Result<JsValue, JsValue> {
+        let Some(plan) = &self.plan else {
+            return Err(type_error("result() before step() returned null"));
+        };
+        let mut convert = Converter::new(make_tensor, make_storage);
+        let out = Object::new();
+        set(&out, "format", &JsValue::from_str(plan.format.name()))?;
+        set(
+            &out,
+            "byteOrder",
+            &JsValue::from_str(plan.byte_order.name()),
+        )?;
+        set(&out, "root", &convert.value(&plan.root)?)?;
+        let constants = match &plan.constants {
+            Some(c) => convert.value(c)?,
+            None => JsValue::UNDEFINED,
+        };
+        set(&out, "constants", &constants)?;
+        let storages = Array::new();
+        for s in &plan.storages {
+            let o = Object::new();
+            set(&o, "key", &JsValue::from_str(&s.key))?;
+            set(&o, "dtype", &JsValue::from_str(s.dtype.name()))?;
+            set(
+                &o,
+                "itemsize",
+                &JsValue::from_f64(s.dtype.element_size() as f64),
+            )?;
+            set(&o, "numel", &JsValue::from_f64(s.numel as f64))?;
+            set(&o, "location", &JsValue::from_str(&s.location))?;
+            set(&o, "device", &JsValue::from_str(&s.device.to_string()))?;
+            set(&o, "swapUnit", &JsValue::from_f64(s.swap_unit as f64))?;
+            let record = match &s.record {
+                Some(r) => {
+                    let ro = Object::new();
+                    set(&ro, "name", &JsValue::from_str(&r.name))?;
+                    set(&ro, "dataOffset", &JsValue::from_f64(r.data_offset as f64))?;
+                    set(&ro, "storedLen", &JsValue::from_f64(r.stored_len as f64))?;
+                    set(&ro, "size", &JsValue::from_f64(r.size as f64))?;
+                    set(
+                        &ro,
+                        "deflated",
+                        &JsValue::from_bool(r.method == Method::Deflated),
+                    )?;
+                    ro.into()
+                }
+                None => JsValue::NULL,
+            };
+            set(&o, "record", &record)?;
+            storages.push(&o);
+        }
+        set(&out, "storages", &storages)?;
+        let tensors = Array::new();
+        for (path, meta) in plan.tensors() {
+            let pair: Array = [JsValue::from_str(&path), convert.tensor(meta)?]
+                .iter()
+                .collect();
+            tensors.push(&pair);
+        }
+        set(&out, "tensors", &tensors)?;
+        Ok(out.into())
+    }
+
+    /// Inflates the deflated record of storage `index` from its `compressed` bytes, with the
+    /// native loader's checks (declared size, `max_record_bytes`) and messages.
+    pub fn inflate(&self, index: usize, compressed: Vec<u8>) -> Result<Vec<u8>, JsValue> {
+        let record = self
+            .plan
+            .as_ref()
+            .and_then(|p| p.storages.get(index))
+            .and_then(|s| s.record.as_ref())
+            .ok_or_else(|| type_error("inflate: no such record"))?;
+        let mut bytes = SparseBytes::new(self.bytes.len());
+        bytes.insert(record.data_offset, compressed);
+        record
+            .read(&bytes, self.limits.max_record_bytes)
+            .map(|b| b.into_owned())
+            .map_err(|e| js_error(e.in_file(&self.name)))
+    }
+}
+
+impl Planner {
+    /// Calls the JS `map_location` function for every storage, in order, with torch's rules
+    /// for its result; stops at the first failure, as torch does.
+    fn call_back(&self, plan: &Plan, f: &Function) -> Result<Vec<Device>, JsValue> {
+        let support = DeviceSupport::default();
+        let mut devices = Vec::with_capacity(plan.storages.len());
+        for s in &plan.storages {
+            let info = Object::new();
+            set(&info, "key", &JsValue::from_str(&s.key))?;
+            set(&info, "dtype", &JsValue::from_str(s.dtype.name()))?;
+            set(&info, "numel", &JsValue::from_f64(s.numel as f64))?;
+            let nbytes = s.numel.saturating_mul(s.dtype.element_size() as u64);
+            set(&info, "nbytes", &JsValue::from_f64(nbytes as f64))?;
+            set(&info, "location", &JsValue::from_str(&s.location))?;
+            set(&info, "device", &JsValue::from_str("cpu"))?;
+            let location = JsValue::from_str(&s.location);
+            let result = f.call2(&JsValue::NULL, &info, &location)?;
+            let device = if result.is_undefined() || result.is_null() {
+                restore_location(&s.location)
+            } else if Object::is(&result, &info) {
+                // `(storage) => storage`: the storage handed in is a CPU one (torch's too).
+                Ok(Device::Cpu)
+            } else if let Some(target) = result.as_string() {
+                restore_location(&target)
+            } else {
+                return Err(type_error(
+                    "a mapLocation function must return a device string, the storage it was given, or undefined",
+                ));
+            };
+            let device = device
+                .and_then(|d| support.check(&d))
+                .and_then(placeable)
+                .map_err(|e| js_error(e.in_file(&self.name)))?;
+            devices.push(device);
+        }
+        Ok(devices)
+    }
+}

@@ -14,8 +14,9 @@
 //! let need;
 //! while ((need = p.step(callbackOrUndefined)) !== null)   // [[offset, length], ...]
 //!   for (const [offset, length] of need) p.insert(offset, await readSlice(offset, length));
-//! const plan = p.result(makeTensor, makeStorage);          // { format, byteOrder, root, ... }
-//! // for each plan.storages[i].record: read it (a view for buffers), p.inflate(i, bytes) if deflated
+//! const storages = p.storages();                           // [{ key, dtype, device, record, ... }]
+//! const tree = p.tree(makeTensor, makeStorage);            // { format, byteOrder, root, tensors, ... }
+//! // for each storages[i].record: read it (a view for buffers), p.inflate(i, bytes) if deflated
 //! p.free();
 //! ```
 //!
@@ -212,30 +213,10 @@ impl Planner {
         }
     }
 
-    /// The plan as JS values: `{ format, byteOrder, root, constants, storages, tensors }`.
-    /// `make_tensor(meta)` makes each tensor, `make_storage(index)` each storage saved alone.
-    pub fn result(
-        &self,
-        make_tensor: &Function,
-        make_storage: &Function,
-    ) -> Result<JsValue, JsValue> {
-        let Some(plan) = &self.plan else {
-            return Err(type_error("result() before step() returned null"));
-        };
-        let mut convert = Converter::new(make_tensor, make_storage);
-        let out = Object::new();
-        set(&out, "format", &JsValue::from_str(plan.format.name()))?;
-        set(
-            &out,
-            "byteOrder",
-            &JsValue::from_str(plan.byte_order.name()),
-        )?;
-        set(&out, "root", &convert.value(&plan.root)?)?;
-        let constants = match &plan.constants {
-            Some(c) => convert.value(c)?,
-            None => JsValue::UNDEFINED,
-        };
-        set(&out, "constants", &constants)?;
+    /// The storages of the plan, in order of first reference: `{ key, dtype, itemsize, numel,
+    /// location, device, swapUnit, record: { name, dataOffset, storedLen, size, deflated } | null }`.
+    pub fn storages(&self) -> Result<Array, JsValue> {
+        let plan = self.planned()?;
         let storages = Array::new();
         for s in &plan.storages {
             let o = Object::new();
@@ -269,7 +250,32 @@ impl Planner {
             set(&o, "record", &record)?;
             storages.push(&o);
         }
-        set(&out, "storages", &storages)?;
+        Ok(storages)
+    }
+
+    /// The object tree as JS values: `{ format, byteOrder, root, constants, tensors }`, where
+    /// `tensors` is `[path, tensor][]` in file order. `make_tensor(meta)` makes each tensor
+    /// (once, however many paths reach it), `make_storage(index)` each storage saved alone.
+    pub fn tree(
+        &self,
+        make_tensor: &Function,
+        make_storage: &Function,
+    ) -> Result<JsValue, JsValue> {
+        let plan = self.planned()?;
+        let mut convert = Converter::new(make_tensor, make_storage);
+        let out = Object::new();
+        set(&out, "format", &JsValue::from_str(plan.format.name()))?;
+        set(
+            &out,
+            "byteOrder",
+            &JsValue::from_str(plan.byte_order.name()),
+        )?;
+        set(&out, "root", &convert.value(&plan.root)?)?;
+        let constants = match &plan.constants {
+            Some(c) => convert.value(c)?,
+            None => JsValue::UNDEFINED,
+        };
+        set(&out, "constants", &constants)?;
         let tensors = Array::new();
         for (path, meta) in plan.tensors() {
             let pair: Array = [JsValue::from_str(&path), convert.tensor(meta)?]
@@ -300,6 +306,12 @@ impl Planner {
 }
 
 impl Planner {
+    fn planned(&self) -> Result<&Plan, JsValue> {
+        self.plan.as_ref().ok_or_else(|| {
+            type_error("the plan is not made yet: call step() until it returns null")
+        })
+    }
+
     /// Calls the JS `map_location` function for every storage, in order, with torch's rules
     /// for its result; stops at the first failure, as torch does.
     fn call_back(&self, plan: &Plan, f: &Function) -> Result<Vec<Device>, JsValue> {

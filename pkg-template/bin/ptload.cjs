@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+// `ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] FILE`:
+// the native CLI's `inspect`, same output, through the npm package. The file is opened as a
+// Blob (fs.openAsBlob) where Node has it, so only the directory, the pickle and the tensor
+// records are read, never the whole file at once.
+"use strict";
+const fs = require("node:fs");
+const crypto = require("node:crypto");
+const { load } = require("../index.cjs");
+
+const USAGE = "usage: ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] FILE";
+
+function parse(argv) {
+  const args = { json: false, sha256: false, mapLocation: [], weightsOnly: true, file: undefined };
+  if (argv[0] !== "inspect") throw new Error(USAGE);
+  for (let i = 1; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === "--json") args.json = true;
+    else if (a === "--sha256") args.sha256 = true;
+    else if (a === "--no-weights-only") args.weightsOnly = false;
+    else if (a === "--map-location" && i + 1 < argv.length) args.mapLocation.push(argv[++i]);
+    else if (a.startsWith("--map-location=")) args.mapLocation.push(a.slice("--map-location=".length));
+    else if (a.startsWith("-") || args.file !== undefined) throw new Error(`unexpected argument '${a}'\n${USAGE}`);
+    else args.file = a;
+  }
+  if (args.file === undefined) throw new Error(USAGE);
+  return args;
+}
+
+/** The mapLocation for the repeated --map-location values (as the native CLI). */
+function mapLocation(values, file) {
+  const pairs = values.filter((v) => v.includes("="));
+  const plain = values.filter((v) => !v.includes("="));
+  if (pairs.length === 0) {
+    if (plain.length === 0) return undefined;
+    if (plain.length === 1) return plain[0];
+    throw new Error(`${file}: --map-location takes one device, or several FROM=TO mappings`);
+  }
+  if (plain.length > 0) throw new Error(`${file}: --map-location: a device and FROM=TO mappings cannot be mixed`);
+  return Object.fromEntries(pairs.map((p) => [p.slice(0, p.indexOf("=")), p.slice(p.indexOf("=") + 1)]));
+}
+
+function humanBytes(n) {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${n} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
+async function sha256(t) {
+  return crypto.createHash("sha256").update(await t.contiguousBytes()).digest("hex");
+}
+
+/** The file as a Blob (read by slices) where Node can, else read whole. */
+async function open(file) {
+  try {
+    const stat = fs.statSync(file);
+    if (!stat.isFile()) throw Object.assign(new Error("Is a directory (os error 21)"), { code: "EISDIR" });
+    return typeof fs.openAsBlob === "function" ? await fs.openAsBlob(file) : fs.readFileSync(file);
+  } catch (e) {
+    const os = { ENOENT: "No such file or directory (os error 2)", EACCES: "Permission denied (os error 13)" };
+    throw new Error(`${file}: ${os[e.code] ?? e.message}`);
+  }
+}
+
+async function main() {
+  const args = parse(process.argv.slice(2));
+  const location = mapLocation(args.mapLocation, args.file);
+  const input = await open(args.file);
+  const ckpt = await load(input, { name: args.file, weightsOnly: args.weightsOnly, mapLocation: location });
+  let out;
+  if (args.json) {
+    const tensors = [];
+    for (const [path, t] of ckpt.tensors()) {
+      // Keys in the native CLI's (sorted) order, so that both print the same bytes.
+      const entry = { device: t.device, dtype: t.dtype, path, requires_grad: t.requiresGrad };
+      if (args.sha256) entry.sha256 = t.device === "meta" ? null : await sha256(t);
+      Object.assign(entry, {
+        shape: t.shape,
+        storage: t.storage ? t.storage.key : null,
+        storage_offset: t.storageOffset,
+        stride: t.stride,
+      });
+      tensors.push(entry);
+    }
+    out = JSON.stringify({ byte_order: ckpt.byteOrder, format: ckpt.format, tensors }) + "\n";
+  } else {
+    const rows = [];
+    let elements = 0;
+    let bytes = 0;
+    for (const [path, t] of ckpt.tensors()) {
+      const n = t.numel * t.itemsize;
+      elements += t.numel;
+      bytes += n;
+      const row = [path, t.dtype, `[${t.shape.join(", ")}]`, t.device, humanBytes(n)];
+      if (args.sha256) row.push(t.device === "meta" ? "-" : await sha256(t));
+      rows.push(row);
+    }
+    const header = ["path", "dtype", "shape", "device", "bytes"];
+    if (args.sha256) header.push("sha256");
+    const widths = header.map((h) => h.length);
+    for (const row of rows) row.forEach((c, i) => (widths[i] = Math.max(widths[i], [...c].length)));
+    const line = (cells) => cells.map((c, i) => c + " ".repeat(widths[i] - [...c].length)).join("  ").trimEnd() + "\n";
+    const storageBytes = ckpt.storages.reduce((a, s) => a + s.nbytes, 0);
+    out = `${args.file}: ${ckpt.format} format, ${ckpt.byteOrder}-endian, ${rows.length} tensors in ${ckpt.storages.length} storages (${humanBytes(storageBytes)})\n\n`;
+    out += line(header);
+    for (const row of rows) out += line(row);
+    out += `\ntotal: ${rows.length} tensors, ${elements} elements, ${humanBytes(bytes)}\n`;
+  }
+  process.stdout.write(out);
+}
+
+main().catch((e) => {
+  // One line on stderr, naming the file and the problem (as the native CLI).
+  process.stderr.write(`ptload: ${String(e && e.message ? e.message : e).replace(/\n/g, " ")}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,6 @@
+// Node, `import ... from "ptload"`: the same module instance as `require("ptload")` (no dual
+// package hazard: one wasm instance, one set of classes).
+import api from "./index.cjs";
+
+export const { load, init, Checkpoint, Tensor, Storage } = api;
+export default api;

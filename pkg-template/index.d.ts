@@ -160,7 +160,7 @@ export declare class Checkpoint {
   /** Storages in order of first reference. */
   readonly storages: Storage[];
   /** Every tensor with its `.`-joined path (as state_dict keys), in file order. A tensor
-   * reachable at two paths is listed at both (the same Tensor object). */
+   * reachable at two paths is listed at both (as one Tensor object, the one in `root`). */
   tensors(): Array<[string, Tensor]>;
   /** The tensor at `path`. */
   tensor(path: string): Tensor | undefined;

@@ -10,7 +10,7 @@
 //! | `Set`, `FrozenSet` | `Set` |
 //! | `Dict` with only `str` keys | a plain object (items in file order); attributes such as an `OrderedDict`'s `_metadata` are non-enumerable properties |
 //! | other `Dict` | `Map` (attributes as non-enumerable properties) |
-//! | `Tensor` | what the JS wrapper's `tensor(meta)` factory returns (one object per tensor, shared by `root` and `tensors()`) |
+//! | `Tensor` | what the JS wrapper's `tensor(meta)` factory returns: one object per distinct tensor (equal metadata: the same tensor saved at two paths), shared by `root` and `tensors()` |
 //! | `Storage` | what the `storage(id)` factory returns |
 //! | `Object` | `{ __class__, args, state }` (plus `listItems` / `dictItems` when it acted as a list or dict); nothing is run |
 //! | `Complex` | `{ __class__: "builtins.complex", args: [re, im], state: null }` |
@@ -26,12 +26,17 @@ use crate::torch::{Dict, TensorKind, TensorMeta, Value};
 /// Largest integer a JS number holds exactly.
 const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
-/// Builds JS values for a tree, creating one JS tensor per [`TensorMeta`] (found again by
-/// address, so that `tensors()` hands out the same objects as `root`).
+/// Where a tensor's elements start: its storage and its offset in it.
+type ViewStart = (Option<usize>, u64);
+
+/// Builds JS values for a tree, creating one JS tensor per distinct [`TensorMeta`], so that
+/// `tensors()` hands out the same objects as `root`, and a tensor the pickle reached twice
+/// (memoized, hence cloned in the tree) is one JS object.
 pub(crate) struct Converter<'f> {
     make_tensor: &'f Function,
     make_storage: &'f Function,
-    tensors: HashMap<*const TensorMeta, JsValue>,
+    /// Tensors made so far, by storage and offset, then compared whole.
+    tensors: HashMap<ViewStart, Vec<(TensorMeta, JsValue)>>,
 }
 
 /// `Reflect.set` on a fresh object cannot fail; a failure would be a bug, not bad input.
@@ -181,8 +186,12 @@ impl<'f> Converter<'f> {
 
     /// The JS tensor for `meta`, made on first sight.
     pub(crate) fn tensor(&mut self, meta: &TensorMeta) -> Result<JsValue, JsValue> {
-        let address: *const TensorMeta = meta;
-        if let Some(existing) = self.tensors.get(&address) {
+        let slot: ViewStart = (meta.storage, meta.storage_offset);
+        if let Some((_, existing)) = self
+            .tensors
+            .get(&slot)
+            .and_then(|made| made.iter().find(|(m, _)| m == meta))
+        {
             return Ok(existing.clone());
         }
         let m = Object::new();
@@ -219,7 +228,10 @@ impl<'f> Converter<'f> {
             set(&m, "attributes", &self.value(a)?)?;
         }
         let tensor = self.make_tensor.call1(&JsValue::NULL, &m)?;
-        self.tensors.insert(address, tensor.clone());
+        self.tensors
+            .entry(slot)
+            .or_default()
+            .push((meta.clone(), tensor.clone()));
         Ok(tensor)
     }
 }

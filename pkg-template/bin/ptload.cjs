@@ -48,7 +48,15 @@ function humanBytes(n) {
     value /= 1024;
     unit++;
   }
-  return unit === 0 ? `${n} B` : `${value.toFixed(1)} ${units[unit]}`;
+  return unit === 0 ? `${n} B` : `${fixed1(value)} ${units[unit]}`;
+}
+
+/** One decimal, ties to even (as Rust's `{:.1}`; toFixed rounds ties up: 1.25 → "1.3"). */
+function fixed1(v) {
+  const t = v * 10;
+  const f = Math.floor(t);
+  if (t - f === 0.5) return ((f % 2 === 0 ? f : f + 1) / 10).toFixed(1);
+  return v.toFixed(1);
 }
 
 async function sha256(t) {

@@ -365,3 +365,157 @@ fn memo_bomb_is_limited() {
     // Bounded: the default budget is reached in well under a minute even in debug builds.
     assert!(start.elapsed().as_secs() < 60);
 }
+
+#[test]
+fn legacy_truncation_and_bit_flips() {
+    for rel in [
+        "legacy/views.pt",
+        "legacy/optimizer.pt",
+        "legacy/dtypes.pt",
+        "tar/checkpoint.pt",
+    ] {
+        let bytes = fixture(rel);
+        let digests = |ckpt: &ptload::Checkpoint| -> Vec<String> {
+            ckpt.tensors()
+                .map(|(p, t)| format!("{p} {}", t.sha256().unwrap()))
+                .collect()
+        };
+        let full = digests(&ptload::load_bytes(bytes.clone()).unwrap());
+        for len in (0..bytes.len()).step_by(5) {
+            let cut = bytes[..len].to_vec();
+            match catch_unwind(|| ptload::load_bytes(cut)) {
+                // A tar archive's trailing padding (after its end-of-archive blocks) carries
+                // nothing: losing it must not change what loads.
+                Ok(Ok(ckpt)) => assert_eq!(
+                    digests(&ckpt),
+                    full,
+                    "{rel} cut to {len} bytes loaded differently"
+                ),
+                Ok(Err(_)) => {}
+                Err(_) => panic!("{rel} cut to {len} bytes panicked"),
+            }
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..2000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut flipped = bytes.clone();
+            let at = (state % bytes.len() as u64) as usize;
+            flipped[at] ^= 1 << (state >> 60 & 7);
+            if let Err(p) = survives(flipped) {
+                panic!("{rel}: flipping a bit at byte {at} panicked: {p}");
+            }
+        }
+    }
+}
+
+#[test]
+fn huge_expanded_view_is_refused_not_materialized() {
+    // One float32 element viewed as 2^40 elements (stride 0): 4 TiB if materialized.
+    let n = 1i64 << 40;
+    let pickle = Pickle::new()
+        .tensor("FloatStorage", "0", 1, 0, &[n], &[0])
+        .stop();
+    let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 4])])).unwrap();
+    let (_, t) = ckpt.tensors().next().unwrap();
+    let start = std::time::Instant::now();
+    for e in [
+        t.sha256().unwrap_err(),
+        t.to_contiguous_bytes().unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::LimitExceeded {
+                    limit: "max_tensor_bytes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    assert!(start.elapsed().as_secs() < 5);
+    // Through the CLI as well: exit status 1, one line.
+    let path = std::env::temp_dir().join(format!("ptload-expand-{}.pt", std::process::id()));
+    std::fs::write(&path, ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 4])])).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptload"))
+        .args(["inspect", "--sha256", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("limit max_tensor_bytes exceeded: 4398046511104 >"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_large_stack_is_bounded() {
+    // 200 000 items on the stack, then a REDUCE whose callable is an int.
+    let mut p = Pickle::new();
+    for _ in 0..200_000 {
+        p = p.op(b"K\x01");
+    }
+    let bytes = ZipBuilder::checkpoint(&p.op(b")R").stop(), &[]);
+    let start = std::time::Instant::now();
+    let e = err(bytes);
+    assert!(
+        e.to_string().contains("a call whose callable is a int"),
+        "{e}"
+    );
+    assert!(start.elapsed().as_secs() < 10);
+}
+
+#[test]
+fn a_long_stream_of_trivial_opcodes_is_linear() {
+    use std::io::Write;
+    // 32 Mi opcodes (NONE, POP) deflated to a few KiB: finishes in seconds, or is refused.
+    let mut pickle = vec![0x80, 2];
+    pickle.extend(b"N0".repeat(16 << 20));
+    pickle.extend(b"N.");
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&pickle).unwrap();
+    let deflated = enc.finish().unwrap();
+    assert!(deflated.len() < 1 << 20);
+    let zip = ZipBuilder::new("archive")
+        .add_entry("archive/data.pkl", &deflated, 8, pickle.len() as u32)
+        .add("version", b"3\n")
+        .finish();
+    let start = std::time::Instant::now();
+    let ckpt = ptload::load_bytes(zip.clone()).unwrap();
+    assert_eq!(ckpt.root, ptload::Value::None);
+    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
+    // With a smaller pickle cap it is refused before inflating anything.
+    let e = Loader::new()
+        .limits(ptload::Limits {
+            max_pickle_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .load_bytes(zip)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("limit max_pickle_bytes exceeded"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_impossible_deflate_ratio_is_refused_before_allocating() {
+    // 100 bytes of deflate cannot hold 4 GiB.
+    let zip = ZipBuilder::new("archive")
+        .add_entry("archive/data.pkl", &[0u8; 100], 8, u32::MAX - 1)
+        .add("version", b"3\n")
+        .finish();
+    let e = Loader::new()
+        .limits(ptload::Limits::none())
+        .load_bytes(zip)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("declares 4294967294 bytes, more than 100 compressed bytes can inflate to"),
+        "{e}"
+    );
+}

@@ -519,3 +519,67 @@ fn an_impossible_deflate_ratio_is_refused_before_allocating() {
         "{e}"
     );
 }
+
+/// A legacy stream by hand: magic, protocol 1001, sys_info, `main`, the key list, records.
+fn legacy_stream(main: &[u8], keys: &[&str], records: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut out = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+    out.extend_from_slice(b"\x80\x02M\xe9\x03.");
+    out.extend_from_slice(b"\x80\x02}.");
+    out.extend_from_slice(main);
+    let mut list = Pickle::new().op(b"(");
+    for key in keys {
+        list = list.str(key);
+    }
+    out.extend(list.op(b"l").stop());
+    for (count, bytes) in records {
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+#[test]
+fn legacy_stream_rules() {
+    let main = one_tensor("FloatStorage", 2, &[2], &[1], 0);
+    let floats: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let ckpt = ptload::load_bytes(legacy_stream(&main, &["0"], &[(2, &floats)])).unwrap();
+    assert_eq!(ckpt.format, ptload::Format::Legacy);
+    assert_eq!(
+        ckpt.tensors()
+            .next()
+            .unwrap()
+            .1
+            .to_contiguous_bytes()
+            .unwrap(),
+        floats
+    );
+
+    // The key list names a storage the pickle never references.
+    let e = err(legacy_stream(&main, &["7"], &[(2, &floats)]));
+    assert!(
+        e.to_string().contains("storage 7") && e.to_string().contains("never references"),
+        "{e}"
+    );
+    // A storage the key list leaves out.
+    let e = err(legacy_stream(&main, &[], &[]));
+    assert!(
+        e.to_string().contains("storage 0 (not in the key list)"),
+        "{e}"
+    );
+    // The record's element count disagrees with the pickle.
+    let e = err(legacy_stream(&main, &["0"], &[(3, &floats)]));
+    assert!(
+        e.to_string()
+            .contains("storage has wrong byte size: expected 8 got 12"),
+        "{e}"
+    );
+    // The count is right but the bytes stop early.
+    let e = err(legacy_stream(&main, &["0"], &[(2, &floats[..5])]));
+    assert!(e.to_string().contains("truncated"), "{e}");
+    // Not 1001.
+    let mut wrong = legacy_stream(&main, &["0"], &[(2, &floats)]);
+    wrong[18] = 0xea;
+    assert!(err(wrong)
+        .to_string()
+        .contains("Invalid protocol version: 1002"));
+}

@@ -583,3 +583,37 @@ fn legacy_stream_rules() {
         .to_string()
         .contains("Invalid protocol version: 1002"));
 }
+
+#[test]
+fn repeated_dict_keys_follow_python_and_stay_linear() {
+    // {'a': 1, 'a': 2, 'b': 3} pickled by hand: the later value wins, in the first key's place.
+    let p = Pickle::new()
+        .op(b"}(")
+        .str("a")
+        .int(1)
+        .str("a")
+        .int(2)
+        .str("b")
+        .int(3)
+        .op(b"u")
+        .stop();
+    let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(&p, &[])).unwrap();
+    assert_eq!(ckpt.root.to_string(), "{\"a\": 2, \"b\": 3}");
+    // 300 000 distinct keys, then all of them again: linear, not quadratic.
+    let n = 300_000;
+    let mut p = Pickle::new().op(b"}(");
+    for round in 0..2 {
+        for i in 0..n {
+            p = p.int(i).int(round);
+        }
+    }
+    let bytes = ZipBuilder::checkpoint(&p.op(b"u").stop(), &[]);
+    let start = std::time::Instant::now();
+    let ckpt = ptload::load_bytes(bytes).unwrap();
+    let ptload::Value::Dict(d) = &ckpt.root else {
+        panic!()
+    };
+    assert_eq!(d.items.len(), n as usize);
+    assert!(d.items.iter().all(|(_, v)| *v == ptload::Value::Int(1)));
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
+}

@@ -24,6 +24,23 @@ fn survives(bytes: Vec<u8>) -> Result<(), String> {
     })
 }
 
+/// Flips `count` pseudo-random bits of `bytes` one at a time (xorshift from `seed`); every
+/// variant must load or fail without a panic.
+fn flip_bits(rel: &str, bytes: &[u8], count: usize, seed: u64) {
+    let mut state = seed;
+    for _ in 0..count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut flipped = bytes.to_vec();
+        let at = (state % bytes.len() as u64) as usize;
+        flipped[at] ^= 1 << (state >> 60 & 7);
+        if let Err(p) = survives(flipped) {
+            panic!("{rel}: flipping a bit at byte {at} panicked: {p}");
+        }
+    }
+}
+
 fn err(bytes: Vec<u8>) -> ptload::Error {
     match ptload::load_bytes(bytes) {
         Ok(_) => panic!("loaded a bad file"),
@@ -57,19 +74,7 @@ fn bit_flips_never_panic() {
         "zip/deflated.pt",
         "zip/big_endian.pt",
     ] {
-        let bytes = fixture(rel);
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..3000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let mut flipped = bytes.clone();
-            let at = (state % bytes.len() as u64) as usize;
-            flipped[at] ^= 1 << (state >> 60 & 7);
-            if let Err(p) = survives(flipped) {
-                panic!("{rel}: flipping a bit at byte {at} panicked: {p}");
-            }
-        }
+        flip_bits(rel, &fixture(rel), 3000, 0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -395,18 +400,7 @@ fn legacy_truncation_and_bit_flips() {
                 Err(_) => panic!("{rel} cut to {len} bytes panicked"),
             }
         }
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..2000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let mut flipped = bytes.clone();
-            let at = (state % bytes.len() as u64) as usize;
-            flipped[at] ^= 1 << (state >> 60 & 7);
-            if let Err(p) = survives(flipped) {
-                panic!("{rel}: flipping a bit at byte {at} panicked: {p}");
-            }
-        }
+        flip_bits(rel, &bytes, 2000, 0x2545_f491_4f6c_dd1d);
     }
 }
 
@@ -471,14 +465,11 @@ fn a_large_stack_is_bounded() {
 
 #[test]
 fn a_long_stream_of_trivial_opcodes_is_linear() {
-    use std::io::Write;
     // 32 Mi opcodes (NONE, POP) deflated to a few KiB: finishes in seconds, or is refused.
     let mut pickle = vec![0x80, 2];
     pickle.extend(b"N0".repeat(16 << 20));
     pickle.extend(b"N.");
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-    enc.write_all(&pickle).unwrap();
-    let deflated = enc.finish().unwrap();
+    let deflated = common::deflate(&pickle);
     assert!(deflated.len() < 1 << 20);
     let zip = ZipBuilder::new("archive")
         .add_entry("archive/data.pkl", &deflated, 8, pickle.len() as u32)

@@ -551,17 +551,11 @@ impl<'a> Interpreter<'a> {
         };
         let quantizer = (name == "_rebuild_qtensor").then(|| Box::new(args[4].clone()));
         let meta = TensorMeta {
-            storage: Some(view.id),
-            dtype,
-            shape,
-            stride,
-            storage_offset: offset,
             requires_grad,
             conj: flag("conj"),
             neg: flag("neg"),
-            kind: TensorKind::Tensor,
             quantizer,
-            attributes: None,
+            ..TensorMeta::view(Some(view.id), dtype, shape, stride, offset)
         };
         self.check_bounds(&meta, view.id)?;
         Ok(Value::Tensor(Box::new(meta)))
@@ -645,17 +639,8 @@ impl<'a> Interpreter<'a> {
             return Err(self.tensor_error("size and stride differ in length"));
         }
         Ok(Value::Tensor(Box::new(TensorMeta {
-            storage: None,
-            dtype,
-            shape,
-            stride,
-            storage_offset: 0,
             requires_grad: matches!(requires_grad, Value::Bool(true)),
-            conj: false,
-            neg: false,
-            kind: TensorKind::Tensor,
-            quantizer: None,
-            attributes: None,
+            ..TensorMeta::view(None, dtype, shape, stride, 0)
         })))
     }
 }

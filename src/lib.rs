@@ -21,7 +21,23 @@
 //! ## Supported containers
 //!
 //! - the zip format of `torch.save` (torch ≥ 1.6), stored or deflated records, zip64, any
-//!   folder name, either byte order.
+//!   folder name, either byte order;
+//! - the legacy pickle stream (torch < 1.6), including protocol-0 files torch cannot read back;
+//! - the tar format of torch ≤ 0.1;
+//! - TorchScript archives (`torch.jit.save`), as an inert module tree.
+//!
+//! ## Safety limits
+//!
+//! [`Limits`] bounds the pickle size, inflated record sizes (and deflate's 1032:1 ratio), memo
+//! entries, nesting depth, the number of values built (a memo bomb stops there), storages,
+//! tensor rank and the bytes one tensor may materialize. Each has a test with a hostile file.
+//!
+//! ## What is refused
+//!
+//! - under weights-only (the default): any global outside torch's allowlist, with torch's
+//!   message (`posix.system`, `argparse.Namespace`, `__main__.Net`, …);
+//! - sparse, nested and wrapper-subclass tensors (named in the error), out-of-band buffers,
+//!   the copyreg extension registry.
 //!
 //! ## Safety
 //!

@@ -24,6 +24,23 @@ fn survives(bytes: Vec<u8>) -> Result<(), String> {
     })
 }
 
+/// Flips `count` pseudo-random bits of `bytes` one at a time (xorshift from `seed`); every
+/// variant must load or fail without a panic.
+fn flip_bits(rel: &str, bytes: &[u8], count: usize, seed: u64) {
+    let mut state = seed;
+    for _ in 0..count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut flipped = bytes.to_vec();
+        let at = (state % bytes.len() as u64) as usize;
+        flipped[at] ^= 1 << (state >> 60 & 7);
+        if let Err(p) = survives(flipped) {
+            panic!("{rel}: flipping a bit at byte {at} panicked: {p}");
+        }
+    }
+}
+
 fn err(bytes: Vec<u8>) -> ptload::Error {
     match ptload::load_bytes(bytes) {
         Ok(_) => panic!("loaded a bad file"),
@@ -57,19 +74,7 @@ fn bit_flips_never_panic() {
         "zip/deflated.pt",
         "zip/big_endian.pt",
     ] {
-        let bytes = fixture(rel);
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..3000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let mut flipped = bytes.clone();
-            let at = (state % bytes.len() as u64) as usize;
-            flipped[at] ^= 1 << (state >> 60 & 7);
-            if let Err(p) = survives(flipped) {
-                panic!("{rel}: flipping a bit at byte {at} panicked: {p}");
-            }
-        }
+        flip_bits(rel, &fixture(rel), 3000, 0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -364,4 +369,242 @@ fn memo_bomb_is_limited() {
     assert!(e.to_string().contains("limit max_values exceeded"), "{e}");
     // Bounded: the default budget is reached in well under a minute even in debug builds.
     assert!(start.elapsed().as_secs() < 60);
+}
+
+#[test]
+fn legacy_truncation_and_bit_flips() {
+    for rel in [
+        "legacy/views.pt",
+        "legacy/optimizer.pt",
+        "legacy/dtypes.pt",
+        "tar/checkpoint.pt",
+    ] {
+        let bytes = fixture(rel);
+        let digests = |ckpt: &ptload::Checkpoint| -> Vec<String> {
+            ckpt.tensors()
+                .map(|(p, t)| format!("{p} {}", t.sha256().unwrap()))
+                .collect()
+        };
+        let full = digests(&ptload::load_bytes(bytes.clone()).unwrap());
+        for len in (0..bytes.len()).step_by(5) {
+            let cut = bytes[..len].to_vec();
+            match catch_unwind(|| ptload::load_bytes(cut)) {
+                // A tar archive's trailing padding (after its end-of-archive blocks) carries
+                // nothing: losing it must not change what loads.
+                Ok(Ok(ckpt)) => assert_eq!(
+                    digests(&ckpt),
+                    full,
+                    "{rel} cut to {len} bytes loaded differently"
+                ),
+                Ok(Err(_)) => {}
+                Err(_) => panic!("{rel} cut to {len} bytes panicked"),
+            }
+        }
+        flip_bits(rel, &bytes, 2000, 0x2545_f491_4f6c_dd1d);
+    }
+}
+
+#[test]
+fn huge_expanded_view_is_refused_not_materialized() {
+    // One float32 element viewed as 2^40 elements (stride 0): 4 TiB if materialized.
+    let n = 1i64 << 40;
+    let pickle = Pickle::new()
+        .tensor("FloatStorage", "0", 1, 0, &[n], &[0])
+        .stop();
+    let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 4])])).unwrap();
+    let (_, t) = ckpt.tensors().next().unwrap();
+    let start = std::time::Instant::now();
+    for e in [
+        t.sha256().unwrap_err(),
+        t.to_contiguous_bytes().unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::LimitExceeded {
+                    limit: "max_tensor_bytes",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+    assert!(start.elapsed().as_secs() < 5);
+    // Through the CLI as well: exit status 1, one line.
+    let path = std::env::temp_dir().join(format!("ptload-expand-{}.pt", std::process::id()));
+    std::fs::write(&path, ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 4])])).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ptload"))
+        .args(["inspect", "--sha256", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).ok();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("limit max_tensor_bytes exceeded: 4398046511104 >"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_large_stack_is_bounded() {
+    // 200 000 items on the stack, then a REDUCE whose callable is an int.
+    let mut p = Pickle::new();
+    for _ in 0..200_000 {
+        p = p.op(b"K\x01");
+    }
+    let bytes = ZipBuilder::checkpoint(&p.op(b")R").stop(), &[]);
+    let start = std::time::Instant::now();
+    let e = err(bytes);
+    assert!(
+        e.to_string().contains("a call whose callable is a int"),
+        "{e}"
+    );
+    assert!(start.elapsed().as_secs() < 10);
+}
+
+#[test]
+fn a_long_stream_of_trivial_opcodes_is_linear() {
+    // 32 Mi opcodes (NONE, POP) deflated to a few KiB: finishes in seconds, or is refused.
+    let mut pickle = vec![0x80, 2];
+    pickle.extend(b"N0".repeat(16 << 20));
+    pickle.extend(b"N.");
+    let deflated = common::deflate(&pickle);
+    assert!(deflated.len() < 1 << 20);
+    let zip = ZipBuilder::new("archive")
+        .add_entry("archive/data.pkl", &deflated, 8, pickle.len() as u32)
+        .add("version", b"3\n")
+        .finish();
+    let start = std::time::Instant::now();
+    let ckpt = ptload::load_bytes(zip.clone()).unwrap();
+    assert_eq!(ckpt.root, ptload::Value::None);
+    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
+    // With a smaller pickle cap it is refused before inflating anything.
+    let e = Loader::new()
+        .limits(ptload::Limits {
+            max_pickle_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .load_bytes(zip)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("limit max_pickle_bytes exceeded"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_impossible_deflate_ratio_is_refused_before_allocating() {
+    // 100 bytes of deflate cannot hold 4 GiB.
+    let zip = ZipBuilder::new("archive")
+        .add_entry("archive/data.pkl", &[0u8; 100], 8, u32::MAX - 1)
+        .add("version", b"3\n")
+        .finish();
+    let e = Loader::new()
+        .limits(ptload::Limits::none())
+        .load_bytes(zip)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("declares 4294967294 bytes, more than 100 compressed bytes can inflate to"),
+        "{e}"
+    );
+}
+
+/// A legacy stream by hand: magic, protocol 1001, sys_info, `main`, the key list, records.
+fn legacy_stream(main: &[u8], keys: &[&str], records: &[(u64, &[u8])]) -> Vec<u8> {
+    let mut out = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+    out.extend_from_slice(b"\x80\x02M\xe9\x03.");
+    out.extend_from_slice(b"\x80\x02}.");
+    out.extend_from_slice(main);
+    let mut list = Pickle::new().op(b"(");
+    for key in keys {
+        list = list.str(key);
+    }
+    out.extend(list.op(b"l").stop());
+    for (count, bytes) in records {
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+#[test]
+fn legacy_stream_rules() {
+    let main = one_tensor("FloatStorage", 2, &[2], &[1], 0);
+    let floats: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+    let ckpt = ptload::load_bytes(legacy_stream(&main, &["0"], &[(2, &floats)])).unwrap();
+    assert_eq!(ckpt.format, ptload::Format::Legacy);
+    assert_eq!(
+        ckpt.tensors()
+            .next()
+            .unwrap()
+            .1
+            .to_contiguous_bytes()
+            .unwrap(),
+        floats
+    );
+
+    // The key list names a storage the pickle never references.
+    let e = err(legacy_stream(&main, &["7"], &[(2, &floats)]));
+    assert!(
+        e.to_string().contains("storage 7") && e.to_string().contains("never references"),
+        "{e}"
+    );
+    // A storage the key list leaves out.
+    let e = err(legacy_stream(&main, &[], &[]));
+    assert!(
+        e.to_string().contains("storage 0 (not in the key list)"),
+        "{e}"
+    );
+    // The record's element count disagrees with the pickle.
+    let e = err(legacy_stream(&main, &["0"], &[(3, &floats)]));
+    assert!(
+        e.to_string()
+            .contains("storage has wrong byte size: expected 8 got 12"),
+        "{e}"
+    );
+    // The count is right but the bytes stop early.
+    let e = err(legacy_stream(&main, &["0"], &[(2, &floats[..5])]));
+    assert!(e.to_string().contains("truncated"), "{e}");
+    // Not 1001.
+    let mut wrong = legacy_stream(&main, &["0"], &[(2, &floats)]);
+    wrong[18] = 0xea;
+    assert!(err(wrong)
+        .to_string()
+        .contains("Invalid protocol version: 1002"));
+}
+
+#[test]
+fn repeated_dict_keys_follow_python_and_stay_linear() {
+    // {'a': 1, 'a': 2, 'b': 3} pickled by hand: the later value wins, in the first key's place.
+    let p = Pickle::new()
+        .op(b"}(")
+        .str("a")
+        .int(1)
+        .str("a")
+        .int(2)
+        .str("b")
+        .int(3)
+        .op(b"u")
+        .stop();
+    let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(&p, &[])).unwrap();
+    assert_eq!(ckpt.root.to_string(), "{\"a\": 2, \"b\": 3}");
+    // 300 000 distinct keys, then all of them again: linear, not quadratic.
+    let n = 300_000;
+    let mut p = Pickle::new().op(b"}(");
+    for round in 0..2 {
+        for i in 0..n {
+            p = p.int(i).int(round);
+        }
+    }
+    let bytes = ZipBuilder::checkpoint(&p.op(b"u").stop(), &[]);
+    let start = std::time::Instant::now();
+    let ckpt = ptload::load_bytes(bytes).unwrap();
+    let ptload::Value::Dict(d) = &ckpt.root else {
+        panic!()
+    };
+    assert_eq!(d.items.len(), n as usize);
+    assert!(d.items.iter().all(|(_, v)| *v == ptload::Value::Int(1)));
+    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
 }

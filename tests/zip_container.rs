@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::io::Write;
-
-use common::{Pickle, ZipBuilder};
+use common::{deflate, Pickle, ZipBuilder};
 
 fn tensor_pickle() -> Vec<u8> {
     Pickle::new()
@@ -144,12 +142,6 @@ fn every_entry_must_share_the_first_entry_folder() {
         .add_entry("data.pkl", b"N.", 0, 2)
         .finish();
     assert!(err(zip).contains("file in archive is not in a subdirectory: data.pkl"));
-}
-
-fn deflate(data: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(data).unwrap();
-    enc.finish().unwrap()
 }
 
 #[test]

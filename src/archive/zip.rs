@@ -22,6 +22,10 @@ use super::{ByteOrder, Record};
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::ByteSource;
 
+/// The most a deflate stream can expand its input (RFC 1951: a 258-byte match costs at least
+/// 2 bits).
+const MAX_DEFLATE_RATIO: u64 = 1032;
+
 /// Compression methods torch's reader accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -252,6 +256,18 @@ impl Record {
             Method::Deflated => {
                 if self.size > max_bytes {
                     return Err(Error::limit("max_record_bytes", self.size, max_bytes));
+                }
+                // Deflate cannot expand data more than 1032:1; a larger claim is corrupt, and
+                // refusing it here keeps a bomb from reserving anything.
+                let most = self
+                    .stored_len
+                    .saturating_mul(MAX_DEFLATE_RATIO)
+                    .saturating_add(64);
+                if self.size > most {
+                    return Err(self.error(format!(
+                        "declares {} bytes, more than {} compressed bytes can inflate to",
+                        self.size, self.stored_len
+                    )));
                 }
                 let mut out = Vec::with_capacity(self.size.min(1 << 26) as usize);
                 let mut decoder = flate2::read::DeflateDecoder::new(raw).take(self.size + 1);

@@ -267,28 +267,11 @@ impl<'a, H: Hooks> Machine<'a, H> {
         Ok(())
     }
 
-    /// Inserts into a dict node; a repeated simple key (str or int) replaces its value in place,
-    /// as Python's dict does. Other keys are appended (compared by identity only).
+    /// Appends to a dict node. Repeated keys are kept here and merged when the tree is built
+    /// (later layers know key equality; doing it here would cost a scan per insert).
     fn dict_insert(&mut self, dict: NodeId, key: NodeId, value: NodeId) {
-        let simple = matches!(self.arena.get(key), Node::Str(_) | Node::Int(_));
-        let existing = if simple {
-            let key_node = self.arena.get(key).clone();
-            match self.arena.get(dict) {
-                Node::Dict(items) if items.len() <= 4096 => items
-                    .iter()
-                    .position(|&(k, _)| k == key || *self.arena.get(k) == key_node),
-                // Large dicts: only identical ids are merged, to stay linear.
-                Node::Dict(items) => items.iter().rposition(|&(k, _)| k == key),
-                _ => None,
-            }
-        } else {
-            None
-        };
         if let Node::Dict(items) = self.arena.get_mut(dict) {
-            match existing {
-                Some(i) => items[i].1 = value,
-                None => items.push((key, value)),
-            }
+            items.push((key, value));
         }
     }
 

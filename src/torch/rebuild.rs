@@ -18,6 +18,8 @@
 //! Offsets, sizes and strides are in elements of the tensor's dtype; every view is checked to lie
 //! within its storage, with checked arithmetic, before it is accepted.
 
+use std::collections::HashMap;
+
 use super::storage::StorageRef;
 use super::value::{Dict, Object, StorageId, TensorKind, TensorMeta, Value};
 use super::Dtype;
@@ -26,6 +28,28 @@ use crate::pickle::value::bigint_to_decimal;
 use crate::pickle::{Arena, Call, Node, NodeId};
 
 use super::storage::{External, StorageView};
+
+/// A dict key as Python compares it, for the keys checkpoints use.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum KeyRepr {
+    Int(i64),
+    BigInt(String),
+    Str(String),
+    Bytes(Vec<u8>),
+}
+
+impl KeyRepr {
+    fn of(key: &Value) -> Option<KeyRepr> {
+        Some(match key {
+            Value::Int(i) => KeyRepr::Int(*i),
+            Value::Bool(b) => KeyRepr::Int(*b as i64),
+            Value::BigInt(s) => KeyRepr::BigInt(s.clone()),
+            Value::Str(s) => KeyRepr::Str(s.clone()),
+            Value::Bytes(b) => KeyRepr::Bytes(b.clone()),
+            _ => return None,
+        })
+    }
+}
 
 /// Bounds on the tree built from a pickle.
 #[derive(Clone, Copy, Debug)]
@@ -148,14 +172,27 @@ impl<'a> Interpreter<'a> {
         Ok(out)
     }
 
+    /// A dict's items, with Python's rule for a repeated key: the value is replaced in place,
+    /// the first key kept. Keys compare by value for str, int (bool as 0/1) and bytes; other
+    /// keys are kept apart. Linear: one hash lookup per item.
     fn pairs(&mut self, items: &[(NodeId, NodeId)], depth: usize) -> Result<Vec<(Value, Value)>> {
-        let mut out = Vec::with_capacity(items.len());
+        let mut out: Vec<(Value, Value)> = Vec::with_capacity(items.len());
+        let mut index: HashMap<KeyRepr, usize> = HashMap::new();
         for &(k, v) in items {
             let key = self.value(k, depth + 1)?;
             self.path.push(super::value::key_segment(&key));
             let value = self.value(v, depth + 1)?;
             self.path.pop();
-            out.push((key, value));
+            match KeyRepr::of(&key) {
+                Some(repr) => match index.get(&repr) {
+                    Some(&i) => out[i].1 = value,
+                    None => {
+                        index.insert(repr, out.len());
+                        out.push((key, value));
+                    }
+                },
+                None => out.push((key, value)),
+            }
         }
         Ok(out)
     }
@@ -514,17 +551,11 @@ impl<'a> Interpreter<'a> {
         };
         let quantizer = (name == "_rebuild_qtensor").then(|| Box::new(args[4].clone()));
         let meta = TensorMeta {
-            storage: Some(view.id),
-            dtype,
-            shape,
-            stride,
-            storage_offset: offset,
             requires_grad,
             conj: flag("conj"),
             neg: flag("neg"),
-            kind: TensorKind::Tensor,
             quantizer,
-            attributes: None,
+            ..TensorMeta::view(Some(view.id), dtype, shape, stride, offset)
         };
         self.check_bounds(&meta, view.id)?;
         Ok(Value::Tensor(Box::new(meta)))
@@ -608,17 +639,8 @@ impl<'a> Interpreter<'a> {
             return Err(self.tensor_error("size and stride differ in length"));
         }
         Ok(Value::Tensor(Box::new(TensorMeta {
-            storage: None,
-            dtype,
-            shape,
-            stride,
-            storage_offset: 0,
             requires_grad: matches!(requires_grad, Value::Bool(true)),
-            conj: false,
-            neg: false,
-            kind: TensorKind::Tensor,
-            quantizer: None,
-            attributes: None,
+            ..TensorMeta::view(None, dtype, shape, stride, 0)
         })))
     }
 }

@@ -98,6 +98,16 @@ impl StorageTable {
                 return Ok(self.external(arena, found));
             }
         }
+        // Protocol 0 can only write text persistent ids, so torch.save(..., pickle_protocol=0)
+        // writes the tuple's repr, which torch itself cannot load back. Read it.
+        let pid = match arena.get(pid) {
+            Node::Str(text) if text.starts_with("('storage',") => {
+                let text = text.clone();
+                parse_pid_repr(arena, &text)
+                    .ok_or_else(|| format!("unreadable text persistent id {text:?}"))?
+            }
+            _ => pid,
+        };
         let Some(fields) = arena.tuple(pid) else {
             return Err(format!(
                 "persistent id must be a tuple, not a {}",
@@ -210,5 +220,67 @@ impl StorageTable {
             location,
         });
         Ok(self.storages.len() - 1)
+    }
+}
+
+/// Parses the repr of a storage persistent id, as protocol 0 writes it:
+/// `('storage', <class 'torch.FloatStorage'>, '140000000000000', 'cpu', 2, None)`.
+/// Returns a tuple node of the same fields (the class as a global; nothing is imported).
+fn parse_pid_repr(arena: &mut Arena, text: &str) -> Option<NodeId> {
+    let inner = text.strip_prefix('(')?.strip_suffix(')')?;
+    let mut fields = Vec::new();
+    let mut rest = inner.trim_start();
+    while !rest.is_empty() {
+        let (node, after) = if let Some(r) = rest.strip_prefix("<class '") {
+            let end = r.find("'>")?;
+            let (module, name) = r[..end].rsplit_once('.')?;
+            (
+                Node::Global {
+                    module: module.to_owned(),
+                    name: name.to_owned(),
+                },
+                &r[end + 2..],
+            )
+        } else if let Some(r) = rest.strip_prefix('\'') {
+            let end = r.find('\'')?;
+            (Node::Str(r[..end].to_owned()), &r[end + 1..])
+        } else if let Some(r) = rest.strip_prefix("None") {
+            (Node::None, r)
+        } else {
+            let end = rest.find(',').unwrap_or(rest.len());
+            (Node::Int(rest[..end].trim().parse().ok()?), &rest[end..])
+        };
+        fields.push(arena.push(node));
+        rest = after.trim_start();
+        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
+    }
+    Some(arena.push(Node::Tuple(fields)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_reprs() {
+        let mut arena = Arena::new();
+        let id = parse_pid_repr(
+            &mut arena,
+            "('storage', <class 'torch.FloatStorage'>, '14', 'cpu', 2, None)",
+        )
+        .unwrap();
+        let fields = arena.tuple(id).unwrap().to_vec();
+        assert_eq!(arena.global(fields[1]), Some(("torch", "FloatStorage")));
+        assert_eq!(arena.str(fields[2]), Some("14"));
+        assert_eq!(arena.int(fields[4]), Some(2));
+        for bad in [
+            "('storage', <class 'x",
+            "('storage', 'a",
+            "('storage', 1x)",
+            "(",
+            "('storage', <class 'nodot'>)",
+        ] {
+            assert!(parse_pid_repr(&mut arena, bad).is_none(), "{bad}");
+        }
     }
 }

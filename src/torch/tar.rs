@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use super::rebuild::view_bounds_error;
 use super::storage::{External, StorageRef, StorageTable, StorageView};
-use super::value::{TensorKind, TensorMeta};
+use super::value::TensorMeta;
 use super::{run_pickle, Dtype, Parsed, PickleOptions};
 use crate::archive::{Method, Record};
 use crate::error::{Error, ErrorKind, Result};
@@ -264,19 +264,7 @@ pub fn parse(
         let offset = u64::try_from(offset)
             .map_err(|_| m.error(format!("tensor {key} has a negative offset")))?;
         let stride = dims.split_off(ndim as usize);
-        let meta = TensorMeta {
-            storage: Some(view.id),
-            dtype: view.dtype,
-            shape: dims,
-            stride,
-            storage_offset: offset,
-            requires_grad: false,
-            conj: false,
-            neg: false,
-            kind: TensorKind::Tensor,
-            quantizer: None,
-            attributes: None,
-        };
+        let meta = TensorMeta::view(Some(view.id), view.dtype, dims, stride, offset);
         let storage_bytes = table.storages[view.id].nbytes().unwrap_or(u64::MAX);
         if let Some(message) = view_bounds_error(&meta, storage_bytes) {
             return Err(Error::invalid_tensor(format!(

@@ -50,6 +50,29 @@ pub struct TensorMeta {
 }
 
 impl TensorMeta {
+    /// A plain tensor view (no grad, no conj/neg bits, no quantizer or attributes).
+    pub fn view(
+        storage: Option<StorageId>,
+        dtype: Dtype,
+        shape: Vec<u64>,
+        stride: Vec<u64>,
+        storage_offset: u64,
+    ) -> Self {
+        TensorMeta {
+            storage,
+            dtype,
+            shape,
+            stride,
+            storage_offset,
+            requires_grad: false,
+            conj: false,
+            neg: false,
+            kind: TensorKind::Tensor,
+            quantizer: None,
+            attributes: None,
+        }
+    }
+
     /// Number of elements (the product of the shape; 1 for a scalar).
     pub fn numel(&self) -> u64 {
         self.shape.iter().product()
@@ -347,19 +370,7 @@ mod tests {
     use super::*;
 
     fn meta(shape: &[u64], stride: &[u64]) -> TensorMeta {
-        TensorMeta {
-            storage: Some(0),
-            dtype: Dtype::Float32,
-            shape: shape.to_vec(),
-            stride: stride.to_vec(),
-            storage_offset: 0,
-            requires_grad: false,
-            conj: false,
-            neg: false,
-            kind: TensorKind::Tensor,
-            quantizer: None,
-            attributes: None,
-        }
+        TensorMeta::view(Some(0), Dtype::Float32, shape.to_vec(), stride.to_vec(), 0)
     }
 
     #[test]

@@ -264,6 +264,14 @@ impl Pickle {
     }
 }
 
+/// Raw deflate of `data` (zip method 8).
+pub fn deflate(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
 /// Reads a fixture file under `tests/fixtures/`.
 pub fn fixture(rel: &str) -> Vec<u8> {
     let path = root().join("tests/fixtures").join(rel);

@@ -82,3 +82,26 @@ test("a __proto__ key is an own property, not the prototype", async () => {
   assert.deepEqual(Object.keys(ckpt.root), ["__proto__"]);
   assert.equal(Object.getOwnPropertyDescriptor(ckpt.root, "__proto__").value, 1);
 });
+
+test("nesting up to the depth limit fits the wasm stack; deeper is refused with the limit", async () => {
+  const { zipCheckpoint } = await import("./helpers.mjs");
+  const nested = (depth) => {
+    // MARK × depth, EMPTY_LIST, LIST × depth: a list nested `depth` deep (protocol 2).
+    const body = "(".repeat(depth) + "]" + "l".repeat(depth);
+    return Uint8Array.from(Buffer.concat([Buffer.from([0x80, 2]), Buffer.from(body, "latin1"), Buffer.from(".")]));
+  };
+  const dicts = (depth) => {
+    // MARK, BINUNICODE "k" × depth, EMPTY_DICT, DICT × depth: {"k": {"k": ... {}}}.
+    const level = Buffer.from([0x28, 0x58, 1, 0, 0, 0, 0x6b]);
+    return Uint8Array.from(Buffer.concat([Buffer.from([0x80, 2]), ...new Array(depth).fill(level), Buffer.from("}" + "d".repeat(depth) + ".", "latin1")]));
+  };
+  let v = (await ptload.load(zipCheckpoint(nested(990), []))).root;
+  let n = 0;
+  while (Array.isArray(v) && v.length) [v, n] = [v[0], n + 1];
+  assert.equal(n, 990);
+  v = (await ptload.load(zipCheckpoint(dicts(990), []))).root;
+  n = 0;
+  while (v && v.k) [v, n] = [v.k, n + 1];
+  assert.equal(n, 990);
+  await assert.rejects(ptload.load(zipCheckpoint(nested(5000), [])), /limit max_depth exceeded/);
+});

@@ -24,7 +24,6 @@ const cases = {
   "malicious.pt": zipCheckpoint(malicious, []),
   "bad_size.pt": zipCheckpoint(new Pickle().tensor("FloatStorage", "0", 4, 0, [4], [1]).stop(), [["0", new Uint8Array(12)]]),
   "full_module.pt": fixture("modules/full_module.pt"),
-  "nested_protocol0.pt": fixture("legacy/nested_protocol0.pt"),
   "latin1.pt": fixture("py2/latin1.pt"),
 };
 

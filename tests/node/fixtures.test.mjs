@@ -45,6 +45,14 @@ test("TorchScript constants are listed after the module", async () => {
   assert.equal(expected.constants.length, 1);
 });
 
+test("a protocol-0 legacy file (torch cannot load it) loads like its protocol-2 twin", async () => {
+  const expected = fixtureJson("expected_formats.json");
+  assert.ok(expected.unloadable["legacy/nested_protocol0.pt"]);
+  const ckpt = await ptload.load(readFileSync(join(ROOT, "tests/fixtures/legacy/nested_protocol0.pt")));
+  const problems = await compare(ckpt, expected.files["legacy/nested.pt"], "nested_protocol0.pt");
+  assert.deepEqual(problems, [], problems.join("\n"));
+});
+
 test("third-party checkpoints match torch (when cached)", async (t) => {
   const cache = process.env.PTLOAD_CACHE ?? join(ROOT, ".cache", "third-party");
   const table = fixtureJson("third_party.json").third_party;

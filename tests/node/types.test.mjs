@@ -52,7 +52,7 @@ void main;
 `;
 
 test("the declarations type-check a strict program (import and require)", (t) => {
-  if (!existsSync(TSC)) return t.skip(`TypeScript is not installed in ${TSC}`);
+  assert.ok(existsSync(TSC), `TypeScript is not installed in ${TSC}: scripts/test installs it`);
   const dir = mkdtempSync(join(tmpdir(), "ptload-ts-"));
   try {
     mkdirSync(join(dir, "node_modules"));

@@ -284,18 +284,7 @@ impl Loader {
             } else {
                 "constants"
             };
-            let record = dir.require(&format!("{folder}/{}", storage.key))?;
-            let nbytes = storage.nbytes().unwrap_or(u64::MAX);
-            if record.size != nbytes {
-                return Err(Error::new(ErrorKind::StorageSize {
-                    record: record.name.clone(),
-                    offset: record.data_offset,
-                    numel: storage.numel,
-                    dtype: storage.dtype,
-                    actual: record.size,
-                }));
-            }
-            Ok(record.clone())
+            Ok(dir.require(&format!("{folder}/{}", storage.key))?.clone())
         })
     }
 
@@ -387,7 +376,20 @@ impl Loader {
         for (id, (storage, device)) in parsed.storages.into_iter().zip(devices).enumerate() {
             let record = match device {
                 Device::Meta => None,
-                _ => Some(record_of(id, &storage)?),
+                _ => {
+                    let record = record_of(id, &storage)?;
+                    // Every view was checked against the declared size; the bytes must match it.
+                    if Some(record.size) != storage.nbytes() {
+                        return Err(Error::new(ErrorKind::StorageSize {
+                            record: record.name.clone(),
+                            offset: record.data_offset,
+                            numel: storage.numel,
+                            dtype: storage.dtype,
+                            actual: record.size,
+                        }));
+                    }
+                    Some(record)
+                }
             };
             storages.push(PlannedStorage {
                 key: storage.key,
@@ -794,7 +796,16 @@ impl<'c> Tensor<'c> {
         let mut offset = self.meta.storage_offset;
         loop {
             let start = offset as usize * size;
-            f(&bytes[start..start + run_bytes]);
+            // Views are checked against their storage when parsed and storages against their
+            // records when planned, so this never fails; it is still checked, not assumed.
+            let run_bytes = bytes.get(start..start + run_bytes).ok_or_else(|| {
+                Error::invalid_tensor(format!(
+                    "a view reaches byte {} of a {}-byte storage",
+                    start + run_bytes,
+                    bytes.len()
+                ))
+            })?;
+            f(run_bytes);
             // Advance the outer index like an odometer.
             let mut d = outer;
             loop {

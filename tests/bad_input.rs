@@ -608,3 +608,45 @@ fn repeated_dict_keys_follow_python_and_stay_linear() {
     assert!(d.items.iter().all(|(_, v)| *v == ptload::Value::Int(1)));
     assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
 }
+
+/// Inputs the fuzzers found (`fuzz/`, `scripts/fuzz`), each once a panic, now an error.
+#[test]
+fn fuzz_regressions() {
+    let dir = root().join("tests/fixtures/regressions");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        for weights_only in [true, false] {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                let loaded = Loader::new()
+                    .weights_only(weights_only)
+                    .load_bytes(bytes.clone());
+                loaded.map(|ckpt| ckpt.tensors().map(|(_, t)| t.sha256().is_ok()).count())
+            }));
+            match outcome {
+                Ok(Err(e)) => assert!(!e.to_string().is_empty()),
+                Ok(Ok(_)) => panic!("{} loaded", path.display()),
+                Err(_) => panic!("{} panicked", path.display()),
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 2);
+}
+
+#[test]
+fn legacy_storage_named_twice_with_different_sizes() {
+    // Found by the legacy_stream fuzzer: one key referenced as 24 int64 and as 2 int64; the key
+    // list sizes the record by the latter, so the first view would reach past the bytes.
+    let e = Loader::new()
+        .weights_only(false)
+        .load(
+            root().join("tests/fixtures/regressions/legacy_stream-record-shorter-than-storage.pt"),
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("record size (16 bytes) does not match expected size (192 bytes = 24 elements * 8 bytes/element) for dtype Long"),
+        "{e}"
+    );
+}

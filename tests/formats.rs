@@ -80,12 +80,7 @@ fn every_format_fixture_matches_torch() {
             Err(e) => problems.push(format!("{rel}: {e}")),
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    common::assert_no_problems(&problems);
 }
 
 #[test]

@@ -127,12 +127,7 @@ fn every_case_matches_torch() {
             (Err(e), true) => problems.push(format!("{what}: failed ({e}), torch loaded it")),
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    common::assert_no_problems(&problems);
 }
 
 #[test]

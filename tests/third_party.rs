@@ -69,11 +69,6 @@ fn third_party_checkpoints_match_torch() {
             Err(e) => problems.push(format!("{rel}: {e}")),
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    common::assert_no_problems(&problems);
     assert_eq!(checked, files.len());
 }

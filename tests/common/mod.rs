@@ -102,6 +102,16 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
     problems
 }
 
+/// Fails with every problem listed, one per line.
+pub fn assert_no_problems(problems: &[String]) {
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
 /// Builds a zip archive the way torch does (stored entries, one folder), for hand-made files.
 pub struct ZipBuilder {
     bytes: Vec<u8>,

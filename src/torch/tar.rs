@@ -27,6 +27,33 @@ struct Member<'a> {
 }
 
 impl<'a> Member<'a> {
+    fn new(
+        data: &'a [u8],
+        range: Range<usize>,
+        name: &'static str,
+        options: &'a PickleOptions,
+    ) -> Self {
+        Member {
+            base: range.start,
+            data: &data[range],
+            pos: 0,
+            name,
+            options,
+        }
+    }
+
+    /// The next pickle, which must be a 3-tuple (the header of each storage or tensor entry).
+    fn triple(&mut self, what: &str) -> Result<(Arena, Vec<NodeId>)> {
+        let (arena, root) = self.pickle()?;
+        match arena.tuple(root) {
+            Some(fields) if fields.len() == 3 => {
+                let fields = fields.to_vec();
+                Ok((arena, fields))
+            }
+            _ => Err(self.error(format!("expected {what}"))),
+        }
+    }
+
     fn error(&self, message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Record {
             record: self.name.to_owned(),
@@ -94,20 +121,10 @@ pub fn parse(
     let mut table = StorageTable::default();
     let mut records: Vec<Record> = Vec::new();
 
-    let mut m = Member {
-        data: &data[storages.clone()],
-        base: storages.start,
-        pos: 0,
-        name: "tar member 'storages'",
-        options,
-    };
+    let mut m = Member::new(data, storages, "tar member 'storages'", options);
     let n = m.count("storage")?;
     for _ in 0..n {
-        let (arena, root) = m.pickle()?;
-        let fields = arena
-            .tuple(root)
-            .filter(|f| f.len() == 3)
-            .ok_or_else(|| m.error("expected (key, location, storage type)"))?;
+        let (arena, fields) = m.triple("(key, location, storage type)")?;
         let key = int(&arena, fields[0]).ok_or_else(|| m.error("storage key must be an int"))?;
         let location = arena
             .str(fields[1])
@@ -223,20 +240,10 @@ pub fn parse(
         );
     }
 
-    let mut m = Member {
-        data: &data[tensors.clone()],
-        base: tensors.start,
-        pos: 0,
-        name: "tar member 'tensors'",
-        options,
-    };
+    let mut m = Member::new(data, tensors, "tar member 'tensors'", options);
     let n = m.count("tensor")?;
     for _ in 0..n {
-        let (arena, root) = m.pickle()?;
-        let fields = arena
-            .tuple(root)
-            .filter(|f| f.len() == 3)
-            .ok_or_else(|| m.error("expected (key, storage key, tensor type)"))?;
+        let (arena, fields) = m.triple("(key, storage key, tensor type)")?;
         let key = int(&arena, fields[0]).ok_or_else(|| m.error("tensor key must be an int"))?;
         let storage_key =
             int(&arena, fields[1]).ok_or_else(|| m.error("storage key must be an int"))?;

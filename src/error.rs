@@ -116,6 +116,14 @@ pub enum ErrorKind {
         /// The limit.
         max: u64,
     },
+    /// A distributed checkpoint's `.metadata` does not describe its items consistently
+    /// (chunks overlapping, leaving part of a tensor uncovered, missing items or files).
+    Dcp {
+        /// The flattened key (`model.embed.weight`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A storage cannot be placed where `map_location` sends it (torch's wording).
     Location {
         /// The full message.
@@ -230,6 +238,9 @@ impl fmt::Display for ErrorKind {
                 "limit {limit} exceeded: {value} > {max} (raise it with Loader::limits if the file is trusted)"
             ),
             ErrorKind::Location { message } => f.write_str(message),
+            ErrorKind::Dcp { key, message } => {
+                write!(f, "key '{key}' of the distributed checkpoint: {message}")
+            }
             ErrorKind::NeedBytes { ranges } => {
                 write!(f, "needs bytes not loaded yet:")?;
                 for (offset, len) in ranges.iter().take(8) {

@@ -54,6 +54,7 @@
 )]
 
 pub mod archive;
+pub mod dcp;
 mod error;
 pub mod loader;
 pub mod location;
@@ -65,6 +66,7 @@ pub mod torch;
 pub mod wasm;
 
 pub use archive::{ByteOrder, Format};
+pub use dcp::{DcpFolder, Selection};
 pub use error::{Error, ErrorKind, Result};
 pub use loader::{Checkpoint, Limits, Loader, Plan, PlannedStorage, Storage, Tensor};
 pub use location::{Device, MapLocation, Placement, StorageInfo};

@@ -158,6 +158,9 @@ impl Loader {
     /// Loads a checkpoint file (memory-mapped: CPU storages borrow from the map).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(&self, path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
+        if path.as_ref().join(".metadata").is_file() {
+            return self.open_dcp(path)?.load(); // a distributed checkpoint (crate::dcp)
+        }
         let source = Source::open(path)?;
         self.load_source(source)
     }
@@ -184,7 +187,11 @@ impl Loader {
         loader.pickle_options()
     }
 
-    fn pickle_options(&self) -> torch::PickleOptions {
+    pub(crate) fn limits_ref(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub(crate) fn pickle_options(&self) -> torch::PickleOptions {
         torch::PickleOptions {
             weights_only: self.weights_only,
             encoding: self.encoding,
@@ -200,6 +207,7 @@ impl Loader {
             },
             max_storages: cap(self.limits.max_storages),
             torchscript: false,
+            extra_globals: &[],
         }
     }
 
@@ -452,7 +460,7 @@ impl Loader {
     }
 
     /// Every storage's device, decided (and checked to exist) before any byte is read.
-    fn decide_devices(&self, storages: &[StorageRef]) -> Result<Vec<Device>> {
+    pub(crate) fn decide_devices(&self, storages: &[StorageRef]) -> Result<Vec<Device>> {
         if self.map_location.is_meta() {
             return Ok(vec![Device::Meta; storages.len()]);
         }
@@ -487,7 +495,7 @@ const PARSE_STACK_BYTES: usize = 256 << 20;
 /// Runs `f` (pickle reading) on a thread with a large stack (native targets). A panic there,
 /// which would be a bug, becomes an error rather than taking the caller down.
 #[cfg(not(target_arch = "wasm32"))]
-fn on_big_stack<T: Send>(what: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+pub(crate) fn on_big_stack<T: Send>(what: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     std::thread::scope(|scope| {
         let worker = std::thread::Builder::new()
             .name("ptload-parse".into())
@@ -503,7 +511,7 @@ fn on_big_stack<T: Send>(what: &str, f: impl FnOnce() -> Result<T> + Send) -> Re
 
 /// Runs `f` on the current stack (wasm has no threads; its limits are lower).
 #[cfg(target_arch = "wasm32")]
-fn on_big_stack<T>(_what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn on_big_stack<T>(_what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     f()
 }
 
@@ -669,6 +677,24 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint put together from parts (a distributed checkpoint's reassembled tensors).
+    pub(crate) fn assembled(
+        root: Value,
+        storages: Vec<Storage>,
+        format: Format,
+        byte_order: ByteOrder,
+        limits: &Limits,
+    ) -> Self {
+        Checkpoint {
+            root,
+            constants: None,
+            storages,
+            format,
+            byte_order,
+            max_tensor_bytes: limits.max_tensor_bytes,
+        }
+    }
+
     /// Every tensor with its `.`-joined path, in file order. A tensor reachable by two paths
     /// (the same object saved twice) is listed at both.
     pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor<'_>)> + '_ {

@@ -27,6 +27,9 @@ pub enum Format {
     Tar,
     /// A TorchScript archive (`torch.jit.save`).
     TorchScript,
+    /// A distributed checkpoint folder (`torch.distributed.checkpoint`): a `.metadata` and
+    /// `.distcp` files of `torch.save` items.
+    Dcp,
 }
 
 impl Format {
@@ -37,6 +40,7 @@ impl Format {
             Format::Legacy => "legacy",
             Format::Tar => "tar",
             Format::TorchScript => "torchscript",
+            Format::Dcp => "dcp",
         }
     }
 }

@@ -31,6 +31,10 @@ pub struct PickleOptions {
     /// The pickle is a TorchScript archive's (`__torch__.*` classes and `torch.jit._pickle`
     /// helpers are accepted as inert, under either policy).
     pub torchscript: bool,
+    /// Globals (`module.name`) allowed under weights-only beyond torch's allowlist, for
+    /// pickles that are not checkpoints (a distributed checkpoint's `.metadata`); empty for
+    /// checkpoints.
+    pub extra_globals: &'static [&'static str],
 }
 
 /// The result of reading a checkpoint's main pickle.
@@ -48,6 +52,7 @@ pub struct Parsed {
 struct TorchHooks {
     weights_only: bool,
     torchscript: bool,
+    extra_globals: &'static [&'static str],
     table: StorageTable,
     max_storages: usize,
     refused: Option<String>,
@@ -62,7 +67,8 @@ impl Hooks for TorchHooks {
         let mut module = policy::python3_module(module);
         if self.weights_only {
             let allowed = policy::is_allowed(module, name)
-                || (self.torchscript && policy::is_torchscript(module));
+                || (self.torchscript && policy::is_torchscript(module))
+                || policy::is_listed(self.extra_globals, module, name);
             if !allowed {
                 let message = policy::refusal(module, name);
                 self.refused = Some(message.clone());
@@ -110,6 +116,7 @@ fn run_pickle(
     let mut hooks = TorchHooks {
         weights_only: options.weights_only,
         torchscript: options.torchscript,
+        extra_globals: options.extra_globals,
         table,
         max_storages: options.max_storages,
         refused: None,

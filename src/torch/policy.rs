@@ -97,6 +97,15 @@ pub fn is_allowed(module: &str, name: &str) -> bool {
     }
 }
 
+/// Whether `module.name` is one of `list` (each entry `module.name`).
+pub fn is_listed(list: &[&str], module: &str, name: &str) -> bool {
+    list.iter().any(|full| {
+        full.strip_suffix(name)
+            .and_then(|m| m.strip_suffix('.'))
+            .is_some_and(|m| m == module)
+    })
+}
+
 /// Whether a module belongs to TorchScript's own pickles: compiled classes (`__torch__.*`) and
 /// the list/type helpers of `torch.jit._pickle`. They are data, never code, in ptload.
 pub fn is_torchscript(module: &str) -> bool {

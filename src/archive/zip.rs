@@ -309,6 +309,15 @@ fn find_eocd(data: &(impl ByteSource + ?Sized)) -> Result<u64> {
             format!("file too short for a zip archive ({len} bytes)"),
         ));
     }
+    // Most archives (torch's always) end with the record itself, no comment: look there first,
+    // so a partial source needs only the end records (zip64 ones included) rather than the
+    // 64 KiB comment window (whose search, from the end, would find the same record first).
+    let end_records = (Eocd::SIZE + Eocd64Locator::SIZE + Eocd64::SIZE) as u64;
+    let tail_start = len.saturating_sub(end_records);
+    let tail = data.get(tail_start, len - tail_start)?;
+    if tail[tail.len() - Eocd::SIZE..].starts_with(&EOCD_MAGIC.to_le_bytes()) {
+        return Ok(len - Eocd::SIZE as u64);
+    }
     let window_start = (len - Eocd::SIZE as u64).saturating_sub(u16::MAX as u64);
     let window = data.get(window_start, len - window_start)?;
     let magic = EOCD_MAGIC.to_le_bytes();

@@ -209,7 +209,9 @@ mod tests {
         let rows = [chunk(&[0, 0], &[3, 4]), chunk(&[3, 0], &[2, 4])];
         assert!(check_layout("t", &[5, 4], &rows).is_ok());
         let overlap = [chunk(&[0, 0], &[3, 4]), chunk(&[2, 0], &[2, 4])];
-        let e = check_layout("t", &[5, 4], &overlap).unwrap_err().to_string();
+        let e = check_layout("t", &[5, 4], &overlap)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "key 't' of the distributed checkpoint: chunks overlap: offsets [0, 0] sizes [3, 4] and offsets [2, 0] sizes [2, 4]"

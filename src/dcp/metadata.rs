@@ -96,7 +96,10 @@ pub struct Metadata {
 
 fn bad(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::NotACheckpoint {
-        reason: format!("not a distributed checkpoint's .metadata: {}", message.into()),
+        reason: format!(
+            "not a distributed checkpoint's .metadata: {}",
+            message.into()
+        ),
     })
 }
 
@@ -108,7 +111,10 @@ fn attrs<'v>(value: &'v Value, class: &str) -> Result<&'v Dict> {
             None => Ok(empty_dict()),
             _ => Err(bad(format!("{class} has an unexpected state"))),
         },
-        other => Err(bad(format!("expected a {class}, found {}", describe(other)))),
+        other => Err(bad(format!(
+            "expected a {class}, found {}",
+            describe(other)
+        ))),
     }
 }
 
@@ -186,7 +192,8 @@ fn storage_info(value: &Value) -> Result<Item> {
     let class = "torch.distributed.checkpoint.filesystem._StorageInfo";
     let d = attrs(value, class)?;
     if let Some(t) = d.get("transform_descriptors") {
-        if !matches!(t, Value::None) && !matches!(t, Value::List(v) | Value::Tuple(v) if v.is_empty())
+        if !matches!(t, Value::None)
+            && !matches!(t, Value::List(v) | Value::Tuple(v) if v.is_empty())
         {
             return Err(Error::unsupported(
                 "stored items with transforms (compressed or encrypted distributed checkpoints)",
@@ -251,7 +258,10 @@ pub fn parse(root: &Value) -> Result<Metadata> {
         _ => HashMap::new(),
     };
     let mut entries = Vec::new();
-    for (key, md) in items(field(top, &class, "state_dict_metadata")?, "state_dict_metadata")? {
+    for (key, md) in items(
+        field(top, &class, "state_dict_metadata")?,
+        "state_dict_metadata",
+    )? {
         let fqn = match key {
             Value::Str(s) => s,
             _ => return Err(bad("a state_dict_metadata key is not a str")),

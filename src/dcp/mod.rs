@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::loader::{on_big_stack, Checkpoint, Loader, Storage};
 use crate::location::Device;
 use crate::place::StorageData;
-use crate::source::{SparseBytes, Source};
+use crate::source::{Source, SparseBytes};
 use crate::torch::{Dict, Dtype, StorageRef, TensorMeta, Value};
 
 /// Random access to the files of a checkpoint folder (a directory, or files held elsewhere).
@@ -196,7 +196,11 @@ impl Loader {
                         len
                     }
                 };
-                if item.offset.checked_add(item.length).is_none_or(|end| end > len) {
+                if item
+                    .offset
+                    .checked_add(item.length)
+                    .is_none_or(|end| end > len)
+                {
                     return Err(chunk_error(
                         &entry.fqn,
                         format!(
@@ -394,8 +398,8 @@ impl DcpFolder {
     /// Plans an item, reading only the byte ranges the planner asks for.
     fn plan_item(&self, loader: &Loader, item: &Item, name: &str) -> Result<crate::Plan> {
         let mut bytes = SparseBytes::new(item.length);
-        // A zip needs at most: its head, its tail, its directory, then headers and pickles.
-        for _ in 0..8 {
+        // A zip needs a few rounds: head, end records, directory, headers and pickles.
+        for _ in 0..16 {
             match loader.plan(name, &bytes) {
                 Err(e) => match e.kind() {
                     ErrorKind::NeedBytes { ranges } => {

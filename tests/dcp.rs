@@ -362,3 +362,12 @@ fn cli_inspects_a_folder() {
         assert_eq!(g["device"], "cpu");
     }
 }
+
+#[test]
+fn item_holding_another_chunk() {
+    let e = error_of(&bad_folder("wrong_item"));
+    assert_eq!(
+        e,
+        "DIR/__1_0.distcp (item at byte 2838): key 'layers.rows' of the distributed checkpoint: the .metadata declares a float32 chunk of size [2, 4], the item holds a float32 tensor of size [3, 3]"
+    );
+}

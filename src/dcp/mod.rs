@@ -308,7 +308,7 @@ impl DcpFolder {
                     .files
                     .iter()
                     .position(|f| *f == chunk.item.file)
-                    .unwrap_or(0);
+                    .ok_or_else(|| chunk_error(key, "a chunk's file was never opened".into()))?;
                 plan_copies(ranges, chunk, &view, file, &mut copies);
             }
         }
@@ -327,7 +327,18 @@ impl DcpFolder {
         let mut out = vec![0u8; selection.nbytes as usize];
         for copy in &selection.copies {
             let file = &selection.files[copy.file];
-            let dst = &mut out[copy.dst as usize..(copy.dst + copy.len) as usize];
+            let dst = usize::try_from(copy.dst)
+                .ok()
+                .zip(usize::try_from(copy.dst + copy.len).ok())
+                .and_then(|(start, end)| out.get_mut(start..end))
+                .ok_or_else(|| {
+                    Error::invalid_tensor(format!(
+                        "a read of '{}' reaches byte {} of a {}-byte block",
+                        selection.key,
+                        copy.dst + copy.len,
+                        selection.nbytes
+                    ))
+                })?;
             self.reader
                 .read_at(file, copy.offset, dst)
                 .map_err(|e| e.in_file(&format!("{}/{file}", self.reader.name())))?;

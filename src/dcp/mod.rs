@@ -33,11 +33,11 @@ use std::ops::Range;
 
 use self::chunks::{plan_copies, ChunkView, Copy};
 use self::metadata::{chunk_error, Chunk, Entry, EntryKind, Item, Metadata, METADATA_GLOBALS};
-use crate::archive::{ByteOrder, Format, Method};
+use crate::archive::{ByteOrder, Format, Method, Record};
 use crate::error::{Error, ErrorKind, Result};
-use crate::loader::{on_big_stack, Checkpoint, Loader, Storage};
+use crate::loader::{Checkpoint, Loader};
 use crate::location::Device;
-use crate::place::StorageData;
+use crate::plan::{on_big_stack, Plan, PlannedStorage};
 use crate::source::{Source, SparseBytes};
 use crate::torch::{Dict, Dtype, StorageRef, TensorMeta, Value};
 
@@ -224,7 +224,7 @@ impl Loader {
 
     fn read_metadata(&self, reader: &dyn FolderReader) -> Result<Metadata> {
         let len = reader.len(".metadata")?;
-        let max = self.limits_ref().max_pickle_bytes;
+        let max = self.limits.max_pickle_bytes;
         if len > max {
             return Err(Error::limit("max_pickle_bytes", len, max));
         }
@@ -287,7 +287,7 @@ impl DcpFolder {
         let block: Vec<u64> = ranges.iter().map(|r| r.end - r.start).collect();
         let numel: u64 = block.iter().product();
         let nbytes = numel.saturating_mul(dtype.element_size() as u64);
-        let max = self.loader.limits_ref().max_tensor_bytes;
+        let max = self.loader.limits.max_tensor_bytes;
         if nbytes > max {
             return Err(Error::limit("max_tensor_bytes", nbytes, max));
         }
@@ -325,6 +325,12 @@ impl DcpFolder {
     /// Reads a planned block: its elements in C-contiguous order, host byte order.
     pub fn read(&self, selection: &Selection) -> Result<Vec<u8>> {
         let mut out = vec![0u8; selection.nbytes as usize];
+        self.read_into(selection, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`DcpFolder::read`] into `out` (at least [`Selection::nbytes`] long).
+    pub fn read_into(&self, selection: &Selection, out: &mut [u8]) -> Result<()> {
         for copy in &selection.copies {
             let file = &selection.files[copy.file];
             let dst = usize::try_from(copy.dst)
@@ -347,7 +353,7 @@ impl DcpFolder {
                     .for_each(|unit| unit.reverse());
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Plans one chunk's item (a `torch.save` archive) from its zip headers, reading only them.
@@ -407,7 +413,7 @@ impl DcpFolder {
     }
 
     /// Plans an item, reading only the byte ranges the planner asks for.
-    fn plan_item(&self, loader: &Loader, item: &Item, name: &str) -> Result<crate::Plan> {
+    fn plan_item(&self, loader: &Loader, item: &Item, name: &str) -> Result<Plan> {
         let mut bytes = SparseBytes::new(item.length);
         // A zip needs a few rounds: head, end records, directory, headers and pickles.
         for _ in 0..16 {
@@ -432,76 +438,121 @@ impl DcpFolder {
 
     /// Reassembles every tensor at its full size and decodes every other value: one
     /// checkpoint whose tree is the nested state dict, with `map_location` applied (every
-    /// storage tagged `cpu`).
+    /// storage tagged `cpu`). The tensors are assembled in host memory, then placed as any
+    /// checkpoint's storages are (borrowed there for the CPU, handed to a backend otherwise).
     pub fn load(&self) -> Result<Checkpoint> {
         let meta_name = format!("{}/.metadata", self.reader.name());
-        let tensors: Vec<StorageRef> = self
+        let tensors: Vec<(&Entry, StorageRef)> = self
             .metadata
             .entries
             .iter()
             .filter_map(|e| match &e.kind {
-                EntryKind::Tensor { dtype, shape, .. } => Some(StorageRef {
-                    key: e.fqn.clone(),
-                    dtype: *dtype,
-                    numel: shape.iter().product(),
-                    location: "cpu".into(),
-                }),
+                EntryKind::Tensor { dtype, shape, .. } => Some((
+                    e,
+                    StorageRef {
+                        key: e.fqn.clone(),
+                        dtype: *dtype,
+                        numel: shape.iter().product(),
+                        location: "cpu".into(),
+                    },
+                )),
                 EntryKind::Bytes(_) => None,
             })
             .collect();
-        let mut devices = self
+        let refs: Vec<StorageRef> = tensors.iter().map(|(_, r)| r.clone()).collect();
+        let devices = self
             .loader
-            .decide_devices(&tensors)
-            .map_err(|e| e.in_file(&meta_name))?
-            .into_iter();
+            .decide_devices(&refs)
+            .map_err(|e| e.in_file(&meta_name))?;
+        // Every tensor placed anywhere but meta, at 64-byte aligned offsets of one buffer.
+        let mut storages = Vec::with_capacity(tensors.len());
+        let mut selections = Vec::new();
+        let mut end = 0u64;
+        for ((entry, storage), device) in tensors.iter().zip(devices) {
+            let record = match device {
+                Device::Meta => None,
+                _ => {
+                    let full: Vec<Range<u64>> = tensor_shape(entry).iter().map(|&d| 0..d).collect();
+                    let selection = self.select(&entry.fqn, &full)?;
+                    let offset = end.next_multiple_of(64);
+                    end = offset + selection.nbytes();
+                    let record = Record {
+                        name: entry.fqn.clone(),
+                        data_offset: offset,
+                        stored_len: selection.nbytes(),
+                        size: selection.nbytes(),
+                        method: Method::Stored,
+                    };
+                    selections.push((offset, selection));
+                    Some(record)
+                }
+            };
+            storages.push(PlannedStorage {
+                key: storage.key.clone(),
+                dtype: storage.dtype,
+                numel: storage.numel,
+                location: storage.location.clone(),
+                device,
+                record,
+                swap_unit: 1,
+            });
+        }
+        let mut buffer = vec![
+            0u8;
+            usize::try_from(end).map_err(|_| Error::limit(
+                "max_tensor_bytes",
+                end,
+                usize::MAX as u64
+            ))?
+        ];
+        for (offset, selection) in &selections {
+            self.read_into(selection, &mut buffer[*offset as usize..])?;
+        }
+        // The tree, in entry order; values' own storages (if any) come after the tensors'.
         let mut root = Value::Dict(Box::new(Dict {
             class: "dict".into(),
             ..Dict::default()
         }));
-        let mut storages: Vec<Storage> = Vec::new();
+        let mut extra = Vec::new();
+        let mut next_tensor = 0;
         for entry in &self.metadata.entries {
             let value = match &entry.kind {
                 EntryKind::Tensor { dtype, shape, .. } => {
-                    let device = devices.next().unwrap_or(Device::Meta);
-                    let data = match device {
-                        Device::Meta => StorageData::Meta,
-                        _ => {
-                            let full: Vec<Range<u64>> = shape.iter().map(|&d| 0..d).collect();
-                            StorageData::Owned(self.read(&self.select(&entry.fqn, &full)?)?)
-                        }
-                    };
-                    let id = storages.len();
-                    storages.push(Storage {
-                        key: entry.fqn.clone(),
-                        dtype: *dtype,
-                        numel: shape.iter().product(),
-                        location: "cpu".into(),
-                        device,
-                        data,
-                    });
+                    next_tensor += 1;
                     Value::Tensor(Box::new(TensorMeta::view(
-                        Some(id),
+                        Some(next_tensor - 1),
                         *dtype,
                         shape.clone(),
                         contiguous_strides(shape),
                         0,
                     )))
                 }
-                EntryKind::Bytes(item) => self.load_value(item, &mut storages)?,
+                EntryKind::Bytes(item) => {
+                    let ckpt = self.load_value(item)?;
+                    let mut value = ckpt.root;
+                    value.shift_storage_ids(tensors.len() + extra.len());
+                    extra.extend(ckpt.storages);
+                    value
+                }
             };
             insert(&mut root, &entry.path, value);
         }
-        Ok(Checkpoint::assembled(
+        let plan = Plan {
+            format: Format::Dcp,
+            byte_order: ByteOrder::native(),
             root,
+            constants: None,
             storages,
-            Format::Dcp,
-            ByteOrder::native(),
-            self.loader.limits_ref(),
-        ))
+            max_tensor_bytes: self.loader.limits.max_tensor_bytes,
+        };
+        let source = Source::from_bytes(self.reader.name().to_owned(), buffer);
+        let mut ckpt = self.loader.place(plan, &source)?;
+        ckpt.storages.extend(extra);
+        Ok(ckpt)
     }
 
-    /// A non-tensor value: its item loaded as any checkpoint (its storages, if any, appended).
-    fn load_value(&self, item: &Item, storages: &mut Vec<Storage>) -> Result<Value> {
+    /// A non-tensor value: its item loaded as any checkpoint.
+    fn load_value(&self, item: &Item) -> Result<Checkpoint> {
         let name = format!(
             "{}/{} (item at byte {})",
             self.reader.name(),
@@ -512,11 +563,14 @@ impl DcpFolder {
         self.reader
             .read_at(&item.file, item.offset, &mut bytes)
             .map_err(|e| e.in_file(&name))?;
-        let ckpt = self.loader.load_source(Source::from_bytes(name, bytes))?;
-        let mut value = ckpt.root;
-        value.shift_storage_ids(storages.len());
-        storages.extend(ckpt.storages);
-        Ok(value)
+        self.loader.load_source(Source::from_bytes(name, bytes))
+    }
+}
+
+fn tensor_shape(entry: &Entry) -> &[u64] {
+    match &entry.kind {
+        EntryKind::Tensor { shape, .. } => shape,
+        EntryKind::Bytes(_) => &[],
     }
 }
 

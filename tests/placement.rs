@@ -319,3 +319,32 @@ fn devices_no_backend_claims_keep_torchs_messages() {
         "{err}"
     );
 }
+
+#[test]
+fn a_distributed_checkpoint_is_placed_like_any_checkpoint() {
+    // Tensors reassembled from their chunks go to the backend (the host buffer they were
+    // assembled in is only the source); the value `epoch` stays a plain int.
+    let backend = Arc::new(TestBackend::new(2, 64));
+    let dir = root().join("tests/fixtures/dcp/sharded");
+    let ckpt = Loader::new()
+        .backend(backend.clone())
+        .map_location(MapLocation::map([("cpu", "webgpu")]))
+        .load(&dir)
+        .unwrap();
+    assert_eq!(backend.placer_calls.load(Ordering::SeqCst), 1);
+    let expected = fixture_json("expected_dcp.json");
+    let want = expected["folders"]["dcp/sharded"]["tensors"]
+        .as_array()
+        .unwrap();
+    let got: Vec<_> = ckpt.tensors().collect();
+    assert_eq!(got.len(), want.len());
+    for ((path, t), w) in got.iter().zip(want) {
+        assert_eq!(w["path"], *path);
+        assert_eq!(t.device(), Device::WebGpu, "{path}");
+        assert_eq!(w["sha256"], t.sha256().unwrap(), "{path}");
+    }
+    assert_eq!(ckpt.root.get_path("epoch"), Some(&ptload::Value::Int(3)));
+    // On the host, every tensor borrows the buffer it was assembled in: no second copy.
+    let ckpt = Loader::new().load(&dir).unwrap();
+    assert!(ckpt.storages.iter().all(|s| s.data.is_borrowed()));
+}

@@ -110,6 +110,8 @@ pub struct DcpFolder {
     reader: Box<dyn FolderReader>,
     loader: Loader,
     metadata: Metadata,
+    /// Entry index by flattened key.
+    index: HashMap<String, usize>,
     /// Every file the items name, in first-use order.
     files: Vec<String>,
 }
@@ -214,10 +216,17 @@ impl Loader {
                 }
             }
         }
+        let index = metadata
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.fqn.clone(), i))
+            .collect();
         Ok(DcpFolder {
             reader,
             loader: self.clone(),
             metadata,
+            index,
             files,
         })
     }
@@ -237,7 +246,7 @@ impl Loader {
         })?;
         if !parsed.storages.is_empty() {
             return Err(Error::new(ErrorKind::NotACheckpoint {
-                reason: "a distributed checkpoint's .metadata holds no storages".into(),
+                reason: "a distributed checkpoint's .metadata references storages".into(),
             }));
         }
         metadata::parse(&parsed.root)
@@ -251,10 +260,9 @@ impl DcpFolder {
     }
 
     fn entry(&self, key: &str) -> Result<&Entry> {
-        self.metadata
-            .entries
-            .iter()
-            .find(|e| e.fqn == key)
+        self.index
+            .get(key)
+            .and_then(|&i| self.metadata.entries.get(i))
             .ok_or_else(|| chunk_error(key, "no such key in the .metadata".into()))
     }
 

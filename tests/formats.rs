@@ -17,14 +17,8 @@ fn needs_no_weights_only(rel: &str) -> bool {
 fn loader_for(rel: &str, want: &Json) -> Loader {
     let mut loader = Loader::new();
     loader.weights_only(!needs_no_weights_only(rel));
-    match want.get("encoding").and_then(Json::as_str) {
-        Some("latin1") => {
-            loader.encoding(StringEncoding::Latin1);
-        }
-        Some("bytes") => {
-            loader.encoding(StringEncoding::Bytes);
-        }
-        _ => {}
+    if let Some(name) = want.get("encoding").and_then(Json::as_str) {
+        loader.encoding(name.parse::<StringEncoding>().unwrap());
     }
     loader
 }

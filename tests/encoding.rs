@@ -45,7 +45,13 @@ fn a_non_ascii_byte_fails_as_torch_says() {
             let e = load(rel, encoding.parse().unwrap()).unwrap_err();
             let text = e.to_string();
             assert!(text.contains(torch_says), "{rel} {encoding}: {text}");
-            assert!(text.starts_with(&root().join("tests/fixtures").join(rel).display().to_string()));
+            assert!(text.starts_with(
+                &root()
+                    .join("tests/fixtures")
+                    .join(rel)
+                    .display()
+                    .to_string()
+            ));
             assert!(text.ends_with("(a Python 2 string; load with encoding latin1 or bytes)"));
             assert!(matches!(e.kind(), ErrorKind::Pickle { .. }), "{e:?}");
             checked += 1;

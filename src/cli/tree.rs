@@ -191,11 +191,19 @@ fn py_str(s: &str) -> String {
 
 /// Python's `repr` of `bytes`.
 fn py_bytes(b: &[u8]) -> String {
-    let mut out = String::from("b'");
+    let quote = if b.contains(&b'\'') && !b.contains(&b'"') {
+        b'"'
+    } else {
+        b'\''
+    };
+    let mut out = format!("b{}", quote as char);
     for &byte in b {
         match byte {
             b'\\' => out.push_str("\\\\"),
-            b'\'' => out.push_str("\\'"),
+            _ if byte == quote => {
+                out.push('\\');
+                out.push(byte as char);
+            }
             b'\n' => out.push_str("\\n"),
             b'\r' => out.push_str("\\r"),
             b'\t' => out.push_str("\\t"),
@@ -205,16 +213,37 @@ fn py_bytes(b: &[u8]) -> String {
             }
         }
     }
-    out.push('\'');
+    out.push(quote as char);
     out
+}
+
+/// Python's `repr` of a `float`: the shortest digits that round-trip, in exponent form below
+/// 1e-4 and from 1e16 on (`2.5e-300`, `1e+300`), with `.0` on whole numbers.
+fn py_float(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return Value::Float(x).to_string();
+    }
+    let sci = format!("{x:e}"); // shortest round-trip digits: "2.5e-300", "1e300"
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let plain = x.to_string();
+        if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
 }
 
 /// A scalar's one-line rendering (`None` for containers, tensors and objects).
 fn scalar(value: &Value) -> Option<String> {
     Some(match value {
-        Value::None | Value::Bool(_) | Value::Int(_) | Value::BigInt(_) | Value::Float(_) => {
-            value.to_string()
-        }
+        Value::None | Value::Bool(_) | Value::Int(_) | Value::BigInt(_) => value.to_string(),
+        Value::Float(x) => py_float(*x),
         Value::Complex(..) | Value::Global(_) => value.to_string(),
         Value::Str(s) => {
             let n = s.chars().count();
@@ -690,5 +719,35 @@ impl JsonWriter<'_, '_> {
                 self.raw("}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each expected text is Python 3.11's `repr`.
+    #[test]
+    fn reprs_as_python_writes_them() {
+        for (x, want) in [
+            (0.1, "0.1"),
+            (76.5, "76.5"),
+            (2.0, "2.0"),
+            (-0.0, "-0.0"),
+            (1e-4, "0.0001"),
+            (1e-5, "1e-05"),
+            (-2.5e-300, "-2.5e-300"),
+            (1e300, "1e+300"),
+            (1e16, "1e+16"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (f64::INFINITY, "inf"),
+            (f64::NAN, "nan"),
+        ] {
+            assert_eq!(py_float(x), want, "{x}");
+        }
+        assert_eq!(py_str("it's"), "\"it's\"");
+        assert_eq!(py_str("a'\"\n\u{1}é"), "'a\\'\"\\n\\x01é'");
+        assert_eq!(py_bytes(b"\x00\xffab'\\"), "b\"\\x00\\xffab'\\\\\"");
+        assert_eq!(py_bytes(b"'\""), "b'\\'\"'");
     }
 }

@@ -1,5 +1,5 @@
-//! The `ptload` command line: `ptload inspect [--json] [--sha256] [--map-location LOC]...
-//! [--no-weights-only] FILE`.
+//! The `ptload` command line: `ptload inspect [--json] [--sha256] [--tree] [--encoding NAME]
+//! [--map-location LOC]... [--no-weights-only] FILE`.
 
 use std::process::ExitCode;
 

@@ -90,3 +90,69 @@ fn latin1_and_bytes_load_the_non_ascii_file() {
     let ckpt = load("py2/latin1.pt", StringEncoding::Bytes).unwrap();
     assert_eq!(ckpt.tensors().count(), 4);
 }
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ptload"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_encoding_option() {
+    let expected = fixture_json("expected_formats.json");
+    let torch_says = expected["encoding_errors"]["py2/latin1.pt"]["ascii"]
+        .as_str()
+        .unwrap();
+    let out = cli(&[
+        "inspect",
+        "--encoding",
+        "ascii",
+        "tests/fixtures/py2/latin1.pt",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(torch_says), "{stderr}");
+
+    let out = cli(&[
+        "inspect",
+        "--json",
+        "--encoding",
+        "latin-1",
+        "tests/fixtures/py2/latin1.pt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tensors"][0]["path"], "café");
+
+    let out = cli(&[
+        "inspect",
+        "--encoding",
+        "ascii",
+        "tests/fixtures/py2/ascii.pt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = cli(&[
+        "inspect",
+        "--encoding",
+        "ebcdic",
+        "tests/fixtures/py2/ascii.pt",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ptload: tests/fixtures/py2/ascii.pt: unknown encoding: ebcdic (ptload decodes Python 2 \
+         strings as ascii, utf-8 (utf8), latin1 (latin-1, iso-8859-1) or bytes)\n"
+    );
+}

@@ -284,3 +284,31 @@ fn full_module_tree_shows_every_tensor_with_torch_digests() {
     assert!(tree.contains("\n            'bias': None\n"), "{tree}");
     assert!(tree.ends_with("\n  .extra: tensor int64 [3] cpu 24 B sha256=ab25350e3e65efebe24584461683ecda68725576e825e550038b90e7b1479946\n"), "{tree}");
 }
+
+#[test]
+fn tree_digests_are_torchs_even_under_dotted_keys() {
+    let expected = fixture_json("expected_formats.json");
+    let want = expected["files"]["modules/training_checkpoint.pt"]["tensors"]
+        .as_array()
+        .unwrap();
+    let tree = ptload(&[
+        "inspect",
+        "--tree",
+        "--sha256",
+        "--no-weights-only",
+        TRAINING,
+    ]);
+    for w in want {
+        // `model.0.weight` is the key '0.weight' of 'model'.
+        let key = w["path"].as_str().unwrap().strip_prefix("model.").unwrap();
+        let line = format!("    '{key}': tensor {} ", w["dtype"].as_str().unwrap());
+        let found = tree
+            .lines()
+            .find(|l| l.starts_with(&line))
+            .unwrap_or_else(|| panic!("{line}: {tree}"));
+        assert!(
+            found.ends_with(&format!(" sha256={}", w["sha256"].as_str().unwrap())),
+            "{found}"
+        );
+    }
+}

@@ -29,12 +29,13 @@
 //! | `complex` | `{"__class__": "builtins.complex", "args": [re, im], "state": null}` |
 //! | global (`torch.float32`, a class) | `{"__global__": "module.name"}` |
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use serde_json::Value as Json;
 
 use ptload::torch::value::key_segment;
-use ptload::{Checkpoint, Device, TensorKind, TensorMeta, Value};
+use ptload::{Checkpoint, Device, Tensor, TensorKind, TensorMeta, Value};
 
 /// Options of the text tree.
 pub struct TextOptions {
@@ -327,6 +328,9 @@ fn device_of(ckpt: &Checkpoint, meta: &TensorMeta) -> Device {
 struct Text<'c> {
     ckpt: &'c Checkpoint,
     options: &'c TextOptions,
+    /// Listed tensors by path (for `--sha256`; `Checkpoint::tensor` cannot find keys that
+    /// hold dots, such as a state dict's `0.weight`).
+    tensors: HashMap<String, Tensor<'c>>,
     out: String,
 }
 
@@ -359,7 +363,7 @@ impl Text<'_> {
             line.push_str(" neg");
         }
         if self.options.sha256 && at.listed {
-            if let Some(t) = self.ckpt.tensor(at.path) {
+            if let Some(t) = self.tensors.get(at.path) {
                 if t.device() != Device::Meta {
                     let _ = write!(line, " sha256={}", t.sha256()?);
                 }
@@ -480,6 +484,11 @@ pub fn text(ckpt: &Checkpoint, options: &TextOptions) -> ptload::Result<String> 
     let mut t = Text {
         ckpt,
         options,
+        tensors: if options.sha256 {
+            ckpt.tensors().collect()
+        } else {
+            HashMap::new()
+        },
         out: String::new(),
     };
     t.node(

@@ -111,13 +111,14 @@ fn json_report(ckpt: &Checkpoint, sha256: bool) -> ptload::Result<String> {
         }
         tensors.push(entry);
     }
-    // Written field by field: `root` keeps the file's key order (see `tree::json`).
+    // Keys in alphabetical order, as serde_json writes an object (and the npm CLI its report);
+    // `root` is JSON text of its own, which keeps the file's key order.
     Ok(format!(
-        "{{\"format\":{},\"byte_order\":{},\"tensors\":{},\"root\":{}}}\n",
-        Json::from(ckpt.format.name()),
+        "{{\"byte_order\":{},\"format\":{},\"root\":{},\"tensors\":{}}}\n",
         Json::from(ckpt.byte_order.name()),
-        Json::from(tensors),
-        tree::json(ckpt)
+        Json::from(ckpt.format.name()),
+        tree::json(ckpt),
+        Json::from(tensors)
     ))
 }
 

@@ -11,29 +11,13 @@
 //! (`tensor float32 [4, 3] cpu 48 B`); containers longer than `--max-items` show that many items
 //! and `... N more items`.
 //!
-//! `root` in JSON:
-//!
-//! | value | JSON |
-//! |---|---|
-//! | `None`, `bool`, `str` | `null`, `true`/`false`, a string |
-//! | `int` | a number (`{"__int__": "decimal"}` beyond 64 bits) |
-//! | `float` | a number (`{"__float__": "nan" \| "inf" \| "-inf"}` when not finite) |
-//! | `list`, `tuple` | an array |
-//! | `set`, `frozenset` | `{"__set__": [...]}`, `{"__frozenset__": [...]}` |
-//! | `bytes`, `bytearray` | `{"__bytes__": "hex"}`, `{"__bytearray__": "hex"}` |
-//! | `dict` with only `str` keys | an object, keys in file order |
-//! | other `dict` | `{"__dict__": [[key, value], ...]}` |
-//! | tensor | `{"__tensor__": "path"}`, the path in `tensors`; a tensor outside those paths (an object's constructor arguments) is `{"__tensor__": null, "dtype", "shape"}` |
-//! | storage saved alone | `{"__storage__": "key"}` |
-//! | inert object | `{"__class__": "module.Name", "args": [...], "state": ...}` (+ `listItems`, `dictItems` when it acted as a list or dict), as in the JS API |
-//! | `complex` | `{"__class__": "builtins.complex", "args": [re, im], "state": null}` |
-//! | global (`torch.float32`, a class) | `{"__global__": "module.name"}` |
+//! `root` in JSON is written by [`ptload::torch::json`] (its module docs give the mapping), so
+//! that every surface can print the same text.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use serde_json::Value as Json;
-
+use ptload::torch::json::float_repr;
 use ptload::torch::value::key_segment;
 use ptload::{Checkpoint, Device, Tensor, TensorKind, TensorMeta, Value};
 
@@ -218,33 +202,11 @@ fn py_bytes(b: &[u8]) -> String {
     out
 }
 
-/// Python's `repr` of a `float`: the shortest digits that round-trip, in exponent form below
-/// 1e-4 and from 1e16 on (`2.5e-300`, `1e+300`), with `.0` on whole numbers.
-fn py_float(x: f64) -> String {
-    if !x.is_finite() || x == 0.0 {
-        return Value::Float(x).to_string();
-    }
-    let sci = format!("{x:e}"); // shortest round-trip digits: "2.5e-300", "1e300"
-    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
-    let exp: i32 = exp.parse().unwrap_or(0);
-    if (-4..16).contains(&exp) {
-        let plain = x.to_string();
-        if plain.contains('.') {
-            plain
-        } else {
-            format!("{plain}.0")
-        }
-    } else {
-        let sign = if exp < 0 { '-' } else { '+' };
-        format!("{mantissa}e{sign}{:02}", exp.abs())
-    }
-}
-
 /// A scalar's one-line rendering (`None` for containers, tensors and objects).
 fn scalar(value: &Value) -> Option<String> {
     Some(match value {
         Value::None | Value::Bool(_) | Value::Int(_) | Value::BigInt(_) => value.to_string(),
-        Value::Float(x) => py_float(*x),
+        Value::Float(x) => float_repr(*x),
         Value::Complex(..) | Value::Global(_) => value.to_string(),
         Value::Str(s) => {
             let n = s.chars().count();
@@ -514,221 +476,11 @@ pub fn text(ckpt: &Checkpoint, options: &TextOptions) -> ptload::Result<String> 
     Ok(t.out)
 }
 
-/// The `root` field of `--json`: the tree as JSON text (the mapping is in the module docs).
+/// The `root` field of `--json`: the tree as JSON text ([`ptload::torch::json`]).
 pub fn json(ckpt: &Checkpoint) -> String {
-    let mut out = String::new();
-    JsonWriter {
-        ckpt,
-        out: &mut out,
-    }
-    .value(
-        &ckpt.root,
-        At {
-            path: "",
-            listed: true,
-        },
-    );
-    out
-}
-
-/// Writes JSON text directly, so that objects keep the file's key order.
-struct JsonWriter<'c, 'o> {
-    ckpt: &'c Checkpoint,
-    out: &'o mut String,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
+    ptload::torch::json::tree(&ckpt.root, &|id| {
+        ckpt.storages.get(id).map(|s| s.key.clone())
     })
-}
-
-impl JsonWriter<'_, '_> {
-    fn raw(&mut self, s: &str) {
-        self.out.push_str(s);
-    }
-
-    fn string(&mut self, s: &str) {
-        let _ = write!(self.out, "{}", Json::from(s));
-    }
-
-    fn float(&mut self, x: f64) {
-        if x.is_finite() {
-            let _ = write!(self.out, "{}", Json::from(x));
-        } else {
-            let name = if x.is_nan() {
-                "nan"
-            } else if x > 0.0 {
-                "inf"
-            } else {
-                "-inf"
-            };
-            let _ = write!(self.out, "{{\"__float__\":\"{name}\"}}");
-        }
-    }
-
-    /// `{"tag": <items>}` or a bare array of `items`, each at `at.child(i)`.
-    fn array(&mut self, tag: Option<&str>, items: &[Value], at: At<'_>) {
-        if let Some(tag) = tag {
-            let _ = write!(self.out, "{{\"{tag}\":");
-        }
-        self.raw("[");
-        for (i, v) in items.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            let path = at.child(&i.to_string());
-            self.value(
-                v,
-                At {
-                    path: &path,
-                    listed: at.listed,
-                },
-            );
-        }
-        self.raw("]");
-        if tag.is_some() {
-            self.raw("}");
-        }
-    }
-
-    /// A dict's items, their values at `at.child(key)`: an object when every key is a `str`,
-    /// else `{"__dict__": [[key, value], ...]}`.
-    fn dict_items(&mut self, items: &[(Value, Value)], at: At<'_>) {
-        let str_keys = items.iter().all(|(k, _)| matches!(k, Value::Str(_)));
-        self.raw(if str_keys { "{" } else { "{\"__dict__\":[" });
-        for (i, (k, v)) in items.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            if str_keys {
-                self.string(k.as_str().unwrap_or_default());
-                self.raw(":");
-            } else {
-                self.raw("[");
-                self.value(
-                    k,
-                    At {
-                        path: "",
-                        listed: false,
-                    },
-                );
-                self.raw(",");
-            }
-            let path = at.child(&key_segment(k));
-            self.value(
-                v,
-                At {
-                    path: &path,
-                    listed: at.listed,
-                },
-            );
-            if !str_keys {
-                self.raw("]");
-            }
-        }
-        self.raw(if str_keys { "}" } else { "]}" });
-    }
-
-    fn value(&mut self, value: &Value, at: At<'_>) {
-        let unlisted = At {
-            path: "",
-            listed: false,
-        };
-        match value {
-            Value::None => self.raw("null"),
-            Value::Bool(b) => self.raw(if *b { "true" } else { "false" }),
-            Value::Int(i) => {
-                let _ = write!(self.out, "{i}");
-            }
-            Value::BigInt(s) => {
-                self.raw("{\"__int__\":");
-                self.string(s);
-                self.raw("}");
-            }
-            Value::Float(x) => self.float(*x),
-            Value::Complex(re, im) => {
-                self.raw("{\"__class__\":\"builtins.complex\",\"args\":[");
-                self.float(*re);
-                self.raw(",");
-                self.float(*im);
-                self.raw("],\"state\":null}");
-            }
-            Value::Str(s) => self.string(s),
-            Value::Bytes(b) => {
-                let _ = write!(self.out, "{{\"__bytes__\":\"{}\"}}", hex(b));
-            }
-            Value::ByteArray(b) => {
-                let _ = write!(self.out, "{{\"__bytearray__\":\"{}\"}}", hex(b));
-            }
-            Value::List(items) | Value::Tuple(items) => self.array(None, items, at),
-            Value::Set(items) => self.array(Some("__set__"), items, at),
-            Value::FrozenSet(items) => self.array(Some("__frozenset__"), items, at),
-            Value::Dict(d) => self.dict_items(&d.items, at),
-            Value::Tensor(meta) if at.listed => {
-                self.raw("{\"__tensor__\":");
-                self.string(at.path);
-                self.raw("}");
-            }
-            Value::Tensor(meta) => {
-                let _ = write!(
-                    self.out,
-                    "{{\"__tensor__\":null,\"dtype\":\"{}\",\"shape\":{}}}",
-                    meta.dtype,
-                    Json::from(meta.shape.clone())
-                );
-            }
-            Value::Storage(id) => {
-                self.raw("{\"__storage__\":");
-                match self.ckpt.storages.get(*id) {
-                    Some(s) => self.string(&s.key.clone()),
-                    None => self.raw("null"),
-                }
-                self.raw("}");
-            }
-            Value::Object(o) => {
-                self.raw("{\"__class__\":");
-                self.string(&o.class);
-                self.raw(",\"args\":");
-                self.array(None, &o.args, unlisted);
-                self.raw(",\"state\":");
-                match &o.state {
-                    None => self.raw("null"),
-                    // The state dict's items are the object's attributes: paths `obj.name`.
-                    Some(Value::Dict(d)) => self.dict_items(&d.items, at),
-                    Some(Value::Tuple(parts)) => {
-                        self.raw("[");
-                        for (i, part) in parts.iter().enumerate() {
-                            if i > 0 {
-                                self.raw(",");
-                            }
-                            match part {
-                                Value::Dict(d) => self.dict_items(&d.items, at),
-                                other => self.value(other, unlisted),
-                            }
-                        }
-                        self.raw("]");
-                    }
-                    Some(other) => self.value(other, unlisted),
-                }
-                if !o.list_items.is_empty() {
-                    self.raw(",\"listItems\":");
-                    self.array(None, &o.list_items, at);
-                }
-                if !o.dict_items.is_empty() {
-                    self.raw(",\"dictItems\":");
-                    self.dict_items(&o.dict_items, at);
-                }
-                self.raw("}");
-            }
-            Value::Global(name) => {
-                self.raw("{\"__global__\":");
-                self.string(name);
-                self.raw("}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -738,22 +490,6 @@ mod tests {
     /// Each expected text is Python 3.11's `repr`.
     #[test]
     fn reprs_as_python_writes_them() {
-        for (x, want) in [
-            (0.1, "0.1"),
-            (76.5, "76.5"),
-            (2.0, "2.0"),
-            (-0.0, "-0.0"),
-            (1e-4, "0.0001"),
-            (1e-5, "1e-05"),
-            (-2.5e-300, "-2.5e-300"),
-            (1e300, "1e+300"),
-            (1e16, "1e+16"),
-            (1234567890123456.0, "1234567890123456.0"),
-            (f64::INFINITY, "inf"),
-            (f64::NAN, "nan"),
-        ] {
-            assert_eq!(py_float(x), want, "{x}");
-        }
         assert_eq!(py_str("it's"), "\"it's\"");
         assert_eq!(py_str("a'\"\n\u{1}é"), "'a\\'\"\\n\\x01é'");
         assert_eq!(py_bytes(b"\x00\xffab'\\"), "b\"\\x00\\xffab'\\\\\"");

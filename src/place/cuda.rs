@@ -283,15 +283,6 @@ fn device_error(ordinal: usize, what: &str, e: DriverError) -> Error {
     ))
 }
 
-/// An error about one storage (its key and record).
-fn storage_error(job: &PlacementJob, message: String) -> Error {
-    Error::new(ErrorKind::Record {
-        record: job.record.name.clone(),
-        offset: job.record.data_offset,
-        message: format!("storage '{}': {message}", job.key),
-    })
-}
-
 /// Sizes as torch prints them in its out-of-memory message (`2.00 GiB`).
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -347,6 +338,8 @@ struct CudaStaging {
     stream: Arc<CudaStream>,
     slots: Vec<Slot>,
     slot_len: usize,
+    /// The storage being uploaded (the last one allocated), for errors.
+    current: Option<PlacementJob>,
 }
 
 impl CudaStaging {
@@ -372,15 +365,25 @@ impl CudaStaging {
             stream,
             slots,
             slot_len,
+            current: None,
         })
     }
 
-    fn slot_at(&mut self, slot: usize) -> Result<&mut Slot> {
-        let count = self.slots.len();
-        self.slots
-            .get_mut(slot)
-            .ok_or_else(|| location_error(format!("staging slot {slot} of {count} does not exist")))
+    /// A failed driver call while copying: names the storage being copied when there is one.
+    fn copy_error(&self, what: &str, e: DriverError) -> Error {
+        copy_error(self.current.as_ref(), self.ordinal, what, e)
     }
+}
+
+fn copy_error(job: Option<&PlacementJob>, ordinal: usize, what: &str, e: DriverError) -> Error {
+    match job {
+        Some(job) => job.error(format!("{what} failed: {}", driver_message(e))),
+        None => device_error(ordinal, what, e),
+    }
+}
+
+fn no_slot(slot: usize, count: usize) -> Error {
+    location_error(format!("staging slot {slot} of {count} does not exist"))
 }
 
 impl Staging for CudaStaging {
@@ -396,44 +399,47 @@ impl Staging for CudaStaging {
     }
 
     fn allocate(&mut self, job: &PlacementJob) -> Result<Self::Buffer> {
+        self.current = Some(job.clone());
         if job.nbytes == 0 {
             return Ok(None);
         }
         let len = usize::try_from(job.nbytes).map_err(|_| {
-            storage_error(job, format!("{} bytes do not fit in memory", job.nbytes))
+            job.error(format!(
+                "{} bytes do not fit in this machine's address space",
+                job.nbytes
+            ))
         })?;
         // SAFETY: every byte is written by the copies before the buffer is handed out.
         match unsafe { self.stream.alloc::<u8>(len) } {
             Ok(slice) => Ok(Some(slice)),
-            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Err(storage_error(
-                job,
-                format!(
-                    "CUDA out of memory. Tried to allocate {} (GPU {})",
-                    human_bytes(job.nbytes),
-                    self.ordinal
-                ),
-            )),
-            Err(e) => Err(storage_error(
-                job,
-                format!(
-                    "allocating {} bytes on cuda:{} failed: {}",
-                    job.nbytes,
-                    self.ordinal,
-                    driver_message(e)
-                ),
-            )),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Err(job.error(format!(
+                "CUDA out of memory. Tried to allocate {} (GPU {})",
+                human_bytes(job.nbytes),
+                self.ordinal
+            ))),
+            Err(e) => Err(job.error(format!(
+                "allocating {} bytes failed: {}",
+                job.nbytes,
+                driver_message(e)
+            ))),
         }
     }
 
     fn slot(&mut self, slot: usize) -> Result<&mut [u8]> {
-        let ordinal = self.ordinal;
-        let s = self.slot_at(slot)?;
-        s.copied
-            .synchronize()
-            .map_err(|e| device_error(ordinal, "waiting for a copy", e))?;
+        let CudaStaging {
+            ordinal,
+            slots,
+            current,
+            ..
+        } = self;
+        let count = slots.len();
+        let s = slots.get_mut(slot).ok_or_else(|| no_slot(slot, count))?;
+        let waited = s.copied.synchronize();
+        waited.map_err(|e| copy_error(current.as_ref(), *ordinal, "waiting for a copy", e))?;
+        // Its own event is never recorded (copies use `copied`): this cannot wait.
         s.host
             .as_mut_slice()
-            .map_err(|e| device_error(ordinal, "waiting for a copy", e))
+            .map_err(|e| copy_error(current.as_ref(), *ordinal, "lending a staging slot", e))
     }
 
     fn upload(
@@ -443,39 +449,40 @@ impl Staging for CudaStaging {
         dst: &mut Self::Buffer,
         dst_offset: u64,
     ) -> Result<()> {
-        let ordinal = self.ordinal;
-        let count = self.slots.len();
-        let s = self.slots.get(slot).ok_or_else(|| {
-            location_error(format!("staging slot {slot} of {count} does not exist"))
-        })?;
+        let s = self
+            .slots
+            .get(slot)
+            .ok_or_else(|| no_slot(slot, self.slots.len()))?;
         let out_of_range = || {
-            location_error(format!(
-                "cuda:{ordinal}: a copy of {len} bytes to offset {dst_offset} is out of its storage"
-            ))
+            let message =
+                format!("a copy of {len} bytes to offset {dst_offset} is out of the storage");
+            match &self.current {
+                Some(job) => job.error(message),
+                None => location_error(format!("cuda:{}: {message}", self.ordinal)),
+            }
         };
         let dst = dst.as_mut().ok_or_else(out_of_range)?;
         let start = usize::try_from(dst_offset).map_err(|_| out_of_range())?;
         let end = start.checked_add(len).ok_or_else(out_of_range)?;
         let mut view = dst.try_slice_mut(start..end).ok_or_else(out_of_range)?;
-        let src = s
+        let host = s
             .host
             .as_slice()
-            .map_err(|e| device_error(ordinal, "reading a staging slot", e))?
-            .get(..len)
-            .ok_or_else(out_of_range)?;
+            .map_err(|e| self.copy_error("reading a staging slot", e))?;
+        let src = host.get(..len).ok_or_else(out_of_range)?;
         // The slot is page-locked, so this copy is asynchronous; `copied` marks its end.
         self.stream
             .memcpy_htod(src, &mut view)
-            .map_err(|e| device_error(ordinal, "copying to the device", e))?;
+            .map_err(|e| self.copy_error("copying to the device", e))?;
         s.copied
             .record(&self.stream)
-            .map_err(|e| device_error(ordinal, "recording an event", e))
+            .map_err(|e| self.copy_error("recording a copy's event", e))
     }
 
     fn finish(&mut self) -> Result<()> {
         self.stream
             .synchronize()
-            .map_err(|e| device_error(self.ordinal, "finishing the copies", e))
+            .map_err(|e| self.copy_error("finishing the copies", e))
     }
 
     fn into_data(&mut self, buffer: Self::Buffer, job: &PlacementJob) -> Result<StorageData> {

@@ -137,18 +137,9 @@ impl CudaBackend {
 /// (as torch keeps its own), since creating one costs a tenth of a second or more.
 fn context(ordinal: usize) -> Result<Arc<CudaContext>> {
     static CONTEXTS: OnceLock<Mutex<HashMap<usize, Arc<CudaContext>>>> = OnceLock::new();
-    // A driver must be there before cudarc is called at all (it panics otherwise).
-    let count = driver_device_count().map_err(|reason| {
-        location_error(format!(
-            "cannot place on cuda:{ordinal}: torch.cuda.is_available() is False ({reason})"
-        ))
-    })?;
-    if ordinal >= count {
-        return Err(location_error(format!(
-            "Attempting to deserialize object on CUDA device {ordinal} but torch.cuda.device_count() is {count}. \
-             Please use map_location to map your storages to an existing device."
-        )));
-    }
+    // A driver must be there before cudarc is called at all (it panics otherwise), and the
+    // device must exist, whatever count `check` was given.
+    support(driver_device_count()).check(&Device::Cuda(Some(ordinal)))?;
     let mut contexts = CONTEXTS
         .get_or_init(Mutex::default)
         .lock()
@@ -196,18 +187,7 @@ impl Backend for CudaBackend {
         let Device::Cuda(_) = device else {
             return None;
         };
-        let support = match self.device_count() {
-            Ok(count) => DeviceSupport {
-                cuda_devices: count,
-                ..DeviceSupport::default()
-            },
-            Err(reason) => DeviceSupport {
-                cuda_devices: 0,
-                cuda_reason: Some(reason),
-                ..DeviceSupport::default()
-            },
-        };
-        Some(support.check(device))
+        Some(support(self.device_count()).check(device))
     }
 
     fn placer(&self, device: &Device) -> Result<Box<dyn Placer + '_>> {
@@ -220,6 +200,21 @@ impl Backend for CudaBackend {
         Ok(Box::new(CudaPlacer {
             staging: Some(staging),
         }))
+    }
+}
+
+/// torch's rules for a device count, or for the reason there is no device.
+fn support(count: std::result::Result<usize, String>) -> DeviceSupport {
+    match count {
+        Ok(count) => DeviceSupport {
+            cuda_devices: count,
+            ..DeviceSupport::default()
+        },
+        Err(reason) => DeviceSupport {
+            cuda_devices: 0,
+            cuda_reason: Some(reason),
+            ..DeviceSupport::default()
+        },
     }
 }
 

@@ -121,6 +121,19 @@ pub enum ErrorKind {
         /// The full message.
         message: String,
     },
+    /// Placing a storage on its device failed (out of memory, a buffer over the device's
+    /// limit, a lost device, a bad record found while streaming it).
+    Placement {
+        /// The storage's key in the file.
+        storage: String,
+        /// The device it was going to.
+        device: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The load was cancelled (see [`crate::Loader::cancel_flag`]); everything it had placed
+    /// was freed.
+    Cancelled,
 }
 
 impl Error {
@@ -230,6 +243,12 @@ impl fmt::Display for ErrorKind {
                 "limit {limit} exceeded: {value} > {max} (raise it with Loader::limits if the file is trusted)"
             ),
             ErrorKind::Location { message } => f.write_str(message),
+            ErrorKind::Placement {
+                storage,
+                device,
+                message,
+            } => write!(f, "placing storage '{storage}' on {device}: {message}"),
+            ErrorKind::Cancelled => f.write_str("the load was cancelled"),
             ErrorKind::NeedBytes { ranges } => {
                 write!(f, "needs bytes not loaded yet:")?;
                 for (offset, len) in ranges.iter().take(8) {

@@ -59,6 +59,7 @@ pub mod loader;
 pub mod location;
 pub mod pickle;
 pub mod place;
+pub mod plan;
 pub mod source;
 pub mod torch;
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
@@ -66,10 +67,11 @@ pub mod wasm;
 
 pub use archive::{ByteOrder, Format};
 pub use error::{Error, ErrorKind, Result};
-pub use loader::{Checkpoint, Limits, Loader, Plan, PlannedStorage, Storage, Tensor};
+pub use loader::{Checkpoint, Limits, Loader, Storage, Tensor};
 pub use location::{Device, MapLocation, Placement, StorageInfo};
 pub use pickle::StringEncoding;
-pub use place::StorageData;
+pub use place::{Backend, DeviceBuffer, Progress, StorageData};
+pub use plan::{Plan, PlannedStorage};
 pub use source::Source;
 pub use torch::{Dict, Dtype, Object, TensorKind, TensorMeta, Value};
 

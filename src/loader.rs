@@ -5,13 +5,21 @@
 //! (no tensor bytes touched), decide every storage's device from `map_location` (all errors
 //! before any byte is read), then place each storage exactly once.
 
-use crate::archive::{self, ByteOrder, Format, Method, Sniffed, ZipDirectory};
-use crate::error::{Error, ErrorKind, Result};
-use crate::location::{Device, DeviceSupport, MapLocation, StorageInfo};
+use std::fmt;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::archive::{ByteOrder, Format};
+use crate::error::{Error, Result};
+use crate::location::{Device, DeviceSupport, MapLocation};
 use crate::pickle::{PickleLimits, StringEncoding};
-use crate::place::{cpu::CpuPlacer, Placer, RecordBytes, StorageData};
-use crate::source::{ByteSource, Source};
-use crate::torch::{self, rebuild::TreeLimits, Dtype, StorageRef, TensorMeta, Value};
+use crate::place::{
+    cpu::CpuPlacer, Backend, Control, PlacementJob, Placer, Progress, ProgressFn, RecordReader,
+    StorageData,
+};
+use crate::plan::{tensors_of, Plan};
+use crate::source::Source;
+use crate::torch::{self, layout, rebuild::TreeLimits, Dtype, TensorMeta, Value};
 
 /// Safety limits. Each guards time or memory against a hostile file; raise one (or use
 /// [`Limits::none`]) for a trusted file that exceeds it.
@@ -90,13 +98,30 @@ fn cap(v: u64) -> usize {
 /// assert!(ckpt.tensors().count() > 0);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Loader {
-    weights_only: bool,
-    map_location: MapLocation,
-    limits: Limits,
-    encoding: StringEncoding,
-    support: DeviceSupport,
+    pub(crate) weights_only: bool,
+    pub(crate) map_location: MapLocation,
+    pub(crate) limits: Limits,
+    pub(crate) encoding: StringEncoding,
+    pub(crate) support: DeviceSupport,
+    pub(crate) backends: Vec<Arc<dyn Backend>>,
+    progress: Option<ProgressFn>,
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl fmt::Debug for Loader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loader")
+            .field("weights_only", &self.weights_only)
+            .field("map_location", &self.map_location)
+            .field("limits", &self.limits)
+            .field("encoding", &self.encoding)
+            .field("backends", &self.backends)
+            .field("progress", &self.progress.is_some())
+            .field("cancel", &self.cancel)
+            .finish()
+    }
 }
 
 impl Default for Loader {
@@ -107,6 +132,9 @@ impl Default for Loader {
             limits: Limits::default(),
             encoding: StringEncoding::Utf8,
             support: DeviceSupport::default(),
+            backends: Vec::new(),
+            progress: None,
+            cancel: None,
         }
     }
 }
@@ -155,6 +183,39 @@ impl Loader {
         self
     }
 
+    /// Registers a device backend (CUDA, wgpu, or your own): storages that `map_location`
+    /// sends to a device it claims are placed by it. Later registrations are asked first.
+    pub fn backend(&mut self, backend: Arc<dyn Backend>) -> &mut Self {
+        self.backends.push(backend);
+        self
+    }
+
+    /// Calls `f` as storages are placed, with the bytes placed so far and in all.
+    ///
+    /// ```
+    /// # let bytes = std::fs::read("examples/tiny_convnet.pt").unwrap();
+    /// use std::sync::{atomic::{AtomicU64, Ordering}, Arc};
+    /// let placed = Arc::new(AtomicU64::new(0));
+    /// let seen = placed.clone();
+    /// let ckpt = ptload::Loader::new()
+    ///     .on_progress(move |p| seen.store(p.placed_bytes, Ordering::Relaxed))
+    ///     .load_bytes(bytes)
+    ///     .unwrap();
+    /// let total: u64 = ckpt.storages.iter().map(|s| s.nbytes()).sum();
+    /// assert_eq!(placed.load(Ordering::Relaxed), total);
+    /// ```
+    pub fn on_progress(&mut self, f: impl Fn(Progress) + Send + Sync + 'static) -> &mut Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Cancels loads in progress once `flag` is set: the load fails with
+    /// [`crate::ErrorKind::Cancelled`] and frees everything it had placed.
+    pub fn cancel_flag(&mut self, flag: Arc<AtomicBool>) -> &mut Self {
+        self.cancel = Some(flag);
+        self
+    }
+
     /// Loads a checkpoint file (memory-mapped: CPU storages borrow from the map).
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(&self, path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
@@ -184,7 +245,7 @@ impl Loader {
         loader.pickle_options()
     }
 
-    fn pickle_options(&self) -> torch::PickleOptions {
+    pub(crate) fn pickle_options(&self) -> torch::PickleOptions {
         torch::PickleOptions {
             weights_only: self.weights_only,
             encoding: self.encoding,
@@ -203,244 +264,80 @@ impl Loader {
         }
     }
 
-    /// Plans a load: reads the container's directory and pickles from `bytes`, decides every
-    /// storage's device, and says where each storage's bytes lie — reading no tensor byte.
-    ///
-    /// `bytes` may be partial ([`crate::source::SparseBytes`]): for zip files only the tail,
-    /// the central directory, the local headers and the small records are needed; each missing
-    /// range comes back as [`ErrorKind::NeedBytes`], to be loaded before trying again. Legacy
-    /// and tar files need all their bytes.
-    pub fn plan(&self, name: &str, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
-        self.plan_inner(bytes).map_err(|e| e.in_file(name))
-    }
-
-    fn plan_inner(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
-        let len = bytes.len();
-        if len == 0 {
-            return Err(Error::new(ErrorKind::NotACheckpoint {
-                reason: "the file is empty".into(),
-            }));
-        }
-        let head = bytes.get(0, len.min(262))?;
-        match archive::sniff(head) {
-            Sniffed::Zip => self.plan_zip(bytes),
-            Sniffed::Tar => self.plan_tar(bytes.get(0, len)?),
-            Sniffed::Pickle => self.plan_legacy(bytes.get(0, len)?),
-        }
-    }
-
     fn load_inner(&self, source: Source) -> Result<Checkpoint> {
         let plan = self.plan_inner(&source)?;
         self.place(plan, &source)
     }
 
-    fn plan_zip(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
-        let dir = ZipDirectory::parse(bytes)?;
-        let torchscript = dir.record("constants.pkl").is_some();
-        // The small records, all at once (a partial source loads them in one round).
-        let small: Vec<&archive::Record> = [
-            "version",
-            ".data/version",
-            "byteorder",
-            "data.pkl",
-            "constants.pkl",
-        ]
-        .iter()
-        .filter_map(|name| dir.record(name))
-        .collect();
-        for record in &small {
-            if record.stored_len > self.limits.max_pickle_bytes {
-                return Err(Error::limit(
-                    "max_pickle_bytes",
-                    record.stored_len,
-                    self.limits.max_pickle_bytes,
-                ));
+    /// Places every storage of a plan, reading each record exactly once from `source`.
+    ///
+    /// The storages are grouped by device, and each group goes whole to its device's placer
+    /// (the host's, or a registered [`Backend`]'s), so device placers can pipeline. On any
+    /// error, everything placed so far is freed.
+    pub fn place(&self, plan: Plan, source: &Source) -> Result<Checkpoint> {
+        let reader = RecordReader::new(
+            source.bytes(),
+            source.name(),
+            plan.byte_order,
+            self.limits.max_record_bytes,
+        );
+        // One job list per device, in storage order.
+        let mut groups: Vec<(Device, Vec<PlacementJob>)> = Vec::new();
+        for (index, planned) in plan.storages.iter().enumerate() {
+            let Some(record) = &planned.record else {
+                continue;
+            };
+            if planned.device == Device::Meta {
+                continue;
+            }
+            let job = PlacementJob {
+                index,
+                key: planned.key.clone(),
+                dtype: planned.dtype,
+                nbytes: planned.nbytes(),
+                device: planned.device.clone(),
+                record: record.clone(),
+                swap_unit: planned.swap_unit,
+            };
+            match groups.iter_mut().find(|(d, _)| *d == planned.device) {
+                Some((_, jobs)) => jobs.push(job),
+                None => groups.push((planned.device.clone(), vec![job])),
             }
         }
-        require_all(bytes, small.iter().map(|r| (r.data_offset, r.stored_len)))?;
-        dir.version(bytes, 64)?;
-        let byte_order = dir.byte_order(bytes)?;
-        let mut options = self.pickle_options();
-        options.torchscript = torchscript;
-        let mut parsed = self.parse_record(&dir, bytes, "data.pkl", &options)?;
-        // TorchScript: tensors of constants.pkl live under `constants/`; their storages follow
-        // data.pkl's, and the constants tuple is listed after the module tree.
-        let data_storages = parsed.storages.len();
-        let mut constants = None;
-        if torchscript {
-            let mut extra = self.parse_record(&dir, bytes, "constants.pkl", &options)?;
-            extra.root.shift_storage_ids(data_storages);
-            parsed.storages.append(&mut extra.storages);
-            constants = Some(extra.root);
-        }
-        let format = if torchscript {
-            Format::TorchScript
-        } else {
-            Format::Zip
-        };
-        self.finish_plan(parsed, constants, format, byte_order, |id, storage| {
-            let folder = if id < data_storages {
-                "data"
-            } else {
-                "constants"
-            };
-            Ok(dir.require(&format!("{folder}/{}", storage.key))?.clone())
-        })
-    }
-
-    fn plan_tar(&self, data: &[u8]) -> Result<Plan> {
-        let members = archive::tar::members(data)?;
-        let member = |name: &str| {
-            members.get(name).cloned().ok_or_else(|| {
-                Error::new(ErrorKind::MissingRecord {
-                    name: format!("tar member '{name}'"),
-                })
-            })
-        };
-        let (storages, tensors, pickle) =
-            (member("storages")?, member("tensors")?, member("pickle")?);
-        let options = self.pickle_options();
-        let (parsed, records) = on_big_stack("a tar checkpoint", || {
-            torch::tar::parse(data, storages, tensors, pickle, &options)
-        })?;
-        self.finish_plan(parsed, None, Format::Tar, ByteOrder::Little, |id, _| {
-            Ok(records[id].clone())
-        })
-    }
-
-    fn plan_legacy(&self, data: &[u8]) -> Result<Plan> {
-        let main = archive::legacy::read_header(data)?;
-        let pickle = &data[main..];
-        let parsed = on_big_stack("legacy stream pickle", || {
-            torch::parse_pickle(pickle, "legacy stream pickle", &self.pickle_options())
-        })?;
-        let sizes = parsed
-            .storages
+        let total = groups
             .iter()
-            .map(|s| (s.key.clone(), (s.dtype.element_size(), s.numel)))
-            .collect();
-        let records = archive::legacy::read_records(data, main + parsed.end, &sizes)?;
-        self.finish_plan(
-            parsed,
-            None,
-            Format::Legacy,
-            ByteOrder::Little,
-            |_, storage| {
-                records.get(&storage.key).cloned().ok_or_else(|| {
-                    Error::new(ErrorKind::MissingRecord {
-                        name: format!("storage {} (not in the key list)", storage.key),
-                    })
-                })
-            },
-        )
-    }
-
-    /// Reads one pickle record of a zip archive into a tree.
-    fn parse_record(
-        &self,
-        dir: &ZipDirectory,
-        bytes: &(impl ByteSource + ?Sized),
-        name: &str,
-        options: &torch::PickleOptions,
-    ) -> Result<torch::Parsed> {
-        let record = dir.require(name)?;
-        if record.size > self.limits.max_pickle_bytes {
-            return Err(Error::limit(
-                "max_pickle_bytes",
-                record.size,
-                self.limits.max_pickle_bytes,
-            ));
-        }
-        let pickle = record.read(bytes, self.limits.max_pickle_bytes)?;
-        on_big_stack(&record.name, || {
-            torch::parse_pickle(&pickle, &record.name, options)
-        })
-    }
-
-    /// Decides every storage's device (all errors before any byte is read), then finds the
-    /// record of each storage that needs bytes.
-    fn finish_plan(
-        &self,
-        parsed: torch::Parsed,
-        constants: Option<Value>,
-        format: Format,
-        byte_order: ByteOrder,
-        record_of: impl Fn(usize, &StorageRef) -> Result<archive::Record>,
-    ) -> Result<Plan> {
-        let devices = self.decide_devices(&parsed.storages)?;
-        let roots: Vec<&Value> = std::iter::once(&parsed.root)
-            .chain(constants.as_ref())
-            .collect();
-        let swap_units = swap_units(&roots, &parsed.storages);
-        let mut storages = Vec::with_capacity(parsed.storages.len());
-        for (id, (storage, device)) in parsed.storages.into_iter().zip(devices).enumerate() {
-            let record = match device {
-                Device::Meta => None,
-                _ => {
-                    let record = record_of(id, &storage)?;
-                    // Every view was checked against the declared size; the bytes must match it.
-                    if Some(record.size) != storage.nbytes() {
-                        return Err(Error::new(ErrorKind::StorageSize {
-                            record: record.name.clone(),
-                            offset: record.data_offset,
-                            numel: storage.numel,
-                            dtype: storage.dtype,
-                            actual: record.size,
-                        }));
-                    }
-                    Some(record)
+            .flat_map(|(_, jobs)| jobs)
+            .map(|j| j.nbytes)
+            .sum();
+        let mut control = Control::new(total, self.progress.as_deref(), self.cancel.as_deref());
+        let mut data: Vec<StorageData> = vec![StorageData::Meta; plan.storages.len()];
+        for (device, jobs) in &groups {
+            let placed = match device {
+                Device::Cpu => {
+                    CpuPlacer::new(source.shared().clone()).place_all(&reader, jobs, &mut control)
                 }
-            };
-            storages.push(PlannedStorage {
-                key: storage.key,
-                dtype: storage.dtype,
-                numel: storage.numel,
-                location: storage.location,
-                device,
-                record,
-                swap_unit: swap_units[id],
-            });
+                other => self
+                    .placer_for(other)?
+                    .place_all(&reader, jobs, &mut control),
+            }?;
+            // Dropping `data` on an error above frees what earlier groups placed.
+            for (job, placed) in jobs.iter().zip(placed) {
+                data[job.index] = placed;
+            }
         }
-        Ok(Plan {
-            format,
-            byte_order,
-            root: parsed.root,
-            constants,
-            storages,
-            max_tensor_bytes: self.limits.max_tensor_bytes,
-        })
-    }
-
-    /// Places every storage of a plan, reading each record exactly once from `source`.
-    pub fn place(&self, plan: Plan, source: &Source) -> Result<Checkpoint> {
-        let data = source.bytes();
-        let mut cpu = CpuPlacer;
-        let mut storages = Vec::with_capacity(plan.storages.len());
-        for planned in plan.storages {
-            let data = match (&planned.device, &planned.record) {
-                (Device::Meta, _) | (_, None) => StorageData::Meta,
-                (_, Some(record)) => {
-                    let bytes = record.read(data, self.limits.max_record_bytes)?;
-                    let request = RecordBytes {
-                        dtype: planned.dtype,
-                        bytes,
-                        source_offset: (record.method == Method::Stored)
-                            .then_some(record.data_offset as usize),
-                        byte_order: plan.byte_order,
-                        swap_unit: planned.swap_unit,
-                    };
-                    cpu.place(source.shared(), request)?
-                }
-            };
-            storages.push(Storage {
+        let storages = plan
+            .storages
+            .into_iter()
+            .zip(data)
+            .map(|(planned, data)| Storage {
                 key: planned.key,
                 dtype: planned.dtype,
                 numel: planned.numel,
                 location: planned.location,
                 device: planned.device,
                 data,
-            });
-        }
+            })
+            .collect();
         Ok(Checkpoint {
             root: plan.root,
             constants: plan.constants,
@@ -451,178 +348,17 @@ impl Loader {
         })
     }
 
-    /// Every storage's device, decided (and checked to exist) before any byte is read.
-    fn decide_devices(&self, storages: &[StorageRef]) -> Result<Vec<Device>> {
-        if self.map_location.is_meta() {
-            return Ok(vec![Device::Meta; storages.len()]);
-        }
-        storages
-            .iter()
-            .map(|s| {
-                let info = StorageInfo {
-                    key: s.key.clone(),
-                    dtype: s.dtype,
-                    nbytes: s.nbytes().unwrap_or(u64::MAX),
-                    location: s.location.clone(),
-                };
-                let device = self.map_location.resolve(&info)?;
-                let device = self.support.check(&device)?;
-                match device {
-                    Device::Cpu | Device::Meta => Ok(device),
-                    other => Err(Error::new(ErrorKind::Location {
-                        message: format!("no placer for device {other} in this build"),
-                    })),
-                }
-            })
-            .collect()
-    }
-}
-
-/// Stack for reading a pickle: the tree is built recursively, up to [`Limits::max_depth`] deep
-/// (1000 by default, the depth Python's own pickler reaches), which needs more than the 2 MiB a
-/// spawned thread gets by default. Only the touched pages are ever committed.
-#[cfg(not(target_arch = "wasm32"))]
-const PARSE_STACK_BYTES: usize = 256 << 20;
-
-/// Runs `f` (pickle reading) on a thread with a large stack (native targets). A panic there,
-/// which would be a bug, becomes an error rather than taking the caller down.
-#[cfg(not(target_arch = "wasm32"))]
-fn on_big_stack<T: Send>(what: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("ptload-parse".into())
-            .stack_size(PARSE_STACK_BYTES)
-            .spawn_scoped(scope, f)?;
-        worker.join().unwrap_or_else(|_| {
-            Err(Error::unsupported(format!(
-                "internal error while reading {what}"
-            )))
-        })
-    })
-}
-
-/// Runs `f` on the current stack (wasm has no threads; its limits are lower).
-#[cfg(target_arch = "wasm32")]
-fn on_big_stack<T>(_what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    f()
-}
-
-/// Each storage's byte-swap unit: from the dtype of the first tensor that views it (so
-/// untyped v3 storages swap by their tensor's dtype, which torch itself gets wrong), else
-/// from the storage's own dtype.
-fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
-    let mut units: Vec<Option<usize>> = vec![None; storages.len()];
-    for root in roots {
-        walk_tensors(root, &mut String::new(), &mut |_, meta| {
-            if let Some(id) = meta.storage {
-                units[id].get_or_insert(meta.dtype.swap_unit());
-            }
-        });
-    }
-    units
-        .into_iter()
-        .zip(storages)
-        .map(|(u, s)| u.unwrap_or(s.dtype.swap_unit()))
-        .collect()
-}
-
-/// Calls `f(path, tensor)` for every tensor in the tree, in file order.
-pub(crate) fn walk_tensors<'v>(
-    value: &'v Value,
-    path: &mut String,
-    f: &mut dyn FnMut(&str, &'v TensorMeta),
-) {
-    if let Value::Tensor(meta) = value {
-        f(path, meta);
-        return;
-    }
-    for (segment, child) in value.children() {
-        let len = path.len();
-        if !path.is_empty() {
-            path.push('.');
-        }
-        path.push_str(&segment);
-        walk_tensors(child, path, f);
-        path.truncate(len);
-    }
-}
-
-/// Where every storage of a checkpoint goes and where its bytes lie: the result of
-/// [`Loader::plan`], before any tensor byte is read.
-#[derive(Debug)]
-pub struct Plan {
-    /// The container format.
-    pub format: Format,
-    /// The byte order of the file's tensor data.
-    pub byte_order: ByteOrder,
-    /// The object tree.
-    pub root: Value,
-    /// TorchScript only: the `constants.pkl` tuple.
-    pub constants: Option<Value>,
-    /// Storages in order of first reference.
-    pub storages: Vec<PlannedStorage>,
-    max_tensor_bytes: u64,
-}
-
-impl Plan {
-    /// Every tensor with its path, in file order (as [`Checkpoint::tensors`]).
-    pub fn tensors(&self) -> Vec<(String, &TensorMeta)> {
-        tensors_of(&self.root, self.constants.as_ref())
-    }
-}
-
-/// One storage of a [`Plan`].
-#[derive(Clone, Debug)]
-pub struct PlannedStorage {
-    /// Its key in the file.
-    pub key: String,
-    /// Its dtype (uint8 for untyped storages).
-    pub dtype: Dtype,
-    /// Elements of `dtype`.
-    pub numel: u64,
-    /// The device tag it was saved with.
-    pub location: String,
-    /// Where it goes.
-    pub device: Device,
-    /// Where its bytes lie; `None` when nothing needs reading (meta).
-    pub record: Option<archive::Record>,
-    /// Bytes are swapped in units of this when the file's byte order is not the host's (1: never).
-    pub swap_unit: usize,
-}
-
-/// Tensors of a tree (and TorchScript constants, as `constants.<i>`), in file order.
-fn tensors_of<'v>(root: &'v Value, constants: Option<&'v Value>) -> Vec<(String, &'v TensorMeta)> {
-    let mut out = Vec::new();
-    walk_tensors(root, &mut String::new(), &mut |path, meta| {
-        out.push((path.to_owned(), meta))
-    });
-    if let Some(constants) = constants {
-        walk_tensors(constants, &mut "constants".to_owned(), &mut |path, meta| {
-            out.push((path.to_owned(), meta))
-        });
-    }
-    out
-}
-
-/// Checks that every `(offset, len)` range is loaded; otherwise one `NeedBytes` error naming
-/// all the missing ones.
-fn require_all(
-    bytes: &(impl ByteSource + ?Sized),
-    ranges: impl Iterator<Item = (u64, u64)>,
-) -> Result<()> {
-    let mut missing = Vec::new();
-    for (offset, len) in ranges {
-        if let Err(e) = bytes.get(offset, len) {
-            match e.kind() {
-                ErrorKind::NeedBytes { ranges } => missing.extend_from_slice(ranges),
-                _ => return Err(e),
+    /// The placer of the backend that claims `device`.
+    fn placer_for(&self, device: &Device) -> Result<Box<dyn Placer + '_>> {
+        for backend in self.backends.iter().rev() {
+            if let Some(checked) = backend.check(device) {
+                checked?;
+                return backend.placer(device);
             }
         }
-    }
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::new(ErrorKind::NeedBytes { ranges: missing }))
+        Err(Error::new(crate::ErrorKind::Location {
+            message: format!("no placer for device {device} in this build"),
+        }))
     }
 }
 
@@ -766,73 +502,58 @@ impl<'c> Tensor<'c> {
         bytes.get(usize::try_from(start).ok()?..usize::try_from(start.checked_add(len)?).ok()?)
     }
 
-    /// Calls `f` with the tensor's bytes in C-contiguous order, run by run, without
-    /// materializing them (hashing a huge expanded view costs no memory).
-    /// Views larger than [`Limits::max_tensor_bytes`] are refused: an expanded view can
-    /// describe far more elements than any storage holds.
-    pub fn for_each_run(&self, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+    /// The device buffer holding its storage, when it is on a device other than the host.
+    pub fn device_buffer(&self) -> Option<&'c Arc<dyn crate::place::DeviceBuffer>> {
+        self.storage.and_then(|s| s.data.device_buffer())
+    }
+
+    /// Its byte offset into its storage (`storage_offset × element size`).
+    pub fn byte_offset(&self) -> u64 {
+        self.meta
+            .storage_offset
+            .saturating_mul(self.dtype().element_size() as u64)
+    }
+
+    fn check_size(&self) -> Result<u64> {
         let total = self
             .numel()
             .saturating_mul(self.dtype().element_size() as u64);
         if total > self.max_bytes {
             return Err(Error::limit("max_tensor_bytes", total, self.max_bytes));
         }
-        let bytes = self.host_storage()?;
-        let size = self.dtype().element_size();
-        let shape = &self.meta.shape;
-        let stride = &self.meta.stride;
-        if self.numel() == 0 {
-            return Ok(());
-        }
-        // Merge trailing dimensions that are contiguous into one run.
-        let mut run = 1u64;
-        let mut outer = shape.len();
-        while outer > 0 && stride[outer - 1] == run {
-            run *= shape[outer - 1];
-            outer -= 1;
-        }
-        let run_bytes = run as usize * size;
-        let mut index = vec![0u64; outer];
-        let mut offset = self.meta.storage_offset;
-        loop {
-            let start = offset as usize * size;
-            // Views are checked against their storage when parsed and storages against their
-            // records when planned, so this never fails; it is still checked, not assumed.
-            let run_bytes = bytes.get(start..start + run_bytes).ok_or_else(|| {
-                Error::invalid_tensor(format!(
-                    "a view reaches byte {} of a {}-byte storage",
-                    start + run_bytes,
-                    bytes.len()
-                ))
+        Ok(total)
+    }
+
+    /// Calls `f` with the tensor's bytes in C-contiguous order, run by run, without
+    /// materializing them (hashing a huge expanded view costs no memory). A tensor on a device
+    /// is read back first (just the part of its storage the view spans).
+    /// Views larger than [`Limits::max_tensor_bytes`] are refused: an expanded view can
+    /// describe far more elements than any storage holds.
+    pub fn for_each_run(&self, f: &mut dyn FnMut(&[u8])) -> Result<()> {
+        self.check_size()?;
+        if let Some(buffer) = self.device_buffer() {
+            let size = self.dtype().element_size() as u64;
+            let span = layout::element_span(self.meta)
+                .ok_or_else(|| Error::invalid_tensor("the view's extent overflows"))?;
+            let len = (span.end - span.start).saturating_mul(size);
+            let len = usize::try_from(len)
+                .map_err(|_| Error::invalid_tensor("the view does not fit in host memory"))?;
+            let mut bytes = Vec::new();
+            bytes.try_reserve_exact(len).map_err(|_| {
+                Error::invalid_tensor(format!("out of host memory reading back {len} bytes"))
             })?;
-            f(run_bytes);
-            // Advance the outer index like an odometer.
-            let mut d = outer;
-            loop {
-                if d == 0 {
-                    return Ok(());
-                }
-                d -= 1;
-                index[d] += 1;
-                offset += stride[d];
-                if index[d] < shape[d] {
-                    break;
-                }
-                offset -= stride[d] * shape[d];
-                index[d] = 0;
-            }
+            bytes.resize(len, 0);
+            buffer.read_back(span.start.saturating_mul(size), &mut bytes)?;
+            return layout::for_each_run(self.meta, &bytes, span.start, f);
         }
+        let bytes = self.host_storage()?;
+        layout::for_each_run(self.meta, bytes, 0, f)
     }
 
     /// The elements in C-contiguous order, in host byte order (`bool` as one byte). Borrows
     /// nothing; refuses views larger than [`Limits::max_tensor_bytes`].
     pub fn to_contiguous_bytes(&self) -> Result<Vec<u8>> {
-        let total = self
-            .numel()
-            .saturating_mul(self.dtype().element_size() as u64);
-        if total > self.max_bytes {
-            return Err(Error::limit("max_tensor_bytes", total, self.max_bytes));
-        }
+        let total = self.check_size()?;
         if let Some(bytes) = self.as_bytes() {
             return Ok(bytes.to_vec());
         }

@@ -598,15 +598,15 @@ fn repeated_dict_keys_follow_python_and_stay_linear() {
             p = p.int(i).int(round);
         }
     }
+    // (No timed assertion: a quadratic merge of 300 000 keys takes minutes, not the second a
+    // linear one takes, and shows as a hung test; timings belong in benches/.)
     let bytes = ZipBuilder::checkpoint(&p.op(b"u").stop(), &[]);
-    let start = std::time::Instant::now();
     let ckpt = ptload::load_bytes(bytes).unwrap();
     let ptload::Value::Dict(d) = &ckpt.root else {
         panic!()
     };
     assert_eq!(d.items.len(), n as usize);
     assert!(d.items.iter().all(|(_, v)| *v == ptload::Value::Int(1)));
-    assert!(start.elapsed().as_secs() < 20, "{:?}", start.elapsed());
 }
 
 /// Inputs the fuzzers found (`fuzz/`, `scripts/fuzz`), each once a panic, now an error.

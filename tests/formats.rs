@@ -4,65 +4,9 @@
 
 mod common;
 
-use common::{compare, fixture_json, root};
-use ptload::{Loader, StringEncoding};
+use common::{compare, compare_by_path, fixture_json, loader_for, root};
+use ptload::Loader;
 use serde_json::Value as Json;
-
-/// ptload's policy: weights-only everywhere (pure-data opcodes, TorchScript and tar included),
-/// except full-module pickles, whose classes torch's allowlist refuses too.
-fn needs_no_weights_only(rel: &str) -> bool {
-    rel.starts_with("modules/")
-}
-
-fn loader_for(rel: &str, want: &Json) -> Loader {
-    let mut loader = Loader::new();
-    loader.weights_only(!needs_no_weights_only(rel));
-    match want.get("encoding").and_then(Json::as_str) {
-        Some("latin1") => {
-            loader.encoding(StringEncoding::Latin1);
-        }
-        Some("bytes") => {
-            loader.encoding(StringEncoding::Bytes);
-        }
-        _ => {}
-    }
-    loader
-}
-
-/// For TorchScript, torch's digests are `state_dict()`'s: every entry must be among ours.
-fn compare_by_path(ckpt: &ptload::Checkpoint, want: &Json, what: &str) -> Vec<String> {
-    let mut problems = Vec::new();
-    let ours: std::collections::HashMap<String, ptload::Tensor<'_>> = ckpt.tensors().collect();
-    for w in want["tensors"].as_array().unwrap() {
-        let path = w["path"].as_str().unwrap();
-        let Some(t) = ours.get(path) else {
-            problems.push(format!(
-                "{what}: no tensor at {path}; ours: {:?}",
-                ours.keys().collect::<Vec<_>>()
-            ));
-            continue;
-        };
-        let got = [
-            ("dtype", Json::from(t.dtype().name())),
-            ("shape", Json::from(t.shape().to_vec())),
-            ("stride", Json::from(t.stride().to_vec())),
-            ("storage_offset", Json::from(t.storage_offset())),
-            ("sha256", Json::from(t.sha256().unwrap_or_default())),
-        ];
-        for (field, value) in got {
-            if w[field] != value {
-                problems.push(format!(
-                    "{what}: {path}: {field} = {value}, torch says {}",
-                    w[field]
-                ));
-            }
-        }
-    }
-    if ckpt.format.name() != want["format"] {
-        problems.push(format!("{what}: format {}", ckpt.format));
-    }
-    problems
-}
 
 #[test]
 fn every_format_fixture_matches_torch() {

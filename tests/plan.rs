@@ -9,7 +9,7 @@ use ptload::source::{ByteSource, SparseBytes};
 use ptload::{ErrorKind, Loader};
 
 /// Plans `file` from a sparse copy; returns the plan, the rounds and the loaded ranges.
-fn plan_sparse(file: &[u8]) -> (ptload::loader::Plan, usize, Vec<(u64, u64)>) {
+fn plan_sparse(file: &[u8]) -> (ptload::Plan, usize, Vec<(u64, u64)>) {
     let len = file.len() as u64;
     let mut sparse = SparseBytes::new(len);
     let tail = len.min(65_557 + 22 + 76);

@@ -254,21 +254,7 @@ impl Record {
         match self.method {
             Method::Stored => Ok(Cow::Borrowed(raw)),
             Method::Deflated => {
-                if self.size > max_bytes {
-                    return Err(Error::limit("max_record_bytes", self.size, max_bytes));
-                }
-                // Deflate cannot expand data more than 1032:1; a larger claim is corrupt, and
-                // refusing it here keeps a bomb from reserving anything.
-                let most = self
-                    .stored_len
-                    .saturating_mul(MAX_DEFLATE_RATIO)
-                    .saturating_add(64);
-                if self.size > most {
-                    return Err(self.error(format!(
-                        "declares {} bytes, more than {} compressed bytes can inflate to",
-                        self.size, self.stored_len
-                    )));
-                }
+                self.check_inflated_size(max_bytes)?;
                 let mut out = Vec::with_capacity(self.size.min(1 << 26) as usize);
                 let mut decoder = flate2::read::DeflateDecoder::new(raw).take(self.size + 1);
                 decoder
@@ -289,6 +275,29 @@ impl Record {
                 Ok(Cow::Owned(out))
             }
         }
+    }
+
+    /// Refuses a deflated record whose declared size is over `max_bytes` or more than its
+    /// compressed bytes can inflate to (deflate cannot expand data more than 1032:1; a larger
+    /// claim is corrupt), before anything is allocated for it.
+    pub fn check_inflated_size(&self, max_bytes: u64) -> Result<()> {
+        if self.method == Method::Stored {
+            return Ok(());
+        }
+        if self.size > max_bytes {
+            return Err(Error::limit("max_record_bytes", self.size, max_bytes));
+        }
+        let most = self
+            .stored_len
+            .saturating_mul(MAX_DEFLATE_RATIO)
+            .saturating_add(64);
+        if self.size > most {
+            return Err(self.error(format!(
+                "declares {} bytes, more than {} compressed bytes can inflate to",
+                self.size, self.stored_len
+            )));
+        }
+        Ok(())
     }
 
     pub(crate) fn error(&self, message: String) -> Error {

@@ -1,41 +1,84 @@
 //! The CPU placer: borrow in place when the record is stored, aligned for its element type and
-//! already in host byte order; copy (and swap) only when it must.
+//! already in host byte order; copy (inflating and swapping on the way) only when it must.
 
-use std::borrow::Cow;
-
-use super::{Placer, RecordBytes, StorageData};
-use crate::archive::ByteOrder;
+use super::{Control, PlacementJob, Placer, RecordReader, StorageData};
 use crate::error::Result;
-use crate::location::Device;
 use crate::source::SharedBytes;
 
 /// Places storages in host memory.
-#[derive(Debug, Default)]
-pub struct CpuPlacer;
+pub struct CpuPlacer {
+    source: SharedBytes,
+}
 
-impl Placer for CpuPlacer {
-    fn device(&self) -> Device {
-        Device::Cpu
+impl std::fmt::Debug for CpuPlacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CpuPlacer")
+    }
+}
+
+impl CpuPlacer {
+    /// A placer whose borrowed storages share `source` (the bytes the reader reads).
+    pub fn new(source: SharedBytes) -> Self {
+        CpuPlacer { source }
     }
 
-    fn place(&mut self, source: &SharedBytes, record: RecordBytes<'_>) -> Result<StorageData> {
-        let swap = record.byte_order != ByteOrder::native() && record.swap_unit > 1;
-        let align = record.dtype.element_size().max(record.swap_unit);
-        match (record.bytes, record.source_offset) {
-            (Cow::Borrowed(bytes), Some(offset)) if !swap && offset % align == 0 => {
-                Ok(StorageData::Borrowed {
-                    source: source.clone(),
+    fn place_one(
+        &self,
+        reader: &RecordReader<'_>,
+        job: &PlacementJob,
+        control: &mut Control<'_>,
+    ) -> Result<StorageData> {
+        let align = job.dtype.element_size().max(job.swap_unit).max(1);
+        if let Some(bytes) = reader.borrow(job) {
+            let base = (*self.source).as_ref().as_ptr() as usize;
+            let start = bytes.as_ptr() as usize;
+            if start % align == 0 && start >= base {
+                let offset = start - base;
+                control.advance(job.nbytes)?;
+                return Ok(StorageData::Borrowed {
+                    source: self.source.clone(),
                     range: offset..offset + bytes.len(),
-                })
-            }
-            (bytes, _) => {
-                let mut owned = bytes.into_owned();
-                if swap {
-                    swap_in_place(&mut owned, record.swap_unit);
-                }
-                Ok(StorageData::Owned(owned))
+                });
             }
         }
+        let len = usize::try_from(job.nbytes)
+            .map_err(|_| job.error("the storage does not fit in this address space"))?;
+        let mut owned = Vec::new();
+        owned
+            .try_reserve_exact(len)
+            .map_err(|_| job.error(format!("out of host memory for {len} bytes")))?;
+        owned.resize(len, 0);
+        let mut stream = reader.stream(job)?;
+        let mut filled = 0;
+        while filled < len {
+            let end = (filled + COPY_CHUNK).min(len);
+            let n = stream.read(&mut owned[filled..end])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+            control.advance(n as u64)?;
+        }
+        Ok(StorageData::Owned(owned))
+    }
+}
+
+/// Bytes copied between progress reports (a multiple of every swap unit).
+const COPY_CHUNK: usize = 16 << 20;
+
+impl Placer for CpuPlacer {
+    fn place_all(
+        &mut self,
+        reader: &RecordReader<'_>,
+        jobs: &[PlacementJob],
+        control: &mut Control<'_>,
+    ) -> Result<Vec<StorageData>> {
+        let mut placed = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            control.check()?;
+            placed.push(self.place_one(reader, job, control)?);
+        }
+        Ok(placed)
     }
 }
 

@@ -41,8 +41,8 @@ use wasm_bindgen::prelude::*;
 
 use crate::archive::Method;
 use crate::error::{Error, ErrorKind};
-use crate::loader::Plan;
 use crate::location::{restore_location, Device, DeviceSupport, MapLocation, Placement};
+use crate::plan::Plan;
 use crate::source::{ByteSource, SparseBytes};
 use crate::{Limits, Loader, StringEncoding};
 

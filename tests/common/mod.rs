@@ -292,3 +292,69 @@ pub fn fixture(rel: &str) -> Vec<u8> {
 pub fn exists(rel: &str) -> bool {
     Path::new(&root()).join(rel).exists()
 }
+
+/// ptload's policy: weights-only everywhere (pure-data opcodes, TorchScript and tar included),
+/// except full-module pickles, whose classes torch's allowlist refuses too.
+pub fn needs_no_weights_only(rel: &str) -> bool {
+    rel.starts_with("modules/")
+}
+
+pub fn loader_for(rel: &str, want: &Json) -> ptload::Loader {
+    let mut loader = ptload::Loader::new();
+    loader.weights_only(!needs_no_weights_only(rel));
+    match want.get("encoding").and_then(Json::as_str) {
+        Some("latin1") => {
+            loader.encoding(ptload::StringEncoding::Latin1);
+        }
+        Some("bytes") => {
+            loader.encoding(ptload::StringEncoding::Bytes);
+        }
+        _ => {}
+    }
+    loader
+}
+
+/// For TorchScript, torch's digests are `state_dict()`'s: every entry must be among ours.
+pub fn compare_by_path(ckpt: &ptload::Checkpoint, want: &Json, what: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ours: std::collections::HashMap<String, ptload::Tensor<'_>> = ckpt.tensors().collect();
+    for w in want["tensors"].as_array().unwrap() {
+        let path = w["path"].as_str().unwrap();
+        let Some(t) = ours.get(path) else {
+            problems.push(format!(
+                "{what}: no tensor at {path}; ours: {:?}",
+                ours.keys().collect::<Vec<_>>()
+            ));
+            continue;
+        };
+        let got = [
+            ("dtype", Json::from(t.dtype().name())),
+            ("shape", Json::from(t.shape().to_vec())),
+            ("stride", Json::from(t.stride().to_vec())),
+            ("storage_offset", Json::from(t.storage_offset())),
+            ("sha256", Json::from(t.sha256().unwrap_or_default())),
+        ];
+        for (field, value) in got {
+            if w[field] != value {
+                problems.push(format!(
+                    "{what}: {path}: {field} = {value}, torch says {}",
+                    w[field]
+                ));
+            }
+        }
+    }
+    if ckpt.format.name() != want["format"] {
+        problems.push(format!("{what}: format {}", ckpt.format));
+    }
+    problems
+}
+
+/// Compares a loaded fixture with torch's digests the way its expected entry asks (TorchScript
+/// archives by `state_dict()` path, everything else tensor by tensor in file order).
+pub fn compare_fixture(ckpt: &ptload::Checkpoint, want: &Json, what: &str) -> Vec<String> {
+    if want.get("compare").and_then(Json::as_str) == Some("by_path") {
+        compare_by_path(ckpt, want, what)
+    } else {
+        compare(ckpt, want, what)
+    }
+}

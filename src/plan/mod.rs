@@ -1,0 +1,302 @@
+//! Planning a load: from a container's directory and pickles to a [`Plan`] that says, for
+//! every storage, where it goes (map_location decided, every device checked) and where its
+//! bytes lie (record, byte range, inflate, byte-swap unit) — reading no tensor byte. Every
+//! placer, native or JS, consumes the same plan.
+//!
+//! | file | container |
+//! |---|---|
+//! | `zip.rs` | the zip format of `torch.save` and TorchScript archives |
+//! | `legacy.rs` | the legacy pickle stream |
+//! | `tar.rs` | the tar format of torch ≤ 0.1 |
+
+mod legacy;
+mod tar;
+mod zip;
+
+use crate::archive::{self, ByteOrder, Format, Sniffed};
+use crate::error::{Error, ErrorKind, Result};
+use crate::location::{Device, StorageInfo};
+use crate::source::ByteSource;
+use crate::torch::{self, Dtype, StorageRef, TensorMeta, Value};
+use crate::Loader;
+
+impl Loader {
+    /// Plans a load: reads the container's directory and pickles from `bytes`, decides every
+    /// storage's device, and says where each storage's bytes lie — reading no tensor byte.
+    ///
+    /// `bytes` may be partial ([`crate::source::SparseBytes`]): for zip files only the tail,
+    /// the central directory, the local headers and the small records are needed; each missing
+    /// range comes back as [`ErrorKind::NeedBytes`], to be loaded before trying again. Legacy
+    /// and tar files need all their bytes.
+    pub fn plan(&self, name: &str, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
+        self.plan_inner(bytes).map_err(|e| e.in_file(name))
+    }
+
+    pub(crate) fn plan_inner(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
+        let len = bytes.len();
+        if len == 0 {
+            return Err(Error::new(ErrorKind::NotACheckpoint {
+                reason: "the file is empty".into(),
+            }));
+        }
+        let head = bytes.get(0, len.min(262))?;
+        match archive::sniff(head) {
+            Sniffed::Zip => self.plan_zip(bytes),
+            Sniffed::Tar => self.plan_tar(bytes.get(0, len)?),
+            Sniffed::Pickle => self.plan_legacy(bytes.get(0, len)?),
+        }
+    }
+
+    /// Decides every storage's device (all errors before any byte is read), then finds the
+    /// record of each storage that needs bytes.
+    fn finish_plan(
+        &self,
+        parsed: torch::Parsed,
+        constants: Option<Value>,
+        format: Format,
+        byte_order: ByteOrder,
+        record_of: impl Fn(usize, &StorageRef) -> Result<archive::Record>,
+    ) -> Result<Plan> {
+        let devices = self.decide_devices(&parsed.storages)?;
+        let roots: Vec<&Value> = std::iter::once(&parsed.root)
+            .chain(constants.as_ref())
+            .collect();
+        let swap_units = swap_units(&roots, &parsed.storages);
+        let mut storages = Vec::with_capacity(parsed.storages.len());
+        for (id, (storage, device)) in parsed.storages.into_iter().zip(devices).enumerate() {
+            let record = match device {
+                Device::Meta => None,
+                _ => {
+                    let record = record_of(id, &storage)?;
+                    // Every view was checked against the declared size; the bytes must match it.
+                    if Some(record.size) != storage.nbytes() {
+                        return Err(Error::new(ErrorKind::StorageSize {
+                            record: record.name.clone(),
+                            offset: record.data_offset,
+                            numel: storage.numel,
+                            dtype: storage.dtype,
+                            actual: record.size,
+                        }));
+                    }
+                    Some(record)
+                }
+            };
+            storages.push(PlannedStorage {
+                key: storage.key,
+                dtype: storage.dtype,
+                numel: storage.numel,
+                location: storage.location,
+                device,
+                record,
+                swap_unit: swap_units[id],
+            });
+        }
+        Ok(Plan {
+            format,
+            byte_order,
+            root: parsed.root,
+            constants,
+            storages,
+            max_tensor_bytes: self.limits.max_tensor_bytes,
+        })
+    }
+
+    /// Every storage's device, decided (and checked to exist) before any byte is read: the
+    /// host and meta are built in; any other device must be claimed by a registered
+    /// [`crate::place::Backend`], else torch's "not available" messages apply.
+    fn decide_devices(&self, storages: &[StorageRef]) -> Result<Vec<Device>> {
+        if self.map_location.is_meta() {
+            return Ok(vec![Device::Meta; storages.len()]);
+        }
+        storages
+            .iter()
+            .map(|s| {
+                let info = StorageInfo {
+                    key: s.key.clone(),
+                    dtype: s.dtype,
+                    nbytes: s.nbytes().unwrap_or(u64::MAX),
+                    location: s.location.clone(),
+                };
+                let device = self.map_location.resolve(&info)?;
+                self.check_device(&device)
+            })
+            .collect()
+    }
+
+    /// Whether `device` can be placed onto: the host and meta always; others when a
+    /// registered backend claims them (the latest registration first).
+    pub(crate) fn check_device(&self, device: &Device) -> Result<Device> {
+        if matches!(device, Device::Cpu | Device::Meta) {
+            return Ok(device.clone());
+        }
+        for backend in self.backends.iter().rev() {
+            if let Some(checked) = backend.check(device) {
+                return checked;
+            }
+        }
+        // No backend: torch's messages for a missing device, else ours.
+        let device = self.support.check(device)?;
+        Err(Error::new(ErrorKind::Location {
+            message: format!("no placer for device {device} in this build"),
+        }))
+    }
+}
+
+/// Stack for reading a pickle: the tree is built recursively, up to [`Limits::max_depth`] deep
+/// (1000 by default, the depth Python's own pickler reaches), which needs more than the 2 MiB a
+/// spawned thread gets by default. Only the touched pages are ever committed.
+#[cfg(not(target_arch = "wasm32"))]
+const PARSE_STACK_BYTES: usize = 256 << 20;
+
+/// Runs `f` (pickle reading) on a thread with a large stack (native targets). A panic there,
+/// which would be a bug, becomes an error rather than taking the caller down.
+#[cfg(not(target_arch = "wasm32"))]
+fn on_big_stack<T: Send>(what: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("ptload-parse".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(scope, f)?;
+        worker.join().unwrap_or_else(|_| {
+            Err(Error::unsupported(format!(
+                "internal error while reading {what}"
+            )))
+        })
+    })
+}
+
+/// Runs `f` on the current stack (wasm has no threads; its limits are lower).
+#[cfg(target_arch = "wasm32")]
+fn on_big_stack<T>(_what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f()
+}
+
+/// Each storage's byte-swap unit: from the dtype of the first tensor that views it (so
+/// untyped v3 storages swap by their tensor's dtype, which torch itself gets wrong), else
+/// from the storage's own dtype.
+fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
+    let mut units: Vec<Option<usize>> = vec![None; storages.len()];
+    for root in roots {
+        walk_tensors(root, &mut String::new(), &mut |_, meta| {
+            if let Some(id) = meta.storage {
+                units[id].get_or_insert(meta.dtype.swap_unit());
+            }
+        });
+    }
+    units
+        .into_iter()
+        .zip(storages)
+        .map(|(u, s)| u.unwrap_or(s.dtype.swap_unit()))
+        .collect()
+}
+
+/// Calls `f(path, tensor)` for every tensor in the tree, in file order.
+pub(crate) fn walk_tensors<'v>(
+    value: &'v Value,
+    path: &mut String,
+    f: &mut dyn FnMut(&str, &'v TensorMeta),
+) {
+    if let Value::Tensor(meta) = value {
+        f(path, meta);
+        return;
+    }
+    for (segment, child) in value.children() {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(&segment);
+        walk_tensors(child, path, f);
+        path.truncate(len);
+    }
+}
+
+/// Where every storage of a checkpoint goes and where its bytes lie: the result of
+/// [`Loader::plan`], before any tensor byte is read.
+#[derive(Debug)]
+pub struct Plan {
+    /// The container format.
+    pub format: Format,
+    /// The byte order of the file's tensor data.
+    pub byte_order: ByteOrder,
+    /// The object tree.
+    pub root: Value,
+    /// TorchScript only: the `constants.pkl` tuple.
+    pub constants: Option<Value>,
+    /// Storages in order of first reference.
+    pub storages: Vec<PlannedStorage>,
+    pub(crate) max_tensor_bytes: u64,
+}
+
+impl Plan {
+    /// Every tensor with its path, in file order (as [`Checkpoint::tensors`]).
+    pub fn tensors(&self) -> Vec<(String, &TensorMeta)> {
+        tensors_of(&self.root, self.constants.as_ref())
+    }
+}
+
+/// One storage of a [`Plan`].
+#[derive(Clone, Debug)]
+pub struct PlannedStorage {
+    /// Its key in the file.
+    pub key: String,
+    /// Its dtype (uint8 for untyped storages).
+    pub dtype: Dtype,
+    /// Elements of `dtype`.
+    pub numel: u64,
+    /// The device tag it was saved with.
+    pub location: String,
+    /// Where it goes.
+    pub device: Device,
+    /// Where its bytes lie; `None` when nothing needs reading (meta).
+    pub record: Option<archive::Record>,
+    /// Bytes are swapped in units of this when the file's byte order is not the host's (1: never).
+    pub swap_unit: usize,
+}
+
+impl PlannedStorage {
+    /// Its size in bytes (`numel × element size`; saturating, as sizes were checked when
+    /// planned).
+    pub fn nbytes(&self) -> u64 {
+        self.numel.saturating_mul(self.dtype.element_size() as u64)
+    }
+}
+
+/// Tensors of a tree (and TorchScript constants, as `constants.<i>`), in file order.
+pub(crate) fn tensors_of<'v>(
+    root: &'v Value,
+    constants: Option<&'v Value>,
+) -> Vec<(String, &'v TensorMeta)> {
+    let mut out = Vec::new();
+    walk_tensors(root, &mut String::new(), &mut |path, meta| {
+        out.push((path.to_owned(), meta))
+    });
+    if let Some(constants) = constants {
+        walk_tensors(constants, &mut "constants".to_owned(), &mut |path, meta| {
+            out.push((path.to_owned(), meta))
+        });
+    }
+    out
+}
+
+/// Checks that every `(offset, len)` range is loaded; otherwise one `NeedBytes` error naming
+/// all the missing ones.
+fn require_all(
+    bytes: &(impl ByteSource + ?Sized),
+    ranges: impl Iterator<Item = (u64, u64)>,
+) -> Result<()> {
+    let mut missing = Vec::new();
+    for (offset, len) in ranges {
+        if let Err(e) = bytes.get(offset, len) {
+            match e.kind() {
+                ErrorKind::NeedBytes { ranges } => missing.extend_from_slice(ranges),
+                _ => return Err(e),
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::NeedBytes { ranges: missing }))
+    }
+}

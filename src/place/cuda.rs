@@ -32,10 +32,8 @@ use cudarc::driver::{
     sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DriverError, PinnedHostSlice,
 };
 
-use super::contract::{
-    Backend, Control, DeviceBuffer, PlacementJob, Placer, RecordReader, StorageData,
-};
 use super::pipeline::{place_staged, Staging};
+use super::{Backend, Control, DeviceBuffer, PlacementJob, Placer, RecordReader, StorageData};
 use crate::error::{Error, ErrorKind, Result};
 use crate::location::{Device, DeviceSupport};
 
@@ -480,7 +478,7 @@ impl Staging for CudaStaging {
             .map_err(|e| self.copy_error("finishing the copies", e))
     }
 
-    fn into_data(&mut self, buffer: Self::Buffer, job: &PlacementJob) -> Result<StorageData> {
+    fn storage_data(&mut self, buffer: Self::Buffer, job: &PlacementJob) -> Result<StorageData> {
         Ok(StorageData::Device(Arc::new(CudaBuffer {
             ordinal: self.ordinal,
             nbytes: job.nbytes,

@@ -22,8 +22,11 @@
 //! | `reader.rs` | [`RecordReader`], [`RecordStream`]: borrow or stream a record with its conversions |
 //! | `cpu.rs` | the host placer: borrow in place, copy only when it must |
 //! | `pipeline.rs` | [`pipeline::place_staged`]: a ring of staging slots and asynchronous copies, behind the [`pipeline::Staging`] trait |
+//! | `cuda.rs` | (feature `cuda`) the CUDA backend: pinned staging ring, one stream, a device allocation per storage |
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod pipeline;
 mod reader;
 

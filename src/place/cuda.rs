@@ -29,7 +29,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 pub use cudarc;
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DriverError, PinnedHostSlice,
+    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceSlice, DriverError,
+    PinnedHostSlice,
 };
 
 use super::pipeline::{place_staged, Staging};
@@ -538,25 +539,24 @@ impl DeviceBuffer for CudaBuffer {
     }
 
     fn read_back(&self, offset: u64, out: &mut [u8]) -> Result<()> {
-        let end = offset.checked_add(out.len() as u64);
-        if end.is_none_or(|end| end > self.nbytes) {
-            return Err(location_error(format!(
-                "cuda:{}: reading {} bytes at offset {offset} of a {}-byte storage",
-                self.ordinal,
-                out.len(),
-                self.nbytes
-            )));
-        }
-        let Some(slice) = &self.slice else {
-            return Ok(()); // empty storage, empty read
-        };
         if out.is_empty() {
-            return Ok(());
+            return Ok(()); // an empty view reads nothing, wherever it points
         }
-        // In range of the allocation (checked above), so these conversions hold.
-        let start = offset as usize;
-        let view = slice.slice(start..start + out.len());
-        let stream = slice.stream();
+        let len = out.len();
+        let out_of_range = || {
+            location_error(format!(
+                "cuda:{}: reading {len} bytes at offset {offset} of a {}-byte storage",
+                self.ordinal, self.nbytes
+            ))
+        };
+        let start = usize::try_from(offset).map_err(|_| out_of_range())?;
+        let end = start.checked_add(len).ok_or_else(out_of_range)?;
+        let view = self
+            .slice
+            .as_ref()
+            .and_then(|slice| slice.try_slice(start..end))
+            .ok_or_else(out_of_range)?;
+        let stream = view.stream();
         stream
             .memcpy_dtoh(&view, out)
             .and_then(|()| stream.synchronize())

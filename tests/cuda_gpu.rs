@@ -12,6 +12,15 @@ use ptload::place::cuda::{CudaBackend, CudaBuffer};
 use ptload::{Checkpoint, Device, Loader, MapLocation, StorageData, StringEncoding};
 use serde_json::Value as Json;
 
+/// Fails (never skips) where there is no GPU, saying why.
+fn require_gpu() {
+    match CudaBackend::new().device_count() {
+        Ok(n) if n > 0 => {}
+        Ok(_) => panic!("these tests need an NVIDIA GPU: the driver reports no device"),
+        Err(reason) => panic!("these tests need an NVIDIA GPU: {reason}"),
+    }
+}
+
 fn cuda_buffer(data: &StorageData) -> Option<&CudaBuffer> {
     match data {
         StorageData::Device(b) => b.as_any().downcast_ref::<CudaBuffer>(),
@@ -79,6 +88,7 @@ fn loader(backend: &Arc<CudaBackend>, rel: &str, want: &Json) -> Loader {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/test-cuda"]
 fn every_fixture_on_cuda0_reads_back_as_torch() {
+    require_gpu();
     // The default ring, and a tiny one that splits every record and swap unit across slots.
     let backends = [
         Arc::new(CudaBackend::new()),
@@ -113,6 +123,7 @@ fn every_fixture_on_cuda0_reads_back_as_torch() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/test-cuda"]
 fn cli_digests_what_it_reads_back_from_the_gpu() {
+    require_gpu();
     let expected = fixture_json("expected.json");
     for rel in [
         "zip/dtypes.pt",
@@ -146,6 +157,7 @@ fn cli_digests_what_it_reads_back_from_the_gpu() {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/test-cuda"]
 fn cuda1_maps_to_cuda0_and_callbacks_mix_devices() {
+    require_gpu();
     let table = fixture_json("locations.json");
     for rel in ["locations/zip_cuda1.pt", "locations/legacy_cuda1.pt"] {
         let ckpt = Loader::new()
@@ -201,6 +213,7 @@ fn big_checkpoint(count: usize, mib: usize) -> Vec<u8> {
 #[test]
 #[ignore = "needs an NVIDIA GPU: run scripts/test-cuda"]
 fn out_of_memory_names_the_storage_and_frees_everything() {
+    require_gpu();
     let ctx = CudaContext::new(0).unwrap();
     // Leave 96 MiB free: the checkpoint needs 8 × 32 MiB, so the fourth storage fails.
     let keep = 96usize << 20;

@@ -26,7 +26,14 @@ fn best(runs: usize, mut f: impl FnMut() -> Res<f64>) -> Res<f64> {
     Ok(best)
 }
 
-fn main() -> Res<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench_cuda: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = "usage: bench_cuda FILE [RUNS] [SLOTS] [SLOT_MIB]";
     let path = args.first().ok_or(usage)?.clone();

@@ -653,6 +653,25 @@ mod tests {
     }
 
     #[test]
+    fn empty_buffers_read_nothing_and_refuse_more() {
+        let empty = CudaBuffer {
+            ordinal: 1,
+            nbytes: 0,
+            slice: None,
+        };
+        assert_eq!(empty.device(), Device::Cuda(Some(1)));
+        assert_eq!(empty.device_ptr(), 0);
+        assert!(empty.read_back(0, &mut []).is_ok());
+        assert!(empty.read_back(64, &mut []).is_ok());
+        let err = empty.read_back(0, &mut [0u8; 4]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cuda:1: reading 4 bytes at offset 0 of a 0-byte storage"
+        );
+        assert!(empty.read_back(u64::MAX, &mut [0u8; 1]).is_err());
+    }
+
+    #[test]
     fn staging_sizes_are_clamped() {
         let b = CudaBackend::new().staging(1, 17);
         assert_eq!((b.slots, b.slot_len), (2, 32));

@@ -2,7 +2,7 @@
 //! in one run on one GPU; `scripts/bench-cuda` runs it next to torch and safetensors.
 //!
 //! ```text
-//! cargo run --release --features cuda --example bench_cuda -- FILE [RUNS] [SLOTS] [SLOT_MIB]
+//! cargo run --release --features cuda --example bench_cuda -- FILE [RUNS] [SLOTS] [SLOT_MIB] [THREADS]
 //! ```
 //!
 //! Prints one JSON object: the best of RUNS (after one warm-up load that creates the context
@@ -35,7 +35,7 @@ fn main() {
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: bench_cuda FILE [RUNS] [SLOTS] [SLOT_MIB]";
+    let usage = "usage: bench_cuda FILE [RUNS] [SLOTS] [SLOT_MIB] [THREADS]";
     let path = args.first().ok_or(usage)?.clone();
     let arg = |i: usize, default: usize| -> Res<usize> {
         Ok(args
@@ -44,12 +44,16 @@ fn run() -> Res<()> {
             .transpose()?
             .unwrap_or(default))
     };
-    let (runs, slots, slot_mib) = (arg(1, 5)?, arg(2, 4)?, arg(3, 8)?);
+    let (runs, slots, slot_mib, threads) = (arg(1, 5)?, arg(2, 4)?, arg(3, 8)?, arg(4, 4)?);
 
     // Page cache hot, as for the other loaders.
     let file_bytes = std::io::copy(&mut std::fs::File::open(&path)?, &mut std::io::sink())?;
 
-    let backend = Arc::new(CudaBackend::new().staging(slots, slot_mib << 20));
+    let backend = Arc::new(
+        CudaBackend::new()
+            .staging(slots, slot_mib << 20)
+            .fill_threads(threads),
+    );
     let load = || -> Res<(f64, Vec<usize>)> {
         let start = Instant::now();
         let ckpt = Loader::new()
@@ -120,7 +124,8 @@ fn run() -> Res<()> {
 
     println!(
         "{{\"file_bytes\": {file_bytes}, \"storage_bytes\": {storage_bytes}, \"storages\": {}, \
-         \"runs\": {runs}, \"slots\": {slots}, \"slot_mib\": {slot_mib}, \"ptload_s\": {ptload_s}, \
+         \"runs\": {runs}, \"slots\": {slots}, \"slot_mib\": {slot_mib}, \"threads\": {threads}, \
+         \"ptload_s\": {ptload_s}, \
          \"raw_pinned_htod_s\": {raw_s}, \"alloc_per_storage_s\": {per_storage_s}, \
          \"alloc_arena_s\": {arena_s}, \"device\": {:?}}}",
         sizes.len(),

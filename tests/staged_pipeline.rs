@@ -1,10 +1,11 @@
 //! The staged pipeline that CUDA placement runs on, tested without a GPU (adding to
 //! `tests/placement.rs`): a backend claiming `cuda` places through `place_staged` over the
-//! host-memory stand-in (`HostStaging`), wrapped to count allocations. Every fixture comes out
-//! byte for byte as the CPU placer gives it and as torch saw it, whatever the ring's shape (one
-//! slot, records split across slots, whole records per slot; deflated, big-endian and unaligned
-//! legacy records converted on the way), and a bad record or a failed copy part way frees every
-//! allocation made before it.
+//! host-memory stand-in (`HostStaging`), wrapped to count allocations, with one ring or several
+//! filled in parallel (`place_parallel`, as CUDA does). Every fixture comes out byte for byte as
+//! the CPU placer gives it and as torch saw it, whatever the rings' shape (one slot, records
+//! split across slots, whole records per slot; deflated, big-endian and unaligned legacy
+//! records converted on the way), and a bad record or a failed copy part way frees every
+//! allocation made.
 
 mod common;
 
@@ -12,7 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::{compare, fixture_json, root};
-use ptload::place::pipeline::{place_staged, HostBuffer, HostStaging, Staging};
+use ptload::place::parallel::place_parallel;
+use ptload::place::pipeline::{HostBuffer, HostStaging, Staging};
 use ptload::place::{Backend, Control, PlacementJob, Placer, RecordReader, StorageData};
 use ptload::{Checkpoint, Device, ErrorKind, Loader, StringEncoding};
 use serde_json::Value as Json;
@@ -112,12 +114,14 @@ impl Staging for Counting {
 struct StandIn {
     slots: usize,
     slot_len: usize,
+    /// Rings, each filled by its own thread (every load split into this many groups).
+    threads: usize,
     stats: Arc<Stats>,
     fail_allocation_of: Option<usize>,
     fail_upload_of: Option<usize>,
 }
 
-struct StandInPlacer(Counting);
+struct StandInPlacer(Vec<Counting>);
 
 impl Placer for StandInPlacer {
     fn place_all(
@@ -126,7 +130,7 @@ impl Placer for StandInPlacer {
         jobs: &[PlacementJob],
         control: &mut Control<'_>,
     ) -> ptload::Result<Vec<StorageData>> {
-        place_staged(&mut self.0, reader, jobs, control)
+        place_parallel(&mut self.0, reader, jobs, control, 1)
     }
 }
 
@@ -139,21 +143,27 @@ impl Backend for StandIn {
     }
 
     fn placer(&self, _device: &Device) -> ptload::Result<Box<dyn Placer + '_>> {
-        let mut inner = HostStaging::new(self.slots, self.slot_len);
-        inner.fail_allocation_of = self.fail_allocation_of;
-        Ok(Box::new(StandInPlacer(Counting {
-            inner,
-            stats: self.stats.clone(),
-            fail_upload_of: self.fail_upload_of,
-            current: None,
-        })))
+        let rings = (0..self.threads.max(1))
+            .map(|_| {
+                let mut inner = HostStaging::new(self.slots, self.slot_len);
+                inner.fail_allocation_of = self.fail_allocation_of;
+                Counting {
+                    inner,
+                    stats: self.stats.clone(),
+                    fail_upload_of: self.fail_upload_of,
+                    current: None,
+                }
+            })
+            .collect();
+        Ok(Box::new(StandInPlacer(rings)))
     }
 }
 
-fn stand_in(slots: usize, slot_len: usize) -> StandIn {
+fn stand_in(slots: usize, slot_len: usize, threads: usize) -> StandIn {
     StandIn {
         slots,
         slot_len,
+        threads,
         ..StandIn::default()
     }
 }
@@ -189,17 +199,24 @@ fn digests_by_path(ckpt: &Checkpoint, want: &Json, what: &str) -> Vec<String> {
 
 #[test]
 fn every_fixture_streams_through_any_ring_as_torch_and_the_cpu_placer_see_it() {
-    // One slot of 16 bytes (every record and swap unit split, nothing overlapped) up to a
-    // ring of 1 MiB slots (whole records per slot).
-    let rings = [(1, 16), (2, 48), (3, 4096), (4, 1 << 20)];
+    // One slot of 16 bytes (every record split, nothing overlapped) up to a ring of 1 MiB
+    // slots (whole records per slot); one fill thread, or several (CUDA's parallel groups).
+    let rings = [
+        (1, 16, 1),
+        (2, 48, 1),
+        (3, 4096, 1),
+        (4, 1 << 20, 1),
+        (2, 48, 3),
+        (1, 16, 4),
+    ];
     let mut problems = Vec::new();
     let mut loads = 0;
-    for (slots, slot_len) in rings {
-        let backend = Arc::new(stand_in(slots, slot_len));
+    for (slots, slot_len, threads) in rings {
+        let backend = Arc::new(stand_in(slots, slot_len, threads));
         for table in ["expected.json", "expected_formats.json"] {
             let expected = fixture_json(table);
             for (rel, want) in expected["files"].as_object().unwrap() {
-                let what = format!("{rel} through {slots} x {slot_len}");
+                let what = format!("{rel} through {threads} x {slots} x {slot_len}");
                 let path = root().join("tests/fixtures").join(rel);
                 let staged = loader_for(rel, want)
                     .backend(backend.clone())
@@ -240,7 +257,7 @@ fn every_fixture_streams_through_any_ring_as_torch_and_the_cpu_placer_see_it() {
             );
         }
     }
-    assert!(loads >= 4 * 40, "{loads} loads");
+    assert!(loads >= 6 * 40, "{loads} loads");
     common::assert_no_problems(&problems);
 }
 
@@ -266,7 +283,7 @@ fn three_storages(third: Option<&[u8]>) -> Vec<u8> {
 
 #[test]
 fn the_three_storages_load() {
-    let backend = Arc::new(stand_in(2, 64));
+    let backend = Arc::new(stand_in(2, 64, 1));
     let ckpt = Loader::new()
         .backend(backend.clone())
         .load_bytes(three_storages(None))
@@ -279,8 +296,18 @@ fn the_three_storages_load() {
     assert_eq!(backend.stats.live.load(Ordering::SeqCst), 0);
 }
 
+/// Every allocation freed; `allocated` of them made (at least, with parallel groups, which may
+/// allocate before they see another group fail).
 fn assert_all_freed(backend: &StandIn, allocated: usize) {
-    assert_eq!(backend.stats.allocated.load(Ordering::SeqCst), allocated);
+    let made = backend.stats.allocated.load(Ordering::SeqCst);
+    if backend.threads > 1 {
+        assert!(
+            made >= allocated,
+            "{made} allocations, expected {allocated}"
+        );
+    } else {
+        assert_eq!(made, allocated);
+    }
     assert_eq!(
         backend.stats.live.load(Ordering::SeqCst),
         0,
@@ -290,28 +317,32 @@ fn assert_all_freed(backend: &StandIn, allocated: usize) {
 
 #[test]
 fn a_bad_record_part_way_frees_every_allocation() {
-    let backend = Arc::new(stand_in(2, 64));
-    let e = Loader::new()
-        .backend(backend.clone())
-        .load_bytes(three_storages(Some(b"\xff\xfe\xfd\xfc not deflate")))
-        .unwrap_err();
-    assert!(e.to_string().contains("archive/data/2"), "{e}");
-    assert_all_freed(&backend, 3);
+    for threads in [1, 3] {
+        let backend = Arc::new(stand_in(2, 64, threads));
+        let e = Loader::new()
+            .backend(backend.clone())
+            .load_bytes(three_storages(Some(b"\xff\xfe\xfd\xfc not deflate")))
+            .unwrap_err();
+        assert!(e.to_string().contains("archive/data/2"), "{e}");
+        assert_all_freed(&backend, 3);
+    }
 }
 
 #[test]
 fn a_failed_copy_part_way_frees_every_allocation() {
-    let backend = Arc::new(StandIn {
-        fail_upload_of: Some(1),
-        ..stand_in(2, 64)
-    });
-    let e = Loader::new()
-        .backend(backend.clone())
-        .load_bytes(three_storages(None))
-        .unwrap_err();
-    assert!(
-        matches!(e.kind(), ErrorKind::Placement { storage, .. } if storage == "1"),
-        "{e}"
-    );
-    assert_all_freed(&backend, 2);
+    for threads in [1, 3] {
+        let backend = Arc::new(StandIn {
+            fail_upload_of: Some(1),
+            ..stand_in(2, 64, threads)
+        });
+        let e = Loader::new()
+            .backend(backend.clone())
+            .load_bytes(three_storages(None))
+            .unwrap_err();
+        assert!(
+            matches!(e.kind(), ErrorKind::Placement { storage, .. } if storage == "1"),
+            "{e}"
+        );
+        assert_all_freed(&backend, 2);
+    }
 }

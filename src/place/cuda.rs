@@ -6,10 +6,13 @@
 //!   library must be present (checked with `is_culib_present` first, because cudarc panics on
 //!   the first call into a missing library), and `N` below the device count. Its errors are
 //!   torch's (`torch.cuda.is_available() is False`, `torch.cuda.device_count() is 1`).
-//! - Its placer streams a device's storages with [`place_staged`]: the host fills one of a ring
-//!   of page-locked slots (inflating and byte-swapping on the way) while the copies out of the
-//!   slots filled before it run on one CUDA stream; an event per slot says when a slot may be
-//!   filled again. Memory in flight is the ring (4 × 8 MiB by default), never the checkpoint.
+//! - Its placer streams a device's storages with [`place_staged`](super::pipeline::place_staged):
+//!   the host fills one of a ring of page-locked slots (inflating and byte-swapping on the way)
+//!   while the copies out of the slots filled before it run on the ring's CUDA stream; an event
+//!   per slot says when a slot may be filled again. Large loads are split into groups, each with
+//!   its own ring, stream and fill thread ([`place_parallel`]: one core fills ~10 GB/s, a PCIe 5
+//!   link takes ~50). Memory in flight is the rings in use (up to 4 × 4 × 8 MiB by default),
+//!   never the checkpoint.
 //! - Each storage gets its own device allocation ([`CudaBuffer`], a `CudaSlice<u8>`), taken from
 //!   the stream-ordered memory pool (`cuMemAllocAsync`) where the device has one. One arena per
 //!   device would save an allocation call per storage, but tie every storage's lifetime to all
@@ -17,9 +20,9 @@
 //!   microseconds against milliseconds of copying per megabyte-sized storage
 //!   (`scripts/bench-cuda` measures both on the checkpoint it loads).
 //! - A failure part way (out of memory, a bad record) drops every allocation made so far:
-//!   [`place_staged`] drops the buffers, and a `CudaSlice` frees itself on drop.
+//!   the pipeline drops the buffers, and a `CudaSlice` frees itself on drop.
 //! - Kept for the process, as torch keeps its own: each device's primary context (creating one
-//!   takes a tenth of a second or more) and one staging ring per device (pinning takes
+//!   takes a tenth of a second or more) and a few staging rings per device (pinning takes
 //!   milliseconds), so repeated loads pay for neither.
 
 use std::any::Any;
@@ -33,7 +36,8 @@ use cudarc::driver::{
     PinnedHostSlice,
 };
 
-use super::pipeline::{place_staged, Staging};
+use super::parallel::{group_count, place_parallel};
+use super::pipeline::Staging;
 use super::{Backend, Control, DeviceBuffer, PlacementJob, Placer, RecordReader, StorageData};
 use crate::error::{Error, ErrorKind, Result};
 use crate::location::{Device, DeviceSupport};
@@ -43,6 +47,10 @@ const MIN_DRIVER_VERSION: i32 = 12000;
 
 /// Staging slots in the ring: one being filled, the others copying.
 const DEFAULT_SLOTS: usize = 4;
+/// Fill threads (and rings) per device at most: one core fills ~10 GB/s, a PCIe 5 link takes ~50.
+const DEFAULT_THREADS: usize = 4;
+/// Storage bytes per fill thread at least: smaller loads are not worth a thread and a ring.
+const MIN_GROUP_BYTES: u64 = 64 << 20;
 /// Bytes per staging slot: large enough that a copy's fixed cost (~10 µs) is small next to its
 /// transfer time, small enough that the ring stays a few tens of MiB.
 const DEFAULT_SLOT_LEN: usize = 8 << 20;
@@ -67,6 +75,7 @@ pub struct CudaBackend {
     devices: Devices,
     slots: usize,
     slot_len: usize,
+    threads: usize,
 }
 
 /// Where the device count comes from.
@@ -101,6 +110,7 @@ impl CudaBackend {
             devices: Devices::Driver,
             slots: DEFAULT_SLOTS,
             slot_len: DEFAULT_SLOT_LEN,
+            threads: DEFAULT_THREADS,
         }
     }
 
@@ -119,6 +129,13 @@ impl CudaBackend {
     pub fn staging(mut self, slots: usize, slot_len: usize) -> Self {
         self.slots = slots.max(2);
         self.slot_len = slot_len.max(16).div_ceil(16) * 16;
+        self
+    }
+
+    /// Fill threads per device (at least 1; default 4): each streams a group of storages
+    /// through a ring of its own. A load uses one per 64 MiB of storage, up to this many.
+    pub fn fill_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
         self
     }
 
@@ -152,9 +169,11 @@ fn context(ordinal: usize) -> Result<Arc<CudaContext>> {
     Ok(ctx)
 }
 
-/// Staging rings given back by finished placers, one per device at most, so that the next load
-/// does not pin memory again (pinning tens of MiB takes milliseconds).
+/// Staging rings given back by finished placers, a few per device, so that the next load does
+/// not pin memory again (pinning tens of MiB takes milliseconds).
 static RINGS: Mutex<Vec<CudaStaging>> = Mutex::new(Vec::new());
+/// Rings kept per device.
+const KEPT_RINGS: usize = 8;
 
 /// A ring for `ordinal` of this shape: a kept one, or a new one.
 fn take_ring(ordinal: usize, slots: usize, slot_len: usize) -> Result<CudaStaging> {
@@ -176,7 +195,7 @@ fn give_back_ring(ring: CudaStaging) {
         return;
     }
     let mut rings = RINGS.lock().unwrap_or_else(PoisonError::into_inner);
-    if !rings.iter().any(|r| r.ordinal == ring.ordinal) {
+    if rings.iter().filter(|r| r.ordinal == ring.ordinal).count() < KEPT_RINGS {
         rings.push(ring);
     }
 }
@@ -195,9 +214,15 @@ impl Backend for CudaBackend {
                 "the CUDA backend cannot place on {device}"
             )));
         };
-        let staging = take_ring(index.unwrap_or(0), self.slots, self.slot_len)?;
+        let ordinal = index.unwrap_or(0);
+        // One ring now, so that a missing driver or device fails before any byte is read.
+        let ring = take_ring(ordinal, self.slots, self.slot_len)?;
         Ok(Box::new(CudaPlacer {
-            staging: Some(staging),
+            ordinal,
+            slots: self.slots,
+            slot_len: self.slot_len,
+            threads: self.threads,
+            rings: vec![ring],
         }))
     }
 }
@@ -292,14 +317,19 @@ fn human_bytes(n: u64) -> String {
     format!("{value:.2} {}", UNITS[unit])
 }
 
-/// Places one device's storages through a staging ring, kept for the next load when done.
+/// Places one device's storages through staging rings (one per fill thread in use), kept for
+/// the next load when done.
 struct CudaPlacer {
-    staging: Option<CudaStaging>,
+    ordinal: usize,
+    slots: usize,
+    slot_len: usize,
+    threads: usize,
+    rings: Vec<CudaStaging>,
 }
 
 impl Drop for CudaPlacer {
     fn drop(&mut self) {
-        if let Some(ring) = self.staging.take() {
+        for ring in self.rings.drain(..) {
             give_back_ring(ring);
         }
     }
@@ -312,11 +342,18 @@ impl Placer for CudaPlacer {
         jobs: &[PlacementJob],
         control: &mut Control<'_>,
     ) -> Result<Vec<StorageData>> {
-        let staging = self
-            .staging
-            .as_mut()
-            .ok_or_else(|| location_error("the CUDA placer has no staging ring".to_string()))?;
-        place_staged(staging, reader, jobs, control)
+        let groups = group_count(jobs, self.threads, MIN_GROUP_BYTES);
+        while self.rings.len() < groups {
+            let ring = take_ring(self.ordinal, self.slots, self.slot_len)?;
+            self.rings.push(ring);
+        }
+        place_parallel(
+            &mut self.rings[..groups],
+            reader,
+            jobs,
+            control,
+            MIN_GROUP_BYTES,
+        )
     }
 }
 
@@ -326,7 +363,7 @@ struct Slot {
     copied: CudaEvent,
 }
 
-/// The CUDA side of [`place_staged`]: a ring of pinned slots and one stream.
+/// The CUDA side of a staged upload: a ring of pinned slots and one stream.
 struct CudaStaging {
     ordinal: usize,
     stream: Arc<CudaStream>,
@@ -677,6 +714,8 @@ mod tests {
         assert_eq!((b.slots, b.slot_len), (2, 32));
         let b = CudaBackend::new().staging(3, 0);
         assert_eq!((b.slots, b.slot_len), (3, 16));
+        assert_eq!(CudaBackend::new().threads, DEFAULT_THREADS);
+        assert_eq!(CudaBackend::new().fill_threads(0).threads, 1);
     }
 
     #[test]

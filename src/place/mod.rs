@@ -28,6 +28,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod parallel;
 pub mod pipeline;
 mod reader;

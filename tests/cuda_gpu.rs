@@ -89,10 +89,17 @@ fn loader(backend: &Arc<CudaBackend>, rel: &str, want: &Json) -> Loader {
 #[ignore = "needs an NVIDIA GPU: run scripts/test-cuda"]
 fn every_fixture_on_cuda0_reads_back_as_torch() {
     require_gpu();
-    // The default ring, and a tiny one that splits every record and swap unit across slots.
+    // The default rings; a tiny one that splits every record across slots; tiny ones filled
+    // by three threads at once (every load in groups).
     let backends = [
         Arc::new(CudaBackend::new()),
         Arc::new(CudaBackend::new().staging(2, 48)),
+        Arc::new(
+            CudaBackend::new()
+                .staging(2, 48)
+                .fill_threads(3)
+                .group_bytes(1),
+        ),
     ];
     let mut problems = Vec::new();
     let mut files = 0;
@@ -116,7 +123,7 @@ fn every_fixture_on_cuda0_reads_back_as_torch() {
             }
         }
     }
-    assert!(files >= 80, "{files} fixture loads");
+    assert!(files >= 120, "{files} fixture loads");
     common::assert_no_problems(&problems);
 }
 
@@ -196,7 +203,18 @@ fn cuda1_maps_to_cuda0_and_callbacks_mix_devices() {
     assert_eq!(Json::from(got), table["files"][rel]["sha256"]);
 }
 
-/// A checkpoint of `count` float32 storages of `mib` MiB each (zeros), built in memory.
+/// Storage `i` of [`big_checkpoint`].
+fn big_storage(i: usize, mib: usize) -> Vec<u8> {
+    (0..mib << 20)
+        .map(|b| {
+            (b as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(i as u32 * 977) as u8
+        })
+        .collect()
+}
+
+/// A checkpoint of `count` float32 storages of `mib` MiB each (distinct patterns), in memory.
 fn big_checkpoint(count: usize, mib: usize) -> Vec<u8> {
     let numel = (mib << 20) / 4;
     let mut pickle = common::Pickle::new().op(b"(");
@@ -205,9 +223,36 @@ fn big_checkpoint(count: usize, mib: usize) -> Vec<u8> {
         pickle = pickle.storage_at("FloatStorage", key, "cuda:0", numel as i64);
     }
     let pickle = pickle.op(b"t").stop();
-    let data = vec![0u8; mib << 20];
-    let records: Vec<(&str, &[u8])> = keys.iter().map(|k| (k.as_str(), &data[..])).collect();
+    let data: Vec<Vec<u8>> = (0..count).map(|i| big_storage(i, mib)).collect();
+    let records: Vec<(&str, &[u8])> = keys
+        .iter()
+        .zip(&data)
+        .map(|(k, d)| (k.as_str(), &d[..]))
+        .collect();
     common::ZipBuilder::checkpoint(&pickle, &records)
+}
+
+#[test]
+#[ignore = "needs an NVIDIA GPU: run scripts/test-cuda"]
+fn large_loads_fill_in_parallel_groups_and_read_back_exactly() {
+    require_gpu();
+    // 8 × 32 MiB: four groups of 64 MiB, each through its own ring and stream.
+    let backend = Arc::new(CudaBackend::new().fill_threads(4));
+    let ckpt = Loader::new()
+        .backend(backend)
+        .map_location("cuda:0")
+        .load_bytes(big_checkpoint(8, 32))
+        .unwrap();
+    common::assert_no_problems(&all_on_gpu(&ckpt, 0, "8 x 32 MiB"));
+    for (i, s) in ckpt.storages.iter().enumerate() {
+        let buffer = s.data.device_buffer().unwrap();
+        let mut back = vec![0u8; 32 << 20];
+        buffer.read_back(0, &mut back).unwrap();
+        assert!(back == big_storage(i, 32), "storage {i} differs");
+        let mut tail = [0u8; 5];
+        buffer.read_back((32 << 20) - 5, &mut tail).unwrap();
+        assert_eq!(tail[..], big_storage(i, 32)[(32 << 20) - 5..]);
+    }
 }
 
 #[test]

@@ -49,7 +49,8 @@ const MIN_DRIVER_VERSION: i32 = 12000;
 const DEFAULT_SLOTS: usize = 4;
 /// Fill threads (and rings) per device at most: one core fills ~10 GB/s, a PCIe 5 link takes ~50.
 const DEFAULT_THREADS: usize = 4;
-/// Storage bytes per fill thread at least: smaller loads are not worth a thread and a ring.
+/// Storage bytes per fill thread at least, by default: smaller loads are not worth a thread and
+/// a ring.
 const MIN_GROUP_BYTES: u64 = 64 << 20;
 /// Bytes per staging slot: large enough that a copy's fixed cost (~10 µs) is small next to its
 /// transfer time, small enough that the ring stays a few tens of MiB.
@@ -76,6 +77,7 @@ pub struct CudaBackend {
     slots: usize,
     slot_len: usize,
     threads: usize,
+    group_bytes: u64,
 }
 
 /// Where the device count comes from.
@@ -111,6 +113,7 @@ impl CudaBackend {
             slots: DEFAULT_SLOTS,
             slot_len: DEFAULT_SLOT_LEN,
             threads: DEFAULT_THREADS,
+            group_bytes: MIN_GROUP_BYTES,
         }
     }
 
@@ -133,9 +136,17 @@ impl CudaBackend {
     }
 
     /// Fill threads per device (at least 1; default 4): each streams a group of storages
-    /// through a ring of its own. A load uses one per 64 MiB of storage, up to this many.
+    /// through a ring of its own. A load uses one per [`CudaBackend::group_bytes`] of storage,
+    /// up to this many.
     pub fn fill_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
+        self
+    }
+
+    /// Storage bytes per fill thread at least (default 64 MiB): smaller loads use fewer threads,
+    /// since each costs a thread start and a ring.
+    pub fn group_bytes(mut self, bytes: u64) -> Self {
+        self.group_bytes = bytes.max(1);
         self
     }
 
@@ -222,6 +233,7 @@ impl Backend for CudaBackend {
             slots: self.slots,
             slot_len: self.slot_len,
             threads: self.threads,
+            group_bytes: self.group_bytes,
             rings: vec![ring],
         }))
     }
@@ -324,6 +336,7 @@ struct CudaPlacer {
     slots: usize,
     slot_len: usize,
     threads: usize,
+    group_bytes: u64,
     rings: Vec<CudaStaging>,
 }
 
@@ -342,7 +355,7 @@ impl Placer for CudaPlacer {
         jobs: &[PlacementJob],
         control: &mut Control<'_>,
     ) -> Result<Vec<StorageData>> {
-        let groups = group_count(jobs, self.threads, MIN_GROUP_BYTES);
+        let groups = group_count(jobs, self.threads, self.group_bytes);
         while self.rings.len() < groups {
             let ring = take_ring(self.ordinal, self.slots, self.slot_len)?;
             self.rings.push(ring);
@@ -352,7 +365,7 @@ impl Placer for CudaPlacer {
             reader,
             jobs,
             control,
-            MIN_GROUP_BYTES,
+            self.group_bytes,
         )
     }
 }

@@ -95,7 +95,9 @@ impl fmt::Debug for CudaBackend {
             .field("devices", &self.devices)
             .field("slots", &self.slots)
             .field("slot_len", &self.slot_len)
-            .finish_non_exhaustive()
+            .field("threads", &self.threads)
+            .field("group_bytes", &self.group_bytes)
+            .finish()
     }
 }
 

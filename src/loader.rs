@@ -132,6 +132,10 @@ impl Default for Loader {
             limits: Limits::default(),
             encoding: StringEncoding::Utf8,
             support: DeviceSupport::default(),
+            // The `cuda` feature's backend; it calls the driver only when asked about `cuda`.
+            #[cfg(feature = "cuda")]
+            backends: vec![Arc::new(crate::place::cuda::CudaBackend::new())],
+            #[cfg(not(feature = "cuda"))]
             backends: Vec::new(),
             progress: None,
             cancel: None,

@@ -20,7 +20,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List a checkpoint's tensors: path, dtype, shape, device, bytes.
+    /// List a checkpoint's tensors: path, dtype, shape, device, bytes (or, with --tree, the
+    /// whole object).
     Inspect(cli::inspect::InspectArgs),
 }
 

@@ -15,7 +15,7 @@ use super::tree;
 /// Options of `ptload inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table: the tensors, and the whole tree as `root`.
     #[arg(long)]
     json: bool,
     /// Add the SHA-256 of each tensor's elements (C order, little-endian).

@@ -309,7 +309,6 @@ impl Record {
     }
 }
 
-/// Finds the EOCD by scanning back from the end over at most a maximal comment (64 KiB).
 /// The names of the first `max` entries, in directory order, without any of torch's rules
 /// (to explain why a zip file is not a torch archive).
 pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<String>> {
@@ -333,6 +332,7 @@ pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<
     Ok(names)
 }
 
+/// Finds the EOCD by scanning back from the end over at most a maximal comment (64 KiB).
 fn find_eocd(data: &(impl ByteSource + ?Sized)) -> Result<u64> {
     let len = data.len();
     if len < Eocd::SIZE as u64 {

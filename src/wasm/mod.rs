@@ -124,7 +124,8 @@ pub struct Planner {
 impl Planner {
     /// A planner for a file of `total_len` bytes named `name` (in errors). `options`:
     /// `{ weightsOnly?: boolean = true, encoding?: "utf8" | "ascii" | "latin1" | "bytes" (or
-    ///    Python's other names for them), mapLocation?: null | string | [from, to][], callback?: boolean }`.
+    ///    Python's other names for them), mapLocation?: null | string | [from, to][],
+    ///    callback?: boolean }`.
     #[wasm_bindgen(constructor)]
     pub fn new(name: String, total_len: f64, options: JsValue) -> Result<Planner, JsValue> {
         if !(0.0..=9_007_199_254_740_991.0).contains(&total_len) {

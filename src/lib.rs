@@ -37,7 +37,11 @@
 //! - under weights-only (the default): any global outside torch's allowlist, with torch's
 //!   message (`posix.system`, `argparse.Namespace`, `__main__.Net`, …);
 //! - sparse, nested and wrapper-subclass tensors (named in the error), out-of-band buffers,
-//!   the copyreg extension registry.
+//!   the copyreg extension registry;
+//! - files of other formats, named in [`ErrorKind::NotACheckpoint`] (`archive/detect.rs`):
+//!   safetensors, GGUF, ONNX, gzip (a `.tar.gz` or `.gz` of a checkpoint), bzip2/xz/zstd/7z,
+//!   HDF5, NumPy; a zip without `data.pkl` or a tar without torch's members (naming the
+//!   checkpoint inside); a directory (naming `pytorch_model.bin` or an `*.index.json` in it).
 //!
 //! ## Safety
 //!

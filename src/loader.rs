@@ -132,6 +132,10 @@ impl Default for Loader {
             limits: Limits::default(),
             encoding: StringEncoding::Utf8,
             support: DeviceSupport::default(),
+            // The `cuda` feature's backend; it calls the driver only when asked about `cuda`.
+            #[cfg(feature = "cuda")]
+            backends: vec![Arc::new(crate::place::cuda::CudaBackend::new())],
+            #[cfg(not(feature = "cuda"))]
             backends: Vec::new(),
             progress: None,
             cancel: None,
@@ -177,7 +181,18 @@ impl Loader {
         self
     }
 
-    /// How Python 2 strings decode (torch.load's `encoding`): UTF-8 by default.
+    /// How Python 2 strings decode (torch.load's `encoding`): UTF-8 by default. A string the
+    /// encoding cannot decode fails the load with Python's `UnicodeDecodeError` text.
+    ///
+    /// ```
+    /// use ptload::{Loader, StringEncoding};
+    /// // A Python 2 pickle whose dict key is b"caf\xe9" (latin-1, not valid UTF-8 or ASCII).
+    /// let path = "tests/fixtures/py2/latin1.pt";
+    /// let e = Loader::new().encoding(StringEncoding::Ascii).load(path).unwrap_err();
+    /// assert!(e.to_string().contains("'ascii' codec can't decode byte 0xe9 in position 3"));
+    /// let ckpt = Loader::new().encoding("latin1".parse().unwrap()).load(path).unwrap();
+    /// assert!(ckpt.tensor("café").is_some());
+    /// ```
     pub fn encoding(&mut self, encoding: StringEncoding) -> &mut Self {
         self.encoding = encoding;
         self

@@ -1,5 +1,5 @@
-//! The `ptload` command line: `ptload inspect [--json] [--sha256] [--map-location LOC]...
-//! [--no-weights-only] FILE`.
+//! The `ptload` command line: `ptload inspect [--json] [--sha256] [--tree] [--encoding NAME]
+//! [--map-location LOC]... [--no-weights-only] FILE`.
 
 use std::process::ExitCode;
 
@@ -20,7 +20,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List a checkpoint's tensors: path, dtype, shape, device, bytes.
+    /// List a checkpoint's tensors: path, dtype, shape, device, bytes (or, with --tree, the
+    /// whole object).
     Inspect(cli::inspect::InspectArgs),
 }
 

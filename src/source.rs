@@ -45,10 +45,15 @@ impl Source {
         let path = path.as_ref();
         let name = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| crate::Error::from(e).in_file(&name))?;
-        let len = file
+        let metadata = file
             .metadata()
-            .map_err(|e| crate::Error::from(e).in_file(&name))?
-            .len();
+            .map_err(|e| crate::Error::from(e).in_file(&name))?;
+        // A directory is refused here, naming the checkpoint in it, unless it is a
+        // torch.distributed.checkpoint folder (`.metadata`), which the loader reads as such.
+        if metadata.is_dir() && !path.join(".metadata").exists() {
+            return Err(directory_error(path).in_file(&name));
+        }
+        let len = metadata.len();
         if len == 0 {
             return Ok(Source::from_bytes(name, Vec::new()));
         }
@@ -112,6 +117,26 @@ fn past_the_end(offset: u64, len: u64, total: u64) -> Error {
             "bytes {offset}..{} lie past the end of the file ({total} bytes; truncated?)",
             offset.saturating_add(len)
         ),
+    })
+}
+
+/// Why a directory is no checkpoint file (its file names, sorted, say what to load instead).
+#[cfg(not(target_arch = "wasm32"))]
+fn directory_error(path: &std::path::Path) -> Error {
+    const MAX_ENTRIES: usize = 10_000;
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .take(MAX_ENTRIES)
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    Error::new(ErrorKind::NotACheckpoint {
+        reason: crate::archive::detect::explain_directory(&names),
     })
 }
 

@@ -63,7 +63,7 @@ fn json_fields_are_the_contract() {
     assert!(out.status.success());
     let report: Json = serde_json::from_slice(&out.stdout).unwrap();
     let keys: Vec<_> = report.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["byte_order", "format", "tensors"]);
+    assert_eq!(keys, ["byte_order", "format", "root", "tensors"]);
     let first = report["tensors"][0].as_object().unwrap();
     let mut fields: Vec<_> = first.keys().cloned().collect();
     fields.sort();

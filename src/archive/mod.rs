@@ -6,7 +6,11 @@
 //! | zip (`torch.save` ≥ 1.6, `torch.jit.save`) | `PK\3\4` at 0 | `zip.rs` |
 //! | tar (torch ≤ 0.1) | `ustar` at 257 | `tar.rs` |
 //! | legacy pickle stream (1001) | a pickle of the magic number at 0 | `legacy.rs` |
+//!
+//! Files of other formats (safetensors, GGUF, ONNX, gzip, …) are named by `detect.rs` when
+//! refused.
 
+pub mod detect;
 pub mod legacy;
 pub mod tar;
 pub mod zip;

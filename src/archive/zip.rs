@@ -309,6 +309,29 @@ impl Record {
     }
 }
 
+/// The names of the first `max` entries, in directory order, without any of torch's rules
+/// (to explain why a zip file is not a torch archive).
+pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<String>> {
+    let eocd_offset = find_eocd(data)?;
+    let eocd = Eocd::parse(data, eocd_offset)?;
+    let (mut entries, mut cd_offset) = (eocd.entries as u64, eocd.cd_offset as u64);
+    if eocd_offset >= Eocd64Locator::SIZE as u64 {
+        if let Some(locator) = Eocd64Locator::parse(data, eocd_offset - Eocd64Locator::SIZE as u64)?
+        {
+            let eocd64 = Eocd64::parse(data, locator.eocd64_offset)?;
+            (entries, cd_offset) = (eocd64.entries, eocd64.cd_offset);
+        }
+    }
+    let mut names = Vec::new();
+    let mut pos = cd_offset;
+    for _ in 0..entries.min(max as u64) {
+        let header = CentralHeader::parse(data, pos)?;
+        pos += header.total_len as u64;
+        names.push(String::from_utf8_lossy(&header.name).into_owned());
+    }
+    Ok(names)
+}
+
 /// Finds the EOCD by scanning back from the end over at most a maximal comment (64 KiB).
 fn find_eocd(data: &(impl ByteSource + ?Sized)) -> Result<u64> {
     let len = data.len();

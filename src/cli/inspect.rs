@@ -1,5 +1,6 @@
-//! `ptload inspect`: a readable table of a checkpoint's tensors, or the JSON contract of
-//! DESIGN.md (`--json`), optionally with SHA-256 digests of each tensor's elements.
+//! `ptload inspect`: a readable table of a checkpoint's tensors, the whole object as a tree
+//! (`--tree`, see [`super::tree`]), or the JSON contract of DESIGN.md (`--json`, with the tree as
+//! `root`), optionally with SHA-256 digests of each tensor's elements.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,12 +8,14 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::{json, Value as Json};
 
-use ptload::{Checkpoint, Loader, MapLocation};
+use ptload::{Checkpoint, Loader, MapLocation, StringEncoding};
+
+use super::tree;
 
 /// Options of `ptload inspect`.
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Print one JSON object instead of a table.
+    /// Print one JSON object instead of a table: the tensors, and the whole tree as `root`.
     #[arg(long)]
     json: bool,
     /// Add the SHA-256 of each tensor's elements (C order, little-endian).
@@ -25,6 +28,17 @@ pub struct InspectArgs {
     /// nothing is ever executed).
     #[arg(long)]
     no_weights_only: bool,
+    /// Print the whole object torch.load would return as an indented tree (dict keys, list
+    /// items, scalars with their values, objects with their state, tensors as one line).
+    #[arg(long)]
+    tree: bool,
+    /// With --tree: items shown per container before `... N more items` (0: all).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    max_items: usize,
+    /// How Python 2 strings decode, as torch.load's `encoding`: utf-8 (default), ascii, latin1
+    /// or bytes.
+    #[arg(long, value_name = "NAME")]
+    encoding: Option<String>,
     /// The checkpoint.
     file: PathBuf,
 }
@@ -46,15 +60,26 @@ fn map_location(values: &[String]) -> Result<MapLocation, String> {
 
 /// Runs the subcommand; `Err` is the one-line message for stderr.
 pub fn run(args: &InspectArgs) -> Result<(), String> {
-    let location =
-        map_location(&args.map_location).map_err(|e| format!("{}: {e}", args.file.display()))?;
+    let in_file = |e: String| format!("{}: {e}", args.file.display());
+    let location = map_location(&args.map_location).map_err(in_file)?;
+    let encoding = match &args.encoding {
+        Some(name) => name.parse::<StringEncoding>().map_err(in_file)?,
+        None => StringEncoding::default(),
+    };
     let ckpt = Loader::new()
         .weights_only(!args.no_weights_only)
         .map_location(location)
+        .encoding(encoding)
         .load(&args.file)
         .map_err(|e| e.to_string())?;
     let out = if args.json {
         json_report(&ckpt, args.sha256).map_err(|e| format!("{}: {e}", args.file.display()))?
+    } else if args.tree {
+        let options = tree::TextOptions {
+            max_items: args.max_items,
+            sha256: args.sha256,
+        };
+        tree::text(&ckpt, &options).map_err(|e| format!("{}: {e}", args.file.display()))?
     } else {
         table_report(&ckpt, &args.file, args.sha256)
             .map_err(|e| format!("{}: {e}", args.file.display()))?
@@ -86,15 +111,18 @@ fn json_report(ckpt: &Checkpoint, sha256: bool) -> ptload::Result<String> {
         }
         tensors.push(entry);
     }
-    let report = json!({
-        "format": ckpt.format.name(),
-        "byte_order": ckpt.byte_order.name(),
-        "tensors": tensors,
-    });
-    Ok(format!("{report}\n"))
+    // Keys in alphabetical order, as serde_json writes an object (and the npm CLI its report);
+    // `root` is JSON text of its own, which keeps the file's key order.
+    Ok(format!(
+        "{{\"byte_order\":{},\"format\":{},\"root\":{},\"tensors\":{}}}\n",
+        Json::from(ckpt.byte_order.name()),
+        Json::from(ckpt.format.name()),
+        tree::json(ckpt),
+        Json::from(tensors)
+    ))
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -1,3 +1,4 @@
 //! Subcommands of the `ptload` binary.
 
 pub mod inspect;
+pub mod tree;

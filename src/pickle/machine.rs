@@ -199,17 +199,15 @@ impl<'a, H: Hooks> Machine<'a, H> {
     }
 
     fn py2_string(&mut self, bytes: Vec<u8>) -> Result<()> {
-        let node =
-            match self.encoding {
-                StringEncoding::Bytes => Node::Bytes(bytes),
-                StringEncoding::Latin1 => Node::Str(bytes.iter().map(|&b| b as char).collect()),
-                StringEncoding::Utf8 => match String::from_utf8(bytes) {
-                    Ok(s) => Node::Str(s),
-                    Err(_) => return Err(self.err(
-                        "a Python 2 string is not valid UTF-8 (load with encoding latin1 or bytes)",
-                    )),
-                },
-            };
+        let node = match super::decode_py2_string(bytes, self.encoding) {
+            Ok(super::Decoded::Str(s)) => Node::Str(s),
+            Ok(super::Decoded::Bytes(b)) => Node::Bytes(b),
+            Err(m) => {
+                return Err(self.err(format!(
+                    "{m} (a Python 2 string; load with encoding latin1 or bytes)"
+                )))
+            }
+        };
         self.push_node(node)
     }
 

@@ -10,11 +10,13 @@
 //!
 //! Nothing is imported or executed: calls are recorded as [`Node::Call`] nodes.
 
+pub mod encoding;
 pub mod machine;
 pub mod value;
 
 use std::fmt;
 
+pub use encoding::{decode_py2_string, Decoded, StringEncoding};
 pub use value::{Arena, Call, CallKind, Node, NodeId};
 
 /// What the machine asks of the layer above it.
@@ -37,19 +39,6 @@ impl Hooks for NoHooks {
     fn persistent_load(&mut self, _: &mut Arena, _: NodeId) -> Result<NodeId, String> {
         Err("persistent ids are not supported here".into())
     }
-}
-
-/// How Python 2 strings (`STRING`, `BINSTRING`, `SHORT_BINSTRING`) are decoded, as torch.load's
-/// `encoding` argument.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum StringEncoding {
-    /// UTF-8 text (torch's default).
-    #[default]
-    Utf8,
-    /// Latin-1 text: every byte one code point.
-    Latin1,
-    /// Kept as bytes.
-    Bytes,
 }
 
 /// Bounds the machine enforces; each guards memory against a hostile pickle.

@@ -22,8 +22,14 @@
 //! | `reader.rs` | [`RecordReader`], [`RecordStream`]: borrow or stream a record with its conversions |
 //! | `cpu.rs` | the host placer: borrow in place, copy only when it must |
 //! | `pipeline.rs` | [`pipeline::place_staged`]: a ring of staging slots and asynchronous copies, behind the [`pipeline::Staging`] trait |
+//! | `parallel.rs` | [`parallel::place_parallel`]: one device's storages in groups, each through its own ring on its own thread |
+//! | `cuda.rs` | (feature `cuda`) the CUDA backend: pinned staging ring, one stream, a device allocation per storage |
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod parallel;
 pub mod pipeline;
 mod reader;
 

@@ -40,10 +40,20 @@ impl Loader {
             }));
         }
         let head = bytes.get(0, len.min(262))?;
+        // Files that are no torch archive say what they are (archive/detect.rs).
         match archive::sniff(head) {
-            Sniffed::Zip => self.plan_zip(bytes),
-            Sniffed::Tar => self.plan_tar(bytes.get(0, len)?),
-            Sniffed::Pickle => self.plan_legacy(bytes.get(0, len)?),
+            Sniffed::Zip => self
+                .plan_zip(bytes)
+                .map_err(|e| archive::detect::zip_error(bytes, e)),
+            Sniffed::Tar => {
+                let data = bytes.get(0, len)?;
+                self.plan_tar(data)
+                    .map_err(|e| archive::detect::tar_error(data, e))
+            }
+            Sniffed::Pickle => {
+                archive::detect::check(bytes, head)?;
+                self.plan_legacy(bytes.get(0, len)?)
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! functions, the weights-only policy, and the checkpoint tree. Knows nothing of devices.
 
 pub mod dtype;
+pub mod json;
 pub mod layout;
 pub mod policy;
 pub mod rebuild;

@@ -123,8 +123,9 @@ pub struct Planner {
 #[wasm_bindgen]
 impl Planner {
     /// A planner for a file of `total_len` bytes named `name` (in errors). `options`:
-    /// `{ weightsOnly?: boolean = true, encoding?: "utf8" | "latin1" | "bytes",
-    ///    mapLocation?: null | string | [from, to][], callback?: boolean }`.
+    /// `{ weightsOnly?: boolean = true, encoding?: "utf8" | "ascii" | "latin1" | "bytes" (or
+    ///    Python's other names for them), mapLocation?: null | string | [from, to][],
+    ///    callback?: boolean }`.
     #[wasm_bindgen(constructor)]
     pub fn new(name: String, total_len: f64, options: JsValue) -> Result<Planner, JsValue> {
         if !(0.0..=9_007_199_254_740_991.0).contains(&total_len) {
@@ -133,19 +134,8 @@ impl Planner {
         let mut loader = Loader::new();
         let weights_only = get(&options, "weightsOnly")?;
         loader.weights_only(weights_only.as_bool().unwrap_or(true));
-        match get(&options, "encoding")?.as_string().as_deref() {
-            None | Some("utf8") | Some("utf-8") => {}
-            Some("latin1") => {
-                loader.encoding(StringEncoding::Latin1);
-            }
-            Some("bytes") => {
-                loader.encoding(StringEncoding::Bytes);
-            }
-            Some(other) => {
-                return Err(type_error(&format!(
-                    "encoding must be \"utf8\", \"latin1\" or \"bytes\", not {other:?}"
-                )))
-            }
+        if let Some(name) = get(&options, "encoding")?.as_string() {
+            loader.encoding(name.parse::<StringEncoding>().map_err(|e| type_error(&e))?);
         }
         let callback = get(&options, "callback")?.as_bool().unwrap_or(false);
         if callback {

@@ -302,14 +302,8 @@ pub fn needs_no_weights_only(rel: &str) -> bool {
 pub fn loader_for(rel: &str, want: &Json) -> ptload::Loader {
     let mut loader = ptload::Loader::new();
     loader.weights_only(!needs_no_weights_only(rel));
-    match want.get("encoding").and_then(Json::as_str) {
-        Some("latin1") => {
-            loader.encoding(ptload::StringEncoding::Latin1);
-        }
-        Some("bytes") => {
-            loader.encoding(ptload::StringEncoding::Bytes);
-        }
-        _ => {}
+    if let Some(name) = want.get("encoding").and_then(Json::as_str) {
+        loader.encoding(name.parse::<ptload::StringEncoding>().unwrap());
     }
     loader
 }

@@ -1,0 +1,368 @@
+//! The checkpoint tree as JSON text: the `root` field of `ptload inspect --json`, written here
+//! (without a JSON library) so that every surface prints the same bytes.
+//!
+//! The walk follows [`Value::children`], so a tensor's path is its path in
+//! `Checkpoint::tensors`. Objects keep the file's key order. Floats are written as Python's
+//! `repr` writes them ([`float_repr`]: `0.1`, `2.0`, `1e-05`), as Python's `json` does.
+//!
+//! | value | JSON |
+//! |---|---|
+//! | `None`, `bool`, `str` | `null`, `true`/`false`, a string |
+//! | `int` | a number (`{"__int__": "decimal"}` beyond 64 bits) |
+//! | `float` | a number (`{"__float__": "nan" \| "inf" \| "-inf"}` when not finite) |
+//! | `list`, `tuple` | an array |
+//! | `set`, `frozenset` | `{"__set__": [...]}`, `{"__frozenset__": [...]}` |
+//! | `bytes`, `bytearray` | `{"__bytes__": "hex"}`, `{"__bytearray__": "hex"}` |
+//! | `dict` with only `str` keys | an object, keys in file order (attributes such as `_metadata` left out, as in the JS API) |
+//! | other `dict` | `{"__dict__": [[key, value], ...]}` |
+//! | tensor | `{"__tensor__": "path"}`, its path in the tensor list; a tensor the list does not walk (an object's constructor arguments) is `{"__tensor__": null, "dtype", "shape"}` |
+//! | storage saved alone | `{"__storage__": "key"}` |
+//! | inert object | `{"__class__": "module.Name", "args": [...], "state": ...}` (+ `listItems`, `dictItems` when it acted as a list or dict), as in the JS API |
+//! | `complex` | `{"__class__": "builtins.complex", "args": [re, im], "state": null}` |
+//! | global (`torch.float32`, a class) | `{"__global__": "module.name"}` |
+
+use std::fmt::Write as _;
+
+use super::value::key_segment;
+use super::{StorageId, Value};
+
+/// Python's `repr` of a `float`: the shortest digits that round-trip, in exponent form below
+/// 1e-4 and from 1e16 on (`2.5e-300`, `1e+300`), with `.0` on whole numbers; `inf`, `nan`.
+pub fn float_repr(x: f64) -> String {
+    if !x.is_finite() || x == 0.0 {
+        return Value::Float(x).to_string();
+    }
+    let sci = format!("{x:e}"); // shortest round-trip digits: "2.5e-300", "1e300"
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let plain = x.to_string();
+        if plain.contains('.') {
+            plain
+        } else {
+            format!("{plain}.0")
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
+/// The tree as JSON text; `storage_key` names a storage saved on its own.
+pub fn tree(root: &Value, storage_key: &dyn Fn(StorageId) -> Option<String>) -> String {
+    let mut w = Writer {
+        storage_key,
+        out: String::new(),
+    };
+    w.value(
+        root,
+        At {
+            path: "",
+            listed: true,
+        },
+    );
+    w.out
+}
+
+/// Where a value sits: its path, and whether `Checkpoint::tensors` walks it.
+#[derive(Clone, Copy)]
+struct At<'p> {
+    path: &'p str,
+    listed: bool,
+}
+
+const UNLISTED: At<'static> = At {
+    path: "",
+    listed: false,
+};
+
+impl At<'_> {
+    fn child(&self, segment: &str) -> String {
+        if self.path.is_empty() {
+            segment.to_owned()
+        } else {
+            format!("{}.{segment}", self.path)
+        }
+    }
+}
+
+struct Writer<'k> {
+    storage_key: &'k dyn Fn(StorageId) -> Option<String>,
+    out: String,
+}
+
+impl Writer<'_> {
+    fn raw(&mut self, s: &str) {
+        self.out.push_str(s);
+    }
+
+    /// A JSON string (escapes as serde_json writes them).
+    fn string(&mut self, s: &str) {
+        self.out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => self.out.push_str("\\\""),
+                '\\' => self.out.push_str("\\\\"),
+                '\n' => self.out.push_str("\\n"),
+                '\r' => self.out.push_str("\\r"),
+                '\t' => self.out.push_str("\\t"),
+                '\u{8}' => self.out.push_str("\\b"),
+                '\u{c}' => self.out.push_str("\\f"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(self.out, "\\u{:04x}", c as u32);
+                }
+                c => self.out.push(c),
+            }
+        }
+        self.out.push('"');
+    }
+
+    fn float(&mut self, x: f64) {
+        if x.is_finite() {
+            let repr = float_repr(x);
+            self.raw(&repr);
+        } else {
+            let _ = write!(self.out, "{{\"__float__\":\"{}\"}}", float_repr(x));
+        }
+    }
+
+    fn hex(&mut self, tag: &str, bytes: &[u8]) {
+        let _ = write!(self.out, "{{\"{tag}\":\"");
+        for b in bytes {
+            let _ = write!(self.out, "{b:02x}");
+        }
+        self.raw("\"}");
+    }
+
+    /// `{"tag": [...]}` or a bare array of `items`, each at `at.child(i)`.
+    fn array(&mut self, tag: Option<&str>, items: &[Value], at: At<'_>) {
+        if let Some(tag) = tag {
+            let _ = write!(self.out, "{{\"{tag}\":");
+        }
+        self.raw("[");
+        for (i, v) in items.iter().enumerate() {
+            if i > 0 {
+                self.raw(",");
+            }
+            let path = at.child(&i.to_string());
+            self.value(
+                v,
+                At {
+                    path: &path,
+                    listed: at.listed,
+                },
+            );
+        }
+        self.raw("]");
+        if tag.is_some() {
+            self.raw("}");
+        }
+    }
+
+    /// A dict's items, their values at `at.child(key)`: an object when every key is a `str`,
+    /// else `{"__dict__": [[key, value], ...]}`.
+    fn dict_items(&mut self, items: &[(Value, Value)], at: At<'_>) {
+        let str_keys = items.iter().all(|(k, _)| matches!(k, Value::Str(_)));
+        self.raw(if str_keys { "{" } else { "{\"__dict__\":[" });
+        for (i, (k, v)) in items.iter().enumerate() {
+            if i > 0 {
+                self.raw(",");
+            }
+            match k {
+                Value::Str(s) if str_keys => {
+                    self.string(s);
+                    self.raw(":");
+                }
+                _ => {
+                    self.raw("[");
+                    self.value(k, UNLISTED);
+                    self.raw(",");
+                }
+            }
+            let path = at.child(&key_segment(k));
+            self.value(
+                v,
+                At {
+                    path: &path,
+                    listed: at.listed,
+                },
+            );
+            if !str_keys {
+                self.raw("]");
+            }
+        }
+        self.raw(if str_keys { "}" } else { "]}" });
+    }
+
+    fn value(&mut self, value: &Value, at: At<'_>) {
+        match value {
+            Value::None => self.raw("null"),
+            Value::Bool(b) => self.raw(if *b { "true" } else { "false" }),
+            Value::Int(i) => {
+                let _ = write!(self.out, "{i}");
+            }
+            Value::BigInt(s) => {
+                self.raw("{\"__int__\":");
+                self.string(s);
+                self.raw("}");
+            }
+            Value::Float(x) => self.float(*x),
+            Value::Complex(re, im) => {
+                self.raw("{\"__class__\":\"builtins.complex\",\"args\":[");
+                self.float(*re);
+                self.raw(",");
+                self.float(*im);
+                self.raw("],\"state\":null}");
+            }
+            Value::Str(s) => self.string(s),
+            Value::Bytes(b) => self.hex("__bytes__", b),
+            Value::ByteArray(b) => self.hex("__bytearray__", b),
+            Value::List(items) | Value::Tuple(items) => self.array(None, items, at),
+            Value::Set(items) => self.array(Some("__set__"), items, at),
+            Value::FrozenSet(items) => self.array(Some("__frozenset__"), items, at),
+            Value::Dict(d) => self.dict_items(&d.items, at),
+            Value::Tensor(_) if at.listed => {
+                self.raw("{\"__tensor__\":");
+                self.string(at.path);
+                self.raw("}");
+            }
+            Value::Tensor(meta) => {
+                let shape: Vec<String> = meta.shape.iter().map(u64::to_string).collect();
+                let _ = write!(
+                    self.out,
+                    "{{\"__tensor__\":null,\"dtype\":\"{}\",\"shape\":[{}]}}",
+                    meta.dtype,
+                    shape.join(",")
+                );
+            }
+            Value::Storage(id) => {
+                self.raw("{\"__storage__\":");
+                match (self.storage_key)(*id) {
+                    Some(key) => self.string(&key),
+                    None => self.raw("null"),
+                }
+                self.raw("}");
+            }
+            Value::Object(o) => {
+                self.raw("{\"__class__\":");
+                self.string(&o.class);
+                self.raw(",\"args\":");
+                self.array(None, &o.args, UNLISTED);
+                self.raw(",\"state\":");
+                match &o.state {
+                    None => self.raw("null"),
+                    // The state dict's items are the object's attributes: paths `obj.name`.
+                    Some(Value::Dict(d)) => self.dict_items(&d.items, at),
+                    // (dict, slots), as Python's default __reduce_ex__ writes it.
+                    Some(Value::Tuple(parts)) => {
+                        self.raw("[");
+                        for (i, part) in parts.iter().enumerate() {
+                            if i > 0 {
+                                self.raw(",");
+                            }
+                            match part {
+                                Value::Dict(d) => self.dict_items(&d.items, at),
+                                other => self.value(other, UNLISTED),
+                            }
+                        }
+                        self.raw("]");
+                    }
+                    Some(other) => self.value(other, UNLISTED),
+                }
+                if !o.list_items.is_empty() {
+                    self.raw(",\"listItems\":");
+                    self.array(None, &o.list_items, at);
+                }
+                if !o.dict_items.is_empty() {
+                    self.raw(",\"dictItems\":");
+                    self.dict_items(&o.dict_items, at);
+                }
+                self.raw("}");
+            }
+            Value::Global(name) => {
+                self.raw("{\"__global__\":");
+                self.string(name);
+                self.raw("}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::torch::{Dict, Dtype, Object, TensorMeta};
+
+    /// Each expected text is Python 3.11's `repr`.
+    #[test]
+    fn floats_as_python_writes_them() {
+        for (x, want) in [
+            (0.1, "0.1"),
+            (76.5, "76.5"),
+            (2.0, "2.0"),
+            (-0.0, "-0.0"),
+            (1e-4, "0.0001"),
+            (1e-5, "1e-05"),
+            (-2.5e-300, "-2.5e-300"),
+            (1e300, "1e+300"),
+            (1e16, "1e+16"),
+            (1234567890123456.0, "1234567890123456.0"),
+            (f64::INFINITY, "inf"),
+            (f64::NAN, "nan"),
+        ] {
+            assert_eq!(float_repr(x), want, "{x}");
+        }
+    }
+
+    fn dict(class: &str, items: Vec<(Value, Value)>) -> Value {
+        Value::Dict(Box::new(Dict {
+            class: class.into(),
+            items,
+            attributes: vec![("_metadata".into(), Value::None)],
+        }))
+    }
+
+    fn tensor() -> Value {
+        Value::Tensor(Box::new(TensorMeta::view(
+            Some(0),
+            Dtype::Float32,
+            vec![2],
+            vec![1],
+            0,
+        )))
+    }
+
+    #[test]
+    fn every_kind_of_value() {
+        let s = |x: &str| Value::Str(x.into());
+        let root = dict(
+            "collections.OrderedDict",
+            vec![
+                (s("z\"q\n"), Value::Float(f64::NEG_INFINITY)),
+                (s("nan"), Value::Float(f64::NAN)),
+                (s("big"), Value::BigInt("-1180591620717411303424".into())),
+                (s("b"), Value::Bytes(vec![0, 255])),
+                (s("set"), Value::Set(vec![Value::Int(1)])),
+                (s("c"), Value::Complex(1.5, -2.0)),
+                (s("ints"), dict("dict", vec![(Value::Int(3), tensor())])),
+                (
+                    s("obj"),
+                    Value::Object(Box::new(Object {
+                        class: "argparse.Namespace".into(),
+                        args: vec![tensor()],
+                        state: Some(dict("dict", vec![(s("w"), tensor())])),
+                        list_items: vec![],
+                        dict_items: vec![],
+                    })),
+                ),
+                (s("g"), Value::Global("torch.float32".into())),
+                (s("st"), Value::Storage(0)),
+            ],
+        );
+        let text = tree(&root, &|id| Some(format!("key{id}")));
+        assert_eq!(
+            text,
+            r#"{"z\"q\n":{"__float__":"-inf"},"nan":{"__float__":"nan"},"big":{"__int__":"-1180591620717411303424"},"b":{"__bytes__":"00ff"},"set":{"__set__":[1]},"c":{"__class__":"builtins.complex","args":[1.5,-2.0],"state":null},"ints":{"__dict__":[[3,{"__tensor__":"ints.3"}]]},"obj":{"__class__":"argparse.Namespace","args":[{"__tensor__":null,"dtype":"float32","shape":[2]}],"state":{"w":{"__tensor__":"obj.w"}}},"g":{"__global__":"torch.float32"},"st":{"__storage__":"key0"}}"#
+        );
+    }
+}

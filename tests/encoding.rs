@@ -1,0 +1,158 @@
+//! torch.load's `encoding` for Python-2 strings (`tests/fixtures/py2/`, real torch 2.15):
+//! ASCII-only strings load under `ascii`; a non-ASCII byte fails with torch's own
+//! `UnicodeDecodeError` text (recorded by `make_formats.py` in `encoding_errors`); `latin1`
+//! and `bytes` load everything.
+
+mod common;
+
+use common::{compare, fixture_json, root};
+use ptload::{ErrorKind, Loader, StringEncoding};
+
+fn load(rel: &str, encoding: StringEncoding) -> ptload::Result<ptload::Checkpoint> {
+    Loader::new()
+        .encoding(encoding)
+        .load(root().join("tests/fixtures").join(rel))
+}
+
+#[test]
+fn ascii_only_strings_load_under_every_encoding() {
+    let expected = fixture_json("expected_formats.json");
+    let want = &expected["files"]["py2/ascii.pt"];
+    assert_eq!(want["encoding"], "ascii");
+    for encoding in ["ascii", "utf-8", "latin1"] {
+        let ckpt = load("py2/ascii.pt", encoding.parse().unwrap()).unwrap();
+        let problems = compare(&ckpt, want, encoding);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+        let meta = ckpt.root.get_path("meta.name").unwrap();
+        assert_eq!(meta.as_str(), Some("py2 checkpoint"));
+    }
+    // `bytes` keeps every Python 2 str as bytes, keys included (as Python's unpickler does).
+    let ckpt = load("py2/ascii.pt", StringEncoding::Bytes).unwrap();
+    let ptload::Value::Dict(d) = &ckpt.root else {
+        panic!("{:?}", ckpt.root)
+    };
+    assert_eq!(d.items[0].0, ptload::Value::Bytes(b"groesse".to_vec()));
+}
+
+#[test]
+fn a_non_ascii_byte_fails_as_torch_says() {
+    let expected = fixture_json("expected_formats.json");
+    let cases = expected["encoding_errors"].as_object().unwrap();
+    let mut checked = 0;
+    for (rel, by_encoding) in cases {
+        for (encoding, torch_says) in by_encoding.as_object().unwrap() {
+            let torch_says = torch_says.as_str().unwrap();
+            let e = load(rel, encoding.parse().unwrap()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(torch_says), "{rel} {encoding}: {text}");
+            assert!(text.starts_with(
+                &root()
+                    .join("tests/fixtures")
+                    .join(rel)
+                    .display()
+                    .to_string()
+            ));
+            assert!(text.ends_with("(a Python 2 string; load with encoding latin1 or bytes)"));
+            assert!(matches!(e.kind(), ErrorKind::Pickle { .. }), "{e:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "{checked}");
+}
+
+#[test]
+fn ascii_error_names_the_pickle_byte_and_the_string_position() {
+    let e = load("py2/latin1.pt", StringEncoding::Ascii).unwrap_err();
+    let ErrorKind::Pickle { record, error } = e.kind() else {
+        panic!("{e:?}")
+    };
+    assert_eq!(record, "latin1/data.pkl");
+    assert_eq!(error.opcode, Some(b'U'));
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "byte 0x{:X}, opcode SHORT_BINSTRING: 'ascii' codec can't decode byte 0xe9 in \
+             position 3: ordinal not in range(128) (a Python 2 string; load with encoding \
+             latin1 or bytes)",
+            error.offset
+        )
+    );
+}
+
+#[test]
+fn latin1_and_bytes_load_the_non_ascii_file() {
+    let expected = fixture_json("expected_formats.json");
+    for name in ["latin1", "latin-1", "ISO-8859-1"] {
+        let ckpt = load("py2/latin1.pt", name.parse().unwrap()).unwrap();
+        let problems = compare(&ckpt, &expected["files"]["py2/latin1.pt"], name);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+    let ckpt = load("py2/latin1.pt", StringEncoding::Bytes).unwrap();
+    assert_eq!(ckpt.tensors().count(), 4);
+}
+
+fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ptload"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_encoding_option() {
+    let expected = fixture_json("expected_formats.json");
+    let torch_says = expected["encoding_errors"]["py2/latin1.pt"]["ascii"]
+        .as_str()
+        .unwrap();
+    let out = cli(&[
+        "inspect",
+        "--encoding",
+        "ascii",
+        "tests/fixtures/py2/latin1.pt",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(torch_says), "{stderr}");
+
+    let out = cli(&[
+        "inspect",
+        "--json",
+        "--encoding",
+        "latin-1",
+        "tests/fixtures/py2/latin1.pt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tensors"][0]["path"], "café");
+
+    let out = cli(&[
+        "inspect",
+        "--encoding",
+        "ascii",
+        "tests/fixtures/py2/ascii.pt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = cli(&[
+        "inspect",
+        "--encoding",
+        "ebcdic",
+        "tests/fixtures/py2/ascii.pt",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ptload: tests/fixtures/py2/ascii.pt: unknown encoding: ebcdic (ptload decodes Python 2 \
+         strings as ascii, utf-8 (utf8), latin1 (latin-1, iso-8859-1) or bytes)\n"
+    );
+}

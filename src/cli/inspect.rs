@@ -39,7 +39,7 @@ pub struct InspectArgs {
     /// or bytes.
     #[arg(long, value_name = "NAME")]
     encoding: Option<String>,
-    /// The checkpoint.
+    /// The checkpoint: a file, or a distributed checkpoint's folder (with `.metadata`).
     file: PathBuf,
 }
 

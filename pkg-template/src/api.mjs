@@ -50,8 +50,35 @@ const MAX_ROUNDS = 64;
 
 const HOST_ORDER = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? "little" : "big";
 
+/** An option key for the package's own CLI (bin/ptload.cjs): when true, the checkpoint gets
+ * the JSON text of `ptload inspect --json`'s `root` under the same key, written by the native
+ * CLI's writer. A symbol, so it is no public option and never an unknown one. */
+export const ROOT_JSON = Symbol.for("ptload.rootJson");
+
 function typeError(message) {
   return new TypeError(`ptload: ${message}`);
+}
+
+/** Every failure to load a checkpoint (bad arguments are TypeErrors; what a mapLocation
+ * function throws is rethrown as it is). `message` is the native loader's, word for word. */
+export class PtloadError extends Error {
+  constructor(message, { kind, file, offset } = {}) {
+    super(message);
+    this.name = "PtloadError";
+    /** The native `ErrorKind` variant: "NotACheckpoint", "Zip", "Pickle", "WeightsOnly", … */
+    this.kind = kind;
+    /** The file the error is about (the input's name, `<memory>` when it has none). */
+    this.file = file;
+    /** The byte offset the message names, when it names one (in the file; within the pickle
+     * record for "Pickle"). */
+    this.offset = offset;
+  }
+}
+
+/** An error thrown by the wasm planner as a PtloadError (others pass through). */
+function fromWasm(e) {
+  const mark = e !== null && typeof e === "object" && !(e instanceof PtloadError) ? e.__ptload__ : undefined;
+  return mark ? new PtloadError(e.message, mark) : e;
 }
 
 /** One storage of a loaded checkpoint. */
@@ -240,7 +267,8 @@ class BlobSource {
     if (this.whole) return { bytes: this.whole.subarray(offset, offset + length), fresh: false };
     const bytes = new Uint8Array(await this.blob.slice(offset, offset + length).arrayBuffer());
     if (bytes.length !== length) {
-      throw new Error(`${this.name}: read ${bytes.length} bytes at offset ${offset}, expected ${length} (was the file changed?)`);
+      throw new PtloadError(`${this.name}: read ${bytes.length} bytes at offset ${offset}, expected ${length} (was the file changed?)`,
+        { kind: "Io", file: this.name, offset });
     }
     if (offset === 0 && length === this.size) this.whole = bytes;
     return { bytes, fresh: true };
@@ -257,9 +285,9 @@ function isResponse(x) {
     "headers" in x && "body" in x && typeof x.status === "number";
 }
 
-async function readResponse(response, progress) {
+async function readResponse(response, progress, file) {
   if (!response.ok) {
-    throw new Error(`${response.url || "<response>"}: HTTP status ${response.status}`);
+    throw new PtloadError(`${file}: HTTP status ${response.status}`, { kind: "Io", file });
   }
   if (response.bodyUsed) throw typeError("the Response body was already read");
   const encoded = response.headers.get("content-encoding");
@@ -285,7 +313,18 @@ async function readResponse(response, progress) {
   return length === buffer.length ? buffer : buffer.subarray(0, length);
 }
 
-async function openInput(input, name, progress) {
+function isUrl(x) {
+  return typeof URL !== "undefined" && x instanceof URL;
+}
+
+/** The input to read: a string or URL goes through the host's `open` (Node: the file as a
+ * Blob; browsers: fetch), anything else is read as it is. */
+async function openInput(input, name, progress, host) {
+  if (typeof input === "string" || isUrl(input)) {
+    if (!host.open) throw typeError("load() takes no path or URL here");
+    const opened = await host.open(input);
+    return openInput(opened.input, name ?? opened.name, progress, {});
+  }
   if (input instanceof ArrayBuffer ||
       (typeof SharedArrayBuffer !== "undefined" && input instanceof SharedArrayBuffer)) {
     return new BufferSource(new Uint8Array(input), name ?? "<memory>", true);
@@ -295,21 +334,30 @@ async function openInput(input, name, progress) {
     return new BufferSource(bytes, name ?? "<memory>", true);
   }
   if (isResponse(input)) {
-    const bytes = await readResponse(input, progress);
-    return new BufferSource(bytes, name ?? (input.url || "<memory>"), false);
+    const file = name ?? (input.url || "<memory>");
+    const bytes = await readResponse(input, progress, file);
+    return new BufferSource(bytes, file, false);
   }
   if (isBlob(input)) {
     const fileName = typeof input.name === "string" && input.name ? input.name : undefined;
     return new BlobSource(input, name ?? fileName ?? "<memory>");
   }
-  throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, or a fetch Response");
+  throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, a fetch Response, a path or a URL");
 }
 
 // ---- options ------------------------------------------------------------------------------
 
+/** The options `load` takes (index.d.ts `LoadOptions`). */
+const OPTIONS = ["mapLocation", "weightsOnly", "encoding", "onProgress", "name"];
+
 function normalizeOptions(options) {
   if (options === undefined || options === null) options = {};
   if (typeof options !== "object") throw typeError("options must be an object");
+  for (const key of Object.keys(options)) {
+    if (!OPTIONS.includes(key)) {
+      throw typeError(`unknown option '${key}' (load takes ${OPTIONS.join(", ")})`);
+    }
+  }
   const { mapLocation, weightsOnly, onProgress, encoding, name } = options;
   if (weightsOnly !== undefined && typeof weightsOnly !== "boolean") {
     throw typeError("weightsOnly must be a boolean");
@@ -336,6 +384,7 @@ function normalizeOptions(options) {
     callback,
     onProgress,
     name,
+    rootJson: options[ROOT_JSON] === true,
   };
 }
 
@@ -378,7 +427,10 @@ async function plan(planner, source, callback, progress) {
     ? [[0, size]]
     : [[0, HEAD_BYTES], [size - TAIL_BYTES, TAIL_BYTES]];
   for (let round = 0; ; round++) {
-    if (round > MAX_ROUNDS) throw new Error(`${source.name}: the planner asked for bytes ${MAX_ROUNDS} times`);
+    if (round > MAX_ROUNDS) {
+      throw new PtloadError(`${source.name}: the planner asked for bytes ${MAX_ROUNDS} times`,
+        { kind: "Unsupported", file: source.name });
+    }
     for (const [offset, length] of merge(need)) {
       if (length === 0) continue;
       const { bytes } = await source.read(offset, length);
@@ -438,44 +490,57 @@ function viewOf(tensor) {
   const start = tensor.storageOffset * tensor.itemsize;
   const length = extent * per;
   if (start + length * Ctor.BYTES_PER_ELEMENT > bytes.byteLength) {
-    throw new Error(`ptload: tensor view (offset ${tensor.storageOffset}, extent ${extent}) runs past its storage ${tensor.storage.key}`);
+    throw new PtloadError(`ptload: tensor view (offset ${tensor.storageOffset}, extent ${extent}) runs past its storage ${tensor.storage.key}`,
+      { kind: "InvalidTensor" });
   }
   if (length === 0 && (bytes.byteOffset + start) % Ctor.BYTES_PER_ELEMENT !== 0) return new Ctor(0);
   return new Ctor(bytes.buffer, bytes.byteOffset + start, length);
 }
 
-/** The public API over a wasm-bindgen module (`getBindings` returns it, or a promise of it). */
-export function createApi(getBindings) {
+/** The public API over a wasm-bindgen module (`getBindings` returns it, or a promise of it).
+ * `host.open(pathOrUrl)` says what a string or URL input reads: `{ input, name }`, the input
+ * a Blob, bytes or a Response (index.cjs: the file, browser.mjs: fetch). */
+export function createApi(getBindings, host = {}) {
   /** Loads a checkpoint (see index.d.ts for the input kinds and options). */
   async function load(input, options) {
     const opts = normalizeOptions(options);
     const progress = new Progress(opts.onProgress);
-    const source = await openInput(input, opts.name, progress);
+    const source = await openInput(input, opts.name, progress, host);
     progress.total = source.size;
     const { Planner } = await getBindings();
     const planner = new Planner(source.name, source.size, opts.planner);
     try {
-      await plan(planner, source, opts.callback, progress);
-      const planned = planner.storages();
-      const storages = planned.map((s) => new Storage(s));
-      const all = [];
-      const tree = planner.tree(
-        (meta) => {
-          const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage]);
-          all.push(t);
-          return t;
-        },
-        (index) => storages[index],
-      );
-      await place(planner, source, planned, storages, all, tree.byteOrder, progress);
-      progress.done();
-      return new Checkpoint(tree, storages, tree.tensors);
+      return await loadWith(planner, source, opts, progress);
+    } catch (e) {
+      throw fromWasm(e);
     } finally {
       planner.free();
     }
   }
 
-  return { load, Checkpoint, Tensor, Storage };
+  return { load, Checkpoint, Tensor, Storage, PtloadError };
+}
+
+/** Plans the load, then reads and places every storage. */
+async function loadWith(planner, source, opts, progress) {
+  await plan(planner, source, opts.callback, progress);
+  const planned = planner.storages();
+  const storages = planned.map((s) => new Storage(s));
+  const all = [];
+  const tree = planner.tree(
+    (meta) => {
+      const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage]);
+      all.push(t);
+      return t;
+    },
+    (index) => storages[index],
+  );
+  const rootJson = opts.rootJson ? planner.rootJson() : undefined;
+  await place(planner, source, planned, storages, all, tree.byteOrder, progress);
+  progress.done();
+  const ckpt = new Checkpoint(tree, storages, tree.tensors);
+  if (rootJson !== undefined) ckpt[ROOT_JSON] = rootJson;
+  return ckpt;
 }
 
 /** Reads each storage once: a view of the caller's buffer when its record is stored, aligned

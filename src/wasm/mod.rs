@@ -48,9 +48,51 @@ use crate::{Limits, Loader, StringEncoding};
 
 use convert::{numbers, Converter};
 
-/// A native error as a JS `Error` with the same message.
+/// A native error as a JS `Error` with the same message, marked for the JS wrapper with
+/// `__ptload__: { kind, file, offset }` (it rethrows it as a `PtloadError` with those fields).
 fn js_error(e: Error) -> JsValue {
-    JsError::new(&e.to_string()).into()
+    let error: JsValue = JsError::new(&e.to_string()).into();
+    let (kind, offset) = kind_of(e.kind());
+    let mark = Object::new();
+    // Setting properties of fresh objects cannot fail; if it did, the plain Error still says it all.
+    let _ = set(&mark, "kind", &JsValue::from_str(kind));
+    let file = e
+        .file()
+        .map(JsValue::from_str)
+        .unwrap_or(JsValue::UNDEFINED);
+    let _ = set(&mark, "file", &file);
+    let offset = offset
+        .map(|o| JsValue::from_f64(o as f64))
+        .unwrap_or(JsValue::UNDEFINED);
+    let _ = set(&mark, "offset", &offset);
+    let _ = set(&error, "__ptload__", &mark);
+    error
+}
+
+/// The name of an [`ErrorKind`] variant (`PtloadError.kind` in JS), and the byte offset the
+/// error names, when it names one: absolute in the file for the container's structures, within
+/// the pickle record for a pickle error (as the message says it).
+fn kind_of(kind: &ErrorKind) -> (&'static str, Option<u64>) {
+    match kind {
+        ErrorKind::Io(_) => ("Io", None),
+        ErrorKind::NotACheckpoint { .. } => ("NotACheckpoint", None),
+        ErrorKind::Zip { offset, .. } => ("Zip", Some(*offset)),
+        ErrorKind::MissingRecord { .. } => ("MissingRecord", None),
+        ErrorKind::UnsupportedVersion { .. } => ("UnsupportedVersion", None),
+        ErrorKind::UnknownByteOrder { .. } => ("UnknownByteOrder", None),
+        ErrorKind::Pickle { error, .. } => ("Pickle", Some(error.offset)),
+        ErrorKind::WeightsOnly { .. } => ("WeightsOnly", None),
+        ErrorKind::StorageSize { offset, .. } => ("StorageSize", Some(*offset)),
+        ErrorKind::Record { offset, .. } => ("Record", Some(*offset)),
+        ErrorKind::InvalidTensor { .. } => ("InvalidTensor", None),
+        ErrorKind::Unsupported { .. } => ("Unsupported", None),
+        ErrorKind::NeedBytes { .. } => ("NeedBytes", None),
+        ErrorKind::LimitExceeded { .. } => ("LimitExceeded", None),
+        ErrorKind::Dcp { .. } => ("Dcp", None),
+        ErrorKind::Location { .. } => ("Location", None),
+        ErrorKind::Placement { .. } => ("Placement", None),
+        ErrorKind::Cancelled => ("Cancelled", None),
+    }
 }
 
 fn get(options: &JsValue, key: &str) -> Result<JsValue, JsValue> {
@@ -275,6 +317,16 @@ impl Planner {
         }
         set(&out, "tensors", &tensors)?;
         Ok(out.into())
+    }
+
+    /// The object tree as the JSON text of `ptload inspect --json`'s `root` field (the native
+    /// CLI's own writer, [`crate::torch::json::tree`], so both print the same bytes).
+    #[wasm_bindgen(js_name = rootJson)]
+    pub fn root_json(&self) -> Result<String, JsValue> {
+        let plan = self.planned()?;
+        Ok(crate::torch::json::tree(&plan.root, &|id| {
+            plan.storages.get(id).map(|s| s.key.clone())
+        }))
     }
 
     /// Inflates the deflated record of storage `index` from its `compressed` bytes, with the

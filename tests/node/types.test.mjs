@@ -40,8 +40,21 @@ async function main(blob: Blob, response: Response): Promise<number> {
   const root: Value = ckpt.root;
   if (root !== null && typeof root === "object" && !Array.isArray(root) && !(root instanceof Map)) total += 1;
   void w;
-  // @ts-expect-error: a path is not an input
+  await load(bytes, { encoding: "ascii" });
+  try {
+    await load(bytes);
+  } catch (e) {
+    if (e instanceof PtloadError) {
+      const kind: PtloadErrorKind = e.kind;
+      total += kind.length + (e.offset ?? 0) + (e.file ?? "").length;
+    }
+  }
+  // @ts-expect-error: a misspelled option
+  await load(bytes, { mapLocaton: "cpu" });
   await load("model.pt");
+  await load(new URL("https://example.com/model.pt"), { name: "model.pt" });
+  // @ts-expect-error: a number is not an input
+  await load(42);
   // @ts-expect-error: weightsOnly is a boolean
   await load(bytes, { weightsOnly: "no" });
   // @ts-expect-error: data may be null (meta)
@@ -58,7 +71,7 @@ test("the declarations type-check a strict program (import and require)", (t) =>
     mkdirSync(join(dir, "node_modules"));
     symlinkSync(PKG, join(dir, "node_modules", "ptload"), "dir");
     writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "scratch", private: true, type: "module" }));
-    const names = "load, init, Checkpoint, Tensor, StorageInfo, Progress, Dtype, TensorData, Value";
+    const names = "load, init, Checkpoint, Tensor, StorageInfo, Progress, Dtype, TensorData, Value, PtloadError, PtloadErrorKind";
     writeFileSync(join(dir, "use.mts"), `import { ${names} } from "ptload";\n${USE}`);
     writeFileSync(join(dir, "use.cts"), `import { ${names} } from "ptload";\n${USE}`);
     writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({

@@ -3,41 +3,41 @@
 // Shared by every entry point: scripts/build-npm emits this file as ESM (browsers, bundlers,
 // Node `import`) and as CommonJS (Node `require`); it imports nothing.
 
-/** The TypedArray for each dtype, and how many array elements make one tensor element. */
+/** The TypedArray for each dtype (complex dtypes: their real and imaginary halves alternate). */
 const ARRAYS = {
-  float64: [Float64Array, 1],
-  float32: [Float32Array, 1],
-  float16: [Uint16Array, 1],
-  bfloat16: [Uint16Array, 1],
-  float8_e4m3fn: [Uint8Array, 1],
-  float8_e5m2: [Uint8Array, 1],
-  float8_e4m3fnuz: [Uint8Array, 1],
-  float8_e5m2fnuz: [Uint8Array, 1],
-  float8_e8m0fnu: [Uint8Array, 1],
-  float4_e2m1fn_x2: [Uint8Array, 1],
-  complex32: [Uint16Array, 2],
-  bcomplex32: [Uint16Array, 2],
-  complex64: [Float32Array, 2],
-  complex128: [Float64Array, 2],
-  int8: [Int8Array, 1],
-  int16: [Int16Array, 1],
-  int32: [Int32Array, 1],
-  int64: [BigInt64Array, 1],
-  uint8: [Uint8Array, 1],
-  uint16: [Uint16Array, 1],
-  uint32: [Uint32Array, 1],
-  uint64: [BigUint64Array, 1],
-  bool: [Uint8Array, 1],
-  qint8: [Int8Array, 1],
-  quint8: [Uint8Array, 1],
-  qint32: [Int32Array, 1],
-  quint4x2: [Uint8Array, 1],
-  quint2x4: [Uint8Array, 1],
-  bits8: [Uint8Array, 1],
-  bits16: [Uint16Array, 1],
-  bits1x8: [Uint8Array, 1],
-  bits2x4: [Uint8Array, 1],
-  bits4x2: [Uint8Array, 1],
+  float64: Float64Array,
+  float32: Float32Array,
+  float16: Uint16Array,
+  bfloat16: Uint16Array,
+  float8_e4m3fn: Uint8Array,
+  float8_e5m2: Uint8Array,
+  float8_e4m3fnuz: Uint8Array,
+  float8_e5m2fnuz: Uint8Array,
+  float8_e8m0fnu: Uint8Array,
+  float4_e2m1fn_x2: Uint8Array,
+  complex32: Uint16Array,
+  bcomplex32: Uint16Array,
+  complex64: Float32Array,
+  complex128: Float64Array,
+  int8: Int8Array,
+  int16: Int16Array,
+  int32: Int32Array,
+  int64: BigInt64Array,
+  uint8: Uint8Array,
+  uint16: Uint16Array,
+  uint32: Uint32Array,
+  uint64: BigUint64Array,
+  bool: Uint8Array,
+  qint8: Int8Array,
+  quint8: Uint8Array,
+  qint32: Int32Array,
+  quint4x2: Uint8Array,
+  quint2x4: Uint8Array,
+  bits8: Uint8Array,
+  bits16: Uint16Array,
+  bits1x8: Uint8Array,
+  bits2x4: Uint8Array,
+  bits4x2: Uint8Array,
 };
 
 /** The first bytes read (format sniffing) and the zip tail window (EOCD, zip64 records). */
@@ -45,10 +45,12 @@ const HEAD_BYTES = 262;
 const TAIL_BYTES = 65557 + 22 + 76;
 /** Stored records smaller than this are read from a Blob together with their neighbours. */
 const COALESCE_BYTES = 1 << 20;
+/** Runs asked of the wasm walker per call (contiguousBytes of a strided view). */
+const RUNS_PER_CALL = 1 << 16;
+/** Bytes swapped per call into wasm (a multiple of every swap unit). */
+const SWAP_CHUNK = 1 << 24;
 /** A plan takes a handful of rounds; more means a bug, not a big file. */
 const MAX_ROUNDS = 64;
-
-const HOST_ORDER = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? "little" : "big";
 
 /** An option key for the package's own CLI (bin/ptload.cjs): when true, the checkpoint gets
  * the JSON text of `ptload inspect --json`'s `root` under the same key, written by the native
@@ -105,7 +107,7 @@ export class Storage {
 
 /** A tensor: metadata and, on the CPU, a TypedArray view of its elements. */
 export class Tensor {
-  constructor(meta, storage) {
+  constructor(meta, storage, bindings) {
     this.dtype = meta.dtype;
     this.shape = meta.shape;
     this.stride = meta.stride;
@@ -126,6 +128,11 @@ export class Tensor {
      * its natural TypedArray; null on `meta`. Element [i, j, …] is data[i*stride[0] + j*stride[1] + …]
      * (times 2 for complex dtypes, whose real and imaginary halves alternate). */
     this.data = null;
+    // Layout, as the native rules decide it (src/torch/layout.rs): whether the view is
+    // C-contiguous, the storage bytes it reaches, and the walk over its runs when it is not.
+    Object.defineProperty(this, "_layout", {
+      value: { contiguous: meta.contiguous, span: meta.span, bindings },
+    });
   }
 
   /** `cpu` or `meta`. */
@@ -140,7 +147,7 @@ export class Tensor {
 
   /** Whether the elements lie in C order without gaps. */
   get isContiguous() {
-    return isContiguous(this.shape, this.stride);
+    return this._layout.contiguous;
   }
 
   /** The elements in C-contiguous order, little-endian, as bytes (`bool` as one byte 0/1).
@@ -150,7 +157,25 @@ export class Tensor {
     if (!bytes) {
       throw new Error(`the tensor is on the ${this.device} device: it has no data in host memory`);
     }
-    return contiguous(bytes, this.shape, this.stride, this.storageOffset, this.itemsize);
+    const [start] = this._layout.span;
+    const total = this.numel * this.itemsize;
+    if (this._layout.contiguous) return bytes.subarray(start, start + total);
+    const { RunWalker } = this._layout.bindings;
+    const walker = new RunWalker(this.dtype, this.shape, this.stride, this.storageOffset);
+    try {
+      const out = new Uint8Array(total);
+      const run = walker.runBytes;
+      let at = 0;
+      for (let starts = walker.next(RUNS_PER_CALL); starts.length > 0; starts = walker.next(RUNS_PER_CALL)) {
+        for (const first of starts) {
+          out.set(bytes.subarray(first, first + run), at);
+          at += run;
+        }
+      }
+      return out;
+    } finally {
+      walker.free();
+    }
   }
 }
 
@@ -181,62 +206,6 @@ export class Checkpoint {
     if (!this._byPath) this._byPath = new Map(this._tensors);
     return this._byPath.get(path);
   }
-}
-
-function isContiguous(shape, stride) {
-  if (shape.includes(0)) return true;
-  let expected = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    if (shape[d] === 1) continue;
-    if (stride[d] !== expected) return false;
-    expected *= shape[d];
-  }
-  return true;
-}
-
-function swapInPlace(bytes, unit) {
-  const n = bytes.length - (bytes.length % unit);
-  for (let i = 0; i < n; i += unit) {
-    for (let a = i, b = i + unit - 1; a < b; a++, b--) {
-      const t = bytes[a];
-      bytes[a] = bytes[b];
-      bytes[b] = t;
-    }
-  }
-}
-
-/** C-order bytes of a strided view, run by run (as the native `for_each_run`); a view of
- * `bytes` when the tensor is contiguous. Bytes are in host order, little-endian wherever JS
- * engines run. */
-function contiguous(bytes, shape, stride, offset, size) {
-  const numel = shape.reduce((a, b) => a * b, 1);
-  const total = numel * size;
-  if (numel === 0) return new Uint8Array(0);
-  if (isContiguous(shape, stride)) return bytes.subarray(offset * size, offset * size + total);
-  // Merge the trailing dimensions that are contiguous into one run.
-  let run = 1;
-  let outer = shape.length;
-  while (outer > 0 && stride[outer - 1] === run) {
-    run *= shape[outer - 1];
-    outer--;
-  }
-  const runBytes = run * size;
-  const out = new Uint8Array(total);
-  const index = new Array(outer).fill(0);
-  let at = offset;
-  for (let pos = 0; pos < total; pos += runBytes) {
-    const start = at * size;
-    out.set(bytes.subarray(start, start + runBytes), pos);
-    // Advance the outer index like an odometer.
-    for (let d = outer - 1; d >= 0; d--) {
-      index[d]++;
-      at += stride[d];
-      if (index[d] < shape[d]) break;
-      at -= stride[d] * shape[d];
-      index[d] = 0;
-    }
-  }
-  return out;
 }
 
 // ---- inputs -------------------------------------------------------------------------------
@@ -472,28 +441,27 @@ async function readStored(source, storages, progress) {
 }
 
 function arrayOf(dtype) {
-  const entry = ARRAYS[dtype];
-  if (!entry) throw new Error(`ptload: no TypedArray for dtype ${dtype}`);
-  return entry;
+  const Ctor = ARRAYS[dtype];
+  if (!Ctor) throw new Error(`ptload: no TypedArray for dtype ${dtype}`);
+  return Ctor;
 }
 
-/** The tensor's `data`: a view from its first element through the last one it reaches. */
+/** The tensor's `data`: a view of the storage bytes it reaches (its span, from the plan). A
+ * storage viewed by a wider dtype than its own alignment (an untyped storage viewed as two
+ * dtypes) gives that tensor a copy of its span. */
 function viewOf(tensor) {
   const bytes = tensor.storage && tensor.storage.bytes;
   if (!bytes) return null;
-  const [Ctor, per] = arrayOf(tensor.dtype);
-  let extent = 0;
-  if (!tensor.shape.includes(0)) {
-    extent = 1;
-    for (let d = 0; d < tensor.shape.length; d++) extent += (tensor.shape[d] - 1) * tensor.stride[d];
-  }
-  const start = tensor.storageOffset * tensor.itemsize;
-  const length = extent * per;
-  if (start + length * Ctor.BYTES_PER_ELEMENT > bytes.byteLength) {
-    throw new PtloadError(`ptload: tensor view (offset ${tensor.storageOffset}, extent ${extent}) runs past its storage ${tensor.storage.key}`,
+  const Ctor = arrayOf(tensor.dtype);
+  const [start, end] = tensor._layout.span;
+  if (end > bytes.byteLength) {
+    throw new PtloadError(`ptload: tensor view (bytes ${start}..${end}) runs past its storage ${tensor.storage.key}`,
       { kind: "InvalidTensor" });
   }
-  if (length === 0 && (bytes.byteOffset + start) % Ctor.BYTES_PER_ELEMENT !== 0) return new Ctor(0);
+  const length = (end - start) / Ctor.BYTES_PER_ELEMENT;
+  if ((bytes.byteOffset + start) % Ctor.BYTES_PER_ELEMENT !== 0) {
+    return new Ctor(bytes.slice(start, end).buffer, 0, length);
+  }
   return new Ctor(bytes.buffer, bytes.byteOffset + start, length);
 }
 
@@ -507,10 +475,10 @@ export function createApi(getBindings, host = {}) {
     const progress = new Progress(opts.onProgress);
     const source = await openInput(input, opts.name, progress, host);
     progress.total = source.size;
-    const { Planner } = await getBindings();
-    const planner = new Planner(source.name, source.size, opts.planner);
+    const bindings = await getBindings();
+    const planner = new bindings.Planner(source.name, source.size, opts.planner);
     try {
-      return await loadWith(planner, source, opts, progress);
+      return await loadWith(planner, bindings, source, opts, progress);
     } catch (e) {
       throw fromWasm(e);
     } finally {
@@ -522,37 +490,31 @@ export function createApi(getBindings, host = {}) {
 }
 
 /** Plans the load, then reads and places every storage. */
-async function loadWith(planner, source, opts, progress) {
+async function loadWith(planner, bindings, source, opts, progress) {
   await plan(planner, source, opts.callback, progress);
   const planned = planner.storages();
   const storages = planned.map((s) => new Storage(s));
   const all = [];
   const tree = planner.tree(
     (meta) => {
-      const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage]);
+      const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage], bindings);
       all.push(t);
       return t;
     },
     (index) => storages[index],
   );
   const rootJson = opts.rootJson ? planner.rootJson() : undefined;
-  await place(planner, source, planned, storages, all, tree.byteOrder, progress);
+  await place(planner, bindings, source, planned, storages, all, progress);
   progress.done();
   const ckpt = new Checkpoint(tree, storages, tree.tensors);
   if (rootJson !== undefined) ckpt[ROOT_JSON] = rootJson;
   return ckpt;
 }
 
-/** Reads each storage once: a view of the caller's buffer when its record is stored, aligned
- * and in host byte order; a copy (inflated, swapped or realigned) otherwise. */
-async function place(planner, source, planned, storages, tensors, byteOrder, progress) {
-  // The alignment each storage needs: the widest TypedArray element viewing it.
-  const align = new Map();
-  for (const t of tensors) {
-    if (!t.storage) continue;
-    const need = arrayOf(t.dtype)[0].BYTES_PER_ELEMENT;
-    align.set(t.storage, Math.max(align.get(t.storage) ?? 1, need));
-  }
+/** Reads each storage once and decides, as the plan says (the native CPU placer's rules), to
+ * use its bytes in place (a view of the caller's buffer: stored, not swapped, aligned) or to
+ * copy them (inflated, byte-swapped by the wasm module, or realigned). */
+async function place(planner, bindings, source, planned, storages, tensors, progress) {
   const stored = source instanceof BlobSource ? await readStored(source, planned, progress) : null;
   for (let i = 0; i < planned.length; i++) {
     const s = planned[i];
@@ -571,12 +533,14 @@ async function place(planner, source, planned, storages, tensors, byteOrder, pro
       ({ bytes, fresh: owned } = await source.read(r.dataOffset, r.size));
       progress.add(r.size);
     }
-    if (byteOrder !== HOST_ORDER && s.swapUnit > 1) {
+    if (s.swap) {
       if (!owned) bytes = bytes.slice();
-      swapInPlace(bytes, s.swapUnit);
+      for (let at = 0; at < bytes.length; at += SWAP_CHUNK) {
+        bindings.swapBytes(bytes.subarray(at, at + SWAP_CHUNK), s.swapUnit);
+      }
       owned = true;
     }
-    if (bytes.byteOffset % (align.get(storages[i]) ?? 1) !== 0) {
+    if (bytes.byteOffset % s.align !== 0) {
       bytes = bytes.slice();
       owned = true;
     }

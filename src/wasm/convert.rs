@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use js_sys::{Array, BigInt, Function, Map, Object, Reflect, Set, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 
+use crate::torch::layout::element_span;
 use crate::torch::{Dict, TensorKind, TensorMeta, Value};
 
 /// Largest integer a JS number holds exactly.
@@ -214,6 +215,17 @@ impl<'f> Converter<'f> {
             &JsValue::from_f64(meta.storage_offset as f64),
         )?;
         set(&m, "requiresGrad", &JsValue::from_bool(meta.requires_grad))?;
+        // Layout, decided by the native rules (torch/layout.rs): C-contiguous or not, and the
+        // storage bytes `[start, end)` from its first element through the last one it reaches.
+        set(&m, "contiguous", &JsValue::from_bool(meta.is_contiguous()))?;
+        let size = meta.dtype.element_size() as u64;
+        let span = element_span(meta)
+            .ok_or_else(|| JsValue::from(js_sys::RangeError::new("a tensor's extent overflows")))?;
+        let bytes = [
+            span.start.saturating_mul(size),
+            span.end.saturating_mul(size),
+        ];
+        set(&m, "span", &numbers(&bytes))?;
         set(&m, "conj", &JsValue::from_bool(meta.conj))?;
         set(&m, "neg", &JsValue::from_bool(meta.neg))?;
         let kind = match meta.kind {

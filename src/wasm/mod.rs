@@ -5,7 +5,14 @@
 //! This module owns the contract between the two halves, nothing else. Only the container's
 //! directory, its small records and the pickle enter wasm memory (for legacy and tar files,
 //! whose layout is only known after reading the whole stream, the whole file); tensor bytes
-//! stay in JS, except a deflated record while it is inflated.
+//! stay in JS, except a deflated record while it is inflated and a big-endian one while it is
+//! swapped (in 16 MiB slices).
+//!
+//! Every layout decision is the native one, made here: per storage, whether it is swapped and
+//! the alignment it needs to be used in place (`storages()`, from `src/place`); per tensor,
+//! whether it is contiguous and the bytes it spans (`tree()`, from `src/torch/layout.rs`); and
+//! the C-order walk of a strided view ([`RunWalker`], the native [`Runs`]). The JS side only
+//! reads bytes and makes views.
 //!
 //! The JS driver loop:
 //!
@@ -44,6 +51,8 @@ use crate::error::{Error, ErrorKind};
 use crate::location::{restore_location, Device, DeviceSupport, MapLocation, Placement};
 use crate::plan::Plan;
 use crate::source::{ByteSource, SparseBytes};
+use crate::torch::layout::Runs;
+use crate::torch::{Dtype, TensorMeta};
 use crate::{Limits, Loader, StringEncoding};
 
 use convert::{numbers, Converter};
@@ -246,7 +255,10 @@ impl Planner {
     }
 
     /// The storages of the plan, in order of first reference: `{ key, dtype, itemsize, numel,
-    /// location, device, swapUnit, record: { name, dataOffset, storedLen, size, deflated } | null }`.
+    /// location, device, swapUnit, swap, align, record: { name, dataOffset, storedLen, size,
+    /// deflated } | null }`. A stored record may be used in place when `swap` is false and its
+    /// bytes lie at a multiple of `align`; else it is copied (inflated, swapped with
+    /// [`swap_bytes`], realigned), as the native CPU placer does.
     pub fn storages(&self) -> Result<Array, JsValue> {
         let plan = self.planned()?;
         let storages = Array::new();
@@ -263,6 +275,12 @@ impl Planner {
             set(&o, "location", &JsValue::from_str(&s.location))?;
             set(&o, "device", &JsValue::from_str(&s.device.to_string()))?;
             set(&o, "swapUnit", &JsValue::from_f64(s.swap_unit as f64))?;
+            // The native placer's decisions (src/place): swap in units of `swapUnit` or not,
+            // and the alignment at which stored bytes may be used in place.
+            let swap = crate::place::needs_swap(plan.byte_order, s.swap_unit);
+            set(&o, "swap", &JsValue::from_bool(swap))?;
+            let align = crate::place::cpu::alignment(s.dtype, s.swap_unit);
+            set(&o, "align", &JsValue::from_f64(align as f64))?;
             let record = match &s.record {
                 Some(r) => {
                     let ro = Object::new();
@@ -344,6 +362,66 @@ impl Planner {
             .read(&bytes, self.limits.max_record_bytes)
             .map(|b| b.into_owned())
             .map_err(|e| js_error(e.in_file(&self.name)))
+    }
+}
+
+/// Swaps `bytes` in place in units of `unit` (the native placer's [`swap_in_place`]; JS hands
+/// a big storage in slices, each a multiple of the unit).
+///
+/// [`swap_in_place`]: crate::place::cpu::swap_in_place
+#[wasm_bindgen(js_name = swapBytes)]
+pub fn swap_bytes(bytes: &mut [u8], unit: usize) {
+    crate::place::cpu::swap_in_place(bytes, unit);
+}
+
+/// The byte offsets of a strided view's contiguous runs, in C order ([`Runs`], the native
+/// walk): `contiguousBytes()` of a view that is not contiguous copies run by run.
+#[wasm_bindgen]
+pub struct RunWalker {
+    runs: Runs,
+}
+
+#[wasm_bindgen]
+impl RunWalker {
+    /// The runs of a `dtype` view (shape, stride, offset in elements), offsets from the
+    /// storage's first byte.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        dtype: &str,
+        shape: Vec<f64>,
+        stride: Vec<f64>,
+        storage_offset: f64,
+    ) -> Result<RunWalker, JsValue> {
+        let dtype = Dtype::from_name(dtype)
+            .ok_or_else(|| type_error(&format!("RunWalker: unknown dtype {dtype}")))?;
+        let ints = |v: Vec<f64>| v.into_iter().map(|x| x as u64).collect::<Vec<u64>>();
+        if shape.len() != stride.len() {
+            return Err(type_error("RunWalker: shape and stride differ in length"));
+        }
+        let meta = TensorMeta::view(
+            None,
+            dtype,
+            ints(shape),
+            ints(stride),
+            storage_offset as u64,
+        );
+        let runs = Runs::new(&meta, 0).map_err(js_error)?;
+        Ok(RunWalker { runs })
+    }
+
+    /// Bytes of each run.
+    #[wasm_bindgen(getter, js_name = runBytes)]
+    pub fn run_bytes(&self) -> f64 {
+        self.runs.run_bytes() as f64
+    }
+
+    /// The next runs' first bytes, at most `max` of them; empty once every run was given.
+    pub fn next(&mut self, max: u32) -> Vec<f64> {
+        self.runs
+            .by_ref()
+            .take(max as usize)
+            .map(|o| o as f64)
+            .collect()
     }
 }
 

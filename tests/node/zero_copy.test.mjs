@@ -165,3 +165,30 @@ test("a legacy file read from a Blob is read whole once, then viewed", async () 
   const whole = reads.filter(([o, l]) => o === 0 && l === file.length);
   assert.equal(whole.length, 1, JSON.stringify(reads));
 });
+
+test("a strided view's contiguousBytes walks the plan's runs, over many wasm calls", async () => {
+  // A uint8 300 x 300 storage and its transpose: 90,000 runs of one byte (the walker hands
+  // out 65,536 per call), each element checked against the transpose computed here.
+  const n = 300;
+  const storage = Uint8Array.from({ length: n * n }, (_, k) => (k * 7 + 3) & 255);
+  const pickle = new Pickle().op("]").op("(")
+    .tensor("ByteStorage", "0", n * n, 0, [n, n], [1, n])
+    .tensor("ByteStorage", "0", n * n, 0, [n, n], [n, 1])
+    .tensor("ByteStorage", "0", n * n, 5, [3, 2], [n, 2])
+    .op("e").stop();
+  const ckpt = await ptload.load(zipCheckpoint(pickle, [["0", storage]]));
+  const [[, t], [, c], [, s]] = ckpt.tensors();
+  assert.deepEqual([t.isContiguous, c.isContiguous, s.isContiguous], [false, true, false]);
+  const want = new Uint8Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) want[i * n + j] = storage[j * n + i];
+  assert.deepEqual(await t.contiguousBytes(), want);
+  // Contiguous: a view of the same memory as data.
+  const bytes = await c.contiguousBytes();
+  assert.equal(bytes.buffer, c.data.buffer);
+  assert.equal(bytes.byteOffset, c.data.byteOffset);
+  const small = [0, 1, 2, 3].flatMap((i) => (i < 3 ? [0, 1].map((j) => storage[5 + i * n + j * 2]) : []));
+  assert.deepEqual([...(await s.contiguousBytes())], small);
+  // data spans from the first element through the last one reached.
+  assert.equal(s.data.length, 2 * n + 2 + 1);
+  assert.equal(s.data[0], storage[5]);
+});

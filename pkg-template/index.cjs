@@ -1,9 +1,10 @@
 // Node, `require("ptload")`: the wasm module (wasm-bindgen's nodejs target, loaded synchronously)
 // under the shared JS API. A path string or a `file:` URL opens the file as a Blob
-// (fs.openAsBlob, Node >= 19.8: read by slices; older Node reads it whole); another URL is
-// fetched.
+// (fs.openAsBlob, Node >= 19.8: read by slices; older Node reads it whole), or a distributed
+// checkpoint's folder (holding `.metadata`) as its files; another URL is fetched.
 "use strict";
 const fs = require("node:fs");
+const { join } = require("node:path");
 const { fileURLToPath } = require("node:url");
 const bindings = require("./wasm/ptload_wasm.cjs");
 const { createApi, PtloadError } = require("./lib/api.cjs");
@@ -23,12 +24,26 @@ async function open(input) {
   const path = input instanceof URL ? fileURLToPath(input) : input;
   try {
     const stat = await fs.promises.stat(path);
-    if (stat.isDirectory()) throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
-    const file = typeof fs.openAsBlob === "function" ? await fs.openAsBlob(path) : await fs.promises.readFile(path);
-    return { input: file, name: path };
+    if (stat.isDirectory()) return { input: await folder(path), name: path };
+    return { input: await openFile(path), name: path };
   } catch (e) {
     throw new PtloadError(`${path}: ${OS_ERRORS[e.code] ?? e.message}`, { kind: "Io", file: path });
   }
+}
+
+async function openFile(path) {
+  return typeof fs.openAsBlob === "function" ? fs.openAsBlob(path) : fs.promises.readFile(path);
+}
+
+/** A distributed checkpoint's folder (it holds `.metadata`): its files, by name. */
+async function folder(path) {
+  const entries = await fs.promises.readdir(path, { withFileTypes: true });
+  if (!entries.some((e) => e.name === ".metadata" && e.isFile())) {
+    throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
+  }
+  const files = new Map();
+  for (const e of entries) if (e.isFile()) files.set(e.name, await openFile(join(path, e.name)));
+  return files;
 }
 
 async function fetchUrl(url) {

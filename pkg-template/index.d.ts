@@ -79,7 +79,15 @@ export interface LoadOptions {
  * slices), a fetch Response (read once, as it streams), or where to find the file: in Node a
  * path or a `file:` URL (opened as a Blob with `fs.openAsBlob`, read by slices; Node < 19.8
  * reads it whole) and another URL is fetched; in browsers a string or URL is fetched. */
-export type Input = Uint8Array | ArrayBuffer | ArrayBufferView | Blob | Response | string | URL;
+export type Input = Uint8Array | ArrayBuffer | ArrayBufferView | Blob | Response | string | URL | Folder;
+
+/** A distributed checkpoint (`torch.distributed.checkpoint`): its folder's files by name,
+ * `.metadata` and the `__<rank>_<n>.distcp` files. Loaded whole, as one checkpoint with every
+ * tensor at its full size (`format` "dcp"); `mapLocation` may not be a function. In Node, the
+ * folder's path does the same. */
+export type Folder =
+  | Map<string, Blob | ArrayBuffer | ArrayBufferView>
+  | { [file: string]: Blob | ArrayBuffer | ArrayBufferView };
 
 /** One storage: the bytes that one or more tensors view. */
 export declare class Storage {
@@ -159,7 +167,7 @@ export type Value =
 
 export declare class Checkpoint {
   private constructor();
-  readonly format: "zip" | "legacy" | "tar" | "torchscript";
+  readonly format: "zip" | "legacy" | "tar" | "torchscript" | "dcp";
   /** The byte order of the file's tensor data (loaded data are in host order). */
   readonly byteOrder: "little" | "big";
   /** What torch.load would have returned. */

@@ -311,7 +311,46 @@ async function openInput(input, name, progress, host) {
     const fileName = typeof input.name === "string" && input.name ? input.name : undefined;
     return new BlobSource(input, name ?? fileName ?? "<memory>");
   }
-  throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, a fetch Response, a path or a URL");
+  if (isFolder(input)) return new FolderSource(input, name ?? "<memory>");
+  throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, a fetch Response, a path, a URL, " +
+    "or a distributed checkpoint's files as a Map or object of name → bytes");
+}
+
+/** A Map, or a plain object, of file name → Blob / File / bytes: a folder's files. */
+function isFolder(x) {
+  if (x instanceof Map) return true;
+  if (typeof x !== "object" || x === null) return false;
+  const proto = Object.getPrototypeOf(x);
+  return proto === Object.prototype || proto === null;
+}
+
+/** The files of a folder (a distributed checkpoint: `.metadata` and its `.distcp` files). */
+class FolderSource {
+  constructor(files, name) {
+    this.files = files instanceof Map ? [...files] : Object.entries(files);
+    this.name = name;
+    for (const [file, content] of this.files) {
+      if (typeof file !== "string" || !(isBlob(content) || ArrayBuffer.isView(content) || content instanceof ArrayBuffer)) {
+        throw typeError(`a folder's files must be named Blobs, Files or bytes ('${String(file)}' is not)`);
+      }
+    }
+    this.size = this.files.reduce((n, [, c]) => n + (isBlob(c) ? c.size : c.byteLength), 0);
+  }
+  /** Every file's bytes, read whole. */
+  async readAll(progress) {
+    const names = [];
+    const contents = [];
+    for (const [file, content] of this.files) {
+      let bytes;
+      if (isBlob(content)) bytes = new Uint8Array(await content.arrayBuffer());
+      else if (content instanceof ArrayBuffer) bytes = new Uint8Array(content);
+      else bytes = new Uint8Array(content.buffer, content.byteOffset, content.byteLength);
+      names.push(file);
+      contents.push(bytes);
+      progress.add(bytes.length);
+    }
+    return { names, contents };
+  }
 }
 
 // ---- options ------------------------------------------------------------------------------
@@ -476,6 +515,13 @@ export function createApi(getBindings, host = {}) {
     const source = await openInput(input, opts.name, progress, host);
     progress.total = source.size;
     const bindings = await getBindings();
+    if (source instanceof FolderSource) {
+      try {
+        return await loadFolder(bindings, source, opts, progress);
+      } catch (e) {
+        throw fromWasm(e);
+      }
+    }
     const planner = new bindings.Planner(source.name, source.size, opts.planner);
     try {
       return await loadWith(planner, bindings, source, opts, progress);
@@ -487,6 +533,40 @@ export function createApi(getBindings, host = {}) {
   }
 
   return { load, Checkpoint, Tensor, Storage, PtloadError };
+}
+
+/** A distributed checkpoint, consolidated by the wasm module (src/wasm/dcp.rs): every tensor at
+ * its full size, in a buffer of its own. */
+async function loadFolder(bindings, source, opts, progress) {
+  if (!source.files.some(([file]) => file === ".metadata")) {
+    throw new PtloadError(`${source.name}: not a PyTorch checkpoint: a folder's files without .metadata ` +
+      "(a distributed checkpoint has .metadata and __<rank>_<n>.distcp files)", { kind: "NotACheckpoint", file: source.name });
+  }
+  const { names, contents } = await source.readAll(progress);
+  const dcp = new bindings.DcpCheckpoint(source.name, names, contents, opts.planner);
+  try {
+    const storages = dcp.storages().map((s) => new Storage(s));
+    const all = [];
+    const tree = dcp.tree(
+      (meta) => {
+        const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage], bindings);
+        all.push(t);
+        return t;
+      },
+      (index) => storages[index],
+    );
+    storages.forEach((s, i) => {
+      const bytes = dcp.bytes(i);
+      if (bytes !== undefined) s.bytes = bytes;
+    });
+    for (const t of all) t.data = viewOf(t);
+    progress.done();
+    const ckpt = new Checkpoint(tree, storages, tree.tensors);
+    if (opts.rootJson) ckpt[ROOT_JSON] = dcp.rootJson();
+    return ckpt;
+  } finally {
+    dcp.free();
+  }
 }
 
 /** Plans the load, then reads and places every storage. */

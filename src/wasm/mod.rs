@@ -39,6 +39,9 @@
 //! `scripts/test`), and the Node suite `tests/node/` over the built package.
 
 mod convert;
+mod dcp;
+
+pub use dcp::DcpCheckpoint;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -148,6 +151,50 @@ fn map_location(spec: &JsValue) -> Result<MapLocation, JsValue> {
     ))
 }
 
+/// A loader with the options both planners take: `weightsOnly`, `encoding`, `mapLocation`
+/// (not a callback).
+fn loader_from(options: &JsValue) -> Result<Loader, JsValue> {
+    let mut loader = Loader::new();
+    let weights_only = get(options, "weightsOnly")?;
+    loader.weights_only(weights_only.as_bool().unwrap_or(true));
+    if let Some(name) = get(options, "encoding")?.as_string() {
+        loader.encoding(name.parse::<StringEncoding>().map_err(|e| type_error(&e))?);
+    }
+    loader.map_location(map_location(&get(options, "mapLocation")?)?);
+    Ok(loader)
+}
+
+/// The object tree as JS values: `{ format, byteOrder, root, constants, tensors }` (see
+/// [`Planner::tree`]).
+fn tree_js(
+    format: crate::archive::Format,
+    byte_order: crate::archive::ByteOrder,
+    root: &crate::torch::Value,
+    constants: Option<&crate::torch::Value>,
+    make_tensor: &Function,
+    make_storage: &Function,
+) -> Result<JsValue, JsValue> {
+    let mut convert = Converter::new(make_tensor, make_storage);
+    let out = Object::new();
+    set(&out, "format", &JsValue::from_str(format.name()))?;
+    set(&out, "byteOrder", &JsValue::from_str(byte_order.name()))?;
+    set(&out, "root", &convert.value(root)?)?;
+    let constants_js = match constants {
+        Some(c) => convert.value(c)?,
+        None => JsValue::UNDEFINED,
+    };
+    set(&out, "constants", &constants_js)?;
+    let tensors = Array::new();
+    for (path, meta) in crate::plan::tensors_of(root, constants) {
+        let pair: Array = [JsValue::from_str(&path), convert.tensor(meta)?]
+            .iter()
+            .collect();
+        tensors.push(&pair);
+    }
+    set(&out, "tensors", &tensors)?;
+    Ok(out.into())
+}
+
 /// Whether this build can put a storage on `device` (as the native loader's own check).
 fn placeable(device: Device) -> Result<Device, Error> {
     match device {
@@ -182,18 +229,11 @@ impl Planner {
         if !(0.0..=9_007_199_254_740_991.0).contains(&total_len) {
             return Err(type_error("the input size must be a byte count"));
         }
-        let mut loader = Loader::new();
-        let weights_only = get(&options, "weightsOnly")?;
-        loader.weights_only(weights_only.as_bool().unwrap_or(true));
-        if let Some(name) = get(&options, "encoding")?.as_string() {
-            loader.encoding(name.parse::<StringEncoding>().map_err(|e| type_error(&e))?);
-        }
+        let mut loader = loader_from(&options)?;
         let callback = get(&options, "callback")?.as_bool().unwrap_or(false);
         if callback {
             // First pass: only the storages' tags are needed, no record.
             loader.map_location("meta");
-        } else {
-            loader.map_location(map_location(&get(&options, "mapLocation")?)?);
         }
         Ok(Planner {
             name,
@@ -312,29 +352,14 @@ impl Planner {
         make_storage: &Function,
     ) -> Result<JsValue, JsValue> {
         let plan = self.planned()?;
-        let mut convert = Converter::new(make_tensor, make_storage);
-        let out = Object::new();
-        set(&out, "format", &JsValue::from_str(plan.format.name()))?;
-        set(
-            &out,
-            "byteOrder",
-            &JsValue::from_str(plan.byte_order.name()),
-        )?;
-        set(&out, "root", &convert.value(&plan.root)?)?;
-        let constants = match &plan.constants {
-            Some(c) => convert.value(c)?,
-            None => JsValue::UNDEFINED,
-        };
-        set(&out, "constants", &constants)?;
-        let tensors = Array::new();
-        for (path, meta) in plan.tensors() {
-            let pair: Array = [JsValue::from_str(&path), convert.tensor(meta)?]
-                .iter()
-                .collect();
-            tensors.push(&pair);
-        }
-        set(&out, "tensors", &tensors)?;
-        Ok(out.into())
+        tree_js(
+            plan.format,
+            plan.byte_order,
+            &plan.root,
+            plan.constants.as_ref(),
+            make_tensor,
+            make_storage,
+        )
     }
 
     /// The object tree as the JSON text of `ptload inspect --json`'s `root` field (the native

@@ -26,7 +26,7 @@ async function main(blob: Blob, response: Response): Promise<number> {
   await load(blob, { mapLocation: { "cuda:0": "cpu" } });
   await load(response, { mapLocation: new Map([["cuda:0", "cpu"]]) });
   await load(bytes.buffer, { mapLocation: "meta", name: "x.pt" });
-  const format: "zip" | "legacy" | "tar" | "torchscript" = ckpt.format;
+  const format: "zip" | "legacy" | "tar" | "torchscript" | "dcp" = ckpt.format;
   let total = format.length + (ckpt.byteOrder === "big" ? 1 : 0);
   for (const [path, t] of ckpt.tensors()) {
     const d: Dtype = t.dtype;
@@ -41,6 +41,8 @@ async function main(blob: Blob, response: Response): Promise<number> {
   if (root !== null && typeof root === "object" && !Array.isArray(root) && !(root instanceof Map)) total += 1;
   void w;
   await load(bytes, { encoding: "ascii" });
+  await load(new Map<string, Blob | Uint8Array>([[".metadata", blob], ["__0_0.distcp", bytes]]));
+  await load({ ".metadata": bytes }, { mapLocation: "meta" });
   try {
     await load(bytes);
   } catch (e) {

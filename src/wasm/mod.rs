@@ -195,6 +195,17 @@ fn tree_js(
     Ok(out.into())
 }
 
+/// Converts `value` to JS as [`Planner::tree`] does (for tests of deep trees, which no loader
+/// with limits produces; not part of the API).
+#[doc(hidden)]
+pub fn value_to_js(
+    value: &crate::torch::Value,
+    make_tensor: &Function,
+    make_storage: &Function,
+) -> Result<JsValue, JsValue> {
+    Converter::new(make_tensor, make_storage).value(value)
+}
+
 /// Whether this build can put a storage on `device` (as the native loader's own check).
 fn placeable(device: Device) -> Result<Device, Error> {
     match device {

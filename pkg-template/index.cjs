@@ -27,6 +27,7 @@ async function open(input) {
     if (stat.isDirectory()) return { input: await folder(path), name: path };
     return { input: await openFile(path), name: path };
   } catch (e) {
+    if (e instanceof PtloadError) throw e;
     throw new PtloadError(`${path}: ${OS_ERRORS[e.code] ?? e.message}`, { kind: "Io", file: path });
   }
 }
@@ -35,11 +36,13 @@ async function openFile(path) {
   return typeof fs.openAsBlob === "function" ? fs.openAsBlob(path) : fs.promises.readFile(path);
 }
 
-/** A distributed checkpoint's folder (it holds `.metadata`): its files, by name. */
+/** A distributed checkpoint's folder (it holds `.metadata`): its files, by name. Another
+ * folder is refused as the native loader refuses it (naming the checkpoint file it holds). */
 async function folder(path) {
   const entries = await fs.promises.readdir(path, { withFileTypes: true });
   if (!entries.some((e) => e.name === ".metadata" && e.isFile())) {
-    throw Object.assign(new Error("is a directory"), { code: "EISDIR" });
+    const why = bindings.explainDirectory(entries.filter((e) => e.isFile()).map((e) => e.name));
+    throw new PtloadError(`${path}: not a PyTorch checkpoint: ${why}`, { kind: "NotACheckpoint", file: path });
   }
   const files = new Map();
   for (const e of entries) if (e.isFile()) files.set(e.name, await openFile(join(path, e.name)));

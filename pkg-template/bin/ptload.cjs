@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // `ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] [--encoding NAME] FILE`:
-// the native CLI's `inspect`, same output, through the npm package. The file is opened as a
-// Blob (fs.openAsBlob) where Node has it, so only the directory, the pickle and the tensor
-// records are read, never the whole file at once.
+// the native CLI's `inspect`, same output, through the npm package. The path goes to load(),
+// which opens a file as a Blob (fs.openAsBlob) where Node has it, so only the directory, the
+// pickle and the tensor records are read, never the whole file at once; a distributed
+// checkpoint's folder loads consolidated, as natively.
 "use strict";
-const fs = require("node:fs");
 const crypto = require("node:crypto");
 const { load } = require("../index.cjs");
 
@@ -67,27 +67,14 @@ async function sha256(t) {
   return crypto.createHash("sha256").update(await t.contiguousBytes()).digest("hex");
 }
 
-/** The file as a Blob (read by slices) where Node can, else read whole. */
-async function open(file) {
-  try {
-    const stat = fs.statSync(file);
-    if (!stat.isFile()) throw Object.assign(new Error("Is a directory (os error 21)"), { code: "EISDIR" });
-    return typeof fs.openAsBlob === "function" ? await fs.openAsBlob(file) : fs.readFileSync(file);
-  } catch (e) {
-    const os = { ENOENT: "No such file or directory (os error 2)", EACCES: "Permission denied (os error 13)" };
-    throw new Error(`${file}: ${os[e.code] ?? e.message}`);
-  }
-}
-
 async function main() {
   const args = parse(process.argv.slice(2));
   const location = mapLocation(args.mapLocation, args.file);
-  const input = await open(args.file);
   const options = { name: args.file, weightsOnly: args.weightsOnly, mapLocation: location, [ROOT_JSON]: args.json };
   if (args.encoding !== undefined) options.encoding = args.encoding;
   let ckpt;
   try {
-    ckpt = await load(input, options);
+    ckpt = await load(args.file, options);
   } catch (e) {
     // Bad option values (an unknown encoding) name the file, as the native CLI's do.
     if (e instanceof TypeError) throw new Error(`${args.file}: ${e.message.replace(/^ptload: /, "")}`);

@@ -401,6 +401,16 @@ impl Planner {
     }
 }
 
+/// Why a directory holding the files `names` is no checkpoint file (the native loader's
+/// words, [`crate::archive::detect::explain_directory`]): Node's `load(path)` of a folder
+/// that is no distributed checkpoint says it.
+#[wasm_bindgen(js_name = explainDirectory)]
+pub fn explain_directory(names: Vec<String>) -> String {
+    let mut names = names;
+    names.sort();
+    crate::archive::detect::explain_directory(&names)
+}
+
 /// Swaps `bytes` in place in units of `unit` (the native placer's [`swap_in_place`]; JS hands
 /// a big storage in slices, each a multiple of the unit).
 ///

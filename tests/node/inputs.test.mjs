@@ -104,7 +104,8 @@ test("Node: a missing file, a directory and a bad checkpoint name the path", asy
       return true;
     });
   }
-  await assert.rejects(ptload.load(FIXTURES), (e) => e.kind === "Io" && e.message === `${FIXTURES}: Is a directory (os error 21)`);
+  await assert.rejects(ptload.load(FIXTURES), (e) => e.kind === "NotACheckpoint" &&
+    e.message === `${FIXTURES}: not a PyTorch checkpoint: a directory holding no .pt, .pth, .bin, .ckpt or *.index.json file`);
   const text = join(FIXTURES, "README.md");
   await assert.rejects(ptload.load(text), (e) => e.kind === "NotACheckpoint" && e.file === text);
   await assert.rejects(ptload.load(text, { name: "x.pt" }), (e) => e.file === "x.pt");

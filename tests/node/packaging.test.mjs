@@ -107,6 +107,15 @@ test("npx ptload inspect prints what the native CLI prints", (t) => {
       if (ours !== theirs) problems.push(`${rel} ${args.join(" ")}:\n${ours}\n---\n${theirs}`);
     }
   }
+  // Distributed checkpoints' folders, too.
+  for (const rel of ["dcp/single", "dcp/sharded"]) {
+    const path = join(ROOT, "tests", "fixtures", rel);
+    for (const args of [["inspect", "--json", "--sha256", path], ["inspect", "--sha256", path]]) {
+      const ours = execFileSync(process.execPath, [cli, ...args]).toString();
+      const theirs = execFileSync(native, args).toString();
+      if (ours !== theirs) problems.push(`${rel} ${args.join(" ")}:\n${ours}\n---\n${theirs}`);
+    }
+  }
   assert.deepEqual(problems, [], problems.join("\n"));
 });
 
@@ -124,6 +133,11 @@ test("the CLI fails like the native one: exit 1, one line naming the file", () =
     [1, `ptload: ${join(project, "missing.pt")}: No such file or directory (os error 2)\n`]);
   const native = nativeCli();
   assert.ok(native, "the native CLI is not built: run cargo build (scripts/test does)");
+  // A folder that is no checkpoint: the native words, naming what it lacks.
+  const dir = join(ROOT, "tests", "fixtures", "zip");
+  const folder = fail(process.execPath, [cli, "inspect", dir]);
+  assert.equal(folder[0], 1);
+  assert.deepEqual(folder, fail(native, ["inspect", dir]));
   const args = ["inspect", "--encoding", "cp1252", example];
   const ours = fail(process.execPath, [cli, ...args]);
   assert.equal(ours[0], 1);

@@ -45,8 +45,8 @@ const HEAD_BYTES = 262;
 const TAIL_BYTES = 65557 + 22 + 76;
 /** Stored records smaller than this are read from a Blob together with their neighbours. */
 const COALESCE_BYTES = 1 << 20;
-/** Runs asked of the wasm walker per call (contiguousBytes of a strided view). */
-const RUNS_PER_CALL = 1 << 16;
+/** Groups of runs asked of the wasm walker per call (contiguousBytes of a strided view). */
+const GROUPS_PER_CALL = 1 << 12;
 /** Bytes swapped per call into wasm (a multiple of every swap unit). */
 const SWAP_CHUNK = 1 << 24;
 /** A plan takes a handful of rounds; more means a bug, not a big file. */
@@ -166,10 +166,15 @@ export class Tensor {
       const out = new Uint8Array(total);
       const run = walker.runBytes;
       let at = 0;
-      for (let starts = walker.next(RUNS_PER_CALL); starts.length > 0; starts = walker.next(RUNS_PER_CALL)) {
-        for (const first of starts) {
-          out.set(bytes.subarray(first, first + run), at);
-          at += run;
+      // Groups of evenly spaced runs: [first byte, runs, step in bytes, ...].
+      for (let groups = walker.next(GROUPS_PER_CALL); groups.length > 0; groups = walker.next(GROUPS_PER_CALL)) {
+        for (let g = 0; g < groups.length; g += 3) {
+          const count = groups[g + 1];
+          const step = groups[g + 2];
+          for (let k = 0, first = groups[g]; k < count; k++, first += step) {
+            out.set(bytes.subarray(first, first + run), at);
+            at += run;
+          }
         }
       }
       return out;

@@ -65,6 +65,28 @@ impl Runs {
     pub fn run_bytes(&self) -> u64 {
         self.run_bytes
     }
+
+    /// The next runs that differ only in the innermost walked dimension, as one group:
+    /// `(first byte, runs, bytes from one run to the next)` — the same runs as [`Iterator`]
+    /// yields, for walkers that copy a row of runs per call (the JS `contiguousBytes`).
+    pub fn next_group(&mut self) -> Option<(u64, u64, u64)> {
+        let first = self.next?;
+        let Some(d) = self.shape.len().checked_sub(1) else {
+            self.next();
+            return Some((first.saturating_mul(self.size), 1, 0));
+        };
+        let count = self.shape[d] - self.index[d];
+        let step = self.stride[d];
+        // Stand on the group's last run, then step past it as `next` does.
+        self.index[d] = self.shape[d] - 1;
+        self.next = Some(first.wrapping_add((count - 1).wrapping_mul(step)));
+        self.next();
+        Some((
+            first.saturating_mul(self.size),
+            count,
+            step.saturating_mul(self.size),
+        ))
+    }
 }
 
 impl Iterator for Runs {
@@ -174,6 +196,27 @@ mod tests {
         let s = TensorMeta::view(Some(0), Dtype::Float64, vec![], vec![], 3);
         assert_eq!(Runs::new(&s, 0).unwrap().collect::<Vec<_>>(), [24]);
         assert!(Runs::new(&s, 4).is_err());
+    }
+
+    #[test]
+    fn groups_are_the_runs_row_by_row() {
+        for (shape, stride, offset) in [
+            (vec![3, 4, 2], vec![1, 6, 3], 1),
+            (vec![2, 3, 4], vec![24, 8, 1], 2),
+            (vec![5], vec![2], 0),
+            (vec![3, 5], vec![5, 1], 0),
+            (vec![], vec![], 3),
+            (vec![2, 0], vec![1, 1], 0),
+        ] {
+            let t = TensorMeta::view(Some(0), Dtype::Int16, shape, stride, offset);
+            let runs: Vec<u64> = Runs::new(&t, 0).unwrap().collect();
+            let mut walker = Runs::new(&t, 0).unwrap();
+            let mut grouped = Vec::new();
+            while let Some((first, count, step)) = walker.next_group() {
+                grouped.extend((0..count).map(|k| first + k * step));
+            }
+            assert_eq!(grouped, runs, "{t:?}");
+        }
     }
 
     #[test]

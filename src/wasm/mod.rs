@@ -421,7 +421,8 @@ pub fn swap_bytes(bytes: &mut [u8], unit: usize) {
 }
 
 /// The byte offsets of a strided view's contiguous runs, in C order ([`Runs`], the native
-/// walk): `contiguousBytes()` of a view that is not contiguous copies run by run.
+/// walk), in groups of evenly spaced runs: `contiguousBytes()` of a view that is not
+/// contiguous copies run by run.
 #[wasm_bindgen]
 pub struct RunWalker {
     runs: Runs,
@@ -461,13 +462,17 @@ impl RunWalker {
         self.runs.run_bytes() as f64
     }
 
-    /// The next runs' first bytes, at most `max` of them; empty once every run was given.
+    /// The next groups of runs ([`Runs::next_group`]), at most `max` of them, flattened:
+    /// `[first byte, runs, step in bytes, ...]`; empty once every run was given.
     pub fn next(&mut self, max: u32) -> Vec<f64> {
-        self.runs
-            .by_ref()
-            .take(max as usize)
-            .map(|o| o as f64)
-            .collect()
+        let mut out = Vec::new();
+        for _ in 0..max {
+            let Some((first, count, step)) = self.runs.next_group() else {
+                break;
+            };
+            out.extend([first as f64, count as f64, step as f64]);
+        }
+        out
     }
 }
 

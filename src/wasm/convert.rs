@@ -372,16 +372,12 @@ impl<'f> Converter<'f> {
         )?;
         set(&m, "requiresGrad", &JsValue::from_bool(meta.requires_grad))?;
         // Layout, decided by the native rules (torch/layout.rs): C-contiguous or not, and the
-        // storage bytes `[start, end)` from its first element through the last one it reaches.
+        // storage elements `[first, end)` from its first element through the last one it
+        // reaches (elements, so that a dtype converted on the GPU keeps them).
         set(&m, "contiguous", &JsValue::from_bool(meta.is_contiguous()))?;
-        let size = meta.dtype.element_size() as u64;
         let span = element_span(meta)
             .ok_or_else(|| JsValue::from(js_sys::RangeError::new("a tensor's extent overflows")))?;
-        let bytes = [
-            span.start.saturating_mul(size),
-            span.end.saturating_mul(size),
-        ];
-        set(&m, "span", &numbers(&bytes))?;
+        set(&m, "span", &numbers(&[span.start, span.end]))?;
         set(&m, "conj", &JsValue::from_bool(meta.conj))?;
         set(&m, "neg", &JsValue::from_bool(meta.neg))?;
         let kind = match meta.kind {

@@ -146,7 +146,7 @@ test("more kinds: a limit, a device, a file", async () => {
 test("an unknown option is a TypeError naming it and the accepted ones", async () => {
   await assert.rejects(ptload.load(fixture("zip/state_dict.pt"), { mapLocaton: "cpu" }), (e) => {
     assert.ok(e instanceof TypeError, String(e));
-    assert.equal(e.message, "ptload: unknown option 'mapLocaton' (load takes mapLocation, weightsOnly, encoding, onProgress, name)");
+    assert.equal(e.message, "ptload: unknown option 'mapLocaton' (load takes mapLocation, weightsOnly, device, dtype, signal, encoding, onProgress, name)");
     return true;
   });
   // Symbols are no options; undefined values of known ones are the defaults.

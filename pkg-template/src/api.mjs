@@ -690,7 +690,7 @@ async function place(planner, bindings, source, planned, storages, tensors, prog
 
 function throwIfAborted(signal) {
   if (signal && signal.aborted) {
-    throw signal.reason ?? new Error("ptload: the load was aborted");
+    throw signal.reason ?? new PtloadError("ptload: the load was aborted", { kind: "Cancelled" });
   }
 }
 
@@ -739,14 +739,16 @@ async function recordChunks(planner, source, index, record, progress, signal, f)
       if (done) break;
       inflated += value.length;
       if (inflated > record.size) {
-        throw new Error(`${source.name}: record ${record.name} inflates to more than its ${record.size} bytes`);
+        throw new PtloadError(`${source.name}: record ${record.name} inflates to more than its ${record.size} bytes`,
+          { kind: "Record", file: source.name });
       }
       await f(value, true);
     }
   } catch (e) {
     await feed.catch(() => {});
     throw e instanceof TypeError && !String(e.message).startsWith("ptload")
-      ? new Error(`${source.name}: record ${record.name}: invalid deflate data (${e.message})`)
+      ? new PtloadError(`${source.name}: record ${record.name}: invalid deflate data (${e.message})`,
+        { kind: "Record", file: source.name })
       : e;
   }
   await feed;

@@ -10,9 +10,12 @@
 //!
 //! Every layout decision is the native one, made here: per storage, whether it is swapped and
 //! the alignment it needs to be used in place (`storages()`, from `src/place`); per tensor,
-//! whether it is contiguous and the bytes it spans (`tree()`, from `src/torch/layout.rs`); and
-//! the C-order walk of a strided view ([`RunWalker`], the native [`Runs`]). The JS side only
+//! whether it is contiguous and the elements it spans (`tree()`, from `src/torch/layout.rs`);
+//! and the C-order walk of a strided view ([`RunWalker`], the native [`Runs`]). The JS side only
 //! reads bytes and makes views.
+//!
+//! A distributed checkpoint's folder is [`DcpCheckpoint`] (`dcp.rs`): its files handed in
+//! whole, consolidated by the native `src/dcp`.
 //!
 //! The JS driver loop:
 //!
@@ -23,13 +26,14 @@
 //!   for (const [offset, length] of need) p.insert(offset, await readSlice(offset, length));
 //! const storages = p.storages();                           // [{ key, dtype, device, record, ... }]
 //! const tree = p.tree(makeTensor, makeStorage);            // { format, byteOrder, root, tensors, ... }
-//! // for each storages[i].record: read it (a view for buffers), p.inflate(i, bytes) if deflated
+//! // for each storages[i].record: read it (a view for buffers), p.inflate(i, bytes) if deflated,
+//! // swapBytes(bytes, swapUnit) if storages[i].swap; copy it if not at a multiple of `align`
 //! p.free();
 //! ```
 //!
 //! `step` returns `null` once the plan is made. It throws an `Error` whose message is the
-//! native loader's (`<file>: <what is wrong>`), or rethrows what a `mapLocation` callback
-//! threw. A callback is called once per storage, in order of first reference, as torch does;
+//! native loader's (`<file>: <what is wrong>`) with `__ptload__: { kind, file, offset }` (the
+//! wrapper rethrows it as a `PtloadError`), or rethrows what a `mapLocation` callback threw. A callback is called once per storage, in order of first reference, as torch does;
 //! its result (a device string, the storage object it was given = stay on the CPU, or
 //! `undefined` = the saved tag) goes through `restore_location` and the device checks, so
 //! the errors are torch's.

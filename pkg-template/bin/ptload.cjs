@@ -24,7 +24,9 @@ function parse(argv) {
     else if (a.startsWith("--map-location=")) args.mapLocation.push(a.slice("--map-location=".length));
     else if (a === "--encoding" && i + 1 < argv.length) args.encoding = argv[++i];
     else if (a.startsWith("--encoding=")) args.encoding = a.slice("--encoding=".length);
-    else if (a.startsWith("-") || args.file !== undefined) throw new Error(`unexpected argument '${a}'\n${USAGE}`);
+    else if (a === "--tree" || a.startsWith("--max-items")) {
+      throw new Error(`${a}: the text tree is in the native ptload CLI only; --json has the whole tree as "root"`);
+    } else if (a.startsWith("-") || args.file !== undefined) throw new Error(`unexpected argument '${a}'\n${USAGE}`);
     else args.file = a;
   }
   if (args.file === undefined) throw new Error(USAGE);

@@ -138,6 +138,9 @@ test("the CLI fails like the native one: exit 1, one line naming the file", () =
   const folder = fail(process.execPath, [cli, "inspect", dir]);
   assert.equal(folder[0], 1);
   assert.deepEqual(folder, fail(native, ["inspect", dir]));
+  // The text tree is the native CLI's alone: said so, not ignored.
+  assert.deepEqual(fail(process.execPath, [cli, "inspect", "--tree", example]),
+    [1, 'ptload: --tree: the text tree is in the native ptload CLI only; --json has the whole tree as "root"\n']);
   const args = ["inspect", "--encoding", "cp1252", example];
   const ours = fail(process.execPath, [cli, ...args]);
   assert.equal(ours[0], 1);

@@ -1,8 +1,9 @@
 // Browsers and bundlers: wasm-bindgen's web target. The wasm file is found next to its glue
 // code (`new URL("ptload_wasm_bg.wasm", import.meta.url)`, which bundlers understand) and
-// fetched on the first load(); call init() first to fetch it from elsewhere.
+// fetched on the first load(); call init() first to fetch it from elsewhere. A string or URL
+// given to load() is fetched.
 import initWasm, * as bindings from "./wasm/ptload_wasm.mjs";
-import { createApi } from "./lib/api.mjs";
+import { createApi, PtloadError } from "./lib/api.mjs";
 
 let ready;
 
@@ -14,7 +15,20 @@ export function init(moduleOrPath) {
   return ready;
 }
 
-const api = createApi(() => init());
+/** A string or URL input is fetched (the Response's body streams in as it arrives). */
+async function open(input) {
+  const name = String(input);
+  let response;
+  try {
+    response = await fetch(input);
+  } catch (e) {
+    throw new PtloadError(`${name}: ${e.message}`, { kind: "Io", file: name });
+  }
+  return { input: response, name: response.url || name };
+}
+
+const api = createApi(() => init(), { open });
 
 export const { load, Checkpoint, Tensor, Storage } = api;
+export { PtloadError };
 export default { ...api, init };

@@ -1,10 +1,63 @@
 // Node, `require("ptload")`: the wasm module (wasm-bindgen's nodejs target, loaded synchronously)
-// under the shared JS API.
+// under the shared JS API. A path string or a `file:` URL opens the file as a Blob
+// (fs.openAsBlob, Node >= 19.8: read by slices; older Node reads it whole), or a distributed
+// checkpoint's folder (holding `.metadata`) as its files; another URL is fetched.
 "use strict";
+const fs = require("node:fs");
+const { join } = require("node:path");
+const { fileURLToPath } = require("node:url");
 const bindings = require("./wasm/ptload_wasm.cjs");
-const { createApi } = require("./lib/api.cjs");
+const { createApi, PtloadError } = require("./lib/api.cjs");
 
-const api = createApi(() => bindings);
+/** The OS's words for what can go wrong opening a file (as the native CLI prints them). */
+const OS_ERRORS = {
+  ENOENT: "No such file or directory (os error 2)",
+  EACCES: "Permission denied (os error 13)",
+  EISDIR: "Is a directory (os error 21)",
+  ENOTDIR: "Not a directory (os error 20)",
+};
+
+async function open(input) {
+  if (input instanceof URL && input.protocol !== "file:") {
+    return { input: await fetchUrl(input), name: input.href };
+  }
+  const path = input instanceof URL ? fileURLToPath(input) : input;
+  try {
+    const stat = await fs.promises.stat(path);
+    if (stat.isDirectory()) return { input: await folder(path), name: path };
+    return { input: await openFile(path), name: path };
+  } catch (e) {
+    if (e instanceof PtloadError) throw e;
+    throw new PtloadError(`${path}: ${OS_ERRORS[e.code] ?? e.message}`, { kind: "Io", file: path });
+  }
+}
+
+async function openFile(path) {
+  return typeof fs.openAsBlob === "function" ? fs.openAsBlob(path) : fs.promises.readFile(path);
+}
+
+/** A distributed checkpoint's folder (it holds `.metadata`): its files, by name. Another
+ * folder is refused as the native loader refuses it (naming the checkpoint file it holds). */
+async function folder(path) {
+  const entries = await fs.promises.readdir(path, { withFileTypes: true });
+  if (!entries.some((e) => e.name === ".metadata" && e.isFile())) {
+    const why = bindings.explainDirectory(entries.filter((e) => e.isFile()).map((e) => e.name));
+    throw new PtloadError(`${path}: not a PyTorch checkpoint: ${why}`, { kind: "NotACheckpoint", file: path });
+  }
+  const files = new Map();
+  for (const e of entries) if (e.isFile()) files.set(e.name, await openFile(join(path, e.name)));
+  return files;
+}
+
+async function fetchUrl(url) {
+  try {
+    return await fetch(url);
+  } catch (e) {
+    throw new PtloadError(`${url.href}: ${e.cause?.message ?? e.message}`, { kind: "Io", file: url.href });
+  }
+}
+
+const api = createApi(() => bindings, { open });
 /** Nothing to do in Node (the wasm module is loaded with the package); for symmetry with browsers. */
 api.init = async () => {};
 module.exports = api;

@@ -66,14 +66,21 @@ export interface Progress {
   totalBytes: number | undefined;
 }
 
+/** torch.load's `encoding` names (Python's codec names, any case). */
+export type Encoding =
+  | "utf-8" | "utf8" | "ascii" | "latin1" | "latin-1" | "iso-8859-1" | "bytes"
+  | (string & {});
+
 export interface LoadOptions {
   /** Default: each storage goes where its saved tag says (torch's `map_location=None`). */
   mapLocation?: MapLocation | null;
   /** Refuse globals outside torch's weights-only allowlist (default true, as torch ≥ 2.6).
    * With false they load as inert `{ __class__, args, state }` objects; nothing is ever run. */
   weightsOnly?: boolean;
-  /** How Python 2 strings decode (torch.load's `encoding`): "utf8" (default), "latin1" or "bytes". */
-  encoding?: "utf8" | "latin1" | "bytes";
+  /** How Python 2 strings decode (torch.load's `encoding`): "utf-8" (default), "ascii" (a
+   * non-ASCII byte is an error), "latin1" or "bytes"; Python's other names for them (case
+   * insensitive: "utf8", "latin-1", "iso-8859-1", …) are accepted too, any other is a TypeError. */
+  encoding?: Encoding;
   /** Called as bytes are read. */
   onProgress?: (progress: Progress) => void;
   /** The name used in error messages (default: the File's name, the Response's URL, or `<memory>`). */
@@ -90,8 +97,18 @@ export interface LoadOptions {
 }
 
 /** Anything `load` reads: bytes in memory (viewed, never copied), a Blob or File (read by
- * slices), or a fetch Response (read once, as it streams). */
-export type Input = Uint8Array | ArrayBuffer | ArrayBufferView | Blob | Response;
+ * slices), a fetch Response (read once, as it streams), or where to find the file: in Node a
+ * path or a `file:` URL (opened as a Blob with `fs.openAsBlob`, read by slices; Node < 19.8
+ * reads it whole) and another URL is fetched; in browsers a string or URL is fetched. */
+export type Input = Uint8Array | ArrayBuffer | ArrayBufferView | Blob | Response | string | URL | Folder;
+
+/** A distributed checkpoint (`torch.distributed.checkpoint`): its folder's files by name,
+ * `.metadata` and the `__<rank>_<n>.distcp` files. Loaded whole, as one checkpoint with every
+ * tensor at its full size (`format` "dcp"); `mapLocation` may not be a function. In Node, the
+ * folder's path does the same. */
+export type Folder =
+  | Map<string, Blob | ArrayBuffer | ArrayBufferView>
+  | { [file: string]: Blob | ArrayBuffer | ArrayBufferView };
 
 /** One storage: the bytes that one or more tensors view. */
 export declare class Storage {
@@ -177,7 +194,7 @@ export type Value =
 
 export declare class Checkpoint {
   private constructor();
-  readonly format: "zip" | "legacy" | "tar" | "torchscript";
+  readonly format: "zip" | "legacy" | "tar" | "torchscript" | "dcp";
   /** The byte order of the file's tensor data (loaded data are in host order). */
   readonly byteOrder: "little" | "big";
   /** What torch.load would have returned. */
@@ -193,9 +210,30 @@ export declare class Checkpoint {
   tensor(path: string): Tensor | undefined;
 }
 
+/** The native loader's error kinds (its `ErrorKind` variants). */
+export type PtloadErrorKind =
+  | "Io" | "NotACheckpoint" | "Zip" | "MissingRecord" | "UnsupportedVersion" | "UnknownByteOrder"
+  | "Pickle" | "WeightsOnly" | "StorageSize" | "Record" | "InvalidTensor" | "Unsupported"
+  | "NeedBytes" | "LimitExceeded" | "Dcp" | "Location" | "Placement" | "Cancelled";
+
+/** Why a checkpoint did not load. `message` is the native loader's, word for word
+ * (`<file>: <what is wrong>`). Bad arguments are TypeErrors instead. */
+export declare class PtloadError extends Error {
+  private constructor();
+  readonly name: "PtloadError";
+  /** What went wrong, as the native `ErrorKind` variant's name. */
+  readonly kind: PtloadErrorKind;
+  /** The file it is about: the `name` option, the File's name, the Response's URL, or `<memory>`. */
+  readonly file: string | undefined;
+  /** The byte offset the message names, when it names one (in the file; within the pickle
+   * record for "Pickle"). */
+  readonly offset: number | undefined;
+}
+
 /**
- * Loads a checkpoint. Rejects with an Error carrying the native loader's message
- * (`<name>: <what is wrong>`), or with what a mapLocation function threw.
+ * Loads a checkpoint. Rejects with a {@link PtloadError} carrying the native loader's message
+ * (`<name>: <what is wrong>`), with a TypeError for bad arguments (an unknown option name, a
+ * wrong type), or with what a mapLocation function threw.
  */
 export declare function load(input: Input, options?: LoadOptions): Promise<Checkpoint>;
 

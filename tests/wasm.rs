@@ -8,8 +8,9 @@
 
 use js_sys::{Array, Function, Map, Object, Reflect};
 use ptload::source::{ByteSource, SparseBytes};
+use ptload::torch::{Dict, Object as PyObject};
 use ptload::wasm::Planner;
-use ptload::{ErrorKind, Loader};
+use ptload::{ErrorKind, Loader, Value};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_test::wasm_bindgen_test;
 
@@ -225,4 +226,125 @@ fn map_location_strings_and_callbacks_fail_as_natively() {
         .unwrap()
         .iter()
         .all(|s| get(&s, "record").is_null()));
+}
+
+/// A list nested `depth` deep, its innermost item `leaf` (built without recursion).
+fn nested(depth: usize, leaf: Value, dicts: bool) -> Value {
+    let mut v = leaf;
+    for i in 0..depth {
+        v = if dicts && i % 2 == 1 {
+            Value::Dict(Box::new(Dict {
+                class: "dict".into(),
+                items: vec![(Value::Str("k".into()), v)],
+                attributes: vec![],
+            }))
+        } else {
+            Value::List(vec![v])
+        };
+    }
+    v
+}
+
+/// Takes a deep tree apart without recursion (dropping it whole would recurse).
+fn dismantle(mut v: Value) {
+    loop {
+        v = match v {
+            Value::List(mut items) => items.pop().unwrap_or(Value::None),
+            Value::Dict(mut d) => d.items.pop().map(|(_, v)| v).unwrap_or(Value::None),
+            _ => return,
+        };
+    }
+}
+
+#[wasm_bindgen_test]
+fn a_100_000_deep_tree_converts_without_recursion() {
+    const DEPTH: usize = 100_000;
+    for dicts in [false, true] {
+        let tree = nested(DEPTH, Value::Str("bottom".into()), dicts);
+        let js = ptload::wasm::value_to_js(&tree, &identity(), &identity()).unwrap();
+        dismantle(tree);
+        let mut v = js;
+        let mut depth = 0;
+        loop {
+            v = if Array::is_array(&v) {
+                Array::from(&v).get(0)
+            } else if v.is_object() {
+                get(&v, "k")
+            } else {
+                break;
+            };
+            depth += 1;
+        }
+        assert_eq!(
+            (depth, v.as_string().as_deref()),
+            (DEPTH, Some("bottom")),
+            "dicts: {dicts}"
+        );
+    }
+}
+
+#[wasm_bindgen_test]
+fn conversion_keeps_order_sharing_and_attributes() {
+    // [{"b": 1, "a": [2, 3]}, {(1,): "t"}, set, object] with attributes, in file order.
+    let s = |x: &str| Value::Str(x.into());
+    let dict = Value::Dict(Box::new(Dict {
+        class: "collections.OrderedDict".into(),
+        items: vec![
+            (s("b"), Value::Int(1)),
+            (s("a"), Value::List(vec![Value::Int(2), Value::Int(3)])),
+        ],
+        attributes: vec![
+            ("_metadata".into(), Value::Int(7)),
+            ("a".into(), Value::Int(8)),
+            ("toString".into(), Value::Int(9)),
+        ],
+    }));
+    let map = Value::Dict(Box::new(Dict {
+        class: "dict".into(),
+        items: vec![(Value::Tuple(vec![Value::Int(1)]), s("t"))],
+        attributes: vec![],
+    }));
+    let object = Value::Object(Box::new(PyObject {
+        class: "argparse.Namespace".into(),
+        args: vec![Value::Int(4)],
+        state: Some(s("st")),
+        list_items: vec![Value::Int(5)],
+        dict_items: vec![(s("x"), Value::Int(6))],
+    }));
+    let tree = Value::List(vec![
+        dict,
+        map,
+        Value::Set(vec![Value::Int(1), Value::Int(0)]),
+        object,
+    ]);
+    let js = ptload::wasm::value_to_js(&tree, &identity(), &identity()).unwrap();
+    let items = Array::from(&js);
+    let d = items.get(0);
+    let keys: Vec<String> = Object::keys(d.unchecked_ref::<Object>())
+        .iter()
+        .filter_map(|k| k.as_string())
+        .collect();
+    assert_eq!(keys, ["b", "a"]);
+    assert_eq!(get(&d, "_metadata"), 7);
+    assert_eq!(Array::from(&get(&d, "a")).get(1), 3);
+    // An attribute an item or every object already has is not set over it.
+    assert!(Array::is_array(&get(&d, "a")));
+    assert!(get(&d, "toString").is_function());
+    let m: Map = items.get(1).dyn_into().unwrap();
+    let (k, v) = {
+        let entry = Array::from(&m.entries().next().unwrap().value());
+        (entry.get(0), entry.get(1))
+    };
+    assert_eq!(Array::from(&k).get(0), 1);
+    assert_eq!(v, "t");
+    let set: js_sys::Set = items.get(2).dyn_into().unwrap();
+    let order: Vec<JsValue> = Array::from(&set).iter().collect();
+    assert_eq!(order, [JsValue::from(1), JsValue::from(0)]);
+    let o = items.get(3);
+    assert_eq!(get(&o, "__class__"), "argparse.Namespace");
+    assert_eq!(get(&o, "state"), "st");
+    assert_eq!(Array::from(&get(&o, "args")).get(0), 4);
+    assert_eq!(Array::from(&get(&o, "listItems")).get(0), 5);
+    let di: Map = get(&o, "dictItems").dyn_into().unwrap();
+    assert_eq!(di.get(&JsValue::from("x")), 6);
 }

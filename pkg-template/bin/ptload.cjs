@@ -1,17 +1,19 @@
 #!/usr/bin/env node
-// `ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] FILE`:
-// the native CLI's `inspect`, same output, through the npm package. The file is opened as a
-// Blob (fs.openAsBlob) where Node has it, so only the directory, the pickle and the tensor
-// records are read, never the whole file at once.
+// `ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] [--encoding NAME] FILE`:
+// the native CLI's `inspect`, same output, through the npm package. The path goes to load(),
+// which opens a file as a Blob (fs.openAsBlob) where Node has it, so only the directory, the
+// pickle and the tensor records are read, never the whole file at once; a distributed
+// checkpoint's folder loads consolidated, as natively.
 "use strict";
-const fs = require("node:fs");
 const crypto = require("node:crypto");
 const { load } = require("../index.cjs");
 
-const USAGE = "usage: ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] FILE";
+const USAGE = "usage: ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] [--encoding NAME] FILE";
+/** The load option that adds `root`'s JSON text, written by the native CLI's own writer. */
+const ROOT_JSON = Symbol.for("ptload.rootJson");
 
 function parse(argv) {
-  const args = { json: false, sha256: false, mapLocation: [], weightsOnly: true, file: undefined };
+  const args = { json: false, sha256: false, mapLocation: [], weightsOnly: true, encoding: undefined, file: undefined };
   if (argv[0] !== "inspect") throw new Error(USAGE);
   for (let i = 1; i < argv.length; i++) {
     const a = argv[i];
@@ -20,7 +22,11 @@ function parse(argv) {
     else if (a === "--no-weights-only") args.weightsOnly = false;
     else if (a === "--map-location" && i + 1 < argv.length) args.mapLocation.push(argv[++i]);
     else if (a.startsWith("--map-location=")) args.mapLocation.push(a.slice("--map-location=".length));
-    else if (a.startsWith("-") || args.file !== undefined) throw new Error(`unexpected argument '${a}'\n${USAGE}`);
+    else if (a === "--encoding" && i + 1 < argv.length) args.encoding = argv[++i];
+    else if (a.startsWith("--encoding=")) args.encoding = a.slice("--encoding=".length);
+    else if (a === "--tree" || a.startsWith("--max-items")) {
+      throw new Error(`${a}: the text tree is in the native ptload CLI only; --json has the whole tree as "root"`);
+    } else if (a.startsWith("-") || args.file !== undefined) throw new Error(`unexpected argument '${a}'\n${USAGE}`);
     else args.file = a;
   }
   if (args.file === undefined) throw new Error(USAGE);
@@ -63,23 +69,19 @@ async function sha256(t) {
   return crypto.createHash("sha256").update(await t.contiguousBytes()).digest("hex");
 }
 
-/** The file as a Blob (read by slices) where Node can, else read whole. */
-async function open(file) {
-  try {
-    const stat = fs.statSync(file);
-    if (!stat.isFile()) throw Object.assign(new Error("Is a directory (os error 21)"), { code: "EISDIR" });
-    return typeof fs.openAsBlob === "function" ? await fs.openAsBlob(file) : fs.readFileSync(file);
-  } catch (e) {
-    const os = { ENOENT: "No such file or directory (os error 2)", EACCES: "Permission denied (os error 13)" };
-    throw new Error(`${file}: ${os[e.code] ?? e.message}`);
-  }
-}
-
 async function main() {
   const args = parse(process.argv.slice(2));
   const location = mapLocation(args.mapLocation, args.file);
-  const input = await open(args.file);
-  const ckpt = await load(input, { name: args.file, weightsOnly: args.weightsOnly, mapLocation: location });
+  const options = { name: args.file, weightsOnly: args.weightsOnly, mapLocation: location, [ROOT_JSON]: args.json };
+  if (args.encoding !== undefined) options.encoding = args.encoding;
+  let ckpt;
+  try {
+    ckpt = await load(args.file, options);
+  } catch (e) {
+    // Bad option values (an unknown encoding) name the file, as the native CLI's do.
+    if (e instanceof TypeError) throw new Error(`${args.file}: ${e.message.replace(/^ptload: /, "")}`);
+    throw e;
+  }
   let out;
   if (args.json) {
     const tensors = [];
@@ -95,7 +97,9 @@ async function main() {
       });
       tensors.push(entry);
     }
-    out = JSON.stringify({ byte_order: ckpt.byteOrder, format: ckpt.format, tensors }) + "\n";
+    // `root` is JSON text of its own (the file's key order), spliced in as the native CLI does.
+    const head = JSON.stringify({ byte_order: ckpt.byteOrder, format: ckpt.format });
+    out = `${head.slice(0, -1)},"root":${ckpt[ROOT_JSON]},"tensors":${JSON.stringify(tensors)}}\n`;
   } else {
     const rows = [];
     let elements = 0;

@@ -5,41 +5,41 @@
 
 import { WebGpuPlacement, isGpuDevice, readBack } from "./webgpu.mjs";
 
-/** The TypedArray for each dtype, and how many array elements make one tensor element. */
+/** The TypedArray for each dtype (complex dtypes: their real and imaginary halves alternate). */
 const ARRAYS = {
-  float64: [Float64Array, 1],
-  float32: [Float32Array, 1],
-  float16: [Uint16Array, 1],
-  bfloat16: [Uint16Array, 1],
-  float8_e4m3fn: [Uint8Array, 1],
-  float8_e5m2: [Uint8Array, 1],
-  float8_e4m3fnuz: [Uint8Array, 1],
-  float8_e5m2fnuz: [Uint8Array, 1],
-  float8_e8m0fnu: [Uint8Array, 1],
-  float4_e2m1fn_x2: [Uint8Array, 1],
-  complex32: [Uint16Array, 2],
-  bcomplex32: [Uint16Array, 2],
-  complex64: [Float32Array, 2],
-  complex128: [Float64Array, 2],
-  int8: [Int8Array, 1],
-  int16: [Int16Array, 1],
-  int32: [Int32Array, 1],
-  int64: [BigInt64Array, 1],
-  uint8: [Uint8Array, 1],
-  uint16: [Uint16Array, 1],
-  uint32: [Uint32Array, 1],
-  uint64: [BigUint64Array, 1],
-  bool: [Uint8Array, 1],
-  qint8: [Int8Array, 1],
-  quint8: [Uint8Array, 1],
-  qint32: [Int32Array, 1],
-  quint4x2: [Uint8Array, 1],
-  quint2x4: [Uint8Array, 1],
-  bits8: [Uint8Array, 1],
-  bits16: [Uint16Array, 1],
-  bits1x8: [Uint8Array, 1],
-  bits2x4: [Uint8Array, 1],
-  bits4x2: [Uint8Array, 1],
+  float64: Float64Array,
+  float32: Float32Array,
+  float16: Uint16Array,
+  bfloat16: Uint16Array,
+  float8_e4m3fn: Uint8Array,
+  float8_e5m2: Uint8Array,
+  float8_e4m3fnuz: Uint8Array,
+  float8_e5m2fnuz: Uint8Array,
+  float8_e8m0fnu: Uint8Array,
+  float4_e2m1fn_x2: Uint8Array,
+  complex32: Uint16Array,
+  bcomplex32: Uint16Array,
+  complex64: Float32Array,
+  complex128: Float64Array,
+  int8: Int8Array,
+  int16: Int16Array,
+  int32: Int32Array,
+  int64: BigInt64Array,
+  uint8: Uint8Array,
+  uint16: Uint16Array,
+  uint32: Uint32Array,
+  uint64: BigUint64Array,
+  bool: Uint8Array,
+  qint8: Int8Array,
+  quint8: Uint8Array,
+  qint32: Int32Array,
+  quint4x2: Uint8Array,
+  quint2x4: Uint8Array,
+  bits8: Uint8Array,
+  bits16: Uint16Array,
+  bits1x8: Uint8Array,
+  bits2x4: Uint8Array,
+  bits4x2: Uint8Array,
 };
 
 /** The first bytes read (format sniffing) and the zip tail window (EOCD, zip64 records). */
@@ -47,13 +47,42 @@ const HEAD_BYTES = 262;
 const TAIL_BYTES = 65557 + 22 + 76;
 /** Stored records smaller than this are read from a Blob together with their neighbours. */
 const COALESCE_BYTES = 1 << 20;
+/** Groups of runs asked of the wasm walker per call (contiguousBytes of a strided view). */
+const GROUPS_PER_CALL = 1 << 12;
+/** Bytes swapped per call into wasm (a multiple of every swap unit). */
+const SWAP_CHUNK = 1 << 24;
 /** A plan takes a handful of rounds; more means a bug, not a big file. */
 const MAX_ROUNDS = 64;
 
-const HOST_ORDER = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? "little" : "big";
+/** An option key for the package's own CLI (bin/ptload.cjs): when true, the checkpoint gets
+ * the JSON text of `ptload inspect --json`'s `root` under the same key, written by the native
+ * CLI's writer. A symbol, so it is no public option and never an unknown one. */
+export const ROOT_JSON = Symbol.for("ptload.rootJson");
 
 function typeError(message) {
   return new TypeError(`ptload: ${message}`);
+}
+
+/** Every failure to load a checkpoint (bad arguments are TypeErrors; what a mapLocation
+ * function throws is rethrown as it is). `message` is the native loader's, word for word. */
+export class PtloadError extends Error {
+  constructor(message, { kind, file, offset } = {}) {
+    super(message);
+    this.name = "PtloadError";
+    /** The native `ErrorKind` variant: "NotACheckpoint", "Zip", "Pickle", "WeightsOnly", … */
+    this.kind = kind;
+    /** The file the error is about (the input's name, `<memory>` when it has none). */
+    this.file = file;
+    /** The byte offset the message names, when it names one (in the file; within the pickle
+     * record for "Pickle"). */
+    this.offset = offset;
+  }
+}
+
+/** An error thrown by the wasm planner as a PtloadError (others pass through). */
+function fromWasm(e) {
+  const mark = e !== null && typeof e === "object" && !(e instanceof PtloadError) ? e.__ptload__ : undefined;
+  return mark ? new PtloadError(e.message, mark) : e;
 }
 
 /** One storage of a loaded checkpoint. */
@@ -84,7 +113,7 @@ export class Storage {
 
 /** A tensor: metadata and, on the CPU, a TypedArray view of its elements. */
 export class Tensor {
-  constructor(meta, storage) {
+  constructor(meta, storage, bindings) {
     this.dtype = meta.dtype;
     this.shape = meta.shape;
     this.stride = meta.stride;
@@ -107,6 +136,12 @@ export class Tensor {
      * On `webgpu`: `{ buffer: GPUBuffer, byteOffset }` (byteOffset = storageOffset × itemsize).
      * On `meta`: null. */
     this.data = null;
+    // Layout, as the native rules decide it (src/torch/layout.rs): whether the view is
+    // C-contiguous, the storage elements [first, end) it reaches, and the walk over its runs
+    // when it is not.
+    Object.defineProperty(this, "_layout", {
+      value: { contiguous: meta.contiguous, span: meta.span, bindings },
+    });
   }
 
   /** `cpu`, `webgpu` or `meta`. */
@@ -121,24 +156,51 @@ export class Tensor {
 
   /** Whether the elements lie in C order without gaps. */
   get isContiguous() {
-    return isContiguous(this.shape, this.stride);
+    return this._layout.contiguous;
   }
 
   /** The elements in C-contiguous order, little-endian, as bytes (`bool` as one byte 0/1).
    * For a contiguous tensor this is a view of the same memory as `data`, not a copy. */
   async contiguousBytes() {
     const storage = this.storage;
+    const [first, end] = this._layout.span;
+    let bytes;
+    let at;
     if (storage && storage.buffer) {
       // Read back the span the view reaches, then walk it on the host.
-      const span = extentOf(this.shape, this.stride) * this.itemsize;
-      const bytes = await readBack(storage.gpuDevice, storage.buffer, this.storageOffset * this.itemsize, span);
-      return contiguous(bytes, this.shape, this.stride, 0, this.itemsize);
+      bytes = await readBack(storage.gpuDevice, storage.buffer, first * this.itemsize, (end - first) * this.itemsize);
+      at = 0;
+    } else {
+      bytes = storage && storage.bytes;
+      if (!bytes) {
+        throw new Error(`the tensor is on the ${this.device} device: it has no data in host memory`);
+      }
+      at = first * this.itemsize;
     }
-    const bytes = storage && storage.bytes;
-    if (!bytes) {
-      throw new Error(`the tensor is on the ${this.device} device: it has no data in host memory`);
+    const total = this.numel * this.itemsize;
+    if (this._layout.contiguous) return bytes.subarray(at, at + total);
+    // The native walk, with offsets from the view's first element.
+    const { RunWalker } = this._layout.bindings;
+    const walker = new RunWalker(this.dtype, this.shape, this.stride, 0);
+    try {
+      const out = new Uint8Array(total);
+      const run = walker.runBytes;
+      let pos = 0;
+      // Groups of evenly spaced runs: [first byte, runs, step in bytes, ...].
+      for (let groups = walker.next(GROUPS_PER_CALL); groups.length > 0; groups = walker.next(GROUPS_PER_CALL)) {
+        for (let g = 0; g < groups.length; g += 3) {
+          const count = groups[g + 1];
+          const step = groups[g + 2];
+          for (let k = 0, from = at + groups[g]; k < count; k++, from += step) {
+            out.set(bytes.subarray(from, from + run), pos);
+            pos += run;
+          }
+        }
+      }
+      return out;
+    } finally {
+      walker.free();
     }
-    return contiguous(bytes, this.shape, this.stride, this.storageOffset, this.itemsize);
   }
 }
 
@@ -171,70 +233,6 @@ export class Checkpoint {
   }
 }
 
-/** Elements from a view's first element through the last one it reaches. */
-function extentOf(shape, stride) {
-  if (shape.includes(0)) return 0;
-  let extent = 1;
-  for (let d = 0; d < shape.length; d++) extent += (shape[d] - 1) * stride[d];
-  return extent;
-}
-
-function isContiguous(shape, stride) {
-  if (shape.includes(0)) return true;
-  let expected = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    if (shape[d] === 1) continue;
-    if (stride[d] !== expected) return false;
-    expected *= shape[d];
-  }
-  return true;
-}
-
-function swapInPlace(bytes, unit) {
-  const n = bytes.length - (bytes.length % unit);
-  for (let i = 0; i < n; i += unit) {
-    for (let a = i, b = i + unit - 1; a < b; a++, b--) {
-      const t = bytes[a];
-      bytes[a] = bytes[b];
-      bytes[b] = t;
-    }
-  }
-}
-
-/** C-order bytes of a strided view, run by run (as the native `for_each_run`); a view of
- * `bytes` when the tensor is contiguous. Bytes are in host order, little-endian wherever JS
- * engines run. */
-function contiguous(bytes, shape, stride, offset, size) {
-  const numel = shape.reduce((a, b) => a * b, 1);
-  const total = numel * size;
-  if (numel === 0) return new Uint8Array(0);
-  if (isContiguous(shape, stride)) return bytes.subarray(offset * size, offset * size + total);
-  // Merge the trailing dimensions that are contiguous into one run.
-  let run = 1;
-  let outer = shape.length;
-  while (outer > 0 && stride[outer - 1] === run) {
-    run *= shape[outer - 1];
-    outer--;
-  }
-  const runBytes = run * size;
-  const out = new Uint8Array(total);
-  const index = new Array(outer).fill(0);
-  let at = offset;
-  for (let pos = 0; pos < total; pos += runBytes) {
-    const start = at * size;
-    out.set(bytes.subarray(start, start + runBytes), pos);
-    // Advance the outer index like an odometer.
-    for (let d = outer - 1; d >= 0; d--) {
-      index[d]++;
-      at += stride[d];
-      if (index[d] < shape[d]) break;
-      at -= stride[d] * shape[d];
-      index[d] = 0;
-    }
-  }
-  return out;
-}
-
 // ---- inputs -------------------------------------------------------------------------------
 
 /** A source of bytes: the caller's buffer (views, no copy) or a Blob (read by slices). */
@@ -263,7 +261,8 @@ class BlobSource {
     if (this.whole) return { bytes: this.whole.subarray(offset, offset + length), fresh: false };
     const bytes = new Uint8Array(await this.blob.slice(offset, offset + length).arrayBuffer());
     if (bytes.length !== length) {
-      throw new Error(`${this.name}: read ${bytes.length} bytes at offset ${offset}, expected ${length} (was the file changed?)`);
+      throw new PtloadError(`${this.name}: read ${bytes.length} bytes at offset ${offset}, expected ${length} (was the file changed?)`,
+        { kind: "Io", file: this.name, offset });
     }
     if (offset === 0 && length === this.size) this.whole = bytes;
     return { bytes, fresh: true };
@@ -280,9 +279,9 @@ function isResponse(x) {
     "headers" in x && "body" in x && typeof x.status === "number";
 }
 
-async function readResponse(response, progress) {
+async function readResponse(response, progress, file) {
   if (!response.ok) {
-    throw new Error(`${response.url || "<response>"}: HTTP status ${response.status}`);
+    throw new PtloadError(`${file}: HTTP status ${response.status}`, { kind: "Io", file });
   }
   if (response.bodyUsed) throw typeError("the Response body was already read");
   const encoded = response.headers.get("content-encoding");
@@ -308,7 +307,18 @@ async function readResponse(response, progress) {
   return length === buffer.length ? buffer : buffer.subarray(0, length);
 }
 
-async function openInput(input, name, progress) {
+function isUrl(x) {
+  return typeof URL !== "undefined" && x instanceof URL;
+}
+
+/** The input to read: a string or URL goes through the host's `open` (Node: the file as a
+ * Blob; browsers: fetch), anything else is read as it is. */
+async function openInput(input, name, progress, host) {
+  if (typeof input === "string" || isUrl(input)) {
+    if (!host.open) throw typeError("load() takes no path or URL here");
+    const opened = await host.open(input);
+    return openInput(opened.input, name ?? opened.name, progress, {});
+  }
   if (input instanceof ArrayBuffer ||
       (typeof SharedArrayBuffer !== "undefined" && input instanceof SharedArrayBuffer)) {
     return new BufferSource(new Uint8Array(input), name ?? "<memory>", true);
@@ -318,21 +328,69 @@ async function openInput(input, name, progress) {
     return new BufferSource(bytes, name ?? "<memory>", true);
   }
   if (isResponse(input)) {
-    const bytes = await readResponse(input, progress);
-    return new BufferSource(bytes, name ?? (input.url || "<memory>"), false);
+    const file = name ?? (input.url || "<memory>");
+    const bytes = await readResponse(input, progress, file);
+    return new BufferSource(bytes, file, false);
   }
   if (isBlob(input)) {
     const fileName = typeof input.name === "string" && input.name ? input.name : undefined;
     return new BlobSource(input, name ?? fileName ?? "<memory>");
   }
-  throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, or a fetch Response");
+  if (isFolder(input)) return new FolderSource(input, name ?? "<memory>");
+  throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, a fetch Response, a path, a URL, " +
+    "or a distributed checkpoint's files as a Map or object of name → bytes");
+}
+
+/** A Map, or a plain object, of file name → Blob / File / bytes: a folder's files. */
+function isFolder(x) {
+  if (x instanceof Map) return true;
+  if (typeof x !== "object" || x === null) return false;
+  const proto = Object.getPrototypeOf(x);
+  return proto === Object.prototype || proto === null;
+}
+
+/** The files of a folder (a distributed checkpoint: `.metadata` and its `.distcp` files). */
+class FolderSource {
+  constructor(files, name) {
+    this.files = files instanceof Map ? [...files] : Object.entries(files);
+    this.name = name;
+    for (const [file, content] of this.files) {
+      if (typeof file !== "string" || !(isBlob(content) || ArrayBuffer.isView(content) || content instanceof ArrayBuffer)) {
+        throw typeError(`a folder's files must be named Blobs, Files or bytes ('${String(file)}' is not)`);
+      }
+    }
+    this.size = this.files.reduce((n, [, c]) => n + (isBlob(c) ? c.size : c.byteLength), 0);
+  }
+  /** Every file's bytes, read whole. */
+  async readAll(progress) {
+    const names = [];
+    const contents = [];
+    for (const [file, content] of this.files) {
+      let bytes;
+      if (isBlob(content)) bytes = new Uint8Array(await content.arrayBuffer());
+      else if (content instanceof ArrayBuffer) bytes = new Uint8Array(content);
+      else bytes = new Uint8Array(content.buffer, content.byteOffset, content.byteLength);
+      names.push(file);
+      contents.push(bytes);
+      progress.add(bytes.length);
+    }
+    return { names, contents };
+  }
 }
 
 // ---- options ------------------------------------------------------------------------------
 
+/** The options `load` takes (index.d.ts `LoadOptions`). */
+const OPTIONS = ["mapLocation", "weightsOnly", "device", "dtype", "signal", "encoding", "onProgress", "name"];
+
 function normalizeOptions(options) {
   if (options === undefined || options === null) options = {};
   if (typeof options !== "object") throw typeError("options must be an object");
+  for (const key of Object.keys(options)) {
+    if (!OPTIONS.includes(key)) {
+      throw typeError(`unknown option '${key}' (load takes ${OPTIONS.join(", ")})`);
+    }
+  }
   const { mapLocation, weightsOnly, onProgress, encoding, name, device, dtype, signal } = options;
   if (device !== undefined && !isGpuDevice(device)) throw typeError("device must be a GPUDevice");
   if (dtype !== undefined && dtype !== "float16" && dtype !== "float32") {
@@ -377,6 +435,7 @@ function normalizeOptions(options) {
     device,
     dtype,
     signal,
+    rootJson: options[ROOT_JSON] === true,
   };
 }
 
@@ -419,7 +478,10 @@ async function plan(planner, source, callback, progress) {
     ? [[0, size]]
     : [[0, HEAD_BYTES], [size - TAIL_BYTES, TAIL_BYTES]];
   for (let round = 0; ; round++) {
-    if (round > MAX_ROUNDS) throw new Error(`${source.name}: the planner asked for bytes ${MAX_ROUNDS} times`);
+    if (round > MAX_ROUNDS) {
+      throw new PtloadError(`${source.name}: the planner asked for bytes ${MAX_ROUNDS} times`,
+        { kind: "Unsupported", file: source.name });
+    }
     for (const [offset, length] of merge(need)) {
       if (length === 0) continue;
       const { bytes } = await source.read(offset, length);
@@ -461,89 +523,135 @@ async function readStored(source, storages, progress) {
 }
 
 function arrayOf(dtype) {
-  const entry = ARRAYS[dtype];
-  if (!entry) throw new Error(`ptload: no TypedArray for dtype ${dtype}`);
-  return entry;
+  const Ctor = ARRAYS[dtype];
+  if (!Ctor) throw new Error(`ptload: no TypedArray for dtype ${dtype}`);
+  return Ctor;
 }
 
-/** The tensor's `data`: a view from its first element through the last one it reaches. */
+/** The tensor's `data`: a view of the storage bytes it reaches (its span, from the plan). A
+ * storage viewed by a wider dtype than its own alignment (an untyped storage viewed as two
+ * dtypes) gives that tensor a copy of its span. */
 function viewOf(tensor) {
   const bytes = tensor.storage && tensor.storage.bytes;
   if (!bytes) return null;
-  const [Ctor, per] = arrayOf(tensor.dtype);
-  let extent = 0;
-  if (!tensor.shape.includes(0)) {
-    extent = 1;
-    for (let d = 0; d < tensor.shape.length; d++) extent += (tensor.shape[d] - 1) * tensor.stride[d];
+  const Ctor = arrayOf(tensor.dtype);
+  const [first, last] = tensor._layout.span;
+  const start = first * tensor.itemsize;
+  const end = last * tensor.itemsize;
+  if (end > bytes.byteLength) {
+    throw new PtloadError(`ptload: tensor view (bytes ${start}..${end}) runs past its storage ${tensor.storage.key}`,
+      { kind: "InvalidTensor" });
   }
-  const start = tensor.storageOffset * tensor.itemsize;
-  const length = extent * per;
-  if (start + length * Ctor.BYTES_PER_ELEMENT > bytes.byteLength) {
-    throw new Error(`ptload: tensor view (offset ${tensor.storageOffset}, extent ${extent}) runs past its storage ${tensor.storage.key}`);
+  const length = (end - start) / Ctor.BYTES_PER_ELEMENT;
+  if ((bytes.byteOffset + start) % Ctor.BYTES_PER_ELEMENT !== 0) {
+    return new Ctor(bytes.slice(start, end).buffer, 0, length);
   }
-  if (length === 0 && (bytes.byteOffset + start) % Ctor.BYTES_PER_ELEMENT !== 0) return new Ctor(0);
   return new Ctor(bytes.buffer, bytes.byteOffset + start, length);
 }
 
-/** The public API over a wasm-bindgen module (`getBindings` returns it, or a promise of it). */
-export function createApi(getBindings) {
+/** The public API over a wasm-bindgen module (`getBindings` returns it, or a promise of it).
+ * `host.open(pathOrUrl)` says what a string or URL input reads: `{ input, name }`, the input
+ * a Blob, bytes or a Response (index.cjs: the file, browser.mjs: fetch). */
+export function createApi(getBindings, host = {}) {
   /** Loads a checkpoint (see index.d.ts for the input kinds and options). */
   async function load(input, options) {
     const opts = normalizeOptions(options);
     throwIfAborted(opts.signal);
     const progress = new Progress(opts.onProgress);
-    const source = await openInput(input, opts.name, progress);
+    const source = await openInput(input, opts.name, progress, host);
     progress.total = source.size;
-    const { Planner } = await getBindings();
-    const planner = new Planner(source.name, source.size, opts.planner);
-    let gpu = null;
-    let storages = [];
+    const bindings = await getBindings();
     try {
-      await plan(planner, source, opts.callback, progress);
-      const planned = planner.storages();
-      storages = planned.map((s) => new Storage(s));
-      const all = [];
-      const tree = planner.tree(
-        (meta) => {
-          const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage]);
-          all.push(t);
-          return t;
-        },
-        (index) => storages[index],
-      );
-      throwIfAborted(opts.signal);
-      await place(planner, source, planned, storages, all, tree.byteOrder, progress, opts.signal);
-      if (planned.some((s) => s.device === "webgpu")) {
-        gpu = new WebGpuPlacement(opts.device, source.name);
-        await placeOnGpu(gpu, planner, source, planned, storages, all, tree.byteOrder, progress, opts);
-        await gpu.finish();
-      }
-      progress.done();
-      return new Checkpoint(tree, storages, tree.tensors);
+      if (source instanceof FolderSource) return await loadFolder(bindings, source, opts, progress);
+      return await loadFile(bindings, source, opts, progress);
     } catch (e) {
-      if (gpu) {
-        await gpu.abort();
-        for (const s of storages) s.buffer = null;
-      }
-      throw e;
-    } finally {
-      planner.free();
+      throw fromWasm(e);
     }
   }
 
-  return { load, Checkpoint, Tensor, Storage };
+  return { load, Checkpoint, Tensor, Storage, PtloadError };
 }
 
-/** Reads each storage once: a view of the caller's buffer when its record is stored, aligned
- * and in host byte order; a copy (inflated, swapped or realigned) otherwise. */
-async function place(planner, source, planned, storages, tensors, byteOrder, progress, signal) {
-  // The alignment each storage needs: the widest TypedArray element viewing it.
-  const align = new Map();
-  for (const t of tensors) {
-    if (!t.storage) continue;
-    const need = arrayOf(t.dtype)[0].BYTES_PER_ELEMENT;
-    align.set(t.storage, Math.max(align.get(t.storage) ?? 1, need));
+/** A distributed checkpoint, consolidated by the wasm module (src/wasm/dcp.rs): every tensor at
+ * its full size, in a buffer of its own. */
+async function loadFolder(bindings, source, opts, progress) {
+  if (!source.files.some(([file]) => file === ".metadata")) {
+    throw new PtloadError(`${source.name}: not a PyTorch checkpoint: a folder's files without .metadata ` +
+      "(a distributed checkpoint has .metadata and __<rank>_<n>.distcp files)", { kind: "NotACheckpoint", file: source.name });
   }
+  const { names, contents } = await source.readAll(progress);
+  const dcp = new bindings.DcpCheckpoint(source.name, names, contents, opts.planner);
+  try {
+    const storages = dcp.storages().map((s) => new Storage(s));
+    const all = [];
+    const tree = dcp.tree(
+      (meta) => {
+        const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage], bindings);
+        all.push(t);
+        return t;
+      },
+      (index) => storages[index],
+    );
+    storages.forEach((s, i) => {
+      const bytes = dcp.bytes(i);
+      if (bytes !== undefined) s.bytes = bytes;
+    });
+    for (const t of all) t.data = viewOf(t);
+    progress.done();
+    const ckpt = new Checkpoint(tree, storages, tree.tensors);
+    if (opts.rootJson) ckpt[ROOT_JSON] = dcp.rootJson();
+    return ckpt;
+  } finally {
+    dcp.free();
+  }
+}
+
+/** Plans the load, then reads and places every storage (on the CPU, or on the GPU for
+ * `webgpu`). */
+async function loadFile(bindings, source, opts, progress) {
+  const planner = new bindings.Planner(source.name, source.size, opts.planner);
+  let gpu = null;
+  let storages = [];
+  try {
+    await plan(planner, source, opts.callback, progress);
+    const planned = planner.storages();
+    storages = planned.map((s) => new Storage(s));
+    const all = [];
+    const tree = planner.tree(
+      (meta) => {
+        const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage], bindings);
+        all.push(t);
+        return t;
+      },
+      (index) => storages[index],
+    );
+    const rootJson = opts.rootJson ? planner.rootJson() : undefined;
+    throwIfAborted(opts.signal);
+    await place(planner, bindings, source, planned, storages, all, progress, opts.signal);
+    if (planned.some((s) => s.device === "webgpu")) {
+      gpu = new WebGpuPlacement(opts.device, source.name);
+      await placeOnGpu(gpu, planner, bindings, source, planned, storages, all, progress, opts);
+      await gpu.finish();
+    }
+    progress.done();
+    const ckpt = new Checkpoint(tree, storages, tree.tensors);
+    if (rootJson !== undefined) ckpt[ROOT_JSON] = rootJson;
+    return ckpt;
+  } catch (e) {
+    if (gpu) {
+      await gpu.abort();
+      for (const s of storages) s.buffer = null;
+    }
+    throw e;
+  } finally {
+    planner.free();
+  }
+}
+
+/** Reads each storage once and decides, as the plan says (the native CPU placer's rules), to
+ * use its bytes in place (a view of the caller's buffer: stored, not swapped, aligned) or to
+ * copy them (inflated, byte-swapped by the wasm module, or realigned). */
+async function place(planner, bindings, source, planned, storages, tensors, progress, signal) {
   const stored = source instanceof BlobSource ? await readStored(source, planned, progress) : null;
   for (let i = 0; i < planned.length; i++) {
     const s = planned[i];
@@ -563,12 +671,14 @@ async function place(planner, source, planned, storages, tensors, byteOrder, pro
       ({ bytes, fresh: owned } = await source.read(r.dataOffset, r.size));
       progress.add(r.size);
     }
-    if (byteOrder !== HOST_ORDER && s.swapUnit > 1) {
+    if (s.swap) {
       if (!owned) bytes = bytes.slice();
-      swapInPlace(bytes, s.swapUnit);
+      for (let at = 0; at < bytes.length; at += SWAP_CHUNK) {
+        bindings.swapBytes(bytes.subarray(at, at + SWAP_CHUNK), s.swapUnit);
+      }
       owned = true;
     }
-    if (bytes.byteOffset % (align.get(storages[i]) ?? 1) !== 0) {
+    if (bytes.byteOffset % s.align !== 0) {
       bytes = bytes.slice();
       owned = true;
     }
@@ -580,7 +690,7 @@ async function place(planner, source, planned, storages, tensors, byteOrder, pro
 
 function throwIfAborted(signal) {
   if (signal && signal.aborted) {
-    throw signal.reason ?? new Error("ptload: the load was aborted");
+    throw signal.reason ?? new PtloadError("ptload: the load was aborted", { kind: "Cancelled" });
   }
 }
 
@@ -629,22 +739,25 @@ async function recordChunks(planner, source, index, record, progress, signal, f)
       if (done) break;
       inflated += value.length;
       if (inflated > record.size) {
-        throw new Error(`${source.name}: record ${record.name} inflates to more than its ${record.size} bytes`);
+        throw new PtloadError(`${source.name}: record ${record.name} inflates to more than its ${record.size} bytes`,
+          { kind: "Record", file: source.name });
       }
       await f(value, true);
     }
   } catch (e) {
     await feed.catch(() => {});
     throw e instanceof TypeError && !String(e.message).startsWith("ptload")
-      ? new Error(`${source.name}: record ${record.name}: invalid deflate data (${e.message})`)
+      ? new PtloadError(`${source.name}: record ${record.name}: invalid deflate data (${e.message})`,
+        { kind: "Record", file: source.name })
       : e;
   }
   await feed;
 }
 
 /** Puts every storage mapped to `webgpu` in its own GPUBuffer, straight from the input: byte
- * swapping (big-endian files) happens chunk by chunk in JS, and `dtype` conversion on the GPU. */
-async function placeOnGpu(gpu, planner, source, planned, storages, tensors, byteOrder, progress, opts) {
+ * swapping (big-endian files, as the plan says) happens chunk by chunk on the way (in wasm, the
+ * native swap), and `dtype` conversion on the GPU. */
+async function placeOnGpu(gpu, planner, bindings, source, planned, storages, tensors, progress, opts) {
   const views = new Map();
   for (const t of tensors) {
     if (!t.storage) continue;
@@ -659,7 +772,7 @@ async function placeOnGpu(gpu, planner, source, planned, storages, tensors, byte
     const nbytes = s.numel * s.itemsize;
     const writer = gpu.begin(s.key, nbytes);
     if (s.record) {
-      const unit = byteOrder !== HOST_ORDER && s.swapUnit > 1 ? s.swapUnit : 1;
+      const unit = s.swap ? s.swapUnit : 1;
       const carry = new Uint8Array(Math.max(unit - 1, 0));
       let carried = 0;
       await recordChunks(planner, source, i, s.record, progress, opts.signal, async (bytes) => {
@@ -672,7 +785,7 @@ async function placeOnGpu(gpu, planner, source, planned, storages, tensors, byte
         carried = joined.length - whole;
         carry.set(joined.subarray(whole));
         const out = joined.subarray(0, whole);
-        swapInPlace(out, unit);
+        bindings.swapBytes(out, unit);
         return writer.put(out);
       });
     }

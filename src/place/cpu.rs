@@ -4,6 +4,7 @@
 use super::{Control, PlacementJob, Placer, RecordReader, StorageData};
 use crate::error::Result;
 use crate::source::SharedBytes;
+use crate::torch::Dtype;
 
 /// Places storages in host memory.
 pub struct CpuPlacer {
@@ -28,7 +29,7 @@ impl CpuPlacer {
         job: &PlacementJob,
         control: &mut Control<'_>,
     ) -> Result<StorageData> {
-        let align = job.dtype.element_size().max(job.swap_unit).max(1);
+        let align = alignment(job.dtype, job.swap_unit);
         if let Some(bytes) = reader.borrow(job) {
             let base = (*self.source).as_ref().as_ptr() as usize;
             let start = bytes.as_ptr() as usize;
@@ -61,6 +62,13 @@ impl CpuPlacer {
         }
         Ok(StorageData::Owned(owned))
     }
+}
+
+/// The alignment host bytes of a storage need to be used in place: its element size, or its
+/// swap unit (the element size of the tensor dtype viewing it) when wider. The one rule: the
+/// CPU placer and the JS placement (`src/wasm`) use it.
+pub fn alignment(dtype: Dtype, swap_unit: usize) -> usize {
+    dtype.element_size().max(swap_unit).max(1)
 }
 
 /// Bytes copied between progress reports (a multiple of every swap unit).

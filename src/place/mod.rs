@@ -46,6 +46,12 @@ use crate::torch::Dtype;
 
 pub use reader::{RecordReader, RecordStream};
 
+/// Whether bytes of a file in `byte_order` must be swapped (in units of `swap_unit`) to be in
+/// the host's byte order. The one rule: the native reader and the JS placement use it.
+pub fn needs_swap(byte_order: crate::archive::ByteOrder, swap_unit: usize) -> bool {
+    byte_order != crate::archive::ByteOrder::native() && swap_unit > 1
+}
+
 /// A storage that lives on a device other than the host: CUDA memory, a `wgpu::Buffer`, …
 pub trait DeviceBuffer: fmt::Debug + Send + Sync + 'static {
     /// The device holding it, e.g. `Device::Cuda(Some(0))` or `Device::WebGpu`.

@@ -49,7 +49,7 @@ impl<'s> RecordReader<'s> {
 
     /// Whether the job's bytes must be swapped on their way to the host's byte order.
     pub fn needs_swap(&self, job: &PlacementJob) -> bool {
-        self.byte_order != ByteOrder::native() && job.swap_unit > 1
+        super::needs_swap(self.byte_order, job.swap_unit)
     }
 
     /// The record's bytes in place, when they need no conversion: stored (not deflated), and

@@ -20,38 +20,115 @@ pub fn element_span(meta: &TensorMeta) -> Option<Range<u64>> {
     Some(meta.storage_offset..last.checked_add(1)?)
 }
 
-/// Calls `f` with the view's bytes in C-contiguous order, run by run (trailing dimensions
-/// that are contiguous are merged into one run). `bytes` holds the storage's elements from
-/// element `first_element` on (the whole storage when it is 0, or just the view's span read
-/// back from a device).
+/// The byte offsets of a view's runs in C-contiguous order: trailing dimensions that are
+/// contiguous are merged into one run of [`Runs::run_bytes`] bytes, and the outer dimensions
+/// are walked like an odometer. Offsets count from storage element `first_element` (0: the
+/// storage's start). The one strided walk: [`for_each_run`] and the JS `contiguousBytes` use it.
+#[derive(Clone, Debug)]
+pub struct Runs {
+    shape: Vec<u64>,
+    stride: Vec<u64>,
+    size: u64,
+    run_bytes: u64,
+    index: Vec<u64>,
+    /// The next run's first element (from `first_element`); `None` once done.
+    next: Option<u64>,
+}
+
+impl Runs {
+    /// The runs of `meta`, with offsets from storage element `first_element`; an error when
+    /// the view starts before it.
+    pub fn new(meta: &TensorMeta, first_element: u64) -> Result<Runs> {
+        let size = meta.dtype.element_size() as u64;
+        let (shape, stride) = (&meta.shape, &meta.stride);
+        let mut run = 1u64;
+        let mut outer = shape.len();
+        while outer > 0 && stride[outer - 1] == run {
+            run = run.saturating_mul(shape[outer - 1]);
+            outer -= 1;
+        }
+        let start = meta
+            .storage_offset
+            .checked_sub(first_element)
+            .ok_or_else(|| Error::invalid_tensor("a view starts before the bytes it was given"))?;
+        Ok(Runs {
+            shape: shape[..outer].to_vec(),
+            stride: stride[..outer].to_vec(),
+            size,
+            run_bytes: run.saturating_mul(size),
+            index: vec![0; outer],
+            next: (meta.numel() != 0).then_some(start),
+        })
+    }
+
+    /// The bytes of each run.
+    pub fn run_bytes(&self) -> u64 {
+        self.run_bytes
+    }
+
+    /// The next runs that differ only in the innermost walked dimension, as one group:
+    /// `(first byte, runs, bytes from one run to the next)` — the same runs as [`Iterator`]
+    /// yields, for walkers that copy a row of runs per call (the JS `contiguousBytes`).
+    pub fn next_group(&mut self) -> Option<(u64, u64, u64)> {
+        let first = self.next?;
+        let Some(d) = self.shape.len().checked_sub(1) else {
+            self.next();
+            return Some((first.saturating_mul(self.size), 1, 0));
+        };
+        let count = self.shape[d] - self.index[d];
+        let step = self.stride[d];
+        // Stand on the group's last run, then step past it as `next` does.
+        self.index[d] = self.shape[d] - 1;
+        self.next = Some(first.wrapping_add((count - 1).wrapping_mul(step)));
+        self.next();
+        Some((
+            first.saturating_mul(self.size),
+            count,
+            step.saturating_mul(self.size),
+        ))
+    }
+}
+
+impl Iterator for Runs {
+    /// The run's first byte.
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        let offset = self.next?;
+        // Advance the outer index like an odometer.
+        let mut at = offset;
+        let mut d = self.shape.len();
+        self.next = loop {
+            if d == 0 {
+                break None;
+            }
+            d -= 1;
+            self.index[d] += 1;
+            at = at.wrapping_add(self.stride[d]);
+            if self.index[d] < self.shape[d] {
+                break Some(at);
+            }
+            at = at.wrapping_sub(self.stride[d].wrapping_mul(self.shape[d]));
+            self.index[d] = 0;
+        };
+        Some(offset.saturating_mul(self.size))
+    }
+}
+
+/// Calls `f` with the view's bytes in C-contiguous order, run by run ([`Runs`]). `bytes` holds
+/// the storage's elements from element `first_element` on (the whole storage when it is 0, or
+/// just the view's span read back from a device).
 pub fn for_each_run(
     meta: &TensorMeta,
     bytes: &[u8],
     first_element: u64,
     f: &mut dyn FnMut(&[u8]),
 ) -> Result<()> {
-    if meta.numel() == 0 {
-        return Ok(());
-    }
-    let size = meta.dtype.element_size() as u64;
-    let shape = &meta.shape;
-    let stride = &meta.stride;
-    let mut run = 1u64;
-    let mut outer = shape.len();
-    while outer > 0 && stride[outer - 1] == run {
-        run *= shape[outer - 1];
-        outer -= 1;
-    }
-    let run_bytes = run * size;
-    let mut index = vec![0u64; outer];
-    let mut offset = meta
-        .storage_offset
-        .checked_sub(first_element)
-        .ok_or_else(|| Error::invalid_tensor("a view starts before the bytes it was given"))?;
-    loop {
+    let runs = Runs::new(meta, first_element)?;
+    let run_bytes = runs.run_bytes();
+    for start in runs {
         // Views are checked against their storage when parsed and storages against their
         // records when planned, so this never fails; it is still checked, not assumed.
-        let start = offset.saturating_mul(size);
         let run = usize::try_from(start)
             .ok()
             .zip(usize::try_from(start.saturating_add(run_bytes)).ok())
@@ -64,22 +141,8 @@ pub fn for_each_run(
                 ))
             })?;
         f(run);
-        // Advance the outer index like an odometer.
-        let mut d = outer;
-        loop {
-            if d == 0 {
-                return Ok(());
-            }
-            d -= 1;
-            index[d] += 1;
-            offset += stride[d];
-            if index[d] < shape[d] {
-                break;
-            }
-            offset -= stride[d] * shape[d];
-            index[d] = 0;
-        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,6 +177,46 @@ mod tests {
         let span = element_span(&t).unwrap();
         let part = &storage[span.start as usize..span.end as usize];
         assert_eq!(collect(&t, part, span.start), [4, 7, 5, 8, 6, 9]);
+    }
+
+    #[test]
+    fn runs_merge_trailing_contiguous_dimensions() {
+        // [2, 3, 4] float32 with its middle dimension strided by 8: runs of 4 elements.
+        let t = TensorMeta::view(Some(0), Dtype::Float32, vec![2, 3, 4], vec![24, 8, 1], 2);
+        let runs = Runs::new(&t, 0).unwrap();
+        assert_eq!(runs.run_bytes(), 16);
+        let starts: Vec<u64> = runs.collect();
+        assert_eq!(starts, [8, 40, 72, 104, 136, 168]);
+        // Contiguous: one run; no elements: none.
+        let c = TensorMeta::view(Some(0), Dtype::Int16, vec![3, 5], vec![5, 1], 1);
+        let runs = Runs::new(&c, 1).unwrap();
+        assert_eq!((runs.run_bytes(), runs.collect::<Vec<_>>()), (30, vec![0]));
+        let z = TensorMeta::view(Some(0), Dtype::Int16, vec![3, 0], vec![1, 1], 0);
+        assert_eq!(Runs::new(&z, 0).unwrap().count(), 0);
+        let s = TensorMeta::view(Some(0), Dtype::Float64, vec![], vec![], 3);
+        assert_eq!(Runs::new(&s, 0).unwrap().collect::<Vec<_>>(), [24]);
+        assert!(Runs::new(&s, 4).is_err());
+    }
+
+    #[test]
+    fn groups_are_the_runs_row_by_row() {
+        for (shape, stride, offset) in [
+            (vec![3, 4, 2], vec![1, 6, 3], 1),
+            (vec![2, 3, 4], vec![24, 8, 1], 2),
+            (vec![5], vec![2], 0),
+            (vec![3, 5], vec![5, 1], 0),
+            (vec![], vec![], 3),
+            (vec![2, 0], vec![1, 1], 0),
+        ] {
+            let t = TensorMeta::view(Some(0), Dtype::Int16, shape, stride, offset);
+            let runs: Vec<u64> = Runs::new(&t, 0).unwrap().collect();
+            let mut walker = Runs::new(&t, 0).unwrap();
+            let mut grouped = Vec::new();
+            while let Some((first, count, step)) = walker.next_group() {
+                grouped.extend((0..count).map(|k| first + k * step));
+            }
+            assert_eq!(grouped, runs, "{t:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,17 @@
 //! This module owns the contract between the two halves, nothing else. Only the container's
 //! directory, its small records and the pickle enter wasm memory (for legacy and tar files,
 //! whose layout is only known after reading the whole stream, the whole file); tensor bytes
-//! stay in JS, except a deflated record while it is inflated.
+//! stay in JS, except a deflated record while it is inflated and a big-endian one while it is
+//! swapped (in 16 MiB slices).
+//!
+//! Every layout decision is the native one, made here: per storage, whether it is swapped and
+//! the alignment it needs to be used in place (`storages()`, from `src/place`); per tensor,
+//! whether it is contiguous and the elements it spans (`tree()`, from `src/torch/layout.rs`);
+//! and the C-order walk of a strided view ([`RunWalker`], the native [`Runs`]). The JS side only
+//! reads bytes and makes views.
+//!
+//! A distributed checkpoint's folder is [`DcpCheckpoint`] (`dcp.rs`): its files handed in
+//! whole, consolidated by the native `src/dcp`.
 //!
 //! The JS driver loop:
 //!
@@ -16,13 +26,14 @@
 //!   for (const [offset, length] of need) p.insert(offset, await readSlice(offset, length));
 //! const storages = p.storages();                           // [{ key, dtype, device, record, ... }]
 //! const tree = p.tree(makeTensor, makeStorage);            // { format, byteOrder, root, tensors, ... }
-//! // for each storages[i].record: read it (a view for buffers), p.inflate(i, bytes) if deflated
+//! // for each storages[i].record: read it (a view for buffers), p.inflate(i, bytes) if deflated,
+//! // swapBytes(bytes, swapUnit) if storages[i].swap; copy it if not at a multiple of `align`
 //! p.free();
 //! ```
 //!
 //! `step` returns `null` once the plan is made. It throws an `Error` whose message is the
-//! native loader's (`<file>: <what is wrong>`), or rethrows what a `mapLocation` callback
-//! threw. A callback is called once per storage, in order of first reference, as torch does;
+//! native loader's (`<file>: <what is wrong>`) with `__ptload__: { kind, file, offset }` (the
+//! wrapper rethrows it as a `PtloadError`), or rethrows what a `mapLocation` callback threw. A callback is called once per storage, in order of first reference, as torch does;
 //! its result (a device string, the storage object it was given = stay on the CPU, or
 //! `undefined` = the saved tag) goes through `restore_location` and the device checks, so
 //! the errors are torch's.
@@ -32,6 +43,9 @@
 //! `scripts/test`), and the Node suite `tests/node/` over the built package.
 
 mod convert;
+mod dcp;
+
+pub use dcp::DcpCheckpoint;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,13 +59,57 @@ use crate::location::{restore_location, Device, DeviceSupport, MapLocation, Plac
 use crate::place::{Backend, Placer};
 use crate::plan::Plan;
 use crate::source::{ByteSource, SparseBytes};
+use crate::torch::layout::Runs;
+use crate::torch::{Dtype, TensorMeta};
 use crate::{Limits, Loader, StringEncoding};
 
 use convert::{numbers, Converter};
 
-/// A native error as a JS `Error` with the same message.
+/// A native error as a JS `Error` with the same message, marked for the JS wrapper with
+/// `__ptload__: { kind, file, offset }` (it rethrows it as a `PtloadError` with those fields).
 fn js_error(e: Error) -> JsValue {
-    JsError::new(&e.to_string()).into()
+    let error: JsValue = JsError::new(&e.to_string()).into();
+    let (kind, offset) = kind_of(e.kind());
+    let mark = Object::new();
+    // Setting properties of fresh objects cannot fail; if it did, the plain Error still says it all.
+    let _ = set(&mark, "kind", &JsValue::from_str(kind));
+    let file = e
+        .file()
+        .map(JsValue::from_str)
+        .unwrap_or(JsValue::UNDEFINED);
+    let _ = set(&mark, "file", &file);
+    let offset = offset
+        .map(|o| JsValue::from_f64(o as f64))
+        .unwrap_or(JsValue::UNDEFINED);
+    let _ = set(&mark, "offset", &offset);
+    let _ = set(&error, "__ptload__", &mark);
+    error
+}
+
+/// The name of an [`ErrorKind`] variant (`PtloadError.kind` in JS), and the byte offset the
+/// error names, when it names one: absolute in the file for the container's structures, within
+/// the pickle record for a pickle error (as the message says it).
+fn kind_of(kind: &ErrorKind) -> (&'static str, Option<u64>) {
+    match kind {
+        ErrorKind::Io(_) => ("Io", None),
+        ErrorKind::NotACheckpoint { .. } => ("NotACheckpoint", None),
+        ErrorKind::Zip { offset, .. } => ("Zip", Some(*offset)),
+        ErrorKind::MissingRecord { .. } => ("MissingRecord", None),
+        ErrorKind::UnsupportedVersion { .. } => ("UnsupportedVersion", None),
+        ErrorKind::UnknownByteOrder { .. } => ("UnknownByteOrder", None),
+        ErrorKind::Pickle { error, .. } => ("Pickle", Some(error.offset)),
+        ErrorKind::WeightsOnly { .. } => ("WeightsOnly", None),
+        ErrorKind::StorageSize { offset, .. } => ("StorageSize", Some(*offset)),
+        ErrorKind::Record { offset, .. } => ("Record", Some(*offset)),
+        ErrorKind::InvalidTensor { .. } => ("InvalidTensor", None),
+        ErrorKind::Unsupported { .. } => ("Unsupported", None),
+        ErrorKind::NeedBytes { .. } => ("NeedBytes", None),
+        ErrorKind::LimitExceeded { .. } => ("LimitExceeded", None),
+        ErrorKind::Dcp { .. } => ("Dcp", None),
+        ErrorKind::Location { .. } => ("Location", None),
+        ErrorKind::Placement { .. } => ("Placement", None),
+        ErrorKind::Cancelled => ("Cancelled", None),
+    }
 }
 
 fn get(options: &JsValue, key: &str) -> Result<JsValue, JsValue> {
@@ -96,6 +154,61 @@ fn map_location(spec: &JsValue) -> Result<MapLocation, JsValue> {
     Err(type_error(
         "mapLocation must be a device string, a {from: to} object or a function",
     ))
+}
+
+/// A loader with the options both planners take: `weightsOnly`, `encoding`, `mapLocation`
+/// (not a callback).
+fn loader_from(options: &JsValue) -> Result<Loader, JsValue> {
+    let mut loader = Loader::new();
+    let weights_only = get(options, "weightsOnly")?;
+    loader.weights_only(weights_only.as_bool().unwrap_or(true));
+    if let Some(name) = get(options, "encoding")?.as_string() {
+        loader.encoding(name.parse::<StringEncoding>().map_err(|e| type_error(&e))?);
+    }
+    loader.map_location(map_location(&get(options, "mapLocation")?)?);
+    Ok(loader)
+}
+
+/// The object tree as JS values: `{ format, byteOrder, root, constants, tensors }` (see
+/// [`Planner::tree`]).
+fn tree_js(
+    format: crate::archive::Format,
+    byte_order: crate::archive::ByteOrder,
+    root: &crate::torch::Value,
+    constants: Option<&crate::torch::Value>,
+    make_tensor: &Function,
+    make_storage: &Function,
+) -> Result<JsValue, JsValue> {
+    let mut convert = Converter::new(make_tensor, make_storage);
+    let out = Object::new();
+    set(&out, "format", &JsValue::from_str(format.name()))?;
+    set(&out, "byteOrder", &JsValue::from_str(byte_order.name()))?;
+    set(&out, "root", &convert.value(root)?)?;
+    let constants_js = match constants {
+        Some(c) => convert.value(c)?,
+        None => JsValue::UNDEFINED,
+    };
+    set(&out, "constants", &constants_js)?;
+    let tensors = Array::new();
+    for (path, meta) in crate::plan::tensors_of(root, constants) {
+        let pair: Array = [JsValue::from_str(&path), convert.tensor(meta)?]
+            .iter()
+            .collect();
+        tensors.push(&pair);
+    }
+    set(&out, "tensors", &tensors)?;
+    Ok(out.into())
+}
+
+/// Converts `value` to JS as [`Planner::tree`] does (for tests of deep trees, which no loader
+/// with limits produces; not part of the API).
+#[doc(hidden)]
+pub fn value_to_js(
+    value: &crate::torch::Value,
+    make_tensor: &Function,
+    make_storage: &Function,
+) -> Result<JsValue, JsValue> {
+    Converter::new(make_tensor, make_storage).value(value)
 }
 
 /// Whether the JS side can put a storage on `device`: the host, `meta`, and `webgpu` when the
@@ -164,12 +277,7 @@ impl Planner {
         if !(0.0..=9_007_199_254_740_991.0).contains(&total_len) {
             return Err(type_error("the input size must be a byte count"));
         }
-        let mut loader = Loader::new();
-        let weights_only = get(&options, "weightsOnly")?;
-        loader.weights_only(weights_only.as_bool().unwrap_or(true));
-        if let Some(name) = get(&options, "encoding")?.as_string() {
-            loader.encoding(name.parse::<StringEncoding>().map_err(|e| type_error(&e))?);
-        }
+        let mut loader = loader_from(&options)?;
         let callback = get(&options, "callback")?.as_bool().unwrap_or(false);
         let webgpu = get(&options, "webgpu")?.as_bool().unwrap_or(false);
         loader.backend(Arc::new(JsWebGpu {
@@ -178,8 +286,6 @@ impl Planner {
         if callback {
             // First pass: only the storages' tags are needed, no record.
             loader.map_location("meta");
-        } else {
-            loader.map_location(map_location(&get(&options, "mapLocation")?)?);
         }
         Ok(Planner {
             name,
@@ -242,7 +348,10 @@ impl Planner {
     }
 
     /// The storages of the plan, in order of first reference: `{ key, dtype, itemsize, numel,
-    /// location, device, swapUnit, record: { name, dataOffset, storedLen, size, deflated } | null }`.
+    /// location, device, swapUnit, swap, align, record: { name, dataOffset, storedLen, size,
+    /// deflated } | null }`. A stored record may be used in place when `swap` is false and its
+    /// bytes lie at a multiple of `align`; else it is copied (inflated, swapped with
+    /// [`swap_bytes`], realigned), as the native CPU placer does.
     pub fn storages(&self) -> Result<Array, JsValue> {
         let plan = self.planned()?;
         let storages = Array::new();
@@ -259,6 +368,12 @@ impl Planner {
             set(&o, "location", &JsValue::from_str(&s.location))?;
             set(&o, "device", &JsValue::from_str(&s.device.to_string()))?;
             set(&o, "swapUnit", &JsValue::from_f64(s.swap_unit as f64))?;
+            // The native placer's decisions (src/place): swap in units of `swapUnit` or not,
+            // and the alignment at which stored bytes may be used in place.
+            let swap = crate::place::needs_swap(plan.byte_order, s.swap_unit);
+            set(&o, "swap", &JsValue::from_bool(swap))?;
+            let align = crate::place::cpu::alignment(s.dtype, s.swap_unit);
+            set(&o, "align", &JsValue::from_f64(align as f64))?;
             let record = match &s.record {
                 Some(r) => {
                     let ro = Object::new();
@@ -290,29 +405,24 @@ impl Planner {
         make_storage: &Function,
     ) -> Result<JsValue, JsValue> {
         let plan = self.planned()?;
-        let mut convert = Converter::new(make_tensor, make_storage);
-        let out = Object::new();
-        set(&out, "format", &JsValue::from_str(plan.format.name()))?;
-        set(
-            &out,
-            "byteOrder",
-            &JsValue::from_str(plan.byte_order.name()),
-        )?;
-        set(&out, "root", &convert.value(&plan.root)?)?;
-        let constants = match &plan.constants {
-            Some(c) => convert.value(c)?,
-            None => JsValue::UNDEFINED,
-        };
-        set(&out, "constants", &constants)?;
-        let tensors = Array::new();
-        for (path, meta) in plan.tensors() {
-            let pair: Array = [JsValue::from_str(&path), convert.tensor(meta)?]
-                .iter()
-                .collect();
-            tensors.push(&pair);
-        }
-        set(&out, "tensors", &tensors)?;
-        Ok(out.into())
+        tree_js(
+            plan.format,
+            plan.byte_order,
+            &plan.root,
+            plan.constants.as_ref(),
+            make_tensor,
+            make_storage,
+        )
+    }
+
+    /// The object tree as the JSON text of `ptload inspect --json`'s `root` field (the native
+    /// CLI's own writer, [`crate::torch::json::tree`], so both print the same bytes).
+    #[wasm_bindgen(js_name = rootJson)]
+    pub fn root_json(&self) -> Result<String, JsValue> {
+        let plan = self.planned()?;
+        Ok(crate::torch::json::tree(&plan.root, &|id| {
+            plan.storages.get(id).map(|s| s.key.clone())
+        }))
     }
 
     /// Inflates the deflated record of storage `index` from its `compressed` bytes, with the
@@ -330,6 +440,81 @@ impl Planner {
             .read(&bytes, self.limits.max_record_bytes)
             .map(|b| b.into_owned())
             .map_err(|e| js_error(e.in_file(&self.name)))
+    }
+}
+
+/// Why a directory holding the files `names` is no checkpoint file (the native loader's
+/// words, [`crate::archive::detect::explain_directory`]): Node's `load(path)` of a folder
+/// that is no distributed checkpoint says it.
+#[wasm_bindgen(js_name = explainDirectory)]
+pub fn explain_directory(names: Vec<String>) -> String {
+    let mut names = names;
+    names.sort();
+    crate::archive::detect::explain_directory(&names)
+}
+
+/// Swaps `bytes` in place in units of `unit` (the native placer's [`swap_in_place`]; JS hands
+/// a big storage in slices, each a multiple of the unit).
+///
+/// [`swap_in_place`]: crate::place::cpu::swap_in_place
+#[wasm_bindgen(js_name = swapBytes)]
+pub fn swap_bytes(bytes: &mut [u8], unit: usize) {
+    crate::place::cpu::swap_in_place(bytes, unit);
+}
+
+/// The byte offsets of a strided view's contiguous runs, in C order ([`Runs`], the native
+/// walk), in groups of evenly spaced runs: `contiguousBytes()` of a view that is not
+/// contiguous copies run by run.
+#[wasm_bindgen]
+pub struct RunWalker {
+    runs: Runs,
+}
+
+#[wasm_bindgen]
+impl RunWalker {
+    /// The runs of a `dtype` view (shape, stride, offset in elements), offsets from the
+    /// storage's first byte.
+    #[wasm_bindgen(constructor)]
+    pub fn new(
+        dtype: &str,
+        shape: Vec<f64>,
+        stride: Vec<f64>,
+        storage_offset: f64,
+    ) -> Result<RunWalker, JsValue> {
+        let dtype = Dtype::from_name(dtype)
+            .ok_or_else(|| type_error(&format!("RunWalker: unknown dtype {dtype}")))?;
+        let ints = |v: Vec<f64>| v.into_iter().map(|x| x as u64).collect::<Vec<u64>>();
+        if shape.len() != stride.len() {
+            return Err(type_error("RunWalker: shape and stride differ in length"));
+        }
+        let meta = TensorMeta::view(
+            None,
+            dtype,
+            ints(shape),
+            ints(stride),
+            storage_offset as u64,
+        );
+        let runs = Runs::new(&meta, 0).map_err(js_error)?;
+        Ok(RunWalker { runs })
+    }
+
+    /// Bytes of each run.
+    #[wasm_bindgen(getter, js_name = runBytes)]
+    pub fn run_bytes(&self) -> f64 {
+        self.runs.run_bytes() as f64
+    }
+
+    /// The next groups of runs ([`Runs::next_group`]), at most `max` of them, flattened:
+    /// `[first byte, runs, step in bytes, ...]`; empty once every run was given.
+    pub fn next(&mut self, max: u32) -> Vec<f64> {
+        let mut out = Vec::new();
+        for _ in 0..max {
+            let Some((first, count, step)) = self.runs.next_group() else {
+                break;
+            };
+            out.extend([first as f64, count as f64, step as f64]);
+        }
+        out
     }
 }
 

@@ -1,7 +1,8 @@
 // The package's browser entry in a real browser (Debian's Chromium, headless, WebGPU on
 // SwiftShader; installed by scripts/install-browser, driven by playwright-core): fixtures fetched
 // from 127.0.0.1 are placed on WebGPU from a fetch Response and from a Blob, read back, and
-// digested in the page with crypto.subtle; the digests must be torch's.
+// digested in the page with crypto.subtle; the digests must be torch's. A string or URL given
+// to load() is fetched there.
 
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
@@ -141,4 +142,25 @@ test("dtype conversion on the GPU in Chromium matches torch's .to()", async () =
     }
     assert.deepEqual(problems, [], problems.join("\n"));
   }
+});
+
+test("in Chromium a string or URL is fetched; failures are PtloadErrors with the URL", async () => {
+  const want = fixtureJson("expected.json").examples["tiny_convnet.pt"];
+  const got = await page.evaluate(async () => {
+    const hex = (buf) => [...new Uint8Array(buf)].map((x) => x.toString(16).padStart(2, "0")).join("");
+    const digests = async (ckpt) => {
+      const out = [];
+      for (const [path, t] of ckpt.tensors()) out.push([path, hex(await crypto.subtle.digest("SHA-256", await t.contiguousBytes()))]);
+      return out;
+    };
+    const byString = await digests(await window.ptload.load("/examples/tiny_convnet.pt"));
+    const byUrl = await digests(await window.ptload.load(new URL("/examples/tiny_convnet.pt", location.href)));
+    const e = await window.ptload.load("/examples/missing.pt").catch((e) => e);
+    return { byString, byUrl, error: [e instanceof window.ptload.PtloadError, e.kind, e.message] };
+  });
+  const torch = want.tensors.map((t) => [t.path, t.sha256]);
+  assert.deepEqual(got.byString, torch);
+  assert.deepEqual(got.byUrl, torch);
+  assert.deepEqual(got.error.slice(0, 2), [true, "Io"]);
+  assert.match(got.error[2], /\/examples\/missing\.pt: HTTP status 404$/);
 });

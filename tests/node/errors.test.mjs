@@ -1,6 +1,8 @@
-// Errors reject the promise with an Error carrying the native loader's message (checked
-// against the native CLI's stderr when it is built); weights-only refuses a malicious pickle,
-// and without weights-only it loads as an inert object, never run.
+// Errors reject the promise with a PtloadError carrying the native loader's message (checked
+// against the native CLI's stderr when it is built), its ErrorKind variant's name, the file and
+// the byte offset the message names; weights-only refuses a malicious pickle, and without
+// weights-only it loads as an inert object, never run. Bad arguments (unknown option names
+// included) are TypeErrors.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -41,7 +43,9 @@ test("every failure rejects with the native loader's message", async () => {
     } catch (e) {
       error = e;
     }
-    if (!(error instanceof Error)) problems.push(`${name}: rejected with ${error}`);
+    if (!(error instanceof ptload.PtloadError) || !(error instanceof Error)) problems.push(`${name}: rejected with ${error}`);
+    if (error.name !== "PtloadError") problems.push(`${name}: name ${error.name}`);
+    if (error.file !== path) problems.push(`${name}: file ${error.file}`);
     if (!error.message.startsWith(`${path}: `)) problems.push(`${name}: message does not name the file: ${error.message}`);
     if (native) {
       let stderr = "";
@@ -87,9 +91,64 @@ test("full-module pickles are inert objects walkable by attribute", async () => 
 
 test("bad arguments are TypeErrors", async () => {
   await assert.rejects(ptload.load(42), TypeError);
-  await assert.rejects(ptload.load("model.pt"), TypeError);
+  await assert.rejects(ptload.load(Symbol("model.pt")), TypeError);
+  await assert.rejects(ptload.load(new Uint8Array(4), null), ptload.PtloadError);
+  await assert.rejects(ptload.load(new Uint8Array(4), "cpu"), TypeError);
   await assert.rejects(ptload.load(new Uint8Array(4), { weightsOnly: "yes" }), TypeError);
   await assert.rejects(ptload.load(new Uint8Array(4), { mapLocation: 3 }), TypeError);
   await assert.rejects(ptload.load(new Uint8Array(4), { mapLocation: { "cuda:0": 1 } }), TypeError);
   await assert.rejects(ptload.load(fixture("zip/nested.pt"), { encoding: "ebcdic" }), TypeError);
+});
+
+/** The kind each case fails with, and the offset its message names (as a number). */
+const kinds = {
+  "empty.pt": "NotACheckpoint",
+  "garbage.pt": "NotACheckpoint",
+  "malicious.pt": "WeightsOnly",
+  "bad_size.pt": "StorageSize",
+  "full_module.pt": "WeightsOnly",
+  "latin1.pt": "Pickle",
+};
+
+test("a PtloadError has the native kind, file and offset", async () => {
+  for (const [name, kind] of Object.entries(kinds)) {
+    const e = await ptload.load(cases[name], { name }).then(() => assert.fail(`${name} loaded`), (e) => e);
+    assert.ok(e instanceof ptload.PtloadError, `${name}: ${e}`);
+    assert.equal(e.kind, kind, `${name}: ${e.message}`);
+    assert.equal(e.file, name);
+    assert.equal(String(e), `PtloadError: ${e.message}`);
+    // The offset is the one the message names, and only there.
+    const named = /byte 0x([0-9A-F]+)/.exec(e.message);
+    assert.equal(e.offset, named ? parseInt(named[1], 16) : undefined, `${name}: ${e.message}`);
+  }
+  const bad = await ptload.load(cases["bad_size.pt"]).catch((e) => e);
+  assert.equal(bad.file, "<memory>");
+  assert.ok(bad.offset > 0, bad.message);
+  const pickle = await ptload.load(cases["latin1.pt"]).catch((e) => e);
+  assert.equal(typeof pickle.offset, "number", pickle.message);
+});
+
+test("more kinds: a limit, a device, a file", async () => {
+  const nested = "(".repeat(5000) + "]" + "l".repeat(5000);
+  const deep = zipCheckpoint(Uint8Array.from(Buffer.from(`\x80\x02${nested}.`, "latin1")), []);
+  const limit = await ptload.load(deep).catch((e) => e);
+  assert.ok(limit instanceof ptload.PtloadError, String(limit));
+  assert.match(limit.message, /max_depth/);
+  assert.ok(["LimitExceeded", "Pickle"].includes(limit.kind), limit.kind);
+  const cuda = await ptload.load(fixture("locations/zip_cuda0.pt"), { name: "c.pt" }).catch((e) => e);
+  assert.equal(cuda.kind, "Location", cuda.message);
+  assert.equal(cuda.file, "c.pt");
+  const file = new File([new Uint8Array(0)], "empty.pt");
+  const empty = await ptload.load(file).catch((e) => e);
+  assert.deepEqual([empty.kind, empty.file, empty.offset], ["NotACheckpoint", "empty.pt", undefined]);
+});
+
+test("an unknown option is a TypeError naming it and the accepted ones", async () => {
+  await assert.rejects(ptload.load(fixture("zip/state_dict.pt"), { mapLocaton: "cpu" }), (e) => {
+    assert.ok(e instanceof TypeError, String(e));
+    assert.equal(e.message, "ptload: unknown option 'mapLocaton' (load takes mapLocation, weightsOnly, device, dtype, signal, encoding, onProgress, name)");
+    return true;
+  });
+  // Symbols are no options; undefined values of known ones are the defaults.
+  await ptload.load(fixture("zip/state_dict.pt"), { [Symbol("x")]: 1, mapLocation: undefined });
 });

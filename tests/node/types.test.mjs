@@ -36,7 +36,7 @@ async function main(blob: Blob, response: Response, device: GPUDevice): Promise<
   await load(blob, { mapLocation: { "cuda:0": "cpu" } });
   await load(response, { mapLocation: new Map([["cuda:0", "cpu"]]) });
   await load(bytes.buffer, { mapLocation: "meta", name: "x.pt" });
-  const format: "zip" | "legacy" | "tar" | "torchscript" = ckpt.format;
+  const format: "zip" | "legacy" | "tar" | "torchscript" | "dcp" = ckpt.format;
   let total = format.length + (ckpt.byteOrder === "big" ? 1 : 0);
   for (const [path, t] of ckpt.tensors()) {
     const d: Dtype = t.dtype;
@@ -54,8 +54,23 @@ async function main(blob: Blob, response: Response, device: GPUDevice): Promise<
   const root: Value = ckpt.root;
   if (root !== null && typeof root === "object" && !Array.isArray(root) && !(root instanceof Map)) total += 1;
   void w;
-  // @ts-expect-error: a path is not an input
+  await load(bytes, { encoding: "ascii" });
+  await load(new Map<string, Blob | Uint8Array>([[".metadata", blob], ["__0_0.distcp", bytes]]));
+  await load({ ".metadata": bytes }, { mapLocation: "meta" });
+  try {
+    await load(bytes);
+  } catch (e) {
+    if (e instanceof PtloadError) {
+      const kind: PtloadErrorKind = e.kind;
+      total += kind.length + (e.offset ?? 0) + (e.file ?? "").length;
+    }
+  }
+  // @ts-expect-error: a misspelled option
+  await load(bytes, { mapLocaton: "cpu" });
   await load("model.pt");
+  await load(new URL("https://example.com/model.pt"), { name: "model.pt" });
+  // @ts-expect-error: a number is not an input
+  await load(42);
   // @ts-expect-error: weightsOnly is a boolean
   await load(bytes, { weightsOnly: "no" });
   // @ts-expect-error: data may be null (meta)
@@ -72,7 +87,7 @@ test("the declarations type-check a strict program (import and require)", (t) =>
     mkdirSync(join(dir, "node_modules"));
     symlinkSync(PKG, join(dir, "node_modules", "ptload"), "dir");
     writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "scratch", private: true, type: "module" }));
-    const names = "load, init, Checkpoint, Tensor, StorageInfo, Progress, Dtype, TensorData, WebGpuData, Value";
+    const names = "load, init, Checkpoint, Tensor, StorageInfo, Progress, Dtype, TensorData, WebGpuData, Value, PtloadError, PtloadErrorKind";
     // The package's dependency @webgpu/types, as npm would install it beside the package.
     const types = join(ROOT, ".cache", "npm-tools", "node_modules", "@webgpu");
     assert.ok(existsSync(types), `${types} is missing: scripts/install-webgpu installs it`);

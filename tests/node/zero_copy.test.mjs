@@ -165,3 +165,34 @@ test("a legacy file read from a Blob is read whole once, then viewed", async () 
   const whole = reads.filter(([o, l]) => o === 0 && l === file.length);
   assert.equal(whole.length, 1, JSON.stringify(reads));
 });
+
+test("a strided view's contiguousBytes walks the plan's runs, over many wasm calls", async () => {
+  // A uint8 300 x 300 storage and its transpose: 90,000 runs of one byte in 300 groups; and a
+  // 5000 x 2 transpose: 5,000 groups (the walker hands out 4,096 per call). Each element is
+  // checked against the transpose computed here.
+  const n = 300;
+  const storage = Uint8Array.from({ length: n * n }, (_, k) => (k * 7 + 3) & 255);
+  const pickle = new Pickle().op("]").op("(")
+    .tensor("ByteStorage", "0", n * n, 0, [n, n], [1, n])
+    .tensor("ByteStorage", "0", n * n, 0, [n, n], [n, 1])
+    .tensor("ByteStorage", "0", n * n, 5, [3, 2], [n, 2])
+    .tensor("ByteStorage", "0", n * n, 0, [5000, 2], [1, 5000])
+    .op("e").stop();
+  const ckpt = await ptload.load(zipCheckpoint(pickle, [["0", storage]]));
+  const [[, t], [, c], [, s], [, long]] = ckpt.tensors();
+  assert.deepEqual([t.isContiguous, c.isContiguous, s.isContiguous], [false, true, false]);
+  const want = new Uint8Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) want[i * n + j] = storage[j * n + i];
+  assert.deepEqual(await t.contiguousBytes(), want);
+  const wantLong = Uint8Array.from({ length: 10000 }, (_, k) => storage[(k % 2) * 5000 + Math.floor(k / 2)]);
+  assert.deepEqual(await long.contiguousBytes(), wantLong);
+  // Contiguous: a view of the same memory as data.
+  const bytes = await c.contiguousBytes();
+  assert.equal(bytes.buffer, c.data.buffer);
+  assert.equal(bytes.byteOffset, c.data.byteOffset);
+  const small = [0, 1, 2, 3].flatMap((i) => (i < 3 ? [0, 1].map((j) => storage[5 + i * n + j * 2]) : []));
+  assert.deepEqual([...(await s.contiguousBytes())], small);
+  // data spans from the first element through the last one reached.
+  assert.equal(s.data.length, 2 * n + 2 + 1);
+  assert.equal(s.data[0], storage[5]);
+});

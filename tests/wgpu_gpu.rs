@@ -383,3 +383,84 @@ fn cli_without_an_adapter_fails_in_one_line() {
     assert!(stderr.contains("no wgpu adapter is available"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every fixture of tests/fixtures/make_convert.py converted on the GPU to float16 and float32,
+/// read back, against torch's `.to()` digests: with the device's own binding size (one dispatch)
+/// and with 4 KiB bindings (hundreds of dispatches).
+#[test]
+fn gpu_conversion_is_bit_exact_with_torch() {
+    use ptload::place::wgpu_convert::Converter;
+    use ptload::{DeviceBuffer, Dtype};
+    let small = wgpu::Limits {
+        max_storage_buffer_binding_size: 4096,
+        ..wgpu::Limits::downlevel_defaults()
+    };
+    let table = fixture_json("expected_convert.json");
+    let mut problems = Vec::new();
+    for limits in [None, Some(small)] {
+        let (_instance, device, queue) = gpu(limits.clone());
+        let converter = Converter::new(&device, &queue).unwrap();
+        for (rel, want) in table["files"].as_object().unwrap() {
+            let ckpt = Loader::new()
+                .map_location("webgpu")
+                .wgpu(device.clone(), queue.clone())
+                .load(root().join("tests/fixtures").join(rel))
+                .unwrap();
+            let x = ckpt.tensor("x").unwrap();
+            let source = wgpu_buffer(&x.storage().unwrap().data).unwrap();
+            assert_eq!(source.dtype().name(), want["dtype"]);
+            for to in [Dtype::Float16, Dtype::Float32] {
+                let what = format!(
+                    "{rel} to {} (small bindings: {})",
+                    to.name(),
+                    limits.is_some()
+                );
+                let out = match converter.convert(source, to) {
+                    Ok(out) => out,
+                    Err(e) => {
+                        problems.push(format!("{what}: {e}"));
+                        continue;
+                    }
+                };
+                assert_eq!(out.dtype(), to);
+                let numel = want["numel"].as_u64().unwrap();
+                assert_eq!(out.nbytes(), numel * to.element_size() as u64, "{what}");
+                let mut back = vec![0u8; out.nbytes() as usize];
+                out.read_back(0, &mut back).unwrap();
+                if sha256_hex(&back) != want[to.name()] {
+                    problems.push(format!("{what}: digest differs from torch's"));
+                }
+            }
+        }
+    }
+    common::assert_no_problems(&problems);
+    // Other dtypes are refused, naming both.
+    let (_instance, device, queue) = gpu(None);
+    let ckpt = Loader::new()
+        .map_location("webgpu")
+        .wgpu(device, queue)
+        .load(root().join("tests/fixtures/zip/dtypes.pt"))
+        .unwrap();
+    let int = ckpt
+        .storages
+        .iter()
+        .find(|s| s.dtype == Dtype::Int32)
+        .expect("dtypes.pt has an int32 storage");
+    let err = wgpu_buffer(&int.data)
+        .unwrap()
+        .to_dtype(Dtype::Float16)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("converting int32 to float16 on the GPU is not supported"),
+        "{err}"
+    );
+}

@@ -16,6 +16,8 @@
 //! - Errors (out of memory, a bad record, cancellation) destroy every buffer created so far before
 //!   the error is returned; device errors are caught with error scopes, never left to wgpu's
 //!   default handler (which panics).
+//! - [`WgpuBuffer::to_dtype`] (and [`super::wgpu_convert::Converter`]) converts a floating
+//!   storage to `float16` / `float32` on the GPU, bit-exactly as torch's `.to(dtype)`.
 //! - [`WgpuBuffer::read_back`] copies the range (widened to 4-byte bounds) into a `MAP_READ` buffer
 //!   in bounded chunks and maps it.
 
@@ -28,6 +30,7 @@ pub use wgpu;
 use super::{Backend, Control, DeviceBuffer, PlacementJob, Placer, RecordReader, StorageData};
 use crate::error::{Error, ErrorKind, Result};
 use crate::location::Device;
+use crate::torch::Dtype;
 
 /// Bytes per chunk written: a multiple of 16 (byte swaps never straddle two chunks).
 const DEFAULT_CHUNK: usize = 8 << 20;
@@ -192,12 +195,12 @@ struct WgpuPlacer<'b> {
 }
 
 /// `n` rounded up to [`wgpu::COPY_BUFFER_ALIGNMENT`].
-fn padded(n: u64) -> u64 {
+pub(super) fn padded(n: u64) -> u64 {
     n.div_ceil(wgpu::COPY_BUFFER_ALIGNMENT) * wgpu::COPY_BUFFER_ALIGNMENT
 }
 
 /// Waits for the device's error scope (pushed by the caller) and turns an error into ours.
-fn scope_error(scope: wgpu::ErrorScopeGuard) -> Option<String> {
+pub(super) fn scope_error(scope: wgpu::ErrorScopeGuard) -> Option<String> {
     pollster::block_on(scope.pop()).map(|e| e.to_string())
 }
 
@@ -400,6 +403,7 @@ impl Placer for WgpuPlacer<'_> {
                     device: self.backend.device.clone(),
                     queue: self.backend.queue.clone(),
                     nbytes: job.nbytes,
+                    dtype: job.dtype,
                 }))
             })
             .collect())
@@ -413,9 +417,31 @@ pub struct WgpuBuffer {
     device: wgpu::Device,
     queue: wgpu::Queue,
     nbytes: u64,
+    dtype: Dtype,
 }
 
 impl WgpuBuffer {
+    /// The storage's dtype (uint8 for untyped storages).
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// The queue it was written through.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Another buffer of the same device: `nbytes` of `dtype` in `buffer`.
+    pub(super) fn with_buffer(&self, buffer: wgpu::Buffer, dtype: Dtype, nbytes: u64) -> Self {
+        WgpuBuffer {
+            buffer,
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            nbytes,
+            dtype,
+        }
+    }
+
     /// The buffer (`STORAGE | COPY_SRC | COPY_DST`). A tensor's bytes start at its
     /// [`crate::Tensor::byte_offset`] in it.
     pub fn buffer(&self) -> &wgpu::Buffer {
@@ -471,7 +497,12 @@ impl WgpuBuffer {
 
 impl fmt::Debug for WgpuBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WgpuBuffer(webgpu, {} bytes)", self.nbytes)
+        write!(
+            f,
+            "WgpuBuffer(webgpu, {}, {} bytes)",
+            self.dtype.name(),
+            self.nbytes
+        )
     }
 }
 

@@ -11,8 +11,8 @@
 //!   [`RecordReader`] fills (inflating and byte-swapping on the way). `write_buffer` copies into
 //!   wgpu's own staging memory, which is freed once the submission that carries it completes: the
 //!   placer submits every `in_flight / 2` bytes and waits for the submission before, so staging
-//!   memory stays under `in_flight` (64 MiB by default) while the GPU copies one half as the host
-//!   fills the other.
+//!   memory stays near `in_flight` (64 MiB by default; at most `in_flight` plus two chunks) while
+//!   the GPU copies one half as the host fills the other.
 //! - Errors (out of memory, a bad record, cancellation) destroy every buffer created so far before
 //!   the error is returned; device errors are caught with error scopes, never left to wgpu's
 //!   default handler (which panics).

@@ -1,7 +1,8 @@
-//! Floating-point storage conversion on the GPU (feature `wgpu`): a placed `bfloat16`, `float32`
-//! or `float64` storage into a new `float16` or `float32` buffer by the compute shader
-//! `src/shaders/convert.wgsl`, bit-exact with torch's CPU `.to(dtype)` (round to nearest even,
-//! NaN payloads as x86 truncates them, float64 → float16 through float32 as torch rounds).
+//! Floating-point storage conversion on the GPU (feature `wgpu`): a placed `float16`,
+//! `bfloat16`, `float32` or `float64` storage into a new `float16` or `float32` buffer by the
+//! compute shader `src/shaders/convert.wgsl` (the same WGSL the npm package's WebGPU placement
+//! inlines), bit-exact with torch's CPU `.to(dtype)` (round to nearest even, NaN payloads as x86
+//! truncates them, float64 → float16 through float32 as torch rounds).
 //!
 //! The converted buffer keeps the element order, so a tensor's `storage_offset` and strides
 //! (in elements) still describe its view; only the element size changes. Storages larger than
@@ -13,11 +14,11 @@ use super::wgpu::{padded, scope_error, WgpuBuffer};
 use crate::error::{Error, ErrorKind, Result};
 use crate::torch::Dtype;
 
-/// The shader's source (also usable from the JS side).
+/// The shader's source, shared with the npm package (`pkg-template/src/webgpu.mjs`).
 pub const CONVERT_WGSL: &str = include_str!("../shaders/convert.wgsl");
 
 /// Threads per workgroup in the shader.
-const WORKGROUP: u64 = 256;
+const WORKGROUP: u64 = 64;
 /// Most workgroups per dispatch dimension (WebGPU's default limit).
 const MAX_GROUPS: u64 = 65_535;
 
@@ -36,16 +37,23 @@ fn error(message: String) -> Error {
     })
 }
 
-/// The shader's mode for a conversion, or `None` when the shader does not do it.
+/// The shader's mode for a conversion (`source * 2 + target`, sources float16, bfloat16,
+/// float32, float64; targets float16, float32), or `None` when the shader does not do it.
 fn mode(from: Dtype, to: Dtype) -> Option<u32> {
-    match (from, to) {
-        (Dtype::BFloat16, Dtype::Float16) => Some(0),
-        (Dtype::BFloat16, Dtype::Float32) => Some(1),
-        (Dtype::Float32, Dtype::Float16) => Some(2),
-        (Dtype::Float64, Dtype::Float16) => Some(3),
-        (Dtype::Float64, Dtype::Float32) => Some(4),
-        _ => None,
-    }
+    let source = match from {
+        Dtype::Float16 => 0,
+        Dtype::BFloat16 => 1,
+        Dtype::Float32 => 2,
+        Dtype::Float64 => 3,
+        _ => return None,
+    };
+    let target = match to {
+        Dtype::Float16 => 0,
+        Dtype::Float32 => 1,
+        _ => return None,
+    };
+    // Same dtype: a copy, not a dispatch.
+    (from != to).then_some(source * 2 + target)
 }
 
 /// The compiled conversion pipeline of one device: make it once, convert many storages.
@@ -122,8 +130,8 @@ impl Converter {
     }
 
     /// A new buffer holding `storage`'s elements as `to` (`float16` or `float32`), converted
-    /// on the GPU. The source must be `bfloat16`, `float32` or `float64`; a storage already of
-    /// dtype `to` is copied.
+    /// on the GPU. The source must be `float16`, `bfloat16`, `float32` or `float64`; a storage
+    /// already of dtype `to` is copied.
     pub fn convert(&self, storage: &WgpuBuffer, to: Dtype) -> Result<WgpuBuffer> {
         let from = storage.dtype();
         let in_size = from.element_size() as u64;
@@ -135,8 +143,8 @@ impl Converter {
             None if from == to && matches!(to, Dtype::Float16 | Dtype::Float32) => None,
             None => {
                 return Err(error(format!(
-                    "converting {} to {} on the GPU is not supported (from bfloat16, float32 or \
-                     float64 to float16 or float32)",
+                    "converting {} to {} on the GPU is not supported (from float16, bfloat16, \
+                     float32 or float64 to float16 or float32)",
                     from.name(),
                     to.name()
                 )))
@@ -184,8 +192,8 @@ impl Converter {
                         mapped_at_creation: false,
                     });
                     let mut bytes = [0u8; 8];
-                    bytes[..4].copy_from_slice(&(count as u32).to_le_bytes());
-                    bytes[4..].copy_from_slice(&mode.to_le_bytes());
+                    bytes[..4].copy_from_slice(&mode.to_le_bytes());
+                    bytes[4..].copy_from_slice(&(count as u32).to_le_bytes());
                     self.queue.write_buffer(&params, 0, &bytes);
                     let group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: Some("ptload convert"),
@@ -268,10 +276,12 @@ mod tests {
 
     #[test]
     fn modes_cover_torchs_float_pairs_only() {
-        assert_eq!(mode(Dtype::BFloat16, Dtype::Float16), Some(0));
-        assert_eq!(mode(Dtype::Float64, Dtype::Float32), Some(4));
-        assert_eq!(mode(Dtype::Float16, Dtype::Float32), None);
+        assert_eq!(mode(Dtype::BFloat16, Dtype::Float16), Some(2));
+        assert_eq!(mode(Dtype::Float16, Dtype::Float32), Some(1));
+        assert_eq!(mode(Dtype::Float64, Dtype::Float32), Some(7));
+        assert_eq!(mode(Dtype::Float32, Dtype::Float32), None);
         assert_eq!(mode(Dtype::Int32, Dtype::Float32), None);
+        assert_eq!(mode(Dtype::Float32, Dtype::BFloat16), None);
     }
 
     #[test]

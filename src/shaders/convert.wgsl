@@ -1,155 +1,182 @@
-// Floating-point storage conversion on the GPU, bit-exact with torch's CPU `.to(dtype)`:
-// bfloat16 / float32 / float64 -> float16 / float32, round to nearest even, subnormals kept,
-// overflow to infinity. WGSL has neither bfloat16 nor float64 (and float16 only as an
-// extension), so every value is handled as bits in u32 words.
+// Floating-point dtype conversion on the GPU, bit-exact with torch's `.to(dtype)` on the CPU:
+// IEEE round-to-nearest-even in integer arithmetic (WGSL has no f64 or bf16, and its own f16
+// conversions may flush subnormals). Used by the npm package's WebGPU placement (`dtype`
+// option); one dispatch converts one window of a storage.
 //
-// NaN: quiet, sign kept, payload truncated from the top (what x86's conversions do, and torch
-// with them): float32 -> float16 is sign | 0x7e00 | mantissa >> 13, float64 -> float32 is
-// sign | 0x7fc00000 | mantissa >> 29. float64 -> float16 goes through float32, as torch's does
-// (it rounds twice).
-//
-// One invocation writes one output word: two float16 values (the second 0 past the end) or
-// one float32. Elements are counted from the start of the bound ranges.
+// Modes (`params.mode`): source dtype * 2 + target, with sources 0 = float16, 1 = bfloat16,
+// 2 = float32, 3 = float64 and targets 0 = float16, 1 = float32. Elements are read and written
+// as little-endian u32 words; float16/bfloat16 pack two elements per word, float64 takes two.
 
 struct Params {
-    // Elements in this dispatch.
-    count: u32,
-    // 0 bf16->f16, 1 bf16->f32, 2 f32->f16, 3 f64->f16, 4 f64->f32.
     mode: u32,
+    count: u32,
 }
 
 @group(0) @binding(0) var<storage, read> src: array<u32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
 @group(0) @binding(2) var<uniform> params: Params;
 
-// Bit k of the 64-bit value (hi, lo).
-fn bit64(hi: u32, lo: u32, k: u32) -> u32 {
-    if (k < 32u) {
-        return (lo >> k) & 1u;
-    }
-    return (hi >> (k - 32u)) & 1u;
+fn half_at(i: u32) -> u32 {
+    let word = src[i >> 1u];
+    return select(word & 0xffffu, word >> 16u, (i & 1u) == 1u);
 }
 
-// Whether any of the low k bits of (hi, lo) is set (1 <= k <= 63).
-fn sticky64(hi: u32, lo: u32, k: u32) -> bool {
-    if (k >= 32u) {
-        if (lo != 0u) {
-            return true;
-        }
-        if (k == 32u) {
-            return false;
-        }
-        return (hi & ((1u << (k - 32u)) - 1u)) != 0u;
+fn f16_to_f32(h: u32) -> u32 {
+    let sign = (h & 0x8000u) << 16u;
+    let e = (h >> 10u) & 0x1fu;
+    var m = h & 0x3ffu;
+    if (e == 0x1fu) {
+        // NaN: quieted, payload kept, as torch's vectorized CPU conversion (F16C) does. (torch's
+        // scalar path, used only for a tensor's last few elements, gives 0x7fffffff instead.)
+        return sign | 0x7f800000u | select(0u, 0x400000u, m != 0u) | (m << 13u);
     }
-    return (lo & ((1u << k) - 1u)) != 0u;
+    if (e == 0u) {
+        if (m == 0u) {
+            return sign;
+        }
+        var biased = 113u;
+        loop {
+            if ((m & 0x400u) != 0u) {
+                break;
+            }
+            m = m << 1u;
+            biased = biased - 1u;
+        }
+        return sign | (biased << 23u) | ((m & 0x3ffu) << 13u);
+    }
+    return sign | ((e + 112u) << 23u) | (m << 13u);
 }
 
-// (hi, lo) >> s, rounded to nearest even (1 <= s <= 63; the result fits in 32 bits).
-fn shift_round(hi: u32, lo: u32, s: u32) -> u32 {
-    var q: u32;
-    if (s >= 32u) {
-        q = hi >> (s - 32u);
-    } else {
-        q = (lo >> s) | (hi << (32u - s));
+fn round_up(h: u32, rem: u32, half: u32) -> u32 {
+    if (rem > half || (rem == half && (h & 1u) == 1u)) {
+        return h + 1u;
     }
-    let round = bit64(hi, lo, s - 1u);
-    var sticky = false;
-    if (s >= 2u) {
-        sticky = sticky64(hi, lo, s - 1u);
-    }
-    if (round == 1u && (sticky || (q & 1u) == 1u)) {
-        q = q + 1u;
-    }
-    return q;
+    return h;
 }
 
 fn f32_to_f16(x: u32) -> u32 {
     let sign = (x >> 16u) & 0x8000u;
-    let exp = (x >> 23u) & 0xffu;
-    let mant = x & 0x7fffffu;
-    if (exp == 0xffu) {
-        if (mant != 0u) {
-            return sign | 0x7e00u | (mant >> 13u);
-        }
+    let e = (x >> 23u) & 0xffu;
+    let m = x & 0x7fffffu;
+    if (e == 0xffu) {
+        // NaN: quieted, the payload's top bits kept (as the x86 conversion torch uses).
+        return select(sign | 0x7c00u, sign | 0x7e00u | (m >> 13u), m != 0u);
+    }
+    if (e >= 143u) {
         return sign | 0x7c00u;
     }
-    let e = i32(exp) - 112; // the float16 biased exponent
-    if (e >= 31) {
-        return sign | 0x7c00u;
+    if (e >= 113u) {
+        return sign | round_up(((e - 112u) << 10u) | (m >> 13u), m & 0x1fffu, 0x1000u);
     }
-    if (e <= 0) {
-        if (e < -10 || exp == 0u) {
-            return sign; // below half the smallest subnormal (float32 subnormals included)
-        }
-        return sign | shift_round(0u, mant | 0x800000u, u32(14 - e));
+    if (e < 102u) {
+        return sign;
     }
-    // A carry out of the mantissa moves into the exponent (up to infinity), as it must.
-    return sign | ((u32(e) << 10u) + shift_round(0u, mant, 13u));
+    let full = m | 0x800000u;
+    let shift = 126u - e;
+    return sign | round_up(full >> shift, full & ((1u << shift) - 1u), 1u << (shift - 1u));
 }
 
 fn f64_to_f32(lo: u32, hi: u32) -> u32 {
     let sign = hi & 0x80000000u;
-    let exp = (hi >> 20u) & 0x7ffu;
-    let mhi = hi & 0xfffffu;
-    if (exp == 0x7ffu) {
-        if (mhi != 0u || lo != 0u) {
-            return sign | 0x7fc00000u | (mhi << 3u) | (lo >> 29u);
+    let e = (hi >> 20u) & 0x7ffu;
+    let mh = hi & 0xfffffu;
+    if (e == 0x7ffu) {
+        if ((mh | lo) != 0u) {
+            return sign | 0x7fc00000u | (mh << 3u) | (lo >> 29u);
         }
         return sign | 0x7f800000u;
     }
-    let e = i32(exp) - 896; // the float32 biased exponent
-    if (e >= 255) {
+    if (e >= 1151u) {
         return sign | 0x7f800000u;
     }
-    if (e <= 0) {
-        if (e < -23 || exp == 0u) {
-            return sign;
-        }
-        return sign | shift_round(mhi | 0x100000u, lo, u32(30 - e));
+    if (e >= 897u) {
+        let f = ((e - 896u) << 23u) | (mh << 3u) | (lo >> 29u);
+        return sign | round_up(f, lo & 0x1fffffffu, 0x10000000u);
     }
-    return sign | ((u32(e) << 23u) + shift_round(mhi, lo, 29u));
-}
-
-// Element i of the source as float32 bits (modes whose source is not float64).
-fn load32(i: u32) -> u32 {
-    if (params.mode <= 1u) {
-        let word = src[i >> 1u];
-        return ((word >> (16u * (i & 1u))) & 0xffffu) << 16u;
+    if (e < 873u) {
+        return sign;
     }
-    return src[i];
-}
-
-// Element i converted to float16 bits.
-fn to_f16(i: u32) -> u32 {
-    if (params.mode == 3u) {
-        return f32_to_f16(f64_to_f32(src[2u * i], src[2u * i + 1u]));
-    }
-    return f32_to_f16(load32(i));
-}
-
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>,
-        @builtin(num_workgroups) groups: vec3<u32>) {
-    let w = gid.x + gid.y * groups.x * 256u;
-    let mode = params.mode;
-    if (mode == 1u || mode == 4u) {
-        if (w >= params.count) {
-            return;
-        }
-        if (mode == 4u) {
-            dst[w] = f64_to_f32(src[2u * w], src[2u * w + 1u]);
+    // A float32 subnormal: the 53-bit significand shifted right by 30..53 bits.
+    let sh = mh | 0x100000u;
+    let shift = 926u - e;
+    var h: u32;
+    var rem_hi: u32;
+    var rem_lo: u32;
+    var half_hi: u32;
+    var half_lo: u32;
+    if (shift >= 32u) {
+        let s = shift - 32u;
+        h = sh >> s;
+        rem_hi = sh & ((1u << s) - 1u);
+        rem_lo = lo;
+        if (s == 0u) {
+            half_hi = 0u;
+            half_lo = 0x80000000u;
         } else {
-            dst[w] = load32(w);
+            half_hi = 1u << (s - 1u);
+            half_lo = 0u;
         }
-        return;
+    } else {
+        h = (sh << (32u - shift)) | (lo >> shift);
+        rem_hi = 0u;
+        rem_lo = lo & ((1u << shift) - 1u);
+        half_hi = 0u;
+        half_lo = 1u << (shift - 1u);
     }
-    let i = 2u * w;
-    if (i >= params.count) {
-        return;
+    let above = rem_hi > half_hi || (rem_hi == half_hi && rem_lo > half_lo);
+    let tie = rem_hi == half_hi && rem_lo == half_lo;
+    if (above || (tie && (h & 1u) == 1u)) {
+        h = h + 1u;
     }
-    var word = to_f16(i);
-    if (i + 1u < params.count) {
-        word = word | (to_f16(i + 1u) << 16u);
+    return sign | h;
+}
+
+/** Element `i` of the source as float32 bits. */
+fn load_f32(source: u32, i: u32) -> u32 {
+    switch source {
+        case 0u: {
+            return f16_to_f32(half_at(i));
+        }
+        case 1u: {
+            return half_at(i) << 16u;
+        }
+        case 2u: {
+            return src[i];
+        }
+        default: {
+            return f64_to_f32(src[2u * i], src[2u * i + 1u]);
+        }
     }
-    dst[w] = word;
+}
+
+/** Element `i` of the source as float16 bits (float64 rounds through float32, as torch does). */
+fn load_f16(source: u32, i: u32) -> u32 {
+    if (source == 0u) {
+        return half_at(i);
+    }
+    return f32_to_f16(load_f32(source, i));
+}
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(num_workgroups) groups: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let index = (group.y * groups.x + group.x) * 64u + local;
+    let source = params.mode >> 1u;
+    if ((params.mode & 1u) == 1u) {
+        if (index < params.count) {
+            dst[index] = load_f32(source, index);
+        }
+    } else {
+        let first = index * 2u;
+        if (first < params.count) {
+            var word = load_f16(source, first);
+            if (first + 1u < params.count) {
+                word = word | (load_f16(source, first + 1u) << 16u);
+            }
+            dst[index] = word;
+        }
+    }
 }

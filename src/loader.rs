@@ -205,6 +205,16 @@ impl Loader {
         self
     }
 
+    /// Places storages mapped to `"webgpu"` (alias `"wgpu"`) on the caller's wgpu `device`, each
+    /// in a `wgpu::Buffer` of its own, uploaded through `queue` (feature `wgpu`; see
+    /// [`crate::place::wgpu`]).
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu(&mut self, device: wgpu::Device, queue: wgpu::Queue) -> &mut Self {
+        self.backend(Arc::new(crate::place::wgpu::WgpuBackend::new(
+            device, queue,
+        )))
+    }
+
     /// Calls `f` as storages are placed, with the bytes placed so far and in all.
     ///
     /// ```

@@ -333,11 +333,16 @@ impl DeviceSupport {
                 if self.webgpu {
                     Ok(Device::WebGpu)
                 } else {
-                    Err(location_error(
+                    // With the `wgpu` feature the placer exists but needs the caller's device.
+                    let message = if cfg!(feature = "wgpu") {
+                        "Attempting to deserialize object on a WebGPU device, but this loader has no \
+                         WebGPU placer (give it your wgpu device with Loader::wgpu(device, queue), or use \
+                         map_location=\"cpu\")."
+                    } else {
                         "Attempting to deserialize object on a WebGPU device, but this build of ptload has no \
                          WebGPU placer (enable the `wgpu` feature, or use map_location=\"cpu\")."
-                            .to_string(),
-                    ))
+                    };
+                    Err(location_error(message.to_string()))
                 }
             }
             Device::Other { kind, index } => {

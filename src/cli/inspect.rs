@@ -21,7 +21,7 @@ pub struct InspectArgs {
     /// Add the SHA-256 of each tensor's elements (C order, little-endian).
     #[arg(long)]
     sha256: bool,
-    /// Where storages go: a device (`cpu`, `cuda:1`, `meta`) or a mapping `FROM=TO` (repeatable).
+    /// Where storages go: a device (`cpu`, `cuda:1`, `meta`, `webgpu`) or a mapping `FROM=TO` (repeatable).
     #[arg(long = "map-location", value_name = "LOC")]
     map_location: Vec<String>,
     /// Accept globals outside torch's weights-only allowlist (they load as inert objects;
@@ -66,7 +66,13 @@ pub fn run(args: &InspectArgs) -> Result<(), String> {
         Some(name) => name.parse::<StringEncoding>().map_err(in_file)?,
         None => StringEncoding::default(),
     };
-    let ckpt = Loader::new()
+    let mut loader = Loader::new();
+    // `webgpu` storages go to wgpu's default adapter, looked for only when one is mapped there.
+    #[cfg(feature = "wgpu")]
+    loader.backend(std::sync::Arc::new(
+        ptload::place::wgpu::DefaultAdapterBackend::new(),
+    ));
+    let ckpt = loader
         .weights_only(!args.no_weights_only)
         .map_location(location)
         .encoding(encoding)

@@ -24,6 +24,8 @@
 //! | `pipeline.rs` | [`pipeline::place_staged`]: a ring of staging slots and asynchronous copies, behind the [`pipeline::Staging`] trait |
 //! | `parallel.rs` | [`parallel::place_parallel`]: one device's storages in groups, each through its own ring on its own thread |
 //! | `cuda.rs` | (feature `cuda`) the CUDA backend: pinned staging ring, one stream, a device allocation per storage |
+//! | `wgpu.rs` | (feature `wgpu`) the wgpu backend: bounded `write_buffer` chunks, a `wgpu::Buffer` per storage |
+//! | `wgpu_convert.rs` | (feature `wgpu`) float storages to float16/float32 on the GPU (`src/shaders/convert.wgsl`) |
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
@@ -32,6 +34,10 @@ pub mod cuda;
 pub mod parallel;
 pub mod pipeline;
 mod reader;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
+#[cfg(feature = "wgpu")]
+pub mod wgpu_convert;
 
 use std::fmt;
 use std::ops::Range;

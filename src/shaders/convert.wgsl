@@ -26,7 +26,9 @@ fn f16_to_f32(h: u32) -> u32 {
     let e = (h >> 10u) & 0x1fu;
     var m = h & 0x3ffu;
     if (e == 0x1fu) {
-        return sign | 0x7f800000u | (m << 13u);
+        // NaN: quieted, payload kept, as torch's vectorized CPU conversion (F16C) does. (torch's
+        // scalar path, used only for a tensor's last few elements, gives 0x7fffffff instead.)
+        return sign | 0x7f800000u | select(0u, 0x400000u, m != 0u) | (m << 13u);
     }
     if (e == 0u) {
         if (m == 0u) {

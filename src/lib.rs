@@ -69,6 +69,7 @@ pub mod source;
 pub mod torch;
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
 pub mod wasm;
+pub mod write;
 
 pub use archive::{ByteOrder, Format};
 pub use dcp::{DcpFolder, Selection};
@@ -80,11 +81,26 @@ pub use place::{Backend, DeviceBuffer, Progress, StorageData};
 pub use plan::{Plan, PlannedStorage};
 pub use source::Source;
 pub use torch::{Dict, Dtype, Object, TensorKind, TensorMeta, Value};
+pub use write::{Report, Writer};
 
 /// Loads a checkpoint file with default options: `Loader::new().load(path)`.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load(path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
     Loader::new().load(path)
+}
+
+/// Writes a checkpoint's tensors as a `.pt` file in torch.save's zip format, with default
+/// options: `Writer::new().save(ckpt, path)`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save(ckpt: &Checkpoint, path: impl AsRef<std::path::Path>) -> Result<Report> {
+    Writer::new().save(ckpt, path)
+}
+
+/// Writes a checkpoint's tensors as a `.safetensors` file, with default options:
+/// `Writer::new().save_safetensors(ckpt, path)`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_safetensors(ckpt: &Checkpoint, path: impl AsRef<std::path::Path>) -> Result<Report> {
+    Writer::new().save_safetensors(ckpt, path)
 }
 
 /// Loads a checkpoint from bytes with default options: `Loader::new().load_bytes(bytes)`.

@@ -441,7 +441,7 @@ impl Checkpoint {
         found?.as_tensor().map(|m| self.tensor_view(m))
     }
 
-    fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {
+    pub(crate) fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {
         Tensor {
             meta,
             storage: meta.storage.map(|id| &self.storages[id]),

@@ -60,6 +60,8 @@
 pub mod archive;
 pub mod dcp;
 mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod index;
 pub mod loader;
 pub mod location;
 pub mod pickle;

@@ -194,7 +194,22 @@ fn every_conversion_reads_back_as_torch_read_it() {
             problems.push(format!("{name}: {}", stderr(&run)));
             continue;
         }
-        if out_name.ends_with(".safetensors") {
+        if out_name == "folder" {
+            // Sharded: the files and the index transformers would write, read back through
+            // the index.
+            let files: Vec<Json> = listing(&out).into_iter().map(Json::String).collect();
+            if Json::Array(files) != case["files"] {
+                problems.push(format!("{name}: files {:?}", listing(&out)));
+            }
+            let index_path = out.join("model.safetensors.index.json");
+            let index: Json =
+                serde_json::from_str(&std::fs::read_to_string(&index_path).unwrap()).unwrap();
+            if index != case["index"] {
+                problems.push(format!("{name}: index {index}"));
+            }
+            let ckpt = ptload::load(&index_path).unwrap();
+            check_with_ptload(name, case, &ckpt, &mut problems);
+        } else if out_name.ends_with(".safetensors") {
             let ckpt = Loader::new().load_safetensors(&out).unwrap();
             assert_eq!(ckpt.format.name(), "safetensors");
             check_with_ptload(name, case, &ckpt, &mut problems);
@@ -395,4 +410,76 @@ fn inspect_points_safetensors_to_convert() {
     ]);
     assert_eq!(run.status.code(), Some(1));
     assert!(stderr(&run).contains("ptload convert"), "{}", stderr(&run));
+}
+
+/// A copy of the sharded safetensors fixture in a temporary folder, to break.
+fn sharded_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture("sharded/st")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let index = dir.path().join("model.safetensors.index.json");
+    (dir, index)
+}
+
+#[test]
+fn index_loads_as_one_checkpoint_in_weight_map_order() {
+    let index = fixture("sharded/bin/pytorch_model.bin.index.json");
+    let ckpt = Loader::new().map_location("meta").load(&index).unwrap();
+    let paths: Vec<String> = ckpt.tensors().map(|(p, _)| p).collect();
+    assert_eq!(
+        paths,
+        [
+            "embed.weight",
+            "layers.0.bias",
+            "layers.0.weight",
+            "layers.1.weight",
+            "layers.2.weight",
+            "layers.3.weight",
+            "steps"
+        ]
+    );
+    // map_location applies to every shard.
+    assert!(ckpt
+        .tensors()
+        .all(|(_, t)| t.device() == ptload::Device::Meta));
+    let run = ptload(&["inspect", "--json", index.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let json: Json = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(json["tensors"].as_array().unwrap().len(), 7);
+}
+
+#[test]
+fn index_naming_a_missing_shard_is_an_error() {
+    let (dir, index) = sharded_copy();
+    std::fs::remove_file(dir.path().join("model-00003-of-00004.safetensors")).unwrap();
+    let err = ptload::load(&index).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: shard 'model-00003-of-00004.safetensors': no such file in {}",
+            index.display(),
+            dir.path().display()
+        )
+    );
+}
+
+#[test]
+fn shard_missing_a_listed_tensor_is_an_error() {
+    let (_dir, index) = sharded_copy();
+    let text = std::fs::read_to_string(&index).unwrap().replace(
+        "\"steps\": \"model-00004-of-00004.safetensors\"",
+        "\"steps\": \"model-00001-of-00004.safetensors\"",
+    );
+    std::fs::write(&index, text).unwrap();
+    let err = ptload::load(&index).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: shard 'model-00001-of-00004.safetensors': the index places tensor 'steps' \
+             here, but the shard does not hold it",
+            index.display()
+        )
+    );
 }

@@ -1,6 +1,7 @@
 //! `ptload convert [--select PATH] [--dedup] [--skip-unsupported] [--force] [--quiet] IN OUT`:
 //! any checkpoint ptload reads (a file, a distributed checkpoint's folder) or a
-//! `.safetensors` file, written as `.safetensors` or as a `.pt` in torch.save's zip format.
+//! `.safetensors` file or a sharded checkpoint's index, written as `.safetensors`, as a `.pt`
+//! in torch.save's zip format, or (`--max-shard-size`) as sharded safetensors in a folder.
 //! The output is written under a temporary name in its folder and renamed when complete.
 
 use std::io::IsTerminal;
@@ -30,10 +31,16 @@ pub struct ConvertArgs {
     /// No progress bar and no summary.
     #[arg(long)]
     quiet: bool,
-    /// The checkpoint: a file ptload reads, a distributed checkpoint's folder, or a
-    /// `.safetensors` file.
+    /// Write sharded safetensors into the folder OUT (`model-00001-of-0000N.safetensors` and
+    /// `model.safetensors.index.json`, as transformers names them), each shard at most SIZE
+    /// (`5GB`, `500MB`, `2GiB`, or bytes).
+    #[arg(long, value_name = "SIZE")]
+    max_shard_size: Option<String>,
+    /// The checkpoint: a file ptload reads, a distributed checkpoint's folder, a sharded
+    /// checkpoint's `*.index.json`, or a `.safetensors` file.
     input: PathBuf,
-    /// The output: `*.safetensors`, or `*.pt` (also `.pth`, `.bin`) for torch.save's format.
+    /// The output: `*.safetensors`, `*.pt` (also `.pth`, `.bin`) for torch.save's format, or a
+    /// folder with --max-shard-size.
     output: PathBuf,
 }
 
@@ -55,27 +62,10 @@ fn out_format(path: &Path) -> Result<OutFormat, String> {
     }
 }
 
-/// Whether `path` is a safetensors file (by its first bytes, not its name).
-fn is_safetensors(path: &Path) -> bool {
-    use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return false;
-    };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut head = Vec::with_capacity(262);
-    if file.by_ref().take(262).read_to_end(&mut head).is_err() {
-        return false;
-    }
-    matches!(
-        ptload::archive::detect::foreign(&head, len),
-        Some(ptload::archive::detect::Foreign::Safetensors)
-    )
-}
-
-/// Loads IN: a safetensors file, or anything `Loader::load` reads.
+/// Loads IN: a safetensors file, or anything `Loader::load` reads (an index file included).
 pub fn load_input(path: &Path) -> Result<Checkpoint, String> {
     let loader = Loader::new();
-    let loaded = if path.is_file() && is_safetensors(path) {
+    let loaded = if path.is_file() && ptload::index::is_safetensors(path) {
         loader.load_safetensors(path)
     } else {
         loader.load(path)
@@ -99,7 +89,16 @@ fn progress_bar(quiet: bool) -> Option<ProgressBar> {
 
 /// Runs the subcommand; `Err` is the one-line message for stderr.
 pub fn run(args: &ConvertArgs) -> Result<(), String> {
-    let format = out_format(&args.output)?;
+    let shard_size = match &args.max_shard_size {
+        Some(text) => Some(ptload::write::parse_size(text).ok_or_else(|| {
+            format!("--max-shard-size: '{text}' is not a size (5GB, 500MB, 2GiB, or bytes)")
+        })?),
+        None => None,
+    };
+    let format = match shard_size {
+        Some(_) => OutFormat::Safetensors,
+        None => out_format(&args.output)?,
+    };
     let ckpt = load_input(&args.input)?;
     let mut writer = Writer::new();
     writer
@@ -119,9 +118,10 @@ pub fn run(args: &ConvertArgs) -> Result<(), String> {
             bar.set_position(p.placed_bytes);
         });
     }
-    let result = match format {
-        OutFormat::Safetensors => writer.save_safetensors(&ckpt, &args.output),
-        OutFormat::Torch => writer.save(&ckpt, &args.output),
+    let result = match (format, shard_size) {
+        (_, Some(max)) => writer.save_sharded_safetensors(&ckpt, &args.output, max),
+        (OutFormat::Safetensors, None) => writer.save_safetensors(&ckpt, &args.output),
+        (OutFormat::Torch, None) => writer.save(&ckpt, &args.output),
     };
     if let Some(bar) = bar {
         bar.finish_and_clear();

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `mod.rs` | [`Writer`] (options), [`Report`], choosing the tensors ([`Writer::select`]), the output file (a temporary name in the target folder, renamed when complete) |
 //! | `safetensors.rs` | the safetensors writer, through the `safetensors` crate |
+//! | `sharded.rs` | sharded safetensors + `model.safetensors.index.json`, as transformers names them |
 //! | `torch_zip.rs` | torch.save's zip container, through the `zip` crate |
 //! | `pickle.rs` | the protocol-2 pickle of `data.pkl` (an `OrderedDict` of `_rebuild_tensor_v2/v3` calls) |
 //!
@@ -27,6 +28,8 @@
 
 mod pickle;
 mod safetensors;
+#[cfg(not(target_arch = "wasm32"))]
+mod sharded;
 mod torch_zip;
 
 use std::sync::Arc;
@@ -39,6 +42,8 @@ use crate::torch::{Dtype, Value};
 
 pub use self::safetensors::safetensors_dtype;
 pub(crate) use self::safetensors::torch_dtype;
+#[cfg(not(target_arch = "wasm32"))]
+pub use self::sharded::parse_size;
 
 /// What a write did: the tensors written, and what it left out and why.
 #[derive(Clone, Debug, Default, PartialEq)]

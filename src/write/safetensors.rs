@@ -134,7 +134,7 @@ impl View for Entry<'_, '_> {
 
 impl Writer {
     /// The entries to write, with aliases dropped under `dedup`, and the `__metadata__`.
-    fn prepare<'c>(
+    pub(crate) fn prepare<'c>(
         &self,
         ckpt: &'c Checkpoint,
     ) -> Result<(Vec<Chosen<'c>>, Report, HashMap<String, String>)> {
@@ -168,25 +168,40 @@ impl Writer {
         path: &std::path::Path,
     ) -> Result<Report> {
         let (chosen, mut report, metadata) = self.prepare(ckpt)?;
-        let output = super::Output::create(path, self.force)?;
         let total = total_bytes(&chosen)?;
-        let state = State {
-            error: RefCell::new(None),
-            written: Cell::new(0),
-            total,
-            writer: self,
-        };
-        let entries = entries(&chosen, &state)?;
-        ::safetensors::serialize_to_file(entries, Some(metadata), output.path())
-            .map_err(|e| Error::from(std::io::Error::other(e.to_string())))?;
-        if let Some(e) = state.error.into_inner() {
-            return Err(e); // `output` is dropped: the partial file is deleted.
-        }
+        let output = self.write_file(&chosen, metadata, path, 0, total)?;
         output.finish()?;
         self.progress(total, total);
         report.written = chosen.into_iter().map(|c| c.path).collect();
         report.bytes = total;
         Ok(report)
+    }
+
+    /// Writes `chosen` to a temporary file for `path`, not yet renamed; progress counts from
+    /// `done` of `total`.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn write_file(
+        &self,
+        chosen: &[Chosen<'_>],
+        metadata: HashMap<String, String>,
+        path: &std::path::Path,
+        done: u64,
+        total: u64,
+    ) -> Result<super::Output> {
+        let output = super::Output::create(path, self.force)?;
+        let state = State {
+            error: RefCell::new(None),
+            written: Cell::new(done),
+            total,
+            writer: self,
+        };
+        let entries = entries(chosen, &state)?;
+        ::safetensors::serialize_to_file(entries, Some(metadata), output.path())
+            .map_err(|e| Error::from(std::io::Error::other(e.to_string())))?;
+        if let Some(e) = state.error.into_inner() {
+            return Err(e); // `output` is dropped: the partial file is deleted.
+        }
+        Ok(output)
     }
 
     /// The tensors as the bytes of a `.safetensors` file (the whole file in memory: for the JS
@@ -212,7 +227,7 @@ impl Writer {
     }
 }
 
-fn total_bytes(chosen: &[Chosen<'_>]) -> Result<u64> {
+pub(crate) fn total_bytes(chosen: &[Chosen<'_>]) -> Result<u64> {
     chosen.iter().try_fold(0u64, |sum, c| {
         let n = c
             .tensor

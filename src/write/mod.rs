@@ -233,6 +233,66 @@ impl Writer {
     }
 }
 
+impl Checkpoint {
+    /// A checkpoint of contiguous tensors given as `(name, dtype, shape, bytes)` (bytes in C
+    /// order, host byte order), to write with a [`Writer`]: its root is an `OrderedDict` of
+    /// the tensors, each over a storage of its own.
+    ///
+    /// ```
+    /// use ptload::{Checkpoint, Dtype, Writer};
+    /// let ckpt = Checkpoint::from_tensors(vec![
+    ///     ("w".into(), Dtype::Float32, vec![2], [1f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect()),
+    /// ]).unwrap();
+    /// let (bytes, report) = Writer::new().to_pt_bytes(&ckpt).unwrap();
+    /// assert_eq!(report.written, ["w"]);
+    /// let back = ptload::load_bytes(bytes).unwrap();
+    /// assert_eq!(back.tensor("w").unwrap().to_contiguous_bytes().unwrap(), ckpt.tensor("w").unwrap().to_contiguous_bytes().unwrap());
+    /// ```
+    pub fn from_tensors(tensors: Vec<(String, Dtype, Vec<u64>, Vec<u8>)>) -> Result<Checkpoint> {
+        let mut items = Vec::with_capacity(tensors.len());
+        let mut storages = Vec::with_capacity(tensors.len());
+        for (id, (name, dtype, shape, bytes)) in tensors.into_iter().enumerate() {
+            let size = dtype.element_size() as u64;
+            let numel = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+            let nbytes = numel.and_then(|n| n.checked_mul(size));
+            if nbytes != Some(bytes.len() as u64) {
+                return Err(Error::invalid_tensor(format!(
+                    "tensor '{name}': {} bytes given for shape {shape:?} of {dtype}",
+                    bytes.len()
+                )));
+            }
+            let mut stride = vec![0u64; shape.len()];
+            let mut acc = 1u64;
+            for (s, &d) in stride.iter_mut().zip(&shape).rev() {
+                *s = acc;
+                acc = acc.saturating_mul(d.max(1));
+            }
+            let meta = crate::TensorMeta::view(Some(id), dtype, shape, stride, 0);
+            items.push((Value::Str(name.clone()), Value::Tensor(Box::new(meta))));
+            storages.push(crate::Storage {
+                key: id.to_string(),
+                dtype,
+                numel: numel.unwrap_or(0),
+                location: "cpu".to_owned(),
+                device: crate::Device::Cpu,
+                data: crate::StorageData::Owned(bytes),
+            });
+        }
+        let root = Value::Dict(Box::new(crate::Dict {
+            class: "collections.OrderedDict".to_owned(),
+            items,
+            attributes: Vec::new(),
+        }));
+        Ok(Checkpoint::from_parts(
+            root,
+            storages,
+            crate::Format::Zip,
+            crate::ByteOrder::Little,
+            u64::MAX,
+        ))
+    }
+}
+
 /// I/O errors are about the output file and name it; the others are about the checkpoint's
 /// contents (an unsupported dtype, a missing `--select` path) and are left for the caller to
 /// tie to the input.

@@ -315,3 +315,52 @@ fn complete(t: &Tensor<'_>) -> bool {
         && t.storage_offset() == 0
         && t.numel().saturating_mul(t.dtype().element_size() as u64) == storage.nbytes()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ckpt() -> Checkpoint {
+        Checkpoint::from_tensors(vec![
+            ("b".into(), Dtype::Int16, vec![3], vec![1, 0, 2, 0, 3, 0]),
+            ("a".into(), Dtype::BFloat16, vec![1, 1], vec![0x80, 0x3f]),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn bytes_read_back_with_the_crate() {
+        let mut writer = Writer::new();
+        writer.source_name("x.pt");
+        let (bytes, report) = writer.to_safetensors_bytes(&ckpt()).unwrap();
+        assert_eq!(report.written, ["b", "a"]);
+        let st = ::safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("b").unwrap().data(), [1, 0, 2, 0, 3, 0]);
+        assert_eq!(st.tensor("a").unwrap().dtype(), StDtype::BF16);
+        let (_, meta) = ::safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone().unwrap();
+        assert_eq!(meta["format"], "pt");
+        assert_eq!(meta["source"], "x.pt");
+    }
+
+    #[test]
+    fn unsupported_dtype_is_named() {
+        let c =
+            Checkpoint::from_tensors(vec![("q".into(), Dtype::Complex128, vec![1], vec![0; 16])])
+                .unwrap();
+        let err = Writer::new().to_safetensors_bytes(&c).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unsupported: tensor 'q' has dtype complex128, which safetensors cannot store (use \
+             --skip-unsupported to leave it out)"
+        );
+        let (_, report) = Writer::new()
+            .skip_unsupported(true)
+            .to_safetensors_bytes(&c)
+            .unwrap();
+        assert_eq!(
+            report.skipped_unsupported,
+            [("q".to_owned(), Dtype::Complex128)]
+        );
+    }
+}

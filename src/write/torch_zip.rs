@@ -66,6 +66,21 @@ impl Writer {
         Ok(report)
     }
 
+    /// The tensors as the bytes of a `.pt` file (the whole file in memory: for the JS API and
+    /// small checkpoints).
+    pub fn to_pt_bytes(&self, ckpt: &Checkpoint) -> Result<(Vec<u8>, Report)> {
+        let (chosen, mut report) =
+            self.choose(ckpt, |t| !t.dtype().is_quantized(), "a .pt file")?;
+        let (pickle, storages) = plan(&chosen)?;
+        let total: u64 = storages.iter().map(|s| s.storage.nbytes()).sum();
+        let mut zip = ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        self.write_records(&mut zip, &pickle, &storages, total)?;
+        let bytes = zip.finish().map_err(zip_error)?.into_inner();
+        report.written = chosen.into_iter().map(|c| c.path).collect();
+        report.bytes = total;
+        Ok((bytes, report))
+    }
+
     fn write_records<W: Write + std::io::Seek>(
         &self,
         zip: &mut ZipWriter<W>,

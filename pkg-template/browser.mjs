@@ -3,6 +3,7 @@
 // fetched on the first load(); call init() first to fetch it from elsewhere.
 import initWasm, * as bindings from "./wasm/ptload_wasm.mjs";
 import { createApi } from "./lib/api.mjs";
+import { createSave } from "./lib/save.mjs";
 
 let ready;
 
@@ -15,6 +16,8 @@ export function init(moduleOrPath) {
 }
 
 const api = createApi(() => init());
+const { save } = createSave(() => init(), api.Checkpoint);
 
 export const { load, Checkpoint, Tensor, Storage } = api;
-export default { ...api, init };
+export { save };
+export default { ...api, save, init };

@@ -3,8 +3,10 @@
 "use strict";
 const bindings = require("./wasm/ptload_wasm.cjs");
 const { createApi } = require("./lib/api.cjs");
+const { createSave } = require("./lib/save.cjs");
 
 const api = createApi(() => bindings);
+Object.assign(api, createSave(() => bindings, api.Checkpoint));
 /** Nothing to do in Node (the wasm module is loaded with the package); for symmetry with browsers. */
 api.init = async () => {};
 module.exports = api;

@@ -164,7 +164,28 @@ export declare class Checkpoint {
   tensors(): Array<[string, Tensor]>;
   /** The tensor at `path`. */
   tensor(path: string): Tensor | undefined;
+  /** Its tensors as the bytes of a `.safetensors` file, written by the `safetensors` crate
+   * (views as contiguous copies). Rejects, naming the tensor, on a dtype safetensors cannot store. */
+  toSafetensors(): Promise<Uint8Array>;
+  /** Its tensors as the bytes of a `.pt` file (torch.save's zip format, loadable by
+   * `torch.load(weights_only=True)`). */
+  toPt(): Promise<Uint8Array>;
 }
+
+/** A tensor to save: a loaded Tensor, or its dtype, shape and C-order elements. */
+export type SaveTensor = Tensor | { dtype: Dtype; shape: number[]; data: ArrayBufferView | ArrayBuffer };
+
+/** Options of `save`. */
+export interface SaveOptions {
+  /** "pt" (default: torch.save's zip format) or "safetensors". */
+  format?: "pt" | "safetensors";
+}
+
+/** The bytes of a file holding `tensors`, written by the crate's writers (as `ptload convert`). */
+export declare function save(
+  tensors: Map<string, SaveTensor> | Array<[string, SaveTensor]> | { [name: string]: SaveTensor },
+  options?: SaveOptions,
+): Promise<Uint8Array>;
 
 /**
  * Loads a checkpoint. Rejects with an Error carrying the native loader's message

@@ -2,5 +2,5 @@
 // package hazard: one wasm instance, one set of classes).
 import api from "./index.cjs";
 
-export const { load, init, Checkpoint, Tensor, Storage } = api;
+export const { load, init, save, Checkpoint, Tensor, Storage } = api;
 export default api;

@@ -32,6 +32,7 @@
 //! `scripts/test`), and the Node suite `tests/node/` over the built package.
 
 mod convert;
+mod write;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -35,19 +35,26 @@ pub fn write_tensors(
             .ok_or_else(|| type_error("writeTensors: a tensor name must be a string".into()))?;
         let dtype_name = entry.get(1).as_string().unwrap_or_default();
         let dtype = Dtype::from_name(&dtype_name).ok_or_else(|| {
-            type_error(format!("writeTensors: tensor '{name}': unknown dtype '{dtype_name}'"))
+            type_error(format!(
+                "writeTensors: tensor '{name}': unknown dtype '{dtype_name}'"
+            ))
         })?;
         let mut shape = Vec::new();
         for d in Array::from(&entry.get(2)).iter() {
-            let d = d.as_f64().filter(|d| *d >= 0.0 && d.fract() == 0.0).ok_or_else(|| {
-                type_error(format!(
-                    "writeTensors: tensor '{name}': the shape must hold non-negative integers"
-                ))
-            })?;
+            let d = d
+                .as_f64()
+                .filter(|d| *d >= 0.0 && d.fract() == 0.0)
+                .ok_or_else(|| {
+                    type_error(format!(
+                        "writeTensors: tensor '{name}': the shape must hold non-negative integers"
+                    ))
+                })?;
             shape.push(d as u64);
         }
         let bytes = entry.get(3).dyn_into::<Uint8Array>().map_err(|_| {
-            type_error(format!("writeTensors: tensor '{name}': bytes must be a Uint8Array"))
+            type_error(format!(
+                "writeTensors: tensor '{name}': bytes must be a Uint8Array"
+            ))
         })?;
         tensors.push((name, dtype, shape, bytes.to_vec()));
     }

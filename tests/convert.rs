@@ -483,3 +483,25 @@ fn shard_missing_a_listed_tensor_is_an_error() {
         )
     );
 }
+
+#[test]
+fn progress_reaches_the_total_in_order() {
+    use std::sync::{Arc, Mutex};
+    let ckpt = ptload::load(fixture("convert/mixed.pt")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for out in ["m.safetensors", "m.pt"] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let mut writer = Writer::new();
+        writer.on_progress(move |p| sink.lock().unwrap().push((p.placed_bytes, p.total_bytes)));
+        let path = dir.path().join(out);
+        let report = if out.ends_with(".pt") {
+            writer.save(&ckpt, &path).unwrap()
+        } else {
+            writer.save_safetensors(&ckpt, &path).unwrap()
+        };
+        let seen = seen.lock().unwrap();
+        assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "{out}: {seen:?}");
+        assert_eq!(seen.last(), Some(&(report.bytes, report.bytes)), "{out}");
+    }
+}

@@ -1,6 +1,6 @@
 //! The `ptload` command line: `ptload inspect [--json] [--sha256] [--tree] [--encoding NAME]
 //! [--map-location LOC]... [--no-weights-only] FILE` and `ptload convert [--select PATH]
-//! [--dedup] [--skip-unsupported] [--force] [--quiet] IN OUT`.
+//! [--dedup] [--skip-unsupported] [--force] [--quiet] [--max-shard-size SIZE] IN OUT`.
 
 use std::process::ExitCode;
 
@@ -24,8 +24,9 @@ enum Command {
     /// List a checkpoint's tensors: path, dtype, shape, device, bytes (or, with --tree, the
     /// whole object).
     Inspect(cli::inspect::InspectArgs),
-    /// Convert a checkpoint (a file, a distributed checkpoint's folder, or a .safetensors file)
-    /// to .safetensors or to a .pt in torch.save's format.
+    /// Convert a checkpoint (a file, a distributed checkpoint's folder, a sharded checkpoint's
+    /// index, or a .safetensors file) to .safetensors, to a .pt in torch.save's format, or to
+    /// sharded safetensors.
     Convert(cli::convert::ConvertArgs),
 }
 

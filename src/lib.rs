@@ -26,6 +26,17 @@
 //! - the tar format of torch ≤ 0.1;
 //! - TorchScript archives (`torch.jit.save`), as an inert module tree.
 //!
+//! Also: a sharded checkpoint's `*.index.json` (`weight_map`; [`index`]) loads as one
+//! checkpoint, a distributed checkpoint's folder ([`dcp`]) too, and `.safetensors` files load
+//! with [`Loader::load_safetensors`].
+//!
+//! ## Writing
+//!
+//! [`Writer`] (shortcuts [`save`] and [`save_safetensors`]) writes a checkpoint's tensors as a
+//! `.pt` in torch.save's zip format (storages whole, views and tied weights kept) or as
+//! `.safetensors` through the `safetensors` crate (views as contiguous copies), optionally
+//! sharded as transformers does; always under a temporary name, renamed when complete.
+//!
 //! ## Safety limits
 //!
 //! [`Limits`] bounds the pickle size, inflated record sizes (and deflate's 1032:1 ratio), memo

@@ -1,4 +1,6 @@
 // Type declarations of the ptload npm package (the same for `import`, `require` and browsers).
+// WebGPU types (GPUDevice, GPUBuffer) come from @webgpu/types, a dependency of the package.
+/// <reference types="@webgpu/types" />
 
 /** Torch's dtype names, without `torch.`. */
 export type Dtype =
@@ -20,8 +22,17 @@ export type TensorData =
   | Int8Array | Int16Array | Int32Array | BigInt64Array
   | Uint8Array | Uint16Array | Uint32Array | BigUint64Array;
 
-/** Where a storage was placed. This build places on the CPU; `meta` reads nothing. */
-export type Device = "cpu" | "meta";
+/** Where a storage was placed: host memory, a GPUBuffer of the `device` option, or nowhere
+ * (`meta` reads nothing). */
+export type Device = "cpu" | "webgpu" | "meta";
+
+/** A WebGPU tensor's `data`: its storage's GPUBuffer (usage STORAGE | COPY_SRC | COPY_DST,
+ * size padded to 4 bytes, shared by every view of the storage) and where its first element is. */
+export interface WebGpuData {
+  readonly buffer: GPUBuffer;
+  /** `storageOffset × itemsize`. */
+  readonly byteOffset: number;
+}
 
 /** What a `mapLocation` function is given for each storage (torch passes a CPU storage). */
 export interface StorageInfo {
@@ -36,7 +47,8 @@ export interface StorageInfo {
 
 /**
  * torch.load's `map_location`:
- * - a device string (`"cpu"`, `"meta"`; others fail with torch's message),
+ * - a device string (`"cpu"`, `"meta"`, `"webgpu"` with a `device`; others fail with torch's
+ *   message),
  * - a `{ from: to }` object or `Map` of tags (a tag not listed is kept),
  * - a function called once per storage, in order: it returns a device string, the storage it
  *   was given (stay on the CPU, as torch's `lambda s, loc: s`), or `undefined` (the saved tag).
@@ -66,6 +78,15 @@ export interface LoadOptions {
   onProgress?: (progress: Progress) => void;
   /** The name used in error messages (default: the File's name, the Response's URL, or `<memory>`). */
   name?: string;
+  /** The GPUDevice that storages mapped to `"webgpu"` go to (each one its own GPUBuffer, written
+   * straight from the input: the bytes never enter wasm memory). A storage larger than its
+   * `limits.maxBufferSize` is refused: request a larger limit when creating the device. */
+  device?: GPUDevice;
+  /** Convert floating storages placed on WebGPU (bfloat16, float16, float32, float64) to this
+   * dtype on the GPU, bit-exactly as torch's `.to(dtype)`. Needs `device`. */
+  dtype?: "float16" | "float32";
+  /** Cancels the load: it rejects with the signal's reason and destroys every GPUBuffer it made. */
+  signal?: AbortSignal;
 }
 
 /** Anything `load` reads: bytes in memory (viewed, never copied), a Blob or File (read by
@@ -83,8 +104,12 @@ export declare class Storage {
   /** The device tag it was saved with. */
   readonly location: string;
   readonly device: Device;
-  /** Its bytes in host byte order, or null on `meta`. */
+  /** Its bytes in host byte order on `cpu`, else null. */
   readonly bytes: Uint8Array | null;
+  /** Its GPUBuffer on `webgpu`, else null. Destroy it when done (`buffer.destroy()`). */
+  readonly buffer: GPUBuffer | null;
+  /** The GPUDevice holding `buffer`, else null. */
+  readonly gpuDevice: GPUDevice | null;
   /** Whether `bytes` is a view of the caller's buffer (no copy was made). */
   readonly zeroCopy: boolean;
 }
@@ -118,11 +143,13 @@ export declare class Tensor {
    * The elements from the first one (`storageOffset` applied) through the last one the tensor
    * reaches, as its natural TypedArray; element `[i, j, …]` is at `i*stride[0] + j*stride[1] + …`
    * (×2 for complex dtypes). For the CPU this is a view of the input buffer whenever the record
-   * is stored, aligned and little-endian; a copy otherwise. null on `meta`.
+   * is stored, aligned and little-endian; a copy otherwise. On `webgpu`, `{ buffer, byteOffset }`.
+   * null on `meta`.
    */
-  readonly data: TensorData | null;
+  readonly data: TensorData | WebGpuData | null;
   /** The elements in C order, little-endian (bool as one byte 0/1). A view sharing `data`'s
-   * memory when the tensor is contiguous, else a new buffer. Rejects on `meta`. */
+   * memory when the tensor is contiguous on the CPU, else a new buffer (read back from the GPU
+   * on `webgpu`). Rejects on `meta`. */
   contiguousBytes(): Promise<Uint8Array>;
 }
 

@@ -1,7 +1,9 @@
 // The JS half of ptload: input handling, the driver loop that feeds the wasm planner the byte
 // ranges it asks for, and CPU placement (zero-copy TypedArray views, copies only when needed).
 // Shared by every entry point: scripts/build-npm emits this file as ESM (browsers, bundlers,
-// Node `import`) and as CommonJS (Node `require`); it imports nothing.
+// Node `import`) and as CommonJS (Node `require`), with its imports of sibling modules.
+
+import { WebGpuPlacement, isGpuDevice, readBack } from "./webgpu.mjs";
 
 /** The TypedArray for each dtype, and how many array elements make one tensor element. */
 const ARRAYS = {
@@ -67,10 +69,14 @@ export class Storage {
     this.nbytes = s.numel * s.itemsize;
     /** The device tag it was saved with (`cuda:0`, …). */
     this.location = s.location;
-    /** Where it was placed: `cpu` or `meta`. */
+    /** Where it was placed: `cpu`, `webgpu` or `meta`. */
     this.device = s.device;
-    /** Its bytes (host byte order), or null on `meta`. */
+    /** Its bytes (host byte order) on `cpu`, else null. */
     this.bytes = null;
+    /** Its GPUBuffer on `webgpu` (size padded to a multiple of 4 bytes), else null. */
+    this.buffer = null;
+    /** The GPUDevice holding `buffer`. */
+    this.gpuDevice = null;
     /** Whether `bytes` is a view of the caller's buffer (no copy was made). */
     this.zeroCopy = false;
   }
@@ -95,13 +101,15 @@ export class Tensor {
     this.storage = storage;
     /** Bytes per element. */
     this.itemsize = meta.itemsize;
-    /** Elements from the first one (storage offset applied) through the last one it reaches, as
-     * its natural TypedArray; null on `meta`. Element [i, j, …] is data[i*stride[0] + j*stride[1] + …]
-     * (times 2 for complex dtypes, whose real and imaginary halves alternate). */
+    /** On `cpu`: elements from the first one (storage offset applied) through the last one it
+     * reaches, as its natural TypedArray. Element [i, j, …] is data[i*stride[0] + j*stride[1] + …]
+     * (times 2 for complex dtypes, whose real and imaginary halves alternate).
+     * On `webgpu`: `{ buffer: GPUBuffer, byteOffset }` (byteOffset = storageOffset × itemsize).
+     * On `meta`: null. */
     this.data = null;
   }
 
-  /** `cpu` or `meta`. */
+  /** `cpu`, `webgpu` or `meta`. */
   get device() {
     return this.storage ? this.storage.device : "meta";
   }
@@ -119,7 +127,14 @@ export class Tensor {
   /** The elements in C-contiguous order, little-endian, as bytes (`bool` as one byte 0/1).
    * For a contiguous tensor this is a view of the same memory as `data`, not a copy. */
   async contiguousBytes() {
-    const bytes = this.storage && this.storage.bytes;
+    const storage = this.storage;
+    if (storage && storage.buffer) {
+      // Read back the span the view reaches, then walk it on the host.
+      const span = extentOf(this.shape, this.stride) * this.itemsize;
+      const bytes = await readBack(storage.gpuDevice, storage.buffer, this.storageOffset * this.itemsize, span);
+      return contiguous(bytes, this.shape, this.stride, 0, this.itemsize);
+    }
+    const bytes = storage && storage.bytes;
     if (!bytes) {
       throw new Error(`the tensor is on the ${this.device} device: it has no data in host memory`);
     }
@@ -154,6 +169,14 @@ export class Checkpoint {
     if (!this._byPath) this._byPath = new Map(this._tensors);
     return this._byPath.get(path);
   }
+}
+
+/** Elements from a view's first element through the last one it reaches. */
+function extentOf(shape, stride) {
+  if (shape.includes(0)) return 0;
+  let extent = 1;
+  for (let d = 0; d < shape.length; d++) extent += (shape[d] - 1) * stride[d];
+  return extent;
 }
 
 function isContiguous(shape, stride) {
@@ -310,7 +333,15 @@ async function openInput(input, name, progress) {
 function normalizeOptions(options) {
   if (options === undefined || options === null) options = {};
   if (typeof options !== "object") throw typeError("options must be an object");
-  const { mapLocation, weightsOnly, onProgress, encoding, name } = options;
+  const { mapLocation, weightsOnly, onProgress, encoding, name, device, dtype, signal } = options;
+  if (device !== undefined && !isGpuDevice(device)) throw typeError("device must be a GPUDevice");
+  if (dtype !== undefined && dtype !== "float16" && dtype !== "float32") {
+    throw typeError('dtype must be "float16" or "float32"');
+  }
+  if (dtype !== undefined && device === undefined) throw typeError("dtype converts on the GPU: it needs a device");
+  if (signal !== undefined && !(typeof signal === "object" && signal !== null && typeof signal.aborted === "boolean")) {
+    throw typeError("signal must be an AbortSignal");
+  }
   if (weightsOnly !== undefined && typeof weightsOnly !== "boolean") {
     throw typeError("weightsOnly must be a boolean");
   }
@@ -331,11 +362,21 @@ function normalizeOptions(options) {
   } else if (mapLocation !== undefined && mapLocation !== null) {
     throw typeError("mapLocation must be a device string, a {from: to} object or a function");
   }
+  if (device === undefined) {
+    // "webgpu" named outright: fail before reading a byte (a callback's answers fail while planning).
+    const named = typeof location === "string" ? [location] : Array.isArray(location) ? location.map((e) => e[1]) : [];
+    if (named.some((d) => d === "webgpu" || d === "wgpu")) {
+      throw typeError('mapLocation places storages on "webgpu", but no device was given: pass { device: GPUDevice }');
+    }
+  }
   return {
-    planner: { weightsOnly: weightsOnly ?? true, encoding, mapLocation: location, callback: !!callback },
+    planner: { weightsOnly: weightsOnly ?? true, encoding, mapLocation: location, callback: !!callback, webgpu: device !== undefined },
     callback,
     onProgress,
     name,
+    device,
+    dtype,
+    signal,
   };
 }
 
@@ -394,7 +435,7 @@ async function plan(planner, source, callback, progress) {
 async function readStored(source, storages, progress) {
   const jobs = [];
   storages.forEach((s, i) => {
-    if (s.record && !s.record.deflated && s.device !== "meta") jobs.push([s.record.dataOffset, s.record.size, i]);
+    if (s.record && !s.record.deflated && s.device === "cpu") jobs.push([s.record.dataOffset, s.record.size, i]);
   });
   jobs.sort((a, b) => a[0] - b[0]);
   const out = new Map();
@@ -449,15 +490,18 @@ export function createApi(getBindings) {
   /** Loads a checkpoint (see index.d.ts for the input kinds and options). */
   async function load(input, options) {
     const opts = normalizeOptions(options);
+    throwIfAborted(opts.signal);
     const progress = new Progress(opts.onProgress);
     const source = await openInput(input, opts.name, progress);
     progress.total = source.size;
     const { Planner } = await getBindings();
     const planner = new Planner(source.name, source.size, opts.planner);
+    let gpu = null;
+    let storages = [];
     try {
       await plan(planner, source, opts.callback, progress);
       const planned = planner.storages();
-      const storages = planned.map((s) => new Storage(s));
+      storages = planned.map((s) => new Storage(s));
       const all = [];
       const tree = planner.tree(
         (meta) => {
@@ -467,9 +511,21 @@ export function createApi(getBindings) {
         },
         (index) => storages[index],
       );
-      await place(planner, source, planned, storages, all, tree.byteOrder, progress);
+      throwIfAborted(opts.signal);
+      await place(planner, source, planned, storages, all, tree.byteOrder, progress, opts.signal);
+      if (planned.some((s) => s.device === "webgpu")) {
+        gpu = new WebGpuPlacement(opts.device, source.name);
+        await placeOnGpu(gpu, planner, source, planned, storages, all, tree.byteOrder, progress, opts);
+        await gpu.finish();
+      }
       progress.done();
       return new Checkpoint(tree, storages, tree.tensors);
+    } catch (e) {
+      if (gpu) {
+        await gpu.abort();
+        for (const s of storages) s.buffer = null;
+      }
+      throw e;
     } finally {
       planner.free();
     }
@@ -480,7 +536,7 @@ export function createApi(getBindings) {
 
 /** Reads each storage once: a view of the caller's buffer when its record is stored, aligned
  * and in host byte order; a copy (inflated, swapped or realigned) otherwise. */
-async function place(planner, source, planned, storages, tensors, byteOrder, progress) {
+async function place(planner, source, planned, storages, tensors, byteOrder, progress, signal) {
   // The alignment each storage needs: the widest TypedArray element viewing it.
   const align = new Map();
   for (const t of tensors) {
@@ -492,7 +548,8 @@ async function place(planner, source, planned, storages, tensors, byteOrder, pro
   for (let i = 0; i < planned.length; i++) {
     const s = planned[i];
     const r = s.record;
-    if (!r || s.device === "meta") continue;
+    if (!r || s.device !== "cpu") continue;
+    throwIfAborted(signal);
     let bytes;
     let owned;
     if (r.deflated) {
@@ -519,4 +576,128 @@ async function place(planner, source, planned, storages, tensors, byteOrder, pro
     storages[i].zeroCopy = !owned && source.callerOwned;
   }
   for (const t of tensors) t.data = viewOf(t);
+}
+
+function throwIfAborted(signal) {
+  if (signal && signal.aborted) {
+    throw signal.reason ?? new Error("ptload: the load was aborted");
+  }
+}
+
+/** Bytes read (or inflated) per step on the way to the GPU: what JS holds at a time. */
+const GPU_CHUNK_BYTES = 8 << 20;
+
+/** Calls `f` with the bytes of a record's data, in order, chunk by chunk: views of the caller's
+ * buffer, slices of a Blob, or what a DecompressionStream inflates (falling back on the wasm
+ * inflater where there is none). */
+async function recordChunks(planner, source, index, record, progress, signal, f) {
+  if (!record.deflated) {
+    for (let at = 0; at < record.size; at += GPU_CHUNK_BYTES) {
+      throwIfAborted(signal);
+      const n = Math.min(GPU_CHUNK_BYTES, record.size - at);
+      const { bytes, fresh } = await source.read(record.dataOffset + at, n);
+      progress.add(n);
+      await f(bytes, fresh);
+    }
+    return;
+  }
+  if (typeof DecompressionStream !== "function") {
+    const { bytes } = await source.read(record.dataOffset, record.storedLen);
+    progress.add(record.storedLen);
+    await f(planner.inflate(index, bytes), true);
+    return;
+  }
+  const stream = new DecompressionStream("deflate-raw");
+  const writer = stream.writable.getWriter();
+  const reader = stream.readable.getReader();
+  const feed = (async () => {
+    for (let at = 0; at < record.storedLen; at += GPU_CHUNK_BYTES) {
+      throwIfAborted(signal);
+      const n = Math.min(GPU_CHUNK_BYTES, record.storedLen - at);
+      const { bytes } = await source.read(record.dataOffset + at, n);
+      await writer.write(bytes);
+      progress.add(n);
+    }
+    await writer.close();
+  })();
+  // If feeding fails, the reader must not wait forever.
+  feed.catch((e) => reader.cancel(e).catch(() => {}));
+  let inflated = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      inflated += value.length;
+      if (inflated > record.size) {
+        throw new Error(`${source.name}: record ${record.name} inflates to more than its ${record.size} bytes`);
+      }
+      await f(value, true);
+    }
+  } catch (e) {
+    await feed.catch(() => {});
+    throw e instanceof TypeError && !String(e.message).startsWith("ptload")
+      ? new Error(`${source.name}: record ${record.name}: invalid deflate data (${e.message})`)
+      : e;
+  }
+  await feed;
+}
+
+/** Puts every storage mapped to `webgpu` in its own GPUBuffer, straight from the input: byte
+ * swapping (big-endian files) happens chunk by chunk in JS, and `dtype` conversion on the GPU. */
+async function placeOnGpu(gpu, planner, source, planned, storages, tensors, byteOrder, progress, opts) {
+  const views = new Map();
+  for (const t of tensors) {
+    if (!t.storage) continue;
+    if (!views.has(t.storage)) views.set(t.storage, []);
+    views.get(t.storage).push(t);
+  }
+  for (let i = 0; i < planned.length; i++) {
+    const s = planned[i];
+    const storage = storages[i];
+    if (s.device !== "webgpu") continue;
+    throwIfAborted(opts.signal);
+    const nbytes = s.numel * s.itemsize;
+    const writer = gpu.begin(s.key, nbytes);
+    if (s.record) {
+      const unit = byteOrder !== HOST_ORDER && s.swapUnit > 1 ? s.swapUnit : 1;
+      const carry = new Uint8Array(Math.max(unit - 1, 0));
+      let carried = 0;
+      await recordChunks(planner, source, i, s.record, progress, opts.signal, async (bytes) => {
+        if (unit === 1) return writer.put(bytes);
+        // Swap whole elements: an element split across chunks waits for its other half.
+        const joined = new Uint8Array(carried + bytes.length);
+        joined.set(carry.subarray(0, carried));
+        joined.set(bytes, carried);
+        const whole = joined.length - (joined.length % unit);
+        carried = joined.length - whole;
+        carry.set(joined.subarray(whole));
+        const out = joined.subarray(0, whole);
+        swapInPlace(out, unit);
+        return writer.put(out);
+      });
+    }
+    let buffer = writer.end();
+    let dtype = s.dtype;
+    const seen = views.get(storage) ?? [];
+    if (opts.dtype && seen.every((t) => t.dtype === s.dtype)) {
+      const converted = gpu.convert(buffer, s.dtype, s.numel, opts.dtype);
+      if (converted) {
+        buffer = converted;
+        dtype = opts.dtype;
+      }
+    }
+    storage.buffer = buffer;
+    storage.gpuDevice = opts.device;
+    if (dtype !== s.dtype) {
+      storage.dtype = dtype;
+      storage.nbytes = s.numel * (dtype === "float16" ? 2 : 4);
+      for (const t of seen) {
+        t.dtype = dtype;
+        t.itemsize = dtype === "float16" ? 2 : 4;
+      }
+    }
+  }
+  for (const t of tensors) {
+    if (t.storage && t.storage.buffer) t.data = { buffer: t.storage.buffer, byteOffset: t.storageOffset * t.itemsize };
+  }
 }

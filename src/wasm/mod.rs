@@ -43,6 +43,7 @@ use wasm_bindgen::prelude::*;
 use crate::archive::Method;
 use crate::error::{Error, ErrorKind};
 use crate::location::{restore_location, Device, DeviceSupport, MapLocation, Placement};
+use crate::place::{Backend, Placer};
 use crate::plan::Plan;
 use crate::source::{ByteSource, SparseBytes};
 use crate::{Limits, Loader, StringEncoding};
@@ -98,13 +99,43 @@ fn map_location(spec: &JsValue) -> Result<MapLocation, JsValue> {
     ))
 }
 
-/// Whether this build can put a storage on `device` (as the native loader's own check).
-fn placeable(device: Device) -> Result<Device, Error> {
+/// Whether the JS side can put a storage on `device`: the host, `meta`, and `webgpu` when the
+/// caller gave a GPUDevice (JS places those storages; the plan only decides where they go).
+fn placeable(device: Device, webgpu: bool) -> Result<Device, Error> {
     match device {
         Device::Cpu | Device::Meta => Ok(device),
+        Device::WebGpu if webgpu => Ok(device),
+        Device::WebGpu => Err(Error::new(ErrorKind::Location {
+            message: NO_GPU_DEVICE.to_string(),
+        })),
         other => Err(Error::new(ErrorKind::Location {
             message: format!("no placer for device {other} in this build"),
         })),
+    }
+}
+
+const NO_GPU_DEVICE: &str =
+    "map_location places storages on \"webgpu\", but no device was given: pass { device: GPUDevice } to load()";
+
+/// Lets the planner map storages to `webgpu` (or refuses them with [`NO_GPU_DEVICE`]); the
+/// storages are placed by the JS side, never through [`Backend::placer`].
+#[derive(Debug)]
+struct JsWebGpu {
+    device_given: bool,
+}
+
+impl Backend for JsWebGpu {
+    fn check(&self, device: &Device) -> Option<crate::Result<Device>> {
+        match device {
+            Device::WebGpu => Some(placeable(Device::WebGpu, self.device_given)),
+            _ => None,
+        }
+    }
+
+    fn placer(&self, _: &Device) -> crate::Result<Box<dyn Placer + '_>> {
+        Err(Error::new(ErrorKind::Location {
+            message: "WebGPU storages are placed by the JS side of the package".to_string(),
+        }))
     }
 }
 
@@ -115,6 +146,8 @@ pub struct Planner {
     loader: Loader,
     /// Set when `map_location` is a JS function: its devices, once called for every storage.
     callback: bool,
+    /// Whether the caller gave a GPUDevice (so `webgpu` is a device storages may go to).
+    webgpu: bool,
     devices: Option<Arc<Vec<Device>>>,
     bytes: SparseBytes,
     plan: Option<Plan>,
@@ -139,6 +172,10 @@ impl Planner {
             loader.encoding(name.parse::<StringEncoding>().map_err(|e| type_error(&e))?);
         }
         let callback = get(&options, "callback")?.as_bool().unwrap_or(false);
+        let webgpu = get(&options, "webgpu")?.as_bool().unwrap_or(false);
+        loader.backend(Arc::new(JsWebGpu {
+            device_given: webgpu,
+        }));
         if callback {
             // First pass: only the storages' tags are needed, no record.
             loader.map_location("meta");
@@ -149,6 +186,7 @@ impl Planner {
             name,
             loader,
             callback,
+            webgpu,
             devices: None,
             bytes: SparseBytes::new(total_len as u64),
             plan: None,
@@ -332,8 +370,11 @@ impl Planner {
                 ));
             };
             let device = device
-                .and_then(|d| support.check(&d))
-                .and_then(placeable)
+                .and_then(|d| match d {
+                    Device::WebGpu => Ok(d),
+                    _ => support.check(&d),
+                })
+                .and_then(|d| placeable(d, self.webgpu))
                 .map_err(|e| js_error(e.in_file(&self.name)))?;
             devices.push(device);
         }

@@ -15,7 +15,17 @@ const TSC = join(ROOT, ".cache", "npm-tools", "node_modules", "typescript", "bin
 
 const USE = `
 const bytes = new Uint8Array(8);
-async function main(blob: Blob, response: Response): Promise<number> {
+async function main(blob: Blob, response: Response, device: GPUDevice): Promise<number> {
+  const onGpu: Checkpoint = await load(blob, {
+    mapLocation: { "cuda:0": "webgpu" },
+    device,
+    dtype: "float16",
+    signal: new AbortController().signal,
+  });
+  const placed: GPUBuffer | null = onGpu.storages[0].buffer;
+  void placed;
+  // @ts-expect-error: dtype converts to float16 or float32 only
+  await load(blob, { device, dtype: "bfloat16" });
   await init();
   const ckpt: Checkpoint = await load(bytes, {
     mapLocation: (storage: StorageInfo, location: string) => (location.startsWith("cuda") ? "cpu" : undefined),
@@ -31,8 +41,12 @@ async function main(blob: Blob, response: Response): Promise<number> {
   for (const [path, t] of ckpt.tensors()) {
     const d: Dtype = t.dtype;
     total += path.length + d.length + t.shape[0] + t.stride.length + t.storageOffset;
-    const data: TensorData | null = t.data;
+    const data: TensorData | WebGpuData | null = t.data;
     if (data instanceof Float32Array) total += data[0];
+    if (t.device === "webgpu" && data !== null && "buffer" in data && !ArrayBuffer.isView(data)) {
+      const buffer: GPUBuffer = data.buffer;
+      total += buffer.size + data.byteOffset;
+    }
     const raw: Uint8Array = await t.contiguousBytes();
     total += raw.length + (t.storage ? t.storage.nbytes : 0) + (t.device === "cpu" ? 1 : 0);
   }
@@ -58,13 +72,18 @@ test("the declarations type-check a strict program (import and require)", (t) =>
     mkdirSync(join(dir, "node_modules"));
     symlinkSync(PKG, join(dir, "node_modules", "ptload"), "dir");
     writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "scratch", private: true, type: "module" }));
-    const names = "load, init, Checkpoint, Tensor, StorageInfo, Progress, Dtype, TensorData, Value";
+    const names = "load, init, Checkpoint, Tensor, StorageInfo, Progress, Dtype, TensorData, WebGpuData, Value";
+    // The package's dependency @webgpu/types, as npm would install it beside the package.
+    const types = join(ROOT, ".cache", "npm-tools", "node_modules", "@webgpu");
+    assert.ok(existsSync(types), `${types} is missing: scripts/install-webgpu installs it`);
+    mkdirSync(join(dir, "node_modules", "@webgpu"));
+    symlinkSync(join(types, "types"), join(dir, "node_modules", "@webgpu", "types"), "dir");
     writeFileSync(join(dir, "use.mts"), `import { ${names} } from "ptload";\n${USE}`);
     writeFileSync(join(dir, "use.cts"), `import { ${names} } from "ptload";\n${USE}`);
     writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({
       compilerOptions: {
         strict: true, noEmit: true, module: "nodenext", moduleResolution: "nodenext",
-        target: "es2022", lib: ["es2022", "dom"], types: [], skipLibCheck: false,
+        target: "es2022", lib: ["es2022", "dom"], types: [], skipLibCheck: false, preserveSymlinks: true,
       },
       files: ["use.mts", "use.cts"],
     }));

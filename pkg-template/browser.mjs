@@ -4,6 +4,7 @@
 // given to load() is fetched.
 import initWasm, * as bindings from "./wasm/ptload_wasm.mjs";
 import { createApi, PtloadError } from "./lib/api.mjs";
+import { createSave } from "./lib/save.mjs";
 
 let ready;
 
@@ -28,7 +29,8 @@ async function open(input) {
 }
 
 const api = createApi(() => init(), { open });
+const { save } = createSave(() => init(), api.Checkpoint);
 
 export const { load, Checkpoint, Tensor, Storage } = api;
-export { PtloadError };
-export default { ...api, init };
+export { PtloadError, save };
+export default { ...api, save, init };

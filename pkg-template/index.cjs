@@ -1,6 +1,6 @@
 // Node, `require("ptload")`: the wasm module (wasm-bindgen's nodejs target, loaded synchronously)
-// under the shared JS API. A path string or a `file:` URL opens the file as a Blob
-// (fs.openAsBlob, Node >= 19.8: read by slices; older Node reads it whole), or a distributed
+// under the shared JS API. A path string or a `file:` URL opens the file as a Blob-like object
+// read by positioned reads (only the slices a load asks for), or a distributed
 // checkpoint's folder (holding `.metadata`) as its files; another URL is fetched.
 "use strict";
 const fs = require("node:fs");
@@ -8,6 +8,7 @@ const { join } = require("node:path");
 const { fileURLToPath } = require("node:url");
 const bindings = require("./wasm/ptload_wasm.cjs");
 const { createApi, PtloadError } = require("./lib/api.cjs");
+const { createSave } = require("./lib/save.cjs");
 
 /** The OS's words for what can go wrong opening a file (as the native CLI prints them). */
 const OS_ERRORS = {
@@ -32,8 +33,35 @@ async function open(input) {
   }
 }
 
+/** A file as a Blob-like object read by positioned reads: its size is the file's true size
+ * (Node's own fs.openAsBlob reports a file over 4 GiB modulo 2^32, at least in Node 20), and
+ * only the slices the load asks for are read. */
 async function openFile(path) {
-  return typeof fs.openAsBlob === "function" ? fs.openAsBlob(path) : fs.promises.readFile(path);
+  const { size } = await fs.promises.stat(path);
+  const read = async (start, end) => {
+    const out = Buffer.allocUnsafe(end - start);
+    const handle = await fs.promises.open(path, "r");
+    try {
+      let done = 0;
+      while (done < out.length) {
+        const { bytesRead } = await handle.read(out, done, out.length - done, start + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return out.buffer.slice(out.byteOffset, out.byteOffset + done);
+    } finally {
+      await handle.close();
+    }
+  };
+  const part = (start, end) => ({ size: end - start, type: "", arrayBuffer: () => read(start, end) });
+  const clamp = (x) => Math.max(0, Math.min(x, size));
+  return {
+    size,
+    type: "",
+    name: path,
+    slice: (start = 0, end = size) => part(clamp(start), Math.max(clamp(start), clamp(end))),
+    arrayBuffer: () => read(0, size),
+  };
 }
 
 /** A distributed checkpoint's folder (it holds `.metadata`): its files, by name. Another
@@ -58,6 +86,7 @@ async function fetchUrl(url) {
 }
 
 const api = createApi(() => bindings, { open });
+Object.assign(api, createSave(() => bindings, api.Checkpoint));
 /** Nothing to do in Node (the wasm module is loaded with the package); for symmetry with browsers. */
 api.init = async () => {};
 module.exports = api;

@@ -98,8 +98,8 @@ export interface LoadOptions {
 
 /** Anything `load` reads: bytes in memory (viewed, never copied), a Blob or File (read by
  * slices), a fetch Response (read once, as it streams), or where to find the file: in Node a
- * path or a `file:` URL (opened as a Blob with `fs.openAsBlob`, read by slices; Node < 19.8
- * reads it whole) and another URL is fetched; in browsers a string or URL is fetched. */
+ * path or a `file:` URL (read by slices with positioned reads, whatever its size) and another
+ * URL is fetched; in browsers a string or URL is fetched. */
 export type Input = Uint8Array | ArrayBuffer | ArrayBufferView | Blob | Response | string | URL | Folder;
 
 /** A distributed checkpoint (`torch.distributed.checkpoint`): its folder's files by name,
@@ -208,6 +208,12 @@ export declare class Checkpoint {
   tensors(): Array<[string, Tensor]>;
   /** The tensor at `path`. */
   tensor(path: string): Tensor | undefined;
+  /** Its tensors as the bytes of a `.safetensors` file, written by the `safetensors` crate
+   * (views as contiguous copies). Rejects, naming the tensor, on a dtype safetensors cannot store. */
+  toSafetensors(): Promise<Uint8Array>;
+  /** Its tensors as the bytes of a `.pt` file (torch.save's zip format, loadable by
+   * `torch.load(weights_only=True)`). */
+  toPt(): Promise<Uint8Array>;
 }
 
 /** The native loader's error kinds (its `ErrorKind` variants). */
@@ -229,6 +235,21 @@ export declare class PtloadError extends Error {
    * record for "Pickle"). */
   readonly offset: number | undefined;
 }
+
+/** A tensor to save: a loaded Tensor, or its dtype, shape and C-order elements. */
+export type SaveTensor = Tensor | { dtype: Dtype; shape: number[]; data: ArrayBufferView | ArrayBuffer };
+
+/** Options of `save`. */
+export interface SaveOptions {
+  /** "pt" (default: torch.save's zip format) or "safetensors". */
+  format?: "pt" | "safetensors";
+}
+
+/** The bytes of a file holding `tensors`, written by the crate's writers (as `ptload convert`). */
+export declare function save(
+  tensors: Map<string, SaveTensor> | Array<[string, SaveTensor]> | { [name: string]: SaveTensor },
+  options?: SaveOptions,
+): Promise<Uint8Array>;
 
 /**
  * Loads a checkpoint. Rejects with a {@link PtloadError} carrying the native loader's message

@@ -2,5 +2,5 @@
 // package hazard: one wasm instance, one set of classes).
 import api from "./index.cjs";
 
-export const { load, init, Checkpoint, Tensor, Storage, PtloadError } = api;
+export const { load, init, save, Checkpoint, Tensor, Storage, PtloadError } = api;
 export default api;

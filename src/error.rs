@@ -124,6 +124,14 @@ pub enum ErrorKind {
         /// What is wrong.
         message: String,
     },
+    /// A sharded checkpoint's index names a shard that is missing, or a tensor its shard does
+    /// not hold.
+    Index {
+        /// The shard file, as the index names it.
+        shard: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A storage cannot be placed where `map_location` sends it (torch's wording).
     Location {
         /// The full message.
@@ -251,6 +259,7 @@ impl fmt::Display for ErrorKind {
                 "limit {limit} exceeded: {value} > {max} (raise it with Loader::limits if the file is trusted)"
             ),
             ErrorKind::Location { message } => f.write_str(message),
+            ErrorKind::Index { shard, message } => write!(f, "shard '{shard}': {message}"),
             ErrorKind::Dcp { key, message } => {
                 write!(f, "key '{key}' of the distributed checkpoint: {message}")
             }

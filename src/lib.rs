@@ -26,6 +26,17 @@
 //! - the tar format of torch ≤ 0.1;
 //! - TorchScript archives (`torch.jit.save`), as an inert module tree.
 //!
+//! Also: a sharded checkpoint's `*.index.json` (`weight_map`; [`index`]) loads as one
+//! checkpoint, a distributed checkpoint's folder ([`dcp`]) too, and `.safetensors` files load
+//! with [`Loader::load_safetensors`].
+//!
+//! ## Writing
+//!
+//! [`Writer`] (shortcuts [`save`] and [`save_safetensors`]) writes a checkpoint's tensors as a
+//! `.pt` in torch.save's zip format (storages whole, views and tied weights kept) or as
+//! `.safetensors` through the `safetensors` crate (views as contiguous copies), optionally
+//! sharded as transformers does; always under a temporary name, renamed when complete.
+//!
 //! ## Safety limits
 //!
 //! [`Limits`] bounds the pickle size, inflated record sizes (and deflate's 1032:1 ratio), memo
@@ -60,6 +71,8 @@
 pub mod archive;
 pub mod dcp;
 mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod index;
 pub mod loader;
 pub mod location;
 pub mod pickle;
@@ -69,6 +82,7 @@ pub mod source;
 pub mod torch;
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]
 pub mod wasm;
+pub mod write;
 
 pub use archive::{ByteOrder, Format};
 pub use dcp::{DcpFolder, Selection};
@@ -80,11 +94,26 @@ pub use place::{Backend, DeviceBuffer, Progress, StorageData};
 pub use plan::{Plan, PlannedStorage};
 pub use source::Source;
 pub use torch::{Dict, Dtype, Object, TensorKind, TensorMeta, Value};
+pub use write::{Report, Writer};
 
 /// Loads a checkpoint file with default options: `Loader::new().load(path)`.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn load(path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
     Loader::new().load(path)
+}
+
+/// Writes a checkpoint's tensors as a `.pt` file in torch.save's zip format, with default
+/// options: `Writer::new().save(ckpt, path)`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save(ckpt: &Checkpoint, path: impl AsRef<std::path::Path>) -> Result<Report> {
+    Writer::new().save(ckpt, path)
+}
+
+/// Writes a checkpoint's tensors as a `.safetensors` file, with default options:
+/// `Writer::new().save_safetensors(ckpt, path)`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_safetensors(ckpt: &Checkpoint, path: impl AsRef<std::path::Path>) -> Result<Report> {
+    Writer::new().save_safetensors(ckpt, path)
 }
 
 /// Loads a checkpoint from bytes with default options: `Loader::new().load_bytes(bytes)`.

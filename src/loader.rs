@@ -247,6 +247,9 @@ impl Loader {
         if path.as_ref().join(".metadata").is_file() {
             return self.open_dcp(path)?.load(); // a distributed checkpoint (crate::dcp)
         }
+        if crate::index::is_index(path.as_ref()) && path.as_ref().is_file() {
+            return self.load_index(path); // a sharded checkpoint (crate::index)
+        }
         let source = Source::open(path)?;
         self.load_source(source)
     }
@@ -434,6 +437,31 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint assembled from parts (the shards of an index file).
+    pub(crate) fn from_parts(
+        root: Value,
+        storages: Vec<Storage>,
+        format: Format,
+        byte_order: ByteOrder,
+        max_tensor_bytes: u64,
+    ) -> Self {
+        Checkpoint {
+            root,
+            constants: None,
+            storages,
+            format,
+            byte_order,
+            max_tensor_bytes,
+        }
+    }
+
+    /// The largest tensor [`Tensor::to_contiguous_bytes`] materializes (from the loader's
+    /// [`Limits`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub(crate) fn max_tensor_bytes(&self) -> u64 {
+        self.max_tensor_bytes
+    }
+
     /// Every tensor with its `.`-joined path, in file order. A tensor reachable by two paths
     /// (the same object saved twice) is listed at both.
     pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor<'_>)> + '_ {
@@ -451,7 +479,7 @@ impl Checkpoint {
         found?.as_tensor().map(|m| self.tensor_view(m))
     }
 
-    fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {
+    pub(crate) fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {
         Tensor {
             meta,
             storage: meta.storage.map(|id| &self.storages[id]),

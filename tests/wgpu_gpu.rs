@@ -392,7 +392,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Every fixture of tests/fixtures/make_convert.py converted on the GPU to float16 and float32,
+/// Every fixture of tests/fixtures/make_gpu_convert.py converted on the GPU to float16 and float32,
 /// read back, against torch's `.to()` digests: with the device's own binding size (one dispatch)
 /// and with 4 KiB bindings (hundreds of dispatches).
 #[test]
@@ -403,7 +403,7 @@ fn gpu_conversion_is_bit_exact_with_torch() {
         max_storage_buffer_binding_size: 4096,
         ..wgpu::Limits::downlevel_defaults()
     };
-    let table = fixture_json("expected_convert.json");
+    let table = fixture_json("expected_gpu_convert.json");
     let mut problems = Vec::new();
     for limits in [None, Some(small)] {
         let (_instance, device, queue) = gpu(limits.clone());

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // `ptload inspect [--json] [--sha256] [--map-location LOC]... [--no-weights-only] [--encoding NAME] FILE`:
 // the native CLI's `inspect`, same output, through the npm package. The path goes to load(),
-// which opens a file as a Blob (fs.openAsBlob) where Node has it, so only the directory, the
+// which reads a file by positioned reads, so only the directory, the
 // pickle and the tensor records are read, never the whole file at once; a distributed
 // checkpoint's folder loads consolidated, as natively.
 "use strict";

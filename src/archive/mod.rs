@@ -34,6 +34,8 @@ pub enum Format {
     /// A distributed checkpoint folder (`torch.distributed.checkpoint`): a `.metadata` and
     /// `.distcp` files of `torch.save` items.
     Dcp,
+    /// A `.safetensors` file (read by `ptload convert`, not by [`crate::Loader::load`]).
+    Safetensors,
 }
 
 impl Format {
@@ -45,6 +47,7 @@ impl Format {
             Format::Tar => "tar",
             Format::TorchScript => "torchscript",
             Format::Dcp => "dcp",
+            Format::Safetensors => "safetensors",
         }
     }
 }

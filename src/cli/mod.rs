@@ -1,4 +1,5 @@
 //! Subcommands of the `ptload` binary.
 
+pub mod convert;
 pub mod inspect;
 pub mod tree;

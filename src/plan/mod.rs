@@ -8,8 +8,10 @@
 //! | `zip.rs` | the zip format of `torch.save` and TorchScript archives |
 //! | `legacy.rs` | the legacy pickle stream |
 //! | `tar.rs` | the tar format of torch ≤ 0.1 |
+//! | `safetensors.rs` | a `.safetensors` file (for `ptload convert`) |
 
 mod legacy;
+mod safetensors;
 mod tar;
 mod zip;
 

@@ -46,6 +46,7 @@ mod convert;
 mod dcp;
 
 pub use dcp::DcpCheckpoint;
+mod write;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -43,3 +43,8 @@ test("a 5 GiB zip64 checkpoint from a Blob: tensors past 4 GiB go to WebGPU as t
   release(ckpt);
   assert.equal(device.live.size, 0);
 });
+
+test("a 5 GiB zip64 checkpoint by its path (Node): read by positioned reads at its true size", async () => {
+  const ckpt = await ptload.load(path);
+  assert.deepEqual(await compare(ckpt, want, "five_gib.pt"), []);
+});

@@ -155,7 +155,7 @@ async function placeOnWebGpu() {
     const bytes = ckpt.storages.filter((s) => s.device === "webgpu").reduce((a, s) => a + s.nbytes, 0);
     const rate = seconds > 0 ? bytes / seconds / 1e9 : 0;
     setStatus(
-      `placed ${tensors.length} tensors on WebGPU (${formatBytes(bytes)}) in ${(seconds * 1000).toFixed(0)} ms: ${rate.toFixed(2)} GB/s`,
+      `placed ${tensors.length} tensors on WebGPU (${formatBytes(bytes)}) in ${(seconds * 1000).toFixed(0)} ms: ${rate >= 1 ? rate.toFixed(2) : rate.toPrecision(2)} GB/s`,
       "ok",
     );
   } catch (e) {

@@ -8,7 +8,7 @@
 // target/web-screenshots/.
 
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -240,4 +240,91 @@ test("refused files show their message in #status, not a blank page", async () =
   outcome = await openFile(join(FIXTURES, "modules", "full_module.pt"), { weightsOnly: false });
   assert.equal(outcome.kind, "ok", outcome.text);
   assert.deepEqual(pageErrors, []);
+});
+
+test("loading shows bytes and percent; Cancel aborts a pending URL load", async () => {
+  await goto("/");
+  await page.evaluate(() => {
+    window.progressTexts = [];
+    new MutationObserver(() => window.progressTexts.push(document.getElementById("progress-text").textContent))
+      .observe(document.getElementById("progress-text"), { childList: true, characterData: true, subtree: true });
+  });
+  const path = join(FIXTURES, WEB.file);
+  assert.equal((await openFile(path)).kind, "ok");
+  const size = statSync(path).size;
+  const texts = await page.evaluate(() => window.progressTexts);
+  assert.ok(texts.some((t) => /^[\d.]+ KiB of [\d.]+ KiB \(100%\)$/.test(t)), JSON.stringify(texts));
+  assert.ok(texts.every((t) => t === "starting…" || / \(\d+%\)$/.test(t)), JSON.stringify(texts));
+  assert.ok(size > 1024);
+
+  // A response that never comes: the load waits until Cancel aborts it.
+  let release;
+  const held = new Promise((resolve) => { release = resolve; });
+  await page.route("**/held.pt", async (route) => { await held; await route.abort().catch(() => {}); });
+  await page.evaluate(() => { document.getElementById("status").className = "pending"; });
+  await page.fill("#url", `${server.url}/held.pt`);
+  await page.click("#url-form button[type=submit]");
+  await page.waitForSelector("#progress-row:not([hidden])");
+  assert.equal(await page.textContent("#status"), `Loading ${server.url}/held.pt…`);
+  await page.click("#cancel");
+  const outcome = await waitOutcome();
+  assert.deepEqual(outcome, { kind: "", text: "Cancelled." });
+  assert.equal(await page.isVisible("#progress-row"), false);
+  release();
+  await page.unroute("**/held.pt");
+});
+
+test("a file dropped on the page opens", async () => {
+  await goto("/");
+  await page.evaluate(async () => {
+    const bytes = await (await fetch("/fixtures/zip/state_dict.pt")).arrayBuffer();
+    const data = new DataTransfer();
+    data.items.add(new File([bytes], "dropped.pt"));
+    document.body.dispatchEvent(new DragEvent("drop", { dataTransfer: data, bubbles: true, cancelable: true }));
+  });
+  const outcome = await waitOutcome();
+  assert.equal(outcome.kind, "ok", outcome.text);
+  assert.match(outcome.text, /^Loaded dropped\.pt: /);
+  const want = fixtureJson("expected.json").files["zip/state_dict.pt"].tensors.map((t) => t.path);
+  assert.deepEqual((await rows()).map((r) => r.path), want);
+});
+
+test("map_location webgpu places while opening", async () => {
+  await goto("/");
+  const outcome = await openFile(join(FIXTURES, WEB.file), { mapLocation: "webgpu" });
+  assert.equal(outcome.kind, "ok", outcome.text);
+  assert.deepEqual([...new Set((await rows()).map((r) => r.device))], ["webgpu"]);
+  const problems = [];
+  compareStats("float8_e5m2", await statsOf("float8_e5m2"), WEB.stats.float8_e5m2, problems);
+  assert.deepEqual(problems, [], problems.join("\n"));
+  assert.deepEqual(pageErrors, []);
+});
+
+test("without WebGPU the placement button is disabled and says why", async () => {
+  const other = await browser.newPage();
+  await other.addInitScript(() => Object.defineProperty(Navigator.prototype, "gpu", { get: () => undefined }));
+  await other.goto(`${server.url}/`);
+  await other.waitForFunction(() => document.documentElement.dataset.ready === "true");
+  assert.equal(await other.isDisabled("#to-webgpu"), true);
+  const why = "WebGPU is not available in this browser (navigator.gpu is missing)";
+  assert.equal(await other.getAttribute("#to-webgpu", "title"), why);
+  assert.equal(await other.textContent("#gpu-note"), why);
+  assert.equal(await other.isDisabled('#map-location option[value="webgpu"]'), true);
+  await other.close();
+});
+
+test("Download .safetensors is offered exactly when the package has ckpt.toSafetensors", async () => {
+  await goto("/");
+  const has = await page.evaluate(async () => typeof (await import("/pkg/browser.mjs")).Checkpoint.prototype.toSafetensors === "function");
+  const rel = "zip/state_dict.pt";
+  assert.equal((await openFile(join(FIXTURES, rel))).kind, "ok");
+  assert.equal(await page.isVisible("#download"), has);
+  if (!has) return;
+  const [download] = await Promise.all([page.waitForEvent("download"), page.click("#download")]);
+  assert.equal(download.suggestedFilename(), "state_dict.safetensors");
+  const bytes = readFileSync(await download.path());
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, 8 + n).toString("utf8"));
+  const want = fixtureJson("expected.json").files[rel].tensors.map((t) => t.path).sort();
+  assert.deepEqual(Object.keys(header).filter((k) => k !== "__metadata__").sort(), want);
 });

@@ -8,7 +8,7 @@
 // `#to-webgpu` (then `#status` says `placed N tensors on WebGPU`).
 
 import { load, Storage, Tensor } from "/pkg/browser.mjs";
-import { decodable, decode, formatBytes, formatNumber, histogram, statistics } from "./numbers.mjs";
+import { decodable, formatBytes, formatNumber, summarize } from "./numbers.mjs";
 
 const $ = (id) => document.getElementById(id);
 const FIRST_ELEMENTS = 32;
@@ -392,8 +392,9 @@ async function select(row, t, path) {
     else {
       const bytes = await t.contiguousBytes();
       if (token !== state.detailToken) return;
-      const values = decode(bytes, t.dtype);
-      body = statsView(values, t);
+      const summary = await summarize(bytes, t.dtype, { first: FIRST_ELEMENTS, pause: () => new Promise((r) => setTimeout(r)) });
+      if (token !== state.detailToken) return;
+      body = statsView(summary, t);
     }
   } catch (e) {
     if (token !== state.detailToken) return;
@@ -405,11 +406,10 @@ async function select(row, t, path) {
   if (canvas) drawHistogram(canvas, canvas._data);
 }
 
-function statsView(values, t) {
-  const s = statistics(values);
+function statsView({ stats: s, counts, first: head, length }, t) {
   const cell = (label, v, bad) => el("div", { class: bad ? "bad" : "" }, el("dt", { text: label }), el("dd", { text: v }));
   const stats = el("dl", { id: "stats", "data-stats": JSON.stringify(s) },
-    cell("elements", values.length.toLocaleString("en")),
+    cell("elements", length.toLocaleString("en")),
     cell("min", formatNumber(s.min)),
     cell("max", formatNumber(s.max)),
     cell("mean", formatNumber(s.mean)),
@@ -419,11 +419,11 @@ function statsView(values, t) {
     cell("−Inf", String(s.neginf), s.neginf > 0),
   );
   const canvas = el("canvas", { id: "histogram" });
-  canvas._data = { counts: histogram(values, s.min, s.max), min: s.min, max: s.max };
-  const first = [...values.subarray(0, FIRST_ELEMENTS)].map(formatNumber).join(", ");
+  canvas._data = { counts, min: s.min, max: s.max };
+  const first = [...head].map(formatNumber).join(", ");
   const out = [stats, el("h3", { text: "Histogram of finite elements" }), canvas,
-    el("h3", { text: `First ${Math.min(FIRST_ELEMENTS, values.length)} of ${values.length.toLocaleString("en")} elements (C order)` }),
-    el("div", { id: "first", text: values.length > FIRST_ELEMENTS ? `${first}, …` : first || "(none)" })];
+    el("h3", { text: `First ${head.length} of ${length.toLocaleString("en")} elements (C order)` }),
+    el("div", { id: "first", text: length > head.length ? `${first}, …` : first || "(none)" })];
   if (t.dtype.startsWith("q")) out.splice(1, 0, el("p", { class: "hint", text: "Quantized: the stored integers, not dequantized." }));
   return out;
 }

@@ -1,7 +1,8 @@
 // Tensor elements as numbers for the viewer: decoding the C-order little-endian bytes of
 // `Tensor.contiguousBytes()` into a Float64Array (float16, bfloat16 and the float8 formats
-// decoded bit-exactly as torch's `.to(torch.float64)`), statistics over the finite elements,
-// and a histogram. No DOM here: tests/browser/web.test.mjs imports it in the page.
+// decoded bit-exactly as torch's `.to(torch.float64)`), statistics over the finite elements and
+// a histogram (chunk by chunk), and number formatting. No DOM here: tests/browser/web.test.mjs
+// imports it in the page.
 
 /** The value of every bit pattern of a small float format (sign, `e` exponent bits, `m`
  * mantissa bits, exponent bias), with its own rules for the top exponent. */
@@ -109,9 +110,29 @@ export function decode(bytes, dtype) {
   return out;
 }
 
-/** Statistics over the finite elements of `values`: count, min, max, mean, std (correction 1,
- * as torch's default; null below 2 elements), and counts of NaN, +Inf and -Inf. */
-export function statistics(values) {
+/** Bytes per element of a dtype `decode` handles. */
+function itemsize(dtype) {
+  const t = tableOf(dtype);
+  if (t) return t.length === 256 ? 1 : 2;
+  if (dtype === "bfloat16") return 2;
+  return DIRECT[dtype].BYTES_PER_ELEMENT;
+}
+
+/** Elements decoded at a time by `summarize` (so a big tensor never needs a Float64Array of
+ * all its elements). */
+const CHUNK = 1 << 20;
+
+/** Statistics, a histogram and the `first` elements of C-order little-endian `bytes` of
+ * `dtype`, decoding `chunk` elements at a time in two passes; `pause` (optional, awaited between
+ * chunks) lets the page stay responsive. Statistics are over the finite elements: count, min, max, mean, std (correction 1, as
+ * torch's default; null below 2 elements), and counts of NaN, +Inf and -Inf; the histogram has
+ * `bins` equal-width bins over [min, max]. */
+export async function summarize(bytes, dtype, { first = 32, bins = 60, chunk = CHUNK, pause } = {}) {
+  const size = itemsize(dtype);
+  const n = Math.floor(bytes.length / size);
+  const chunks = function* () {
+    for (let at = 0; at < n; at += chunk) yield decode(bytes.subarray(at * size, Math.min(n, at + chunk) * size), dtype);
+  };
   let count = 0;
   let nan = 0;
   let posinf = 0;
@@ -119,52 +140,53 @@ export function statistics(values) {
   let min = Infinity;
   let max = -Infinity;
   let sum = 0;
-  let c = 0; // Kahan compensation
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (v !== v) { nan++; continue; }
-    if (v === Infinity) { posinf++; continue; }
-    if (v === -Infinity) { neginf++; continue; }
-    count++;
-    if (v < min) min = v;
-    if (v > max) max = v;
-    const y = v - c;
-    const s = sum + y;
-    c = (s - sum) - y;
-    sum = s;
-  }
-  const mean = count ? sum / count : null;
-  let std = null;
-  if (count > 1) {
-    let sq = 0;
-    let k = 0;
+  let c = 0;
+  let head = null;
+  for (const values of chunks()) {
+    head ??= values.slice(0, first);
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
-      if (!Number.isFinite(v)) continue;
-      const y = (v - mean) * (v - mean) - k;
-      const s = sq + y;
-      k = (s - sq) - y;
-      sq = s;
+      if (v !== v) { nan++; continue; }
+      if (v === Infinity) { posinf++; continue; }
+      if (v === -Infinity) { neginf++; continue; }
+      count++;
+      if (v < min) min = v;
+      if (v > max) max = v;
+      const y = v - c;
+      const t = sum + y;
+      c = (t - sum) - y;
+      sum = t;
     }
-    std = Math.sqrt(sq / (count - 1));
+    if (pause) await pause();
+  }
+  const mean = count ? sum / count : null;
+  const counts = new Array(bins).fill(0);
+  let sq = 0;
+  let k = 0;
+  if (count) {
+    const width = max - min;
+    for (const values of chunks()) {
+      for (let i = 0; i < values.length; i++) {
+        const v = values[i];
+        if (!Number.isFinite(v)) continue;
+        const y = (v - mean) * (v - mean) - k;
+        const t = sq + y;
+        k = (t - sq) - y;
+        sq = t;
+        counts[width > 0 ? Math.min(bins - 1, Math.floor(((v - min) / width) * bins)) : bins >> 1]++;
+      }
+      if (pause) await pause();
+    }
   }
   return {
-    count, min: count ? min : null, max: count ? max : null, mean, std, nan, posinf, neginf,
+    stats: {
+      count, min: count ? min : null, max: count ? max : null, mean, std: count > 1 ? Math.sqrt(sq / (count - 1)) : null,
+      nan, posinf, neginf,
+    },
+    counts,
+    first: head ?? new Float64Array(0),
+    length: n,
   };
-}
-
-/** Counts of the finite elements in `bins` equal-width bins over [min, max]. */
-export function histogram(values, min, max, bins = 60) {
-  const counts = new Array(bins).fill(0);
-  if (min === null) return counts;
-  const width = max - min;
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i];
-    if (!Number.isFinite(v)) continue;
-    const b = width > 0 ? Math.min(bins - 1, Math.floor(((v - min) / width) * bins)) : Math.floor(bins / 2);
-    counts[b]++;
-  }
-  return counts;
 }
 
 /** A number as people read it: up to 6 significant digits, exponent form when very large or small. */

@@ -178,6 +178,20 @@ test("the page's decoder gives torch's float64 value of every float16/bfloat16/f
   assert.deepEqual(got, WEB.decode);
 });
 
+test("statistics computed in small chunks (chunk boundaries everywhere) are torch's too", async () => {
+  const got = await page.evaluate(async (file) => {
+    const { load } = await import("/pkg/browser.mjs");
+    const { summarize } = await import("/numbers.mjs");
+    const ckpt = await load(await fetch(`/fixtures/${file}`));
+    const out = {};
+    for (const [path, t] of ckpt.tensors()) out[path] = (await summarize(await t.contiguousBytes(), t.dtype, { chunk: 7 })).stats;
+    return out;
+  }, WEB.file);
+  const problems = [];
+  for (const [path, want] of Object.entries(WEB.stats)) compareStats(path, got[path], want, problems);
+  assert.deepEqual(problems, [], problems.join("\n"));
+});
+
 test("Place on WebGPU places every tensor, and statistics read back from the GPU are torch's", async () => {
   const enabled = await page.evaluate(() => !!navigator.gpu && !document.getElementById("to-webgpu").disabled);
   assert.ok(enabled, "navigator.gpu is missing in Chromium: the WebGPU flags did not take");

@@ -309,7 +309,6 @@ function renderTree(ckpt) {
     if (!queue.has(t)) queue.set(t, []);
     queue.get(t).push(path);
   }
-  const openDepth = tensors.length > 400 ? 1 : 3;
   const seen = new Set();
 
   function node(label, v, path, walked, depth) {
@@ -327,7 +326,8 @@ function renderTree(ckpt) {
     const kind = kindOf(v, kids.length);
     const summary = el("summary", {}, el("span", { class: "key", text: label }), " ",
       kind ? el("span", { class: "kind", text: kind }) : el("span", { class: "cls", text: v.__class__ }));
-    const details = el("details", { open: depth < openDepth }, summary);
+    // Open the first levels, unless a container is too long to read (the filter opens it).
+    const details = el("details", { open: depth === 0 || (depth < 3 && kids.length <= 2000) }, summary);
     for (const [childLabel, seg, x, childWalked] of kids) {
       const childPath = seg === null ? path : join(path, seg);
       details.append(node(childLabel, x, childPath, walked && childWalked, depth + 1));

@@ -321,9 +321,13 @@ function renderTree(ckpt) {
       return el("div", { class: "leaf" }, el("span", { class: "key", text: label }), el("span", { class: "value", text }));
     }
     if (seen.has(v)) return el("div", { class: "leaf" }, el("span", { class: "key", text: label }), el("span", { class: "value", text: "(cycle)" }));
-    seen.add(v);
     const kids = childrenOf(v);
     const kind = kindOf(v, kids.length);
+    if (!kids.length) {
+      return el("div", { class: "leaf" }, el("span", { class: "key", text: label }),
+        kind ? el("span", { class: "kind", text: kind }) : el("span", { class: "cls", text: v.__class__ }));
+    }
+    seen.add(v);
     const summary = el("summary", {}, el("span", { class: "key", text: label }), " ",
       kind ? el("span", { class: "kind", text: kind }) : el("span", { class: "cls", text: v.__class__ }));
     // Open the first levels, unless a container is too long to read (the filter opens it).

@@ -22,6 +22,8 @@ const state = {
   /** The row of the selected tensor, and a counter that drops stale detail renders. */
   selected: null,
   detailToken: 0,
+  /** Counts loads: a load that a newer one replaced neither shows nor reports anything. */
+  loadSeq: 0,
   device: null,
 };
 
@@ -131,12 +133,15 @@ async function open(source, name) {
   state.source = source;
   state.name = name;
   setStatus(`Loading ${name}…`, "busy");
+  const seq = ++state.loadSeq;
   try {
     const { ckpt, seconds } = await loadSource(source);
+    if (seq !== state.loadSeq) return freeGpu(ckpt);
     show(ckpt);
     const n = ckpt.tensors().length;
     setStatus(`Loaded ${name}: ${n} tensor${n === 1 ? "" : "s"} in ${(seconds * 1000).toFixed(0)} ms.`, "ok");
   } catch (e) {
+    if (seq !== state.loadSeq) return;
     show(null);
     setStatus(errorText(e), e && e.name === "AbortError" ? "" : "error");
   }
@@ -147,8 +152,10 @@ async function placeOnWebGpu() {
   const button = $("to-webgpu");
   button.disabled = true;
   setStatus(`Placing ${state.name} on WebGPU…`, "busy");
+  const seq = ++state.loadSeq;
   try {
     const { ckpt, seconds } = await loadSource(state.source, { mapLocation: "webgpu" });
+    if (seq !== state.loadSeq) return freeGpu(ckpt);
     const selected = state.selected?.dataset.path;
     show(ckpt, selected);
     const tensors = ckpt.tensors().filter(([, t]) => t.device === "webgpu");
@@ -159,7 +166,7 @@ async function placeOnWebGpu() {
       "ok",
     );
   } catch (e) {
-    setStatus(errorText(e), e && e.name === "AbortError" ? "" : "error");
+    if (seq === state.loadSeq) setStatus(errorText(e), e && e.name === "AbortError" ? "" : "error");
   } finally {
     button.disabled = false;
   }

@@ -113,7 +113,13 @@ async function loadSource(source, override = {}) {
   try {
     let input = source;
     if (typeof source === "string") {
-      const response = await fetch(source, { signal: controller.signal });
+      let response;
+      try {
+        response = await fetch(source, { signal: controller.signal });
+      } catch (e) {
+        if (e && e.name === "AbortError") throw e;
+        throw new Error(`${source}: the request failed (${errorText(e)}): is the URL right, and does its server allow this page to read it (CORS)?`);
+      }
       if (!response.ok) throw new Error(`${source}: HTTP status ${response.status} ${response.statusText}`);
       input = response;
     }

@@ -237,6 +237,10 @@ test("?url= opens a checkpoint from a URL", async () => {
   const missing = await waitOutcome();
   assert.equal(missing.kind, "error");
   assert.match(missing.text, /no-such-file\.pt: HTTP status 404/);
+  await goto(`/?url=${encodeURIComponent("http://127.0.0.1:1/unreachable.pt")}`);
+  const unreachable = await waitOutcome();
+  assert.equal(unreachable.kind, "error");
+  assert.match(unreachable.text, /^http:\/\/127\.0\.0\.1:1\/unreachable\.pt: the request failed \(.*\): is the URL right/);
 });
 
 test("refused files show their message in #status, not a blank page", async () => {

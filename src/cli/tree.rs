@@ -292,7 +292,7 @@ struct Text<'c> {
     options: &'c TextOptions,
     /// Listed tensors by path (for `--sha256`; `Checkpoint::tensor` cannot find keys that
     /// hold dots, such as a state dict's `0.weight`).
-    tensors: HashMap<String, Tensor<'c>>,
+    tensors: HashMap<&'c str, Tensor<'c>>,
     out: String,
 }
 

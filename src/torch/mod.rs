@@ -50,6 +50,12 @@ pub struct Parsed {
     pub end: usize,
 }
 
+impl Drop for Parsed {
+    fn drop(&mut self) {
+        self.root.dismantle(); // a deep tree must not overflow the dropping thread's stack
+    }
+}
+
 /// The hooks torch gives the pickle machine.
 struct TorchHooks {
     weights_only: bool,

@@ -208,40 +208,119 @@ impl Value {
 
     /// Adds `offset` to every storage id in the tree (to merge the storages of two pickles).
     pub fn shift_storage_ids(&mut self, offset: StorageId) {
-        match self {
-            Value::Tensor(t) => {
-                if let Some(id) = &mut t.storage {
-                    *id += offset;
+        // An explicit stack: a tree of any depth, on any thread.
+        let mut stack: Vec<&mut Value> = vec![self];
+        while let Some(value) = stack.pop() {
+            match value {
+                Value::Tensor(t) => {
+                    if let Some(id) = &mut t.storage {
+                        *id += offset;
+                    }
                 }
+                Value::Storage(id) => *id += offset,
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => stack.extend(items.iter_mut()),
+                Value::Dict(d) => {
+                    for (k, v) in &mut d.items {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                    stack.extend(d.attributes.iter_mut().map(|(_, v)| v));
+                }
+                Value::Object(o) => {
+                    stack.extend(o.args.iter_mut());
+                    stack.extend(o.state.as_mut());
+                    stack.extend(o.list_items.iter_mut());
+                    for (k, v) in &mut o.dict_items {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                }
+                _ => {}
             }
-            Value::Storage(id) => *id += offset,
+        }
+    }
+
+    /// Whether [`Value::children`] may yield anything (lists, tuples, sets, dicts, objects).
+    pub fn has_children(&self) -> bool {
+        matches!(
+            self,
+            Value::List(_)
+                | Value::Tuple(_)
+                | Value::Set(_)
+                | Value::FrozenSet(_)
+                | Value::Dict(_)
+                | Value::Object(_)
+        )
+    }
+
+    /// The `i`-th child in [`Value::children`]'s order, without building its path segment.
+    pub fn child_at(&self, i: usize) -> Option<&Value> {
+        match self {
             Value::List(items)
             | Value::Tuple(items)
             | Value::Set(items)
-            | Value::FrozenSet(items) => items.iter_mut().for_each(|v| v.shift_storage_ids(offset)),
-            Value::Dict(d) => {
-                for (k, v) in &mut d.items {
-                    k.shift_storage_ids(offset);
-                    v.shift_storage_ids(offset);
-                }
-                d.attributes
-                    .iter_mut()
-                    .for_each(|(_, v)| v.shift_storage_ids(offset));
-            }
+            | Value::FrozenSet(items) => items.get(i),
+            Value::Dict(d) => d.items.get(i).map(|(_, v)| v),
             Value::Object(o) => {
-                o.args.iter_mut().for_each(|v| v.shift_storage_ids(offset));
-                if let Some(state) = &mut o.state {
-                    state.shift_storage_ids(offset);
+                let mut i = i;
+                let state_dicts: &[Value] = match &o.state {
+                    Some(v @ Value::Dict(_)) => std::slice::from_ref(v),
+                    Some(Value::Tuple(parts)) => parts,
+                    _ => &[],
+                };
+                for part in state_dicts {
+                    if let Value::Dict(d) = part {
+                        match d.items.get(i) {
+                            Some((_, v)) => return Some(v),
+                            None => i -= d.items.len(),
+                        }
+                    }
                 }
-                o.list_items
-                    .iter_mut()
-                    .for_each(|v| v.shift_storage_ids(offset));
-                for (k, v) in &mut o.dict_items {
-                    k.shift_storage_ids(offset);
-                    v.shift_storage_ids(offset);
+                match o.dict_items.get(i) {
+                    Some((_, v)) => Some(v),
+                    None => o.list_items.get(i - o.dict_items.len()),
                 }
             }
-            _ => {}
+            _ => None,
+        }
+    }
+
+    /// Empties the tree without recursion, so that dropping a tree of any depth cannot
+    /// overflow the stack (the derived drop recurses once per level). Leaves `Value::None`.
+    pub fn dismantle(&mut self) {
+        let mut stack = vec![std::mem::replace(self, Value::None)];
+        while let Some(mut value) = stack.pop() {
+            match &mut value {
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => stack.append(items),
+                Value::Dict(d) => {
+                    for (k, v) in d.items.drain(..) {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                    stack.extend(d.attributes.drain(..).map(|(_, v)| v));
+                }
+                Value::Tensor(t) => {
+                    stack.extend(t.quantizer.take().map(|q| *q));
+                    stack.extend(t.attributes.take().map(|a| *a));
+                }
+                Value::Object(o) => {
+                    stack.append(&mut o.args);
+                    stack.extend(o.state.take());
+                    stack.append(&mut o.list_items);
+                    for (k, v) in o.dict_items.drain(..) {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                }
+                _ => {}
+            }
+            // `value` has no children left: dropping it recurses no further.
         }
     }
 
@@ -410,6 +489,52 @@ mod tests {
             attributes: vec![],
         }));
         assert_eq!(v.get_path("3.1"), Some(&Value::Float(1.0)));
+        assert_eq!(v.child_at(1), Some(&Value::Tuple(vec![Value::Bool(true)])));
         assert_eq!(v.to_string(), "{3: [None, 1.0], \"a\": (True,)}");
+    }
+
+    #[test]
+    fn child_at_follows_children_order() {
+        let d = |k: &str| {
+            Value::Dict(Box::new(Dict {
+                class: "dict".into(),
+                items: vec![(Value::Str(k.into()), Value::Int(k.len() as i64))],
+                attributes: vec![],
+            }))
+        };
+        for state in [
+            None,
+            Some(d("s")),
+            Some(Value::Tuple(vec![d("a"), Value::None, d("bb")])),
+        ] {
+            let o = Value::Object(Box::new(Object {
+                class: "m.C".into(),
+                args: vec![Value::Int(9)],
+                state,
+                list_items: vec![Value::Str("l".into())],
+                dict_items: vec![(Value::Str("k".into()), Value::Float(2.0))],
+            }));
+            let n = o.children().count();
+            for (i, (_, child)) in o.children().enumerate() {
+                assert_eq!(o.child_at(i), Some(child), "{o:?} {i}");
+            }
+            assert_eq!(o.child_at(n), None);
+        }
+    }
+
+    #[test]
+    fn deep_trees_are_dismantled_and_shifted_without_recursion() {
+        let mut v = Value::Tensor(Box::new(meta(&[1], &[1])));
+        for _ in 0..200_000 {
+            v = Value::List(vec![v]);
+        }
+        v.shift_storage_ids(3);
+        let mut inner = &v;
+        while let Value::List(items) = inner {
+            inner = &items[0];
+        }
+        assert_eq!(inner.as_tensor().and_then(|t| t.storage), Some(3));
+        v.dismantle();
+        assert_eq!(v, Value::None);
     }
 }

@@ -382,65 +382,86 @@ pub fn key_segment(key: &Value) -> String {
 }
 
 impl fmt::Display for Value {
-    /// A short Python-like rendering (tensors and objects abbreviated).
+    /// A short Python-like rendering (tensors and objects abbreviated). Written with an explicit
+    /// stack: a value of any depth displays on any thread.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn seq(
-            f: &mut fmt::Formatter<'_>,
-            open: &str,
-            items: &[Value],
-            close: &str,
-        ) -> fmt::Result {
-            f.write_str(open)?;
+        /// Text still to write: punctuation, or a value.
+        enum Part<'v> {
+            Text(&'static str),
+            Value(&'v Value),
+        }
+        fn seq<'v>(
+            parts: &mut Vec<Part<'v>>,
+            open: &'static str,
+            items: &'v [Value],
+            close: &'static str,
+        ) {
+            parts.push(Part::Text(open));
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    f.write_str(", ")?;
+                    parts.push(Part::Text(", "));
                 }
-                write!(f, "{v}")?;
+                parts.push(Part::Value(v));
             }
             if open == "(" && items.len() == 1 {
-                f.write_str(",")?;
+                parts.push(Part::Text(","));
             }
-            f.write_str(close)
+            parts.push(Part::Text(close));
         }
-        match self {
-            Value::None => f.write_str("None"),
-            Value::Bool(b) => f.write_str(if *b { "True" } else { "False" }),
-            Value::Int(i) => write!(f, "{i}"),
-            Value::BigInt(s) => f.write_str(s),
-            Value::Float(x) => {
-                if x.is_nan() {
-                    f.write_str("nan")
-                } else if x.is_infinite() {
-                    f.write_str(if *x > 0.0 { "inf" } else { "-inf" })
-                } else if x.fract() == 0.0 && x.abs() < 1e16 {
-                    write!(f, "{x:.1}")
-                } else {
-                    write!(f, "{x}")
+        let mut stack = vec![Part::Value(self)];
+        let mut next = Vec::new();
+        while let Some(part) = stack.pop() {
+            let value = match part {
+                Part::Text(text) => {
+                    f.write_str(text)?;
+                    continue;
                 }
-            }
-            Value::Complex(re, im) => write!(f, "({re}{im:+}j)"),
-            Value::Str(s) => write!(f, "{s:?}"),
-            Value::Bytes(b) => write!(f, "b{:?}", String::from_utf8_lossy(b)),
-            Value::ByteArray(b) => write!(f, "bytearray(b{:?})", String::from_utf8_lossy(b)),
-            Value::List(items) => seq(f, "[", items, "]"),
-            Value::Tuple(items) => seq(f, "(", items, ")"),
-            Value::Set(items) => seq(f, "{", items, "}"),
-            Value::FrozenSet(items) => seq(f, "frozenset({", items, "})"),
-            Value::Dict(d) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in d.items.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
+                Part::Value(value) => value,
+            };
+            match value {
+                Value::None => f.write_str("None")?,
+                Value::Bool(b) => f.write_str(if *b { "True" } else { "False" })?,
+                Value::Int(i) => write!(f, "{i}")?,
+                Value::BigInt(s) => f.write_str(s)?,
+                Value::Float(x) => {
+                    if x.is_nan() {
+                        f.write_str("nan")?
+                    } else if x.is_infinite() {
+                        f.write_str(if *x > 0.0 { "inf" } else { "-inf" })?
+                    } else if x.fract() == 0.0 && x.abs() < 1e16 {
+                        write!(f, "{x:.1}")?
+                    } else {
+                        write!(f, "{x}")?
                     }
-                    write!(f, "{k}: {v}")?;
                 }
-                f.write_str("}")
+                Value::Complex(re, im) => write!(f, "({re}{im:+}j)")?,
+                Value::Str(s) => write!(f, "{s:?}")?,
+                Value::Bytes(b) => write!(f, "b{:?}", String::from_utf8_lossy(b))?,
+                Value::ByteArray(b) => write!(f, "bytearray(b{:?})", String::from_utf8_lossy(b))?,
+                Value::List(items) => seq(&mut next, "[", items, "]"),
+                Value::Tuple(items) => seq(&mut next, "(", items, ")"),
+                Value::Set(items) => seq(&mut next, "{", items, "}"),
+                Value::FrozenSet(items) => seq(&mut next, "frozenset({", items, "})"),
+                Value::Dict(d) => {
+                    next.push(Part::Text("{"));
+                    for (i, (k, v)) in d.items.iter().enumerate() {
+                        if i > 0 {
+                            next.push(Part::Text(", "));
+                        }
+                        next.push(Part::Value(k));
+                        next.push(Part::Text(": "));
+                        next.push(Part::Value(v));
+                    }
+                    next.push(Part::Text("}"));
+                }
+                Value::Tensor(t) => write!(f, "tensor({} {:?})", t.dtype, t.shape)?,
+                Value::Storage(id) => write!(f, "storage#{id}")?,
+                Value::Object(o) => write!(f, "<{} object>", o.class)?,
+                Value::Global(name) => f.write_str(name)?,
             }
-            Value::Tensor(t) => write!(f, "tensor({} {:?})", t.dtype, t.shape),
-            Value::Storage(id) => write!(f, "storage#{id}"),
-            Value::Object(o) => write!(f, "<{} object>", o.class),
-            Value::Global(name) => f.write_str(name),
+            stack.extend(next.drain(..).rev());
         }
+        Ok(())
     }
 }
 
@@ -533,8 +554,16 @@ mod tests {
         while let Value::List(items) = inner {
             inner = &items[0];
         }
-        assert_eq!(inner.as_tensor().and_then(|t| t.storage), Some(3));
-        v.dismantle();
+        let shifted = inner.as_tensor().and_then(|t| t.storage);
+        let text = v.to_string();
+        let want = format!(
+            "{}tensor(float32 [1]){}",
+            "[".repeat(200_000),
+            "]".repeat(200_000)
+        );
+        v.dismantle(); // before any assertion: unwinding would drop the tree recursively
+        assert!(text == want, "{} bytes", text.len());
+        assert_eq!(shifted, Some(3));
         assert_eq!(v, Value::None);
     }
 }

@@ -22,6 +22,10 @@ pub struct Error {
 struct Inner {
     file: Option<String>,
     kind: ErrorKind,
+    /// The record and byte offset (within it) the error is about, when the kind does not say.
+    at: Option<(String, u64)>,
+    /// The path of the tensor the error is about.
+    tensor_path: Option<String>,
 }
 
 /// What went wrong.
@@ -148,8 +152,68 @@ impl Error {
     /// An error of this kind, not yet tied to a file.
     pub fn new(kind: ErrorKind) -> Self {
         Error {
-            inner: Box::new(Inner { file: None, kind }),
+            inner: Box::new(Inner {
+                file: None,
+                kind,
+                at: None,
+                tensor_path: None,
+            }),
         }
+    }
+
+    /// The error for a pickle that could not be read: [`ErrorKind::LimitExceeded`] when one of
+    /// the machine's bounds stopped it (at the opcode's offset), else [`ErrorKind::Pickle`].
+    pub(crate) fn pickle(record: &str, error: PickleError) -> Self {
+        match error.limit {
+            Some(hit) => Error::limit(hit.limit, hit.value, hit.max).at(record, error.offset),
+            None => Error::new(ErrorKind::Pickle {
+                record: record.to_owned(),
+                error,
+            }),
+        }
+    }
+
+    /// Ties the error to a byte offset within a record (a pickle's opcode).
+    pub(crate) fn at(mut self, record: &str, offset: u64) -> Self {
+        self.inner.at = Some((record.to_owned(), offset));
+        self
+    }
+
+    /// Ties the error to the tensor at `path`.
+    pub(crate) fn for_tensor(mut self, path: impl Into<String>) -> Self {
+        self.inner.tensor_path = Some(path.into());
+        self
+    }
+
+    /// The byte offset the error is about, when one is known: absolute in the file for the
+    /// container's structures and records ([`ErrorKind::Zip`], [`ErrorKind::Record`],
+    /// [`ErrorKind::StorageSize`]); within the pickle's record ([`Error::record`]) for pickle
+    /// errors, weights-only refusals and the pickle machine's limits.
+    pub fn offset(&self) -> Option<u64> {
+        match &self.inner.kind {
+            ErrorKind::Zip { offset, .. }
+            | ErrorKind::Record { offset, .. }
+            | ErrorKind::StorageSize { offset, .. } => Some(*offset),
+            ErrorKind::Pickle { error, .. } => Some(error.offset),
+            _ => self.inner.at.as_ref().map(|(_, offset)| *offset),
+        }
+    }
+
+    /// The record (`archive/data.pkl`, `archive/data/0`) the error is about, when known.
+    pub fn record(&self) -> Option<&str> {
+        match &self.inner.kind {
+            ErrorKind::Record { record, .. }
+            | ErrorKind::StorageSize { record, .. }
+            | ErrorKind::Pickle { record, .. } => Some(record),
+            ErrorKind::MissingRecord { name } => Some(name),
+            _ => self.inner.at.as_ref().map(|(record, _)| record.as_str()),
+        }
+    }
+
+    /// The `.`-joined path of the tensor the error is about (as [`crate::Checkpoint::tensors`]
+    /// would have named it), when the error is about one tensor.
+    pub fn tensor_path(&self) -> Option<&str> {
+        self.inner.tensor_path.as_deref()
     }
 
     /// What went wrong.
@@ -278,6 +342,13 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(file) = &self.inner.file {
             write!(f, "{file}: ")?;
+        }
+        // Where in a record, unless the kind's own text is torch's (weights-only refusals).
+        if let (Some((record, offset)), false) = (
+            &self.inner.at,
+            matches!(self.inner.kind, ErrorKind::WeightsOnly { .. }),
+        ) {
+            write!(f, "{record} byte 0x{offset:X}: ")?;
         }
         write!(f, "{}", self.inner.kind)
     }

@@ -24,7 +24,17 @@ use crate::torch::{self, layout, rebuild::TreeLimits, Dtype, TensorMeta, Value};
 
 /// Safety limits. Each guards time or memory against a hostile file; raise one (or use
 /// [`Limits::none`]) for a trusted file that exceeds it.
+///
+/// Build one from [`Limits::default`] or [`Limits::none`] with the `with_*` setters (new
+/// limits may be added, so the struct cannot be written out literally):
+///
+/// ```
+/// let limits = ptload::Limits::default().with_max_depth(5000).with_max_values(50_000_000);
+/// let mut loader = ptload::Loader::new();
+/// loader.limits(limits);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest pickle (`data.pkl`) read, in bytes. Real pickles are kilobytes to a few MB.
     pub max_pickle_bytes: u64,
@@ -83,6 +93,60 @@ impl Limits {
             max_rank: u64::MAX,
             max_tensor_bytes: u64::MAX,
         }
+    }
+
+    /// Sets [`Limits::max_pickle_bytes`].
+    pub fn with_max_pickle_bytes(mut self, max_pickle_bytes: u64) -> Self {
+        self.max_pickle_bytes = max_pickle_bytes;
+        self
+    }
+
+    /// Sets [`Limits::max_record_bytes`].
+    pub fn with_max_record_bytes(mut self, max_record_bytes: u64) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
+    }
+
+    /// Sets [`Limits::max_pickle_nodes`].
+    pub fn with_max_pickle_nodes(mut self, max_pickle_nodes: u64) -> Self {
+        self.max_pickle_nodes = max_pickle_nodes;
+        self
+    }
+
+    /// Sets [`Limits::max_memo_entries`].
+    pub fn with_max_memo_entries(mut self, max_memo_entries: u64) -> Self {
+        self.max_memo_entries = max_memo_entries;
+        self
+    }
+
+    /// Sets [`Limits::max_depth`].
+    pub fn with_max_depth(mut self, max_depth: u64) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Sets [`Limits::max_values`].
+    pub fn with_max_values(mut self, max_values: u64) -> Self {
+        self.max_values = max_values;
+        self
+    }
+
+    /// Sets [`Limits::max_storages`].
+    pub fn with_max_storages(mut self, max_storages: u64) -> Self {
+        self.max_storages = max_storages;
+        self
+    }
+
+    /// Sets [`Limits::max_rank`].
+    pub fn with_max_rank(mut self, max_rank: u64) -> Self {
+        self.max_rank = max_rank;
+        self
+    }
+
+    /// Sets [`Limits::max_tensor_bytes`].
+    pub fn with_max_tensor_bytes(mut self, max_tensor_bytes: u64) -> Self {
+        self.max_tensor_bytes = max_tensor_bytes;
+        self
     }
 }
 

@@ -481,10 +481,7 @@ fn a_long_stream_of_trivial_opcodes_is_linear() {
     assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
     // With a smaller pickle cap it is refused before inflating anything.
     let e = Loader::new()
-        .limits(ptload::Limits {
-            max_pickle_bytes: 1 << 20,
-            ..Default::default()
-        })
+        .limits(ptload::Limits::default().with_max_pickle_bytes(1 << 20))
         .load_bytes(zip)
         .unwrap_err();
     assert!(

@@ -202,10 +202,7 @@ fn declared_size_over_the_limit_is_refused_before_allocating() {
         .add("version", b"3\n")
         .finish();
     let e = ptload::Loader::new()
-        .limits(ptload::Limits {
-            max_pickle_bytes: 1 << 20,
-            ..Default::default()
-        })
+        .limits(ptload::Limits::default().with_max_pickle_bytes(1 << 20))
         .load_bytes(zip)
         .unwrap_err();
     assert!(

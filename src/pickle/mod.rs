@@ -72,6 +72,19 @@ pub struct PickleError {
     pub opcode: Option<u8>,
     /// What went wrong.
     pub message: String,
+    /// When a [`PickleLimits`] bound stopped the machine: which, as a `Limits` field.
+    pub limit: Option<LimitHit>,
+}
+
+/// A bound of [`PickleLimits`] that was exceeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The `Limits` field that sets it (`max_pickle_nodes`, `max_memo_entries`).
+    pub limit: &'static str,
+    /// The value met.
+    pub value: u64,
+    /// The bound.
+    pub max: u64,
 }
 
 impl fmt::Display for PickleError {

@@ -64,6 +64,8 @@ struct TorchHooks {
     table: StorageTable,
     max_storages: usize,
     refused: Option<String>,
+    /// Set when `max_storages` stopped the pickle (its value).
+    storage_limit: Option<usize>,
 }
 
 impl Hooks for TorchHooks {
@@ -104,7 +106,14 @@ impl Hooks for TorchHooks {
                 return Ok(fields[0]);
             }
         }
-        self.table.persistent_load(arena, pid, self.max_storages)
+        let max = self.max_storages;
+        self.table
+            .persistent_load(arena, pid, max)
+            .inspect_err(|message| {
+                if message.starts_with("limit max_storages exceeded") {
+                    self.storage_limit = Some(max);
+                }
+            })
     }
 }
 
@@ -128,6 +137,7 @@ fn run_pickle(
         table,
         max_storages: options.max_storages,
         refused: None,
+        storage_limit: None,
     };
     match pickle::load_pickle(
         bytes,
@@ -138,11 +148,14 @@ fn run_pickle(
     ) {
         Ok((root, end)) => Ok((arena, root, end, hooks.table)),
         Err(error) => Err(match hooks.refused {
-            Some(message) => Error::new(ErrorKind::WeightsOnly { message }),
-            None => Error::new(ErrorKind::Pickle {
-                record: record.to_owned(),
-                error,
-            }),
+            Some(message) => {
+                Error::new(ErrorKind::WeightsOnly { message }).at(record, error.offset)
+            }
+            None => match hooks.storage_limit {
+                Some(max) => Error::limit("max_storages", max as u64 + 1, max as u64)
+                    .at(record, error.offset),
+                None => Error::pickle(record, error),
+            },
         }),
     }
 }

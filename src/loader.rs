@@ -296,7 +296,14 @@ impl Loader {
         self
     }
 
-    /// Loads a checkpoint file (memory-mapped: CPU storages borrow from the map).
+    /// Loads a checkpoint file, memory-mapped (with the `mmap` feature, on by default): CPU
+    /// storages borrow from the map.
+    ///
+    /// The file must not change while the checkpoint is alive: CPU tensors read the map, so
+    /// another process truncating or rewriting the file changes their bytes, or ends the
+    /// process with `SIGBUS` when a page is gone. For a file that may change under you, read it
+    /// yourself and use [`Loader::load_bytes`] (`std::fs::read(path)`), which owns its bytes.
+    /// A path that is a folder with a `.metadata` file loads as a distributed checkpoint.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(&self, path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
         if path.as_ref().join(".metadata").is_file() {

@@ -143,3 +143,30 @@ fn container_errors_have_offsets() {
     assert!(e.offset().is_some(), "{e}");
     assert_eq!(e.tensor_path(), None);
 }
+
+#[test]
+fn inflated_records_are_limited() {
+    // 1024 floats, deflated; the record may inflate to at most 1000 bytes.
+    let data = vec![0u8; 4096];
+    let pickle = Pickle::new()
+        .tensor("FloatStorage", "0", 1024, 0, &[1024], &[1])
+        .stop();
+    let bytes = ZipBuilder::new("archive")
+        .add("data.pkl", &pickle)
+        .add_entry("archive/data/0", &common::deflate(&data), 8, 4096)
+        .add("version", b"3\n")
+        .finish();
+    let e = Loader::new()
+        .limits(Limits::default().with_max_record_bytes(1000))
+        .load_bytes(bytes.clone())
+        .unwrap_err();
+    assert_limit(&e, "max_record_bytes", 4096, 1000);
+    let ckpt = Loader::new()
+        .limits(Limits::default().with_max_record_bytes(4096))
+        .load_bytes(bytes)
+        .unwrap();
+    assert_eq!(
+        ckpt.tensor("").unwrap().to_contiguous_bytes().unwrap(),
+        data
+    );
+}

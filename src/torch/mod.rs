@@ -4,13 +4,19 @@
 pub mod dtype;
 pub mod json;
 pub mod layout;
+// Internals, public for the fuzz targets, tests and benches only (not a stable API).
+#[doc(hidden)]
 pub mod policy;
+#[doc(hidden)]
 pub mod rebuild;
+#[doc(hidden)]
 pub mod storage;
+#[doc(hidden)]
 pub mod tar;
 pub mod value;
 
 pub use dtype::Dtype;
+#[doc(hidden)]
 pub use storage::{StorageRef, StorageTable};
 pub use value::{Dict, Object, StorageId, TensorKind, TensorMeta, Value};
 
@@ -19,6 +25,7 @@ use crate::pickle::{self, Arena, Hooks, NodeId, PickleLimits, StringEncoding};
 
 /// Options for reading one pickle as torch does.
 #[derive(Clone, Copy, Debug)]
+#[doc(hidden)]
 pub struct PickleOptions {
     /// Refuse globals outside torch's allowlist (spec §6).
     pub weights_only: bool,
@@ -41,6 +48,7 @@ pub struct PickleOptions {
 
 /// The result of reading a checkpoint's main pickle.
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct Parsed {
     /// The object tree.
     pub root: Value,
@@ -118,6 +126,7 @@ impl Hooks for TorchHooks {
 }
 
 /// Reads `bytes` (the record `record`, for errors) as a torch pickle and builds its tree.
+#[doc(hidden)]
 pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Result<Parsed> {
     parse_pickle_with(bytes, record, options, StorageTable::default())
 }
@@ -161,6 +170,7 @@ fn run_pickle(
 }
 
 /// [`parse_pickle`] with storages (and tar objects) already known.
+#[doc(hidden)]
 pub fn parse_pickle_with(
     bytes: &[u8],
     record: &str,

@@ -282,7 +282,7 @@ impl Drop for Plan {
 }
 
 impl Plan {
-    /// Every tensor with its path, in file order (as [`Checkpoint::tensors`]).
+    /// Every tensor with its path, in file order (as [`crate::Checkpoint::tensors`]).
     pub fn tensors(&self) -> Vec<(String, &TensorMeta)> {
         tensors_of(&self.root, self.constants.as_ref())
     }

@@ -211,3 +211,76 @@ fn declared_size_over_the_limit_is_refused_before_allocating() {
         "{e}"
     );
 }
+
+/// Sets every entry's CRC-32 (central and local headers) from its data, for readers that
+/// check it (the `zip` crate); `entries` are `(uncompressed data)` in directory order.
+fn with_crcs(mut zip: Vec<u8>, entries: &[&[u8]]) -> Vec<u8> {
+    let eocd = zip.len() - 22;
+    let cd_offset = u32::from_le_bytes(zip[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    let mut pos = cd_offset;
+    for data in entries {
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        let crc = crc.sum().to_le_bytes();
+        let name_len = u16::from_le_bytes([zip[pos + 28], zip[pos + 29]]) as usize;
+        let local = u32::from_le_bytes(zip[pos + 42..pos + 46].try_into().unwrap()) as usize;
+        zip[pos + 16..pos + 20].copy_from_slice(&crc);
+        zip[local + 14..local + 18].copy_from_slice(&crc);
+        pos += 46 + name_len;
+    }
+    zip
+}
+
+#[test]
+fn deflated_zip64_entries_read_both_sizes_in_the_spec_order() {
+    // 1024 floats, deflated to far fewer bytes: the zip64 extra field's uncompressed and
+    // compressed sizes differ, so reading them in the wrong order cannot go unnoticed.
+    let data: Vec<u8> = (0..1024u32)
+        .flat_map(|i| ((i % 7) as f32).to_le_bytes())
+        .collect();
+    let compressed = deflate(&data);
+    assert!(compressed.len() * 4 < data.len());
+    let pickle = Pickle::new()
+        .tensor("FloatStorage", "0", 1024, 0, &[1024], &[1])
+        .stop();
+    let plain = ZipBuilder::new("archive")
+        .add("data.pkl", &pickle)
+        .add_entry("archive/data/0", &compressed, 8, data.len() as u32)
+        .add("version", b"3\n")
+        .finish();
+    let plain = with_crcs(plain, &[&pickle, &data, b"3\n"]);
+    let zip64 = to_zip64(&plain);
+    // An independent reader (the `zip` crate) agrees that the file says what we mean.
+    let mut oracle = zip::ZipArchive::new(std::io::Cursor::new(zip64.clone())).unwrap();
+    let mut entry = oracle.by_name("archive/data/0").unwrap();
+    assert_eq!(
+        (entry.size(), entry.compressed_size()),
+        (data.len() as u64, compressed.len() as u64)
+    );
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut inflated).unwrap();
+    assert_eq!(inflated, data);
+    drop(entry);
+    let ckpt = ptload::load_bytes(zip64).unwrap();
+    assert_eq!(
+        ckpt.tensor("").unwrap().to_contiguous_bytes().unwrap(),
+        data
+    );
+}
+
+#[test]
+fn a_stored_entry_whose_sizes_disagree_is_refused() {
+    // Stored, 8 bytes of data, declared as 16 uncompressed: the entry lies about its size.
+    let bytes = ZipBuilder::new("archive")
+        .add("data.pkl", &tensor_pickle())
+        .add_entry("archive/data/0", &floats(), 0, 16)
+        .add("version", b"3\n")
+        .finish();
+    let e = ptload::load_bytes(bytes).unwrap_err();
+    assert!(matches!(e.kind(), ptload::ErrorKind::Zip { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("stored entry 'archive/data/0' has compressed size 8 but size 16"),
+        "{e}"
+    );
+}

@@ -98,6 +98,13 @@ impl TensorMeta {
 }
 
 /// A value of the checkpoint tree.
+///
+/// Walks over a tree ([`Value::children`] with an explicit stack, `Display`,
+/// [`Value::shift_storage_ids`]) never recurse, and [`crate::Checkpoint`] and [`crate::Plan`]
+/// drop their trees without recursion. The derived `Clone`, `Debug`, `PartialEq` and `Drop`
+/// do recurse, once per level: on a tree you moved out of a checkpoint that may be deeper than
+/// the thread's stack allows (only with raised [`crate::Limits::max_depth`]), call
+/// [`Value::dismantle`] before dropping it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// `None`

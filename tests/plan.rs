@@ -112,6 +112,26 @@ fn zip_plans_never_read_tensor_bytes() {
 }
 
 #[test]
+fn the_end_records_are_read_from_the_last_98_bytes() {
+    // A zip without a comment ends with its end record (22 bytes), after the zip64 locator (20)
+    // and end record (56): a partial source holding those needs no other tail bytes.
+    let file = large_zip();
+    let len = file.len() as u64;
+    let mut sparse = SparseBytes::new(len);
+    sparse.insert(0, file[..262].to_vec());
+    sparse.insert(len - 98, file[(len - 98) as usize..].to_vec());
+    let e = Loader::new().plan("x.pt", &sparse).unwrap_err();
+    let ErrorKind::NeedBytes { ranges } = e.kind() else {
+        panic!("{e}")
+    };
+    // Next: the central directory, and nothing else.
+    let eocd = file.len() - 22;
+    let cd_size = u32::from_le_bytes(file[eocd + 12..eocd + 16].try_into().unwrap()) as u64;
+    let cd_offset = u32::from_le_bytes(file[eocd + 16..eocd + 20].try_into().unwrap()) as u64;
+    assert_eq!(ranges, &[(cd_offset, cd_size)]);
+}
+
+#[test]
 fn missing_ranges_are_reported_together() {
     let file = std::fs::read(root().join("tests/fixtures/zip/alignment4096.pt")).unwrap();
     let len = file.len() as u64;

@@ -284,3 +284,180 @@ fn a_stored_entry_whose_sizes_disagree_is_refused() {
         "{e}"
     );
 }
+
+/// `zip` with a comment of `n` bytes after its end record (the EOCD's comment length set).
+fn with_comment(mut zip: Vec<u8>, n: usize) -> Vec<u8> {
+    let eocd = zip.len() - 22;
+    zip[eocd + 20..eocd + 22].copy_from_slice(&(n as u16).to_le_bytes());
+    // A comment that looks like neither an EOCD nor its locator.
+    zip.extend((0..n).map(|i| b'a' + (i % 26) as u8));
+    zip
+}
+
+#[test]
+fn the_end_record_is_found_before_a_comment_of_any_length() {
+    let plain = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    for n in [1, 21, 22, 1000, 65_535] {
+        let ckpt = ptload::load_bytes(with_comment(plain.clone(), n))
+            .unwrap_or_else(|e| panic!("comment of {n} bytes: {e}"));
+        assert_eq!(
+            ckpt.tensor("").unwrap().as_bytes().unwrap(),
+            floats().as_slice()
+        );
+    }
+    // Also for a zip64 archive, whose locator precedes the end record.
+    let ckpt = ptload::load_bytes(with_comment(to_zip64(&plain), 300)).unwrap();
+    assert_eq!(
+        ckpt.tensor("").unwrap().as_bytes().unwrap(),
+        floats().as_slice()
+    );
+}
+
+#[test]
+fn files_too_short_for_an_end_record() {
+    let parse = |b: &[u8]| {
+        ptload::archive::ZipDirectory::parse(b)
+            .unwrap_err()
+            .to_string()
+    };
+    let mut eocd = 0x0605_4b50u32.to_le_bytes().to_vec();
+    eocd.resize(22, 0);
+    // 21 bytes cannot hold the 22-byte record; 22 bytes can (and hold no entries).
+    assert!(
+        parse(&eocd[..21]).contains("file too short for a zip archive (21 bytes)"),
+        "{}",
+        parse(&eocd[..21])
+    );
+    assert!(
+        parse(&eocd).contains("the archive has no entries"),
+        "{}",
+        parse(&eocd)
+    );
+}
+
+#[test]
+fn ranges_ending_exactly_at_the_end_of_the_file_are_inside_it() {
+    // The central directory's declared size reaching the last byte (the end record included):
+    // the entry count bounds the walk, so the file loads.
+    let plain = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    let mut zip = plain.clone();
+    let eocd = zip.len() - 22;
+    let cd_offset = u32::from_le_bytes(zip[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    let to_end = (zip.len() - cd_offset) as u32;
+    zip[eocd + 12..eocd + 16].copy_from_slice(&to_end.to_le_bytes());
+    ptload::load_bytes(zip).unwrap();
+    // One byte further is outside.
+    let mut zip = plain;
+    zip[eocd + 12..eocd + 16].copy_from_slice(&(to_end + 1).to_le_bytes());
+    assert!(err(zip).contains("lies outside the file"));
+}
+
+#[test]
+fn an_entry_running_past_the_end_of_the_file_is_refused() {
+    let zip = ZipBuilder::new("archive")
+        .add("data.pkl", &tensor_pickle())
+        .add_entry("archive/data/0", &deflate(&floats()), 8, 8)
+        .add("version", b"3\n")
+        .finish();
+    // Declare the deflated entry's compressed size 1 MiB, in its central header.
+    let signature = 0x0201_4b50u32.to_le_bytes();
+    let pos = (0..zip.len() - 46)
+        .find(|&i| zip[i..].starts_with(&signature) && zip[i + 46..].starts_with(b"archive/data/0"))
+        .unwrap();
+    let mut bad = zip.clone();
+    bad[pos + 20..pos + 24].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    let e = err(bad);
+    assert!(
+        e.contains("entry 'archive/data/0': 1048576 bytes of data at offset")
+            && e.contains("run past the end of the file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn too_many_entries_for_the_directory_size_are_refused() {
+    let mut zip = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    let eocd = zip.len() - 22;
+    let cd_size = u32::from_le_bytes(zip[eocd + 12..eocd + 16].try_into().unwrap()) as u64;
+    // One more than 46-byte headers could fit.
+    let entries = (cd_size / 46 + 1) as u16;
+    zip[eocd + 8..eocd + 10].copy_from_slice(&entries.to_le_bytes());
+    zip[eocd + 10..eocd + 12].copy_from_slice(&entries.to_le_bytes());
+    let e = err(zip);
+    assert!(
+        e.contains(&format!(
+            "{entries} entries cannot fit in a central directory of {cd_size} bytes"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_pickle_inflating_past_its_declared_size_is_refused() {
+    let pickle = tensor_pickle();
+    let zip = ZipBuilder::new("archive")
+        .add_entry(
+            "archive/data.pkl",
+            &deflate(&pickle),
+            8,
+            pickle.len() as u32 - 1,
+        )
+        .add("data/0", &floats())
+        .add("version", b"3\n")
+        .finish();
+    let e = err(zip);
+    assert!(
+        e.contains(&format!(
+            "deflate stream holds more than {} bytes, but the directory declares {}",
+            pickle.len() - 1,
+            pickle.len() - 1
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_deflate_ratio_bound_is_inclusive() {
+    // Deflate expands at most 1032:1 (plus a 64-byte allowance): a declared size at the bound
+    // is read (and found wrong by the inflater), one byte more is refused unread.
+    let pickle = tensor_pickle();
+    let compressed = deflate(&pickle);
+    let bound = compressed.len() as u32 * 1032 + 64;
+    let build = |size: u32| {
+        ZipBuilder::new("archive")
+            .add_entry("archive/data.pkl", &compressed, 8, size)
+            .add("data/0", &floats())
+            .add("version", b"3\n")
+            .finish()
+    };
+    let at_bound = err(build(bound));
+    assert!(
+        at_bound.contains(&format!(
+            "deflate stream holds {} bytes, but the directory declares {bound}",
+            pickle.len()
+        )),
+        "{at_bound}"
+    );
+    let over = err(build(bound + 1));
+    assert!(
+        over.contains(&format!(
+            "declares {} bytes, more than {} compressed bytes can inflate to",
+            bound + 1,
+            compressed.len()
+        )),
+        "{over}"
+    );
+}
+
+#[test]
+fn a_zip64_archive_that_is_no_checkpoint_names_its_entries() {
+    let zip = ZipBuilder::new("weights")
+        .add("model.safetensors", b"{}")
+        .add("notes.txt", b"hello")
+        .finish();
+    let e = err(to_zip64(&zip));
+    assert!(
+        e.contains("weights/model.safetensors") && e.contains("weights/notes.txt"),
+        "{e}"
+    );
+}

@@ -105,6 +105,12 @@ fn zip_plans_never_read_tensor_bytes() {
     }
     // The fixtures are smaller than the tail window; a large file makes the check see storages.
     seen += check_never_reads("4 × 256 KiB", &large_zip());
+    // With a comment after the end record, found by the 64 KiB window search.
+    let mut commented = large_zip();
+    let eocd = commented.len() - 22;
+    commented[eocd + 20..eocd + 22].copy_from_slice(&100u16.to_le_bytes());
+    commented.extend_from_slice(&[b'c'; 100]);
+    seen += check_never_reads("4 × 256 KiB, commented", &commented);
     assert!(
         seen >= 3,
         "only {seen} storages lay outside the tail window"

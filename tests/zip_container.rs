@@ -350,6 +350,42 @@ fn ranges_ending_exactly_at_the_end_of_the_file_are_inside_it() {
     let mut zip = plain;
     zip[eocd + 12..eocd + 16].copy_from_slice(&(to_end + 1).to_le_bytes());
     assert!(err(zip).contains("lies outside the file"));
+
+    // A deflated entry whose compressed size runs to the last byte: inside the file (the
+    // inflater stops at the end of its stream).
+    let pickle = tensor_pickle();
+    let zip = ZipBuilder::new("archive")
+        .add("version", b"3\n")
+        .add("data/0", &floats())
+        .add_entry(
+            "archive/data.pkl",
+            &deflate(&pickle),
+            8,
+            pickle.len() as u32,
+        )
+        .finish();
+    let signature = 0x0201_4b50u32.to_le_bytes();
+    let header = (0..zip.len() - 46)
+        .find(|&i| {
+            zip[i..].starts_with(&signature) && zip[i + 46..].starts_with(b"archive/data.pkl")
+        })
+        .unwrap();
+    let local = u32::from_le_bytes(zip[header + 42..header + 46].try_into().unwrap()) as usize;
+    let name_len = u16::from_le_bytes([zip[local + 26], zip[local + 27]]) as usize;
+    let extra_len = u16::from_le_bytes([zip[local + 28], zip[local + 29]]) as usize;
+    let data_offset = local + 30 + name_len + extra_len;
+    let mut to_end = zip.clone();
+    to_end[header + 20..header + 24]
+        .copy_from_slice(&((zip.len() - data_offset) as u32).to_le_bytes());
+    let ckpt = ptload::load_bytes(to_end).unwrap();
+    assert_eq!(
+        ckpt.tensor("").unwrap().as_bytes().unwrap(),
+        floats().as_slice()
+    );
+    let mut past = zip.clone();
+    past[header + 20..header + 24]
+        .copy_from_slice(&((zip.len() - data_offset + 1) as u32).to_le_bytes());
+    assert!(err(past).contains("run past the end of the file"));
 }
 
 #[test]

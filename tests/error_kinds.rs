@@ -64,6 +64,32 @@ fn pickle_objects_are_limited() {
     let e = load_with(Limits::default().with_max_pickle_nodes(100), p);
     assert_limit(&e, "max_pickle_nodes", 101, 100);
     assert_eq!(e.offset(), Some(3 + 100));
+    // The 101st object made by GLOBAL rather than pushed.
+    let p = Pickle::new()
+        .op(b"(")
+        .op(&[b'N'; 100])
+        .global("collections", "OrderedDict")
+        .op(b"l")
+        .stop();
+    let e = load_with(Limits::default().with_max_pickle_nodes(100), p);
+    assert_limit(&e, "max_pickle_nodes", 101, 100);
+    assert_eq!(e.offset(), Some(3 + 100));
+}
+
+#[test]
+fn values_are_limited_inclusively() {
+    // A list of ten Nones: eleven values, as many as max_values may be.
+    let p = || Pickle::new().op(b"(").op(&[b'N'; 10]).op(b"l").stop();
+    let ckpt = Loader::new()
+        .limits(Limits::default().with_max_values(11))
+        .load_bytes(ZipBuilder::checkpoint(&p(), &[]))
+        .unwrap();
+    assert_eq!(
+        ckpt.root,
+        ptload::Value::List(vec![ptload::Value::None; 10])
+    );
+    let e = load_with(Limits::default().with_max_values(10), p());
+    assert_limit(&e, "max_values", 11, 10);
 }
 
 #[test]

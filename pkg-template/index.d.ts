@@ -220,7 +220,7 @@ export declare class Checkpoint {
 export type PtloadErrorKind =
   | "Io" | "NotACheckpoint" | "Zip" | "MissingRecord" | "UnsupportedVersion" | "UnknownByteOrder"
   | "Pickle" | "WeightsOnly" | "StorageSize" | "Record" | "InvalidTensor" | "Unsupported"
-  | "NeedBytes" | "LimitExceeded" | "Dcp" | "Location" | "Placement" | "Cancelled";
+  | "NeedBytes" | "LimitExceeded" | "Dcp" | "Index" | "Location" | "Placement" | "Cancelled";
 
 /** Why a checkpoint did not load. `message` is the native loader's, word for word
  * (`<file>: <what is wrong>`). Bad arguments are TypeErrors instead. */

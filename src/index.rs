@@ -150,7 +150,7 @@ impl Loader {
         let mut max_tensor_bytes = self.limits.max_tensor_bytes;
         for shard in &shards {
             let file = folder.join(shard);
-            let ckpt = if is_safetensors(&file) {
+            let mut ckpt = if is_safetensors(&file) {
                 self.load_safetensors(&file)?
             } else {
                 self.load(&file)?
@@ -159,7 +159,7 @@ impl Loader {
             max_tensor_bytes = ckpt.max_tensor_bytes();
             let base = storages.len();
             let mut found: HashMap<String, TensorMeta> = HashMap::new();
-            walk_tensors(&ckpt.root, &mut String::new(), &mut |p, meta| {
+            walk_tensors(&ckpt.root, &mut String::new(), &mut |p, _, meta| {
                 let mut meta = meta.clone();
                 meta.storage = meta.storage.map(|id| id + base);
                 found.entry(p.to_owned()).or_insert(meta);
@@ -179,7 +179,7 @@ impl Loader {
                 })?;
                 tensors.insert(tensor, meta);
             }
-            storages.extend(ckpt.storages);
+            storages.extend(std::mem::take(&mut ckpt.storages));
         }
         let items = weight_map
             .iter()

@@ -41,7 +41,9 @@
 //!
 //! [`Limits`] bounds the pickle size, inflated record sizes (and deflate's 1032:1 ratio), memo
 //! entries, nesting depth, the number of values built (a memo bomb stops there), storages,
-//! tensor rank and the bytes one tensor may materialize. Each has a test with a hostile file.
+//! tensor rank and the bytes one tensor may materialize. Each has a test with a hostile file
+//! that asserts the [`ErrorKind::LimitExceeded`] naming it (`tests/error_kinds.rs`,
+//! `tests/bad_input.rs`, `tests/zip_container.rs`).
 //!
 //! ## What is refused
 //!

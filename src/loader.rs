@@ -5,9 +5,10 @@
 //! (no tensor bytes touched), decide every storage's device from `map_location` (all errors
 //! before any byte is read), then place each storage exactly once.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::archive::{ByteOrder, Format};
 use crate::error::{Error, Result};
@@ -17,13 +18,23 @@ use crate::place::{
     cpu::CpuPlacer, Backend, Control, PlacementJob, Placer, Progress, ProgressFn, RecordReader,
     StorageData,
 };
-use crate::plan::{tensors_of, Plan};
+use crate::plan::{walk_tensors, Plan};
 use crate::source::Source;
 use crate::torch::{self, layout, rebuild::TreeLimits, Dtype, TensorMeta, Value};
 
 /// Safety limits. Each guards time or memory against a hostile file; raise one (or use
 /// [`Limits::none`]) for a trusted file that exceeds it.
+///
+/// Build one from [`Limits::default`] or [`Limits::none`] with the `with_*` setters (new
+/// limits may be added, so the struct cannot be written out literally):
+///
+/// ```
+/// let limits = ptload::Limits::default().with_max_depth(5000).with_max_values(50_000_000);
+/// let mut loader = ptload::Loader::new();
+/// loader.limits(limits);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest pickle (`data.pkl`) read, in bytes. Real pickles are kilobytes to a few MB.
     pub max_pickle_bytes: u64,
@@ -82,6 +93,60 @@ impl Limits {
             max_rank: u64::MAX,
             max_tensor_bytes: u64::MAX,
         }
+    }
+
+    /// Sets [`Limits::max_pickle_bytes`].
+    pub fn with_max_pickle_bytes(mut self, max_pickle_bytes: u64) -> Self {
+        self.max_pickle_bytes = max_pickle_bytes;
+        self
+    }
+
+    /// Sets [`Limits::max_record_bytes`].
+    pub fn with_max_record_bytes(mut self, max_record_bytes: u64) -> Self {
+        self.max_record_bytes = max_record_bytes;
+        self
+    }
+
+    /// Sets [`Limits::max_pickle_nodes`].
+    pub fn with_max_pickle_nodes(mut self, max_pickle_nodes: u64) -> Self {
+        self.max_pickle_nodes = max_pickle_nodes;
+        self
+    }
+
+    /// Sets [`Limits::max_memo_entries`].
+    pub fn with_max_memo_entries(mut self, max_memo_entries: u64) -> Self {
+        self.max_memo_entries = max_memo_entries;
+        self
+    }
+
+    /// Sets [`Limits::max_depth`].
+    pub fn with_max_depth(mut self, max_depth: u64) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Sets [`Limits::max_values`].
+    pub fn with_max_values(mut self, max_values: u64) -> Self {
+        self.max_values = max_values;
+        self
+    }
+
+    /// Sets [`Limits::max_storages`].
+    pub fn with_max_storages(mut self, max_storages: u64) -> Self {
+        self.max_storages = max_storages;
+        self
+    }
+
+    /// Sets [`Limits::max_rank`].
+    pub fn with_max_rank(mut self, max_rank: u64) -> Self {
+        self.max_rank = max_rank;
+        self
+    }
+
+    /// Sets [`Limits::max_tensor_bytes`].
+    pub fn with_max_tensor_bytes(mut self, max_tensor_bytes: u64) -> Self {
+        self.max_tensor_bytes = max_tensor_bytes;
+        self
     }
 }
 
@@ -241,7 +306,14 @@ impl Loader {
         self
     }
 
-    /// Loads a checkpoint file (memory-mapped: CPU storages borrow from the map).
+    /// Loads a checkpoint file, memory-mapped (with the `mmap` feature, on by default): CPU
+    /// storages borrow from the map.
+    ///
+    /// The file must not change while the checkpoint is alive: CPU tensors read the map, so
+    /// another process truncating or rewriting the file changes their bytes, or ends the
+    /// process with `SIGBUS` when a page is gone. For a file that may change under you, read it
+    /// yourself and use [`Loader::load_bytes`] (`std::fs::read(path)`), which owns its bytes.
+    /// A path that is a folder with a `.metadata` file loads as a distributed checkpoint.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(&self, path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
         if path.as_ref().join(".metadata").is_file() {
@@ -306,7 +378,7 @@ impl Loader {
     /// The storages are grouped by device, and each group goes whole to its device's placer
     /// (the host's, or a registered [`Backend`]'s), so device placers can pipeline. On any
     /// error, everything placed so far is freed.
-    pub fn place(&self, plan: Plan, source: &Source) -> Result<Checkpoint> {
+    pub fn place(&self, mut plan: Plan, source: &Source) -> Result<Checkpoint> {
         let reader = RecordReader::new(
             source.bytes(),
             source.name(),
@@ -357,8 +429,7 @@ impl Loader {
                 data[job.index] = placed;
             }
         }
-        let storages = plan
-            .storages
+        let storages = std::mem::take(&mut plan.storages)
             .into_iter()
             .zip(data)
             .map(|(planned, data)| Storage {
@@ -371,12 +442,13 @@ impl Loader {
             })
             .collect();
         Ok(Checkpoint {
-            root: plan.root,
-            constants: plan.constants,
+            root: std::mem::replace(&mut plan.root, Value::None),
+            constants: plan.constants.take(),
             storages,
             format: plan.format,
             byte_order: plan.byte_order,
             max_tensor_bytes: plan.max_tensor_bytes,
+            index: OnceLock::new(),
         })
     }
 
@@ -419,10 +491,12 @@ impl Storage {
 }
 
 /// A loaded checkpoint: the object tree and its placed storages.
-#[derive(Debug)]
 pub struct Checkpoint {
     /// The object `torch.load` would have returned (for TorchScript: the module tree of
     /// `data.pkl`, with attributes as path segments).
+    ///
+    /// [`Checkpoint::tensors`] and [`Checkpoint::tensor`] use an index of the tree built on
+    /// first use: change the tree before that, not after.
     pub root: Value,
     /// TorchScript only: the tuple of `constants.pkl`, whose tensors [`Checkpoint::tensors`]
     /// lists after the module's as `constants.<i>`.
@@ -434,6 +508,65 @@ pub struct Checkpoint {
     /// The byte order of the file's tensor data (as stored; loaded data is in host order).
     pub byte_order: ByteOrder,
     max_tensor_bytes: u64,
+    index: OnceLock<TensorIndex>,
+}
+
+impl fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("root", &self.root)
+            .field("constants", &self.constants)
+            .field("storages", &self.storages)
+            .field("format", &self.format)
+            .field("byte_order", &self.byte_order)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        // A deep tree must not overflow the dropping thread's stack.
+        self.root.dismantle();
+        if let Some(constants) = &mut self.constants {
+            constants.dismantle();
+        }
+    }
+}
+
+/// Every tensor's path, and where it lies: which tree (0: `root`, 1: `constants`), then the
+/// child positions down to it ([`Value::child_at`]). Built once, on first use.
+#[derive(Debug, Default)]
+struct TensorIndex {
+    entries: Vec<(Box<str>, Box<[u32]>)>,
+    /// Path → the first entry with that path.
+    by_path: HashMap<Box<str>, usize>,
+}
+
+impl TensorIndex {
+    fn build(root: &Value, constants: Option<&Value>) -> Self {
+        let mut index = TensorIndex::default();
+        let mut add = |tree: u32, path: &str, positions: &[u32]| {
+            let at: Box<[u32]> = std::iter::once(tree)
+                .chain(positions.iter().copied())
+                .collect();
+            index
+                .by_path
+                .entry(path.into())
+                .or_insert(index.entries.len());
+            index.entries.push((path.into(), at));
+        };
+        walk_tensors(root, &mut String::new(), &mut |path, positions, _| {
+            add(0, path, positions)
+        });
+        if let Some(constants) = constants {
+            walk_tensors(
+                constants,
+                &mut "constants".to_owned(),
+                &mut |path, positions, _| add(1, path, positions),
+            );
+        }
+        index
+    }
 }
 
 impl Checkpoint {
@@ -452,6 +585,7 @@ impl Checkpoint {
             format,
             byte_order,
             max_tensor_bytes,
+            index: OnceLock::new(),
         }
     }
 
@@ -462,21 +596,42 @@ impl Checkpoint {
         self.max_tensor_bytes
     }
 
-    /// Every tensor with its `.`-joined path, in file order. A tensor reachable by two paths
-    /// (the same object saved twice) is listed at both.
-    pub fn tensors(&self) -> impl Iterator<Item = (String, Tensor<'_>)> + '_ {
-        tensors_of(&self.root, self.constants.as_ref())
-            .into_iter()
-            .map(move |(path, meta)| (path, self.tensor_view(meta)))
+    fn index(&self) -> &TensorIndex {
+        self.index
+            .get_or_init(|| TensorIndex::build(&self.root, self.constants.as_ref()))
     }
 
-    /// The tensor at `path`, if there is one.
-    pub fn tensor(&self, path: &str) -> Option<Tensor<'_>> {
-        let found = match (path.strip_prefix("constants."), &self.constants) {
-            (Some(rest), Some(constants)) => constants.get_path(rest),
-            _ => self.root.get_path(path),
+    /// The tensor at index positions `at` (see [`TensorIndex`]).
+    fn tensor_at(&self, at: &[u32]) -> Option<Tensor<'_>> {
+        let (tree, positions) = at.split_first()?;
+        let mut value = match tree {
+            0 => &self.root,
+            _ => self.constants.as_ref()?,
         };
-        found?.as_tensor().map(|m| self.tensor_view(m))
+        for &i in positions {
+            value = value.child_at(i as usize)?;
+        }
+        value.as_tensor().map(|meta| self.tensor_view(meta))
+    }
+
+    /// Every tensor with its `.`-joined path, in file order. A tensor reachable by two paths
+    /// (the same object saved twice) is listed at both.
+    ///
+    /// The paths are computed once per checkpoint (on first use of this or
+    /// [`Checkpoint::tensor`]); iterating allocates nothing.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, Tensor<'_>)> + '_ {
+        self.index()
+            .entries
+            .iter()
+            .filter_map(|(path, at)| Some((&**path, self.tensor_at(at)?)))
+    }
+
+    /// The tensor at `path`, as [`Checkpoint::tensors`] names it (dict keys may hold dots:
+    /// `"0.weight"` is one key of a `state_dict`). When two tensors share a path, the first.
+    pub fn tensor(&self, path: &str) -> Option<Tensor<'_>> {
+        let index = self.index();
+        let &entry = index.by_path.get(path)?;
+        self.tensor_at(&index.entries[entry].1)
     }
 
     pub(crate) fn tensor_view<'c>(&'c self, meta: &'c TensorMeta) -> Tensor<'c> {

@@ -354,7 +354,6 @@ fn memo_bomb_is_limited() {
         p = p.op(&[b'0', b'h', i - 1, b'h', i - 1, 0x86, b'q', i]);
     }
     let bytes = ZipBuilder::checkpoint(&p.stop(), &[]);
-    let start = std::time::Instant::now();
     let e = err(bytes);
     assert!(
         matches!(
@@ -367,8 +366,6 @@ fn memo_bomb_is_limited() {
         "{e}"
     );
     assert!(e.to_string().contains("limit max_values exceeded"), "{e}");
-    // Bounded: the default budget is reached in well under a minute even in debug builds.
-    assert!(start.elapsed().as_secs() < 60);
 }
 
 #[test]
@@ -413,7 +410,6 @@ fn huge_expanded_view_is_refused_not_materialized() {
         .stop();
     let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 4])])).unwrap();
     let (_, t) = ckpt.tensors().next().unwrap();
-    let start = std::time::Instant::now();
     for e in [
         t.sha256().unwrap_err(),
         t.to_contiguous_bytes().unwrap_err(),
@@ -429,7 +425,6 @@ fn huge_expanded_view_is_refused_not_materialized() {
             "{e}"
         );
     }
-    assert!(start.elapsed().as_secs() < 5);
     // Through the CLI as well: exit status 1, one line.
     let path = std::env::temp_dir().join(format!("ptload-expand-{}.pt", std::process::id()));
     std::fs::write(&path, ZipBuilder::checkpoint(&pickle, &[("0", &[0u8; 4])])).unwrap();
@@ -454,18 +449,17 @@ fn a_large_stack_is_bounded() {
         p = p.op(b"K\x01");
     }
     let bytes = ZipBuilder::checkpoint(&p.op(b")R").stop(), &[]);
-    let start = std::time::Instant::now();
     let e = err(bytes);
     assert!(
         e.to_string().contains("a call whose callable is a int"),
         "{e}"
     );
-    assert!(start.elapsed().as_secs() < 10);
 }
 
 #[test]
-fn a_long_stream_of_trivial_opcodes_is_linear() {
-    // 32 Mi opcodes (NONE, POP) deflated to a few KiB: finishes in seconds, or is refused.
+fn a_long_stream_of_trivial_opcodes_loads_or_is_refused() {
+    // 32 Mi opcodes (NONE, POP) deflated to a few KiB: loads (each opcode costs constant work),
+    // or is refused by a limit.
     let mut pickle = vec![0x80, 2];
     pickle.extend(b"N0".repeat(16 << 20));
     pickle.extend(b"N.");
@@ -475,16 +469,11 @@ fn a_long_stream_of_trivial_opcodes_is_linear() {
         .add_entry("archive/data.pkl", &deflated, 8, pickle.len() as u32)
         .add("version", b"3\n")
         .finish();
-    let start = std::time::Instant::now();
     let ckpt = ptload::load_bytes(zip.clone()).unwrap();
     assert_eq!(ckpt.root, ptload::Value::None);
-    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
     // With a smaller pickle cap it is refused before inflating anything.
     let e = Loader::new()
-        .limits(ptload::Limits {
-            max_pickle_bytes: 1 << 20,
-            ..Default::default()
-        })
+        .limits(ptload::Limits::default().with_max_pickle_bytes(1 << 20))
         .load_bytes(zip)
         .unwrap_err();
     assert!(
@@ -609,30 +598,74 @@ fn repeated_dict_keys_follow_python_and_stay_linear() {
     assert!(d.items.iter().all(|(_, v)| *v == ptload::Value::Int(1)));
 }
 
-/// Inputs the fuzzers found (`fuzz/`, `scripts/fuzz`), each once a panic, now an error.
+/// Inputs the fuzzers found (`fuzz/`, `scripts/fuzz`), each once a panic, now the error it
+/// should be: (file, weights-only, the message after the file name).
+const FUZZ_REGRESSIONS: &[(&str, bool, &str)] = &[
+    (
+        "full_load-record-shorter-than-storage.pt",
+        true,
+        "storage 'storage 2' (data at byte 0x263): record size (16 bytes) does not match expected size (48 bytes = 12 elements * 4 bytes/element) for dtype Float",
+    ),
+    (
+        "full_load-record-shorter-than-storage.pt",
+        false,
+        "storage 'storage 2' (data at byte 0x263): record size (16 bytes) does not match expected size (48 bytes = 12 elements * 4 bytes/element) for dtype Float",
+    ),
+    (
+        "legacy_stream-record-shorter-than-storage.pt",
+        true,
+        // The fuzzer wrote control characters into the global's module name.
+        "Weights only load failed. WeightsUnpickler error: Unsupported global: GLOBAL torch.\x0f\x0f\x0f\x0f\x0f\x0f_utils._rebuild_parameter was not an allowed global by default.",
+    ),
+    (
+        "legacy_stream-record-shorter-than-storage.pt",
+        false,
+        "storage 'storage 140000000004096' (data at byte 0x573): record size (16 bytes) does not match expected size (192 bytes = 24 elements * 8 bytes/element) for dtype Long",
+    ),
+];
+
 #[test]
 fn fuzz_regressions() {
     let dir = root().join("tests/fixtures/regressions");
-    let mut seen = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
+    // Every file of the folder has its expected errors listed.
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    let mut listed: Vec<String> = FUZZ_REGRESSIONS
+        .iter()
+        .map(|(f, ..)| f.to_string())
+        .collect();
+    listed.dedup();
+    assert_eq!(files, listed);
+    for &(file, weights_only, want) in FUZZ_REGRESSIONS {
+        let path = dir.join(file);
         let bytes = std::fs::read(&path).unwrap();
-        for weights_only in [true, false] {
-            let outcome = catch_unwind(AssertUnwindSafe(|| {
-                let loaded = Loader::new()
-                    .weights_only(weights_only)
-                    .load_bytes(bytes.clone());
-                loaded.map(|ckpt| ckpt.tensors().filter(|(_, t)| t.sha256().is_ok()).count())
-            }));
-            match outcome {
-                Ok(Err(e)) => assert!(!e.to_string().is_empty()),
-                Ok(Ok(_)) => panic!("{} loaded", path.display()),
-                Err(_) => panic!("{} panicked", path.display()),
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            Loader::new()
+                .weights_only(weights_only)
+                .load_bytes(bytes)
+                .map(|ckpt| ckpt.tensors().filter(|(_, t)| t.sha256().is_ok()).count())
+        }));
+        match outcome {
+            Ok(Err(e)) => {
+                let text = e.to_string();
+                assert!(
+                    text.starts_with(&format!("<memory>: {want}")),
+                    "{file} (weights_only {weights_only}): {text}"
+                );
+                let kind_ok = if want.starts_with("storage ") {
+                    matches!(e.kind(), ErrorKind::StorageSize { .. })
+                } else {
+                    matches!(e.kind(), ErrorKind::WeightsOnly { .. })
+                };
+                assert!(kind_ok, "{file}: {:?}", e.kind());
             }
+            Ok(Ok(_)) => panic!("{} loaded", path.display()),
+            Err(_) => panic!("{} panicked", path.display()),
         }
-        seen += 1;
     }
-    assert!(seen >= 2);
 }
 
 #[test]

@@ -96,7 +96,7 @@ fn check_with_ptload(
         ));
     }
     for (path, t) in &got {
-        let Some((dtype, shape, sha)) = want.get(path) else {
+        let Some((dtype, shape, sha)) = want.get(*path) else {
             problems.push(format!("{name}: unexpected tensor {path}"));
             continue;
         };
@@ -122,7 +122,7 @@ fn check_with_ptload(
             .collect();
         for (a, ta) in &got {
             for (b, tb) in &got {
-                let (Some(ga), Some(gb)) = (groups[a.as_str()], groups[b.as_str()]) else {
+                let (Some(ga), Some(gb)) = (groups[*a], groups[*b]) else {
                     continue;
                 };
                 let shared = ta.meta().storage == tb.meta().storage;
@@ -369,10 +369,7 @@ fn a_failure_while_writing_leaves_nothing_behind() {
     // The expanded view (4 × 3 float32 = 48 bytes) is over the tensor limit: the writer fails
     // when it reaches it, after writing other tensors.
     let mut loader = Loader::new();
-    loader.limits(ptload::Limits {
-        max_tensor_bytes: 40,
-        ..Default::default()
-    });
+    loader.limits(ptload::Limits::default().with_max_tensor_bytes(40));
     let ckpt = loader.load(fixture("convert/mixed.pt")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m.safetensors");
@@ -427,7 +424,7 @@ fn sharded_copy() -> (tempfile::TempDir, PathBuf) {
 fn index_loads_as_one_checkpoint_in_weight_map_order() {
     let index = fixture("sharded/bin/pytorch_model.bin.index.json");
     let ckpt = Loader::new().map_location("meta").load(&index).unwrap();
-    let paths: Vec<String> = ckpt.tensors().map(|(p, _)| p).collect();
+    let paths: Vec<String> = ckpt.tensors().map(|(p, _)| p.to_owned()).collect();
     assert_eq!(
         paths,
         [

@@ -55,7 +55,7 @@ fn all_on_gpu(ckpt: &Checkpoint, ordinal: usize, what: &str) -> Vec<String> {
 
 /// Torch's digests, by tensor path, against ours.
 fn digests_by_path(ckpt: &Checkpoint, want: &Json, what: &str) -> Vec<String> {
-    let ours: std::collections::HashMap<String, ptload::Tensor<'_>> = ckpt.tensors().collect();
+    let ours: std::collections::HashMap<&str, ptload::Tensor<'_>> = ckpt.tensors().collect();
     let mut problems = Vec::new();
     for w in want["tensors"].as_array().unwrap() {
         let path = w["path"].as_str().unwrap();

@@ -66,7 +66,7 @@ fn every_case_matches_torch() {
         match (result, case["ok"].as_bool().unwrap()) {
             (Ok(ckpt), true) => {
                 let tensors: Vec<_> = ckpt.tensors().collect();
-                let paths: Vec<_> = tensors.iter().map(|(p, _)| Json::from(p.clone())).collect();
+                let paths: Vec<_> = tensors.iter().map(|(p, _)| Json::from(*p)).collect();
                 if paths != *case["tensor_paths"].as_array().unwrap() {
                     problems.push(format!("{what}: paths {paths:?}"));
                 }

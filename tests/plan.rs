@@ -39,37 +39,102 @@ fn plan_sparse(file: &[u8]) -> (ptload::Plan, usize, Vec<(u64, u64)>) {
     panic!("no plan after 10 rounds");
 }
 
+/// A zip checkpoint of four 256 KiB storages (`a`..`d`): far more than the 64 KiB tail window.
+fn large_zip() -> Vec<u8> {
+    let n = 65_536i64;
+    let mut p = common::Pickle::new().op(b"}(");
+    for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
+        p = p
+            .str(key)
+            .tensor("FloatStorage", &i.to_string(), n, 0, &[n], &[1]);
+    }
+    let pickle = p.op(b"u").stop();
+    let data: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; (n * 4) as usize]).collect();
+    let names: Vec<String> = (0..4).map(|i| i.to_string()).collect();
+    let records: Vec<(&str, &[u8])> = names
+        .iter()
+        .zip(&data)
+        .map(|(k, d)| (k.as_str(), d.as_slice()))
+        .collect();
+    common::ZipBuilder::checkpoint(&pickle, &records)
+}
+
+/// Plans `file` from a sparse copy, checks the plan equals the whole file's and that no
+/// loaded range overlaps a storage's bytes; returns how many storages lay wholly outside the
+/// tail window (the ones the check could see).
+fn check_never_reads(rel: &str, file: &[u8]) -> usize {
+    let (plan, rounds, loaded) = plan_sparse(file);
+    assert!(rounds <= 5, "{rel}: {rounds} rounds");
+    let whole = Loader::new().plan("<whole>", file).unwrap();
+    assert_eq!(
+        format!("{:?}", plan.root),
+        format!("{:?}", whole.root),
+        "{rel}"
+    );
+    assert_eq!(plan.storages.len(), whole.storages.len(), "{rel}");
+    let tail_start = loaded[0].0;
+    let mut seen = 0;
+    for (a, b) in plan.storages.iter().zip(&whole.storages) {
+        assert_eq!(a.record, b.record, "{rel}");
+        assert_eq!(a.device, b.device, "{rel}");
+        let record = a.record.as_ref().unwrap();
+        let (start, end) = (record.data_offset, record.data_offset + record.stored_len);
+        // The tail window may cover tensor bytes; no other loaded range may.
+        if end <= tail_start && start < end {
+            seen += 1;
+        }
+        for &(offset, n) in &loaded[1..] {
+            assert!(
+                offset + n <= start || offset >= end || start >= tail_start,
+                "{rel}: loaded {offset}..{} overlaps storage {} at {start}..{end}",
+                offset + n,
+                a.key
+            );
+        }
+    }
+    seen
+}
+
 #[test]
 fn zip_plans_never_read_tensor_bytes() {
     let expected = fixture_json("expected.json");
+    let mut seen = 0;
     for rel in expected["files"].as_object().unwrap().keys() {
         let file = std::fs::read(root().join("tests/fixtures").join(rel)).unwrap();
-        let (plan, rounds, loaded) = plan_sparse(&file);
-        assert!(rounds <= 5, "{rel}: {rounds} rounds");
-        let whole = Loader::new().plan("<whole>", &file[..]).unwrap();
-        assert_eq!(
-            format!("{:?}", plan.root),
-            format!("{:?}", whole.root),
-            "{rel}"
-        );
-        assert_eq!(plan.storages.len(), whole.storages.len(), "{rel}");
-        for (a, b) in plan.storages.iter().zip(&whole.storages) {
-            assert_eq!(a.record, b.record, "{rel}");
-            assert_eq!(a.device, b.device, "{rel}");
-            // No tensor byte was needed, except what the tail window happened to cover.
-            let record = a.record.as_ref().unwrap();
-            let (start, end) = (record.data_offset, record.data_offset + record.stored_len);
-            let tail_start = loaded[0].0;
-            for &(offset, n) in &loaded[1..] {
-                assert!(
-                    offset + n <= start || offset >= end || start >= tail_start,
-                    "{rel}: loaded {offset}..{} overlaps storage {} at {start}..{end}",
-                    offset + n,
-                    a.key
-                );
-            }
-        }
+        seen += check_never_reads(rel, &file);
     }
+    // The fixtures are smaller than the tail window; a large file makes the check see storages.
+    seen += check_never_reads("4 × 256 KiB", &large_zip());
+    // With a comment after the end record, found by the 64 KiB window search.
+    let mut commented = large_zip();
+    let eocd = commented.len() - 22;
+    commented[eocd + 20..eocd + 22].copy_from_slice(&100u16.to_le_bytes());
+    commented.extend_from_slice(&[b'c'; 100]);
+    seen += check_never_reads("4 × 256 KiB, commented", &commented);
+    assert!(
+        seen >= 3,
+        "only {seen} storages lay outside the tail window"
+    );
+}
+
+#[test]
+fn the_end_records_are_read_from_the_last_98_bytes() {
+    // A zip without a comment ends with its end record (22 bytes), after the zip64 locator (20)
+    // and end record (56): a partial source holding those needs no other tail bytes.
+    let file = large_zip();
+    let len = file.len() as u64;
+    let mut sparse = SparseBytes::new(len);
+    sparse.insert(0, file[..262].to_vec());
+    sparse.insert(len - 98, file[(len - 98) as usize..].to_vec());
+    let e = Loader::new().plan("x.pt", &sparse).unwrap_err();
+    let ErrorKind::NeedBytes { ranges } = e.kind() else {
+        panic!("{e}")
+    };
+    // Next: the central directory, and nothing else.
+    let eocd = file.len() - 22;
+    let cd_size = u32::from_le_bytes(file[eocd + 12..eocd + 16].try_into().unwrap()) as u64;
+    let cd_offset = u32::from_le_bytes(file[eocd + 16..eocd + 20].try_into().unwrap()) as u64;
+    assert_eq!(ranges, &[(cd_offset, cd_size)]);
 }
 
 #[test]
@@ -93,24 +158,7 @@ fn missing_ranges_are_reported_together() {
 
 #[test]
 fn a_large_zip_loads_only_metadata() {
-    // Four 256 KiB storages: far more than the 64 KiB tail window.
-    let n = 65_536i64;
-    let mut p = common::Pickle::new().op(b"}(");
-    let keys = ["a", "b", "c", "d"];
-    for (i, key) in keys.iter().enumerate() {
-        p = p
-            .str(key)
-            .tensor("FloatStorage", &i.to_string(), n, 0, &[n], &[1]);
-    }
-    let pickle = p.op(b"u").stop();
-    let data: Vec<Vec<u8>> = (0..4u8).map(|i| vec![i; (n * 4) as usize]).collect();
-    let records: Vec<(String, &[u8])> = data
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (i.to_string(), d.as_slice()))
-        .collect();
-    let records: Vec<(&str, &[u8])> = records.iter().map(|(k, d)| (k.as_str(), *d)).collect();
-    let file = common::ZipBuilder::checkpoint(&pickle, &records);
+    let file = large_zip();
     let (plan, rounds, loaded) = plan_sparse(&file);
     assert!(rounds <= 5, "{rounds} rounds");
     let total: u64 = loaded.iter().map(|&(_, n)| n).sum();
@@ -135,7 +183,7 @@ fn a_large_zip_loads_only_metadata() {
     let source = ptload::Source::from_bytes("<memory>", file);
     let ckpt = Loader::new().place(plan, &source).unwrap();
     for (i, (path, t)) in ckpt.tensors().enumerate() {
-        assert_eq!(path, keys[i]);
+        assert_eq!(path, ["a", "b", "c", "d"][i]);
         assert!(t.as_bytes().unwrap().iter().all(|&b| b == i as u8));
     }
 }

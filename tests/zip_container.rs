@@ -202,15 +202,298 @@ fn declared_size_over_the_limit_is_refused_before_allocating() {
         .add("version", b"3\n")
         .finish();
     let e = ptload::Loader::new()
-        .limits(ptload::Limits {
-            max_pickle_bytes: 1 << 20,
-            ..Default::default()
-        })
+        .limits(ptload::Limits::default().with_max_pickle_bytes(1 << 20))
         .load_bytes(zip)
         .unwrap_err();
     assert!(
         e.to_string()
             .contains("limit max_pickle_bytes exceeded: 4294967294 > 1048576"),
+        "{e}"
+    );
+}
+
+/// Sets every entry's CRC-32 (central and local headers) from its data, for readers that
+/// check it (the `zip` crate); `entries` are `(uncompressed data)` in directory order.
+fn with_crcs(mut zip: Vec<u8>, entries: &[&[u8]]) -> Vec<u8> {
+    let eocd = zip.len() - 22;
+    let cd_offset = u32::from_le_bytes(zip[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    let mut pos = cd_offset;
+    for data in entries {
+        let mut crc = flate2::Crc::new();
+        crc.update(data);
+        let crc = crc.sum().to_le_bytes();
+        let name_len = u16::from_le_bytes([zip[pos + 28], zip[pos + 29]]) as usize;
+        let local = u32::from_le_bytes(zip[pos + 42..pos + 46].try_into().unwrap()) as usize;
+        zip[pos + 16..pos + 20].copy_from_slice(&crc);
+        zip[local + 14..local + 18].copy_from_slice(&crc);
+        pos += 46 + name_len;
+    }
+    zip
+}
+
+#[test]
+fn deflated_zip64_entries_read_both_sizes_in_the_spec_order() {
+    // 1024 floats, deflated to far fewer bytes: the zip64 extra field's uncompressed and
+    // compressed sizes differ, so reading them in the wrong order cannot go unnoticed.
+    let data: Vec<u8> = (0..1024u32)
+        .flat_map(|i| ((i % 7) as f32).to_le_bytes())
+        .collect();
+    let compressed = deflate(&data);
+    assert!(compressed.len() * 4 < data.len());
+    let pickle = Pickle::new()
+        .tensor("FloatStorage", "0", 1024, 0, &[1024], &[1])
+        .stop();
+    let plain = ZipBuilder::new("archive")
+        .add("data.pkl", &pickle)
+        .add_entry("archive/data/0", &compressed, 8, data.len() as u32)
+        .add("version", b"3\n")
+        .finish();
+    let plain = with_crcs(plain, &[&pickle, &data, b"3\n"]);
+    let zip64 = to_zip64(&plain);
+    // An independent reader (the `zip` crate) agrees that the file says what we mean.
+    let mut oracle = zip::ZipArchive::new(std::io::Cursor::new(zip64.clone())).unwrap();
+    let mut entry = oracle.by_name("archive/data/0").unwrap();
+    assert_eq!(
+        (entry.size(), entry.compressed_size()),
+        (data.len() as u64, compressed.len() as u64)
+    );
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut inflated).unwrap();
+    assert_eq!(inflated, data);
+    drop(entry);
+    let ckpt = ptload::load_bytes(zip64).unwrap();
+    assert_eq!(
+        ckpt.tensor("").unwrap().to_contiguous_bytes().unwrap(),
+        data
+    );
+}
+
+#[test]
+fn a_stored_entry_whose_sizes_disagree_is_refused() {
+    // Stored, 8 bytes of data, declared as 16 uncompressed: the entry lies about its size.
+    let bytes = ZipBuilder::new("archive")
+        .add("data.pkl", &tensor_pickle())
+        .add_entry("archive/data/0", &floats(), 0, 16)
+        .add("version", b"3\n")
+        .finish();
+    let e = ptload::load_bytes(bytes).unwrap_err();
+    assert!(matches!(e.kind(), ptload::ErrorKind::Zip { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("stored entry 'archive/data/0' has compressed size 8 but size 16"),
+        "{e}"
+    );
+}
+
+/// `zip` with a comment of `n` bytes after its end record (the EOCD's comment length set).
+fn with_comment(mut zip: Vec<u8>, n: usize) -> Vec<u8> {
+    let eocd = zip.len() - 22;
+    zip[eocd + 20..eocd + 22].copy_from_slice(&(n as u16).to_le_bytes());
+    // A comment that looks like neither an EOCD nor its locator.
+    zip.extend((0..n).map(|i| b'a' + (i % 26) as u8));
+    zip
+}
+
+#[test]
+fn the_end_record_is_found_before_a_comment_of_any_length() {
+    let plain = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    for n in [1, 21, 22, 1000, 65_535] {
+        let ckpt = ptload::load_bytes(with_comment(plain.clone(), n))
+            .unwrap_or_else(|e| panic!("comment of {n} bytes: {e}"));
+        assert_eq!(
+            ckpt.tensor("").unwrap().as_bytes().unwrap(),
+            floats().as_slice()
+        );
+    }
+    // Also for a zip64 archive, whose locator precedes the end record.
+    let ckpt = ptload::load_bytes(with_comment(to_zip64(&plain), 300)).unwrap();
+    assert_eq!(
+        ckpt.tensor("").unwrap().as_bytes().unwrap(),
+        floats().as_slice()
+    );
+}
+
+#[test]
+fn files_too_short_for_an_end_record() {
+    let parse = |b: &[u8]| {
+        ptload::archive::ZipDirectory::parse(b)
+            .unwrap_err()
+            .to_string()
+    };
+    let mut eocd = 0x0605_4b50u32.to_le_bytes().to_vec();
+    eocd.resize(22, 0);
+    // 21 bytes cannot hold the 22-byte record; 22 bytes can (and hold no entries).
+    assert!(
+        parse(&eocd[..21]).contains("file too short for a zip archive (21 bytes)"),
+        "{}",
+        parse(&eocd[..21])
+    );
+    assert!(
+        parse(&eocd).contains("the archive has no entries"),
+        "{}",
+        parse(&eocd)
+    );
+}
+
+#[test]
+fn ranges_ending_exactly_at_the_end_of_the_file_are_inside_it() {
+    // The central directory's declared size reaching the last byte (the end record included):
+    // the entry count bounds the walk, so the file loads.
+    let plain = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    let mut zip = plain.clone();
+    let eocd = zip.len() - 22;
+    let cd_offset = u32::from_le_bytes(zip[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    let to_end = (zip.len() - cd_offset) as u32;
+    zip[eocd + 12..eocd + 16].copy_from_slice(&to_end.to_le_bytes());
+    ptload::load_bytes(zip).unwrap();
+    // One byte further is outside.
+    let mut zip = plain;
+    zip[eocd + 12..eocd + 16].copy_from_slice(&(to_end + 1).to_le_bytes());
+    assert!(err(zip).contains("lies outside the file"));
+
+    // A deflated entry whose compressed size runs to the last byte: inside the file (the
+    // inflater stops at the end of its stream).
+    let pickle = tensor_pickle();
+    let zip = ZipBuilder::new("archive")
+        .add("version", b"3\n")
+        .add("data/0", &floats())
+        .add_entry(
+            "archive/data.pkl",
+            &deflate(&pickle),
+            8,
+            pickle.len() as u32,
+        )
+        .finish();
+    let signature = 0x0201_4b50u32.to_le_bytes();
+    let header = (0..zip.len() - 46)
+        .find(|&i| {
+            zip[i..].starts_with(&signature) && zip[i + 46..].starts_with(b"archive/data.pkl")
+        })
+        .unwrap();
+    let local = u32::from_le_bytes(zip[header + 42..header + 46].try_into().unwrap()) as usize;
+    let name_len = u16::from_le_bytes([zip[local + 26], zip[local + 27]]) as usize;
+    let extra_len = u16::from_le_bytes([zip[local + 28], zip[local + 29]]) as usize;
+    let data_offset = local + 30 + name_len + extra_len;
+    let mut to_end = zip.clone();
+    to_end[header + 20..header + 24]
+        .copy_from_slice(&((zip.len() - data_offset) as u32).to_le_bytes());
+    let ckpt = ptload::load_bytes(to_end).unwrap();
+    assert_eq!(
+        ckpt.tensor("").unwrap().as_bytes().unwrap(),
+        floats().as_slice()
+    );
+    let mut past = zip.clone();
+    past[header + 20..header + 24]
+        .copy_from_slice(&((zip.len() - data_offset + 1) as u32).to_le_bytes());
+    assert!(err(past).contains("run past the end of the file"));
+}
+
+#[test]
+fn an_entry_running_past_the_end_of_the_file_is_refused() {
+    let zip = ZipBuilder::new("archive")
+        .add("data.pkl", &tensor_pickle())
+        .add_entry("archive/data/0", &deflate(&floats()), 8, 8)
+        .add("version", b"3\n")
+        .finish();
+    // Declare the deflated entry's compressed size 1 MiB, in its central header.
+    let signature = 0x0201_4b50u32.to_le_bytes();
+    let pos = (0..zip.len() - 46)
+        .find(|&i| zip[i..].starts_with(&signature) && zip[i + 46..].starts_with(b"archive/data/0"))
+        .unwrap();
+    let mut bad = zip.clone();
+    bad[pos + 20..pos + 24].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    let e = err(bad);
+    assert!(
+        e.contains("entry 'archive/data/0': 1048576 bytes of data at offset")
+            && e.contains("run past the end of the file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn too_many_entries_for_the_directory_size_are_refused() {
+    let mut zip = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    let eocd = zip.len() - 22;
+    let cd_size = u32::from_le_bytes(zip[eocd + 12..eocd + 16].try_into().unwrap()) as u64;
+    // One more than 46-byte headers could fit.
+    let entries = (cd_size / 46 + 1) as u16;
+    zip[eocd + 8..eocd + 10].copy_from_slice(&entries.to_le_bytes());
+    zip[eocd + 10..eocd + 12].copy_from_slice(&entries.to_le_bytes());
+    let e = err(zip);
+    assert!(
+        e.contains(&format!(
+            "{entries} entries cannot fit in a central directory of {cd_size} bytes"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_pickle_inflating_past_its_declared_size_is_refused() {
+    let pickle = tensor_pickle();
+    let zip = ZipBuilder::new("archive")
+        .add_entry(
+            "archive/data.pkl",
+            &deflate(&pickle),
+            8,
+            pickle.len() as u32 - 1,
+        )
+        .add("data/0", &floats())
+        .add("version", b"3\n")
+        .finish();
+    let e = err(zip);
+    assert!(
+        e.contains(&format!(
+            "deflate stream holds more than {} bytes, but the directory declares {}",
+            pickle.len() - 1,
+            pickle.len() - 1
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_deflate_ratio_bound_is_inclusive() {
+    // Deflate expands at most 1032:1 (plus a 64-byte allowance): a declared size at the bound
+    // is read (and found wrong by the inflater), one byte more is refused unread.
+    let pickle = tensor_pickle();
+    let compressed = deflate(&pickle);
+    let bound = compressed.len() as u32 * 1032 + 64;
+    let build = |size: u32| {
+        ZipBuilder::new("archive")
+            .add_entry("archive/data.pkl", &compressed, 8, size)
+            .add("data/0", &floats())
+            .add("version", b"3\n")
+            .finish()
+    };
+    let at_bound = err(build(bound));
+    assert!(
+        at_bound.contains(&format!(
+            "deflate stream holds {} bytes, but the directory declares {bound}",
+            pickle.len()
+        )),
+        "{at_bound}"
+    );
+    let over = err(build(bound + 1));
+    assert!(
+        over.contains(&format!(
+            "declares {} bytes, more than {} compressed bytes can inflate to",
+            bound + 1,
+            compressed.len()
+        )),
+        "{over}"
+    );
+}
+
+#[test]
+fn a_zip64_archive_that_is_no_checkpoint_names_its_entries() {
+    let zip = ZipBuilder::new("weights")
+        .add("model.safetensors", b"{}")
+        .add("notes.txt", b"hello")
+        .finish();
+    let e = err(to_zip64(&zip));
+    assert!(
+        e.contains("weights/model.safetensors") && e.contains("weights/notes.txt"),
         "{e}"
     );
 }

@@ -629,7 +629,7 @@ async function loadFile(bindings, source, opts, progress) {
     throwIfAborted(opts.signal);
     await place(planner, bindings, source, planned, storages, all, progress, opts.signal);
     if (planned.some((s) => s.device === "webgpu")) {
-      gpu = new WebGpuPlacement(opts.device, source.name);
+      gpu = new WebGpuPlacement(opts.device, source.name, (message) => new PtloadError(message, { kind: "Placement", file: source.name }));
       await placeOnGpu(gpu, planner, bindings, source, planned, storages, all, progress, opts);
       await gpu.finish();
     }

@@ -36,9 +36,11 @@ const FLOAT_TARGETS = { float16: [0, 2], float32: [1, 4] };
 /** The storages of one load placed on one GPUDevice. Everything it creates is destroyed by
  * `abort()`, so a failed or cancelled load leaves no buffer alive. */
 export class WebGpuPlacement {
-  constructor(device, fileName) {
+  /** `fail(message)` makes the error a failed placement throws (the package's PtloadError). */
+  constructor(device, fileName, fail = (message) => new Error(message)) {
     this.device = device;
     this.fileName = fileName;
+    this.fail = fail;
     this.created = new Set();
     this.unflushed = 0;
     this.pipeline = null;
@@ -53,7 +55,7 @@ export class WebGpuPlacement {
     const size = pad4(nbytes);
     const limit = this.device.limits.maxBufferSize;
     if (size > limit) {
-      throw new RangeError(
+      throw this.fail(
         `${this.fileName}: storage ${key} holds ${nbytes} bytes, more than this GPUDevice's ` +
         `maxBufferSize (${limit}); request a larger limit with adapter.requestDevice({ ` +
         `requiredLimits: { maxBufferSize: adapter.limits.maxBufferSize } })`,
@@ -143,7 +145,7 @@ export class WebGpuPlacement {
       if (e) errors.push(e);
     }
     if (errors.length) {
-      throw new Error(`${this.fileName}: WebGPU placement failed: ${errors.map((e) => e.message).join("; ")}`);
+      throw this.fail(`${this.fileName}: WebGPU placement failed: ${errors.map((e) => e.message).join("; ")}`);
     }
   }
 
@@ -204,7 +206,7 @@ class BufferWriter {
   end() {
     const total = this.at + this.carried;
     if (total !== this.nbytes) {
-      throw new Error(`${this.placement.fileName}: storage ${this.buffer.label} got ${total} bytes, expected ${this.nbytes}`);
+      throw this.placement.fail(`${this.placement.fileName}: storage ${this.buffer.label} got ${total} bytes, expected ${this.nbytes}`);
     }
     if (this.carried > 0) {
       this.carry.fill(0, this.carried);

@@ -57,10 +57,7 @@ fn plain_pickle(data: &[u8], at: usize, what: &str) -> Result<(Arena, NodeId, us
     )
     .map_err(|mut error| {
         error.offset += at as u64;
-        Error::new(ErrorKind::Pickle {
-            record: format!("legacy stream {what}"),
-            error,
-        })
+        Error::pickle(&format!("legacy stream {what}"), error)
     })?;
     Ok((arena, root, at + len))
 }

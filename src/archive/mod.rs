@@ -10,14 +10,21 @@
 //! Files of other formats (safetensors, GGUF, ONNX, gzip, …) are named by `detect.rs` when
 //! refused.
 
+// Internals, public for the fuzz targets, tests and benches only (not a stable API).
+#[doc(hidden)]
 pub mod detect;
+#[doc(hidden)]
 pub mod legacy;
+#[doc(hidden)]
 pub mod tar;
+#[doc(hidden)]
 pub mod zip;
+#[doc(hidden)]
 pub mod zip_spec;
 
 use std::fmt;
 
+#[doc(hidden)]
 pub use self::zip::{Method, ZipDirectory};
 
 /// The container a checkpoint uses.
@@ -103,6 +110,7 @@ pub struct Record {
 
 /// What the first bytes of a file say it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[doc(hidden)]
 pub enum Sniffed {
     /// `PK\3\4`: a zip archive.
     Zip,
@@ -113,6 +121,7 @@ pub enum Sniffed {
 }
 
 /// Sniffs a file's container from its first bytes, as torch.load does (spec §1).
+#[doc(hidden)]
 pub fn sniff(data: &[u8]) -> Sniffed {
     if data.starts_with(b"PK\x03\x04") {
         Sniffed::Zip

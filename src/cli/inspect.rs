@@ -160,7 +160,7 @@ fn table_report(ckpt: &Checkpoint, file: &std::path::Path, sha256: bool) -> ptlo
                 .join(", ")
         );
         let mut row = vec![
-            path,
+            path.to_owned(),
             t.dtype().name().to_owned(),
             shape,
             t.device().to_string(),

@@ -14,12 +14,11 @@
 //! `root` in JSON is written by [`ptload::torch::json`] (its module docs give the mapping), so
 //! that every surface can print the same text.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use ptload::torch::json::float_repr;
 use ptload::torch::value::key_segment;
-use ptload::{Checkpoint, Device, Tensor, TensorKind, TensorMeta, Value};
+use ptload::{Checkpoint, Device, TensorKind, TensorMeta, Value};
 
 /// Options of the text tree.
 pub struct TextOptions {
@@ -290,9 +289,6 @@ fn device_of(ckpt: &Checkpoint, meta: &TensorMeta) -> Device {
 struct Text<'c> {
     ckpt: &'c Checkpoint,
     options: &'c TextOptions,
-    /// Listed tensors by path (for `--sha256`; `Checkpoint::tensor` cannot find keys that
-    /// hold dots, such as a state dict's `0.weight`).
-    tensors: HashMap<String, Tensor<'c>>,
     out: String,
 }
 
@@ -325,7 +321,7 @@ impl Text<'_> {
             line.push_str(" neg");
         }
         if self.options.sha256 && at.listed {
-            if let Some(t) = self.tensors.get(at.path) {
+            if let Some(t) = self.ckpt.tensor(at.path) {
                 if t.device() != Device::Meta {
                     let _ = write!(line, " sha256={}", t.sha256()?);
                 }
@@ -369,7 +365,55 @@ impl Text<'_> {
         })
     }
 
-    fn node(&mut self, label: &str, value: &Value, at: At<'_>, depth: usize) -> ptload::Result<()> {
+    /// Writes the lines of `value` and everything under it. The walk keeps its own stack on
+    /// the heap: a tree of any depth is written on any thread.
+    fn node(&mut self, label: String, value: &Value, at: At<'_>) -> ptload::Result<()> {
+        let mut stack = vec![Line::Node {
+            label,
+            value,
+            path: at.path.to_owned(),
+            listed: at.listed,
+            depth: 0,
+        }];
+        while let Some(line) = stack.pop() {
+            match line {
+                Line::More { depth, more } => {
+                    let _ = writeln!(
+                        self.out,
+                        "{}  ... {more} more {}",
+                        "  ".repeat(depth),
+                        if more == 1 { "item" } else { "items" }
+                    );
+                }
+                Line::Node {
+                    label,
+                    value,
+                    path,
+                    listed,
+                    depth,
+                } => {
+                    let at = At {
+                        path: &path,
+                        listed,
+                    };
+                    let first = stack.len();
+                    self.one_node(&label, value, at, depth, &mut stack)?;
+                    stack[first..].reverse();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the line of `value`, and pushes what goes under it onto `next` (in order).
+    fn one_node<'v>(
+        &mut self,
+        label: &str,
+        value: &'v Value,
+        at: At<'_>,
+        depth: usize,
+        next: &mut Vec<Line<'v>>,
+    ) -> ptload::Result<()> {
         let summary = self.summary(value, at)?;
         let indent = "  ".repeat(depth);
         if label.is_empty() {
@@ -403,32 +447,41 @@ impl Text<'_> {
             n => n,
         };
         for (label, child, segment) in shown.into_iter().take(limit) {
-            let path;
-            let child_at = match segment {
-                Some(segment) => {
-                    path = at.child(&segment);
-                    At {
-                        path: &path,
-                        listed: at.listed,
-                    }
-                }
-                None => At {
-                    path: "",
-                    listed: false,
-                },
+            let (path, listed) = match segment {
+                Some(segment) => (at.child(&segment), at.listed),
+                None => (String::new(), false),
             };
-            self.node(&label, child, child_at, depth + 1)?;
+            next.push(Line::Node {
+                label,
+                value: child,
+                path,
+                listed,
+                depth: depth + 1,
+            });
         }
         if total > limit {
-            let _ = writeln!(
-                self.out,
-                "{indent}  ... {} more {}",
-                total - limit,
-                if total - limit == 1 { "item" } else { "items" }
-            );
+            next.push(Line::More {
+                depth,
+                more: total - limit,
+            });
         }
         Ok(())
     }
+}
+
+/// A line of the text tree still to write: a value (and all under it) or `... N more items`.
+enum Line<'v> {
+    Node {
+        label: String,
+        value: &'v Value,
+        path: String,
+        listed: bool,
+        depth: usize,
+    },
+    More {
+        depth: usize,
+        more: usize,
+    },
 }
 
 /// An object's constructor arguments on one line, if they are scalars and fit.
@@ -446,31 +499,24 @@ pub fn text(ckpt: &Checkpoint, options: &TextOptions) -> ptload::Result<String> 
     let mut t = Text {
         ckpt,
         options,
-        tensors: if options.sha256 {
-            ckpt.tensors().collect()
-        } else {
-            HashMap::new()
-        },
         out: String::new(),
     };
     t.node(
-        "",
+        String::new(),
         &ckpt.root,
         At {
             path: "",
             listed: true,
         },
-        0,
     )?;
     if let Some(constants) = &ckpt.constants {
         t.node(
-            "constants",
+            "constants".into(),
             constants,
             At {
                 path: "constants",
                 listed: true,
             },
-            0,
         )?;
     }
     Ok(t.out)

@@ -536,10 +536,10 @@ impl DcpFolder {
                     )))
                 }
                 EntryKind::Bytes(item) => {
-                    let ckpt = self.load_value(item)?;
-                    let mut value = ckpt.root;
+                    let mut ckpt = self.load_value(item)?;
+                    let mut value = std::mem::replace(&mut ckpt.root, Value::None);
                     value.shift_storage_ids(tensors.len() + extra.len());
-                    extra.extend(ckpt.storages);
+                    extra.append(&mut ckpt.storages);
                     value
                 }
             };

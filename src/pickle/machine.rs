@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use super::value::{decimal_to_bigint, Arena, Call, CallKind, Node, NodeId};
-use super::{opcode_name, Hooks, PickleError, PickleLimits, StringEncoding};
+use super::{opcode_name, Hooks, LimitHit, PickleError, PickleLimits, StringEncoding};
 
 /// Runs one pickle to its `STOP` and returns the id of the result.
 pub struct Machine<'a, H: Hooks> {
@@ -63,6 +63,19 @@ impl<'a, H: Hooks> Machine<'a, H> {
             offset: self.op_pos as u64,
             opcode: Some(self.op),
             message: message.into(),
+            limit: None,
+        }
+    }
+
+    /// The error for an exceeded bound: `limit` is the `Limits` field that sets it.
+    fn limit_err(&self, limit: &'static str, value: usize, max: usize, what: &str) -> PickleError {
+        PickleError {
+            limit: Some(LimitHit {
+                limit,
+                value: value as u64,
+                max: max as u64,
+            }),
+            ..self.err(format!("limit {limit} exceeded: more than {max} {what}"))
         }
     }
 
@@ -125,10 +138,12 @@ impl<'a, H: Hooks> Machine<'a, H> {
 
     fn push_node(&mut self, node: Node) -> Result<()> {
         if self.arena.len() >= self.limits.max_nodes {
-            return Err(self.err(format!(
-                "limit max_pickle_nodes exceeded: more than {} objects",
-                self.limits.max_nodes
-            )));
+            return Err(self.limit_err(
+                "max_pickle_nodes",
+                self.arena.len() + 1,
+                self.limits.max_nodes,
+                "objects",
+            ));
         }
         let id = self.arena.push(node);
         self.stack.push(id);
@@ -137,10 +152,12 @@ impl<'a, H: Hooks> Machine<'a, H> {
 
     fn new_node(&mut self, node: Node) -> Result<NodeId> {
         if self.arena.len() >= self.limits.max_nodes {
-            return Err(self.err(format!(
-                "limit max_pickle_nodes exceeded: more than {} objects",
-                self.limits.max_nodes
-            )));
+            return Err(self.limit_err(
+                "max_pickle_nodes",
+                self.arena.len() + 1,
+                self.limits.max_nodes,
+                "objects",
+            ));
         }
         Ok(self.arena.push(node))
     }
@@ -171,10 +188,12 @@ impl<'a, H: Hooks> Machine<'a, H> {
     fn memo_put(&mut self, index: u64) -> Result<()> {
         let top = self.top()?;
         if !self.memo.contains_key(&index) && self.memo.len() >= self.limits.max_memo {
-            return Err(self.err(format!(
-                "limit max_memo_entries exceeded: more than {} memo entries",
-                self.limits.max_memo
-            )));
+            return Err(self.limit_err(
+                "max_memo_entries",
+                self.memo.len() + 1,
+                self.limits.max_memo,
+                "memo entries",
+            ));
         }
         self.memo.insert(index, top);
         Ok(())
@@ -283,6 +302,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     offset: self.pos as u64,
                     opcode: None,
                     message: "pickle data was truncated (no STOP opcode)".into(),
+                    limit: None,
                 });
             }
             let op = self.input[self.pos];
@@ -644,10 +664,13 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 }
             }
             if self.stack.len() > self.limits.max_stack {
-                return Err(self.err(format!(
-                    "limit max_stack_depth exceeded: more than {} values on the stack",
-                    self.limits.max_stack
-                )));
+                // The loader derives the stack bound from `Limits::max_pickle_nodes`.
+                return Err(self.limit_err(
+                    "max_pickle_nodes",
+                    self.stack.len(),
+                    self.limits.max_stack,
+                    "values on the stack",
+                ));
             }
         }
     }

@@ -1,6 +1,6 @@
 //! A general pickle reader (protocols 0–5) that knows nothing of torch.
 //!
-//! [`load_pickle`] runs the [`machine::Machine`] over a byte slice and returns the id of the
+//! [`load_pickle`] runs the pickle machine (`machine.rs`) over a byte slice and returns the id of the
 //! result in an [`Arena`]. Two hooks give meaning to what the machine cannot decide alone:
 //!
 //! | hook | called for | may |
@@ -11,7 +11,7 @@
 //! Nothing is imported or executed: calls are recorded as [`Node::Call`] nodes.
 
 pub mod encoding;
-pub mod machine;
+pub(crate) mod machine;
 pub mod value;
 
 use std::fmt;
@@ -72,6 +72,19 @@ pub struct PickleError {
     pub opcode: Option<u8>,
     /// What went wrong.
     pub message: String,
+    /// When a [`PickleLimits`] bound stopped the machine: which, as a `Limits` field.
+    pub limit: Option<LimitHit>,
+}
+
+/// A bound of [`PickleLimits`] that was exceeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The `Limits` field that sets it (`max_pickle_nodes`, `max_memo_entries`).
+    pub limit: &'static str,
+    /// The value met.
+    pub value: u64,
+    /// The bound.
+    pub max: u64,
 }
 
 impl fmt::Display for PickleError {

@@ -63,7 +63,7 @@ impl Loader {
     /// record of each storage that needs bytes.
     fn finish_plan(
         &self,
-        parsed: torch::Parsed,
+        mut parsed: torch::Parsed,
         constants: Option<Value>,
         format: Format,
         byte_order: ByteOrder,
@@ -75,7 +75,8 @@ impl Loader {
             .collect();
         let swap_units = swap_units(&roots, &parsed.storages);
         let mut storages = Vec::with_capacity(parsed.storages.len());
-        for (id, (storage, device)) in parsed.storages.into_iter().zip(devices).enumerate() {
+        let parsed_storages = std::mem::take(&mut parsed.storages);
+        for (id, (storage, device)) in parsed_storages.into_iter().zip(devices).enumerate() {
             let record = match device {
                 Device::Meta => None,
                 _ => {
@@ -106,7 +107,7 @@ impl Loader {
         Ok(Plan {
             format,
             byte_order,
-            root: parsed.root,
+            root: std::mem::replace(&mut parsed.root, Value::None),
             constants,
             storages,
             max_tensor_bytes: self.limits.max_tensor_bytes,
@@ -189,7 +190,7 @@ pub(crate) fn on_big_stack<T>(_what: &str, f: impl FnOnce() -> Result<T>) -> Res
 fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
     let mut units: Vec<Option<usize>> = vec![None; storages.len()];
     for root in roots {
-        walk_tensors(root, &mut String::new(), &mut |_, meta| {
+        walk_tensors(root, &mut String::new(), &mut |_, _, meta| {
             if let Some(id) = meta.storage {
                 units[id].get_or_insert(meta.dtype.swap_unit());
             }
@@ -202,24 +203,56 @@ fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
         .collect()
 }
 
-/// Calls `f(path, tensor)` for every tensor in the tree, in file order.
+/// One container being walked: its children still to visit, and where its path ends.
+struct Frame<'v> {
+    children: Box<dyn Iterator<Item = (String, &'v Value)> + 'v>,
+    path_len: usize,
+    next: u32,
+}
+
+/// Calls `f(path, positions, tensor)` for every tensor in the tree, in file order. `path` is
+/// `.`-joined and starts with what `path` holds on entry; `positions` are the child indices
+/// ([`Value::child_at`]) from `value` down to the tensor.
+///
+/// The walk keeps its own stack on the heap: a tree of any depth walks on any thread.
 pub(crate) fn walk_tensors<'v>(
     value: &'v Value,
     path: &mut String,
-    f: &mut dyn FnMut(&str, &'v TensorMeta),
+    f: &mut dyn FnMut(&str, &[u32], &'v TensorMeta),
 ) {
+    let mut positions: Vec<u32> = Vec::new();
     if let Value::Tensor(meta) = value {
-        f(path, meta);
+        f(path, &positions, meta);
         return;
     }
-    for (segment, child) in value.children() {
-        let len = path.len();
+    let mut stack = vec![Frame {
+        children: value.children(),
+        path_len: path.len(),
+        next: 0,
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some((segment, child)) = top.children.next() else {
+            stack.pop();
+            continue;
+        };
+        let index = top.next;
+        top.next = top.next.saturating_add(1);
+        path.truncate(top.path_len);
         if !path.is_empty() {
             path.push('.');
         }
         path.push_str(&segment);
-        walk_tensors(child, path, f);
-        path.truncate(len);
+        positions.truncate(stack.len() - 1);
+        positions.push(index);
+        match child {
+            Value::Tensor(meta) => f(path, &positions, meta),
+            _ if child.has_children() => stack.push(Frame {
+                children: child.children(),
+                path_len: path.len(),
+                next: 0,
+            }),
+            _ => {}
+        }
     }
 }
 
@@ -240,8 +273,18 @@ pub struct Plan {
     pub(crate) max_tensor_bytes: u64,
 }
 
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // A deep tree must not overflow the dropping thread's stack.
+        self.root.dismantle();
+        if let Some(constants) = &mut self.constants {
+            constants.dismantle();
+        }
+    }
+}
+
 impl Plan {
-    /// Every tensor with its path, in file order (as [`Checkpoint::tensors`]).
+    /// Every tensor with its path, in file order (as [`crate::Checkpoint::tensors`]).
     pub fn tensors(&self) -> Vec<(String, &TensorMeta)> {
         tensors_of(&self.root, self.constants.as_ref())
     }
@@ -280,13 +323,15 @@ pub(crate) fn tensors_of<'v>(
     constants: Option<&'v Value>,
 ) -> Vec<(String, &'v TensorMeta)> {
     let mut out = Vec::new();
-    walk_tensors(root, &mut String::new(), &mut |path, meta| {
+    walk_tensors(root, &mut String::new(), &mut |path, _, meta| {
         out.push((path.to_owned(), meta))
     });
     if let Some(constants) = constants {
-        walk_tensors(constants, &mut "constants".to_owned(), &mut |path, meta| {
-            out.push((path.to_owned(), meta))
-        });
+        walk_tensors(
+            constants,
+            &mut "constants".to_owned(),
+            &mut |path, _, meta| out.push((path.to_owned(), meta)),
+        );
     }
     out
 }

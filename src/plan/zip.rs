@@ -48,7 +48,7 @@ impl Loader {
             let mut extra = self.parse_record(&dir, bytes, "constants.pkl", &options)?;
             extra.root.shift_storage_ids(data_storages);
             parsed.storages.append(&mut extra.storages);
-            constants = Some(extra.root);
+            constants = Some(std::mem::replace(&mut extra.root, torch::Value::None));
         }
         let format = if torchscript {
             Format::TorchScript

@@ -49,18 +49,32 @@ pub fn float_repr(x: f64) -> String {
 }
 
 /// The tree as JSON text; `storage_key` names a storage saved on its own.
+///
+/// The walk keeps its own stack on the heap: a tree of any depth is written on any thread.
 pub fn tree(root: &Value, storage_key: &dyn Fn(StorageId) -> Option<String>) -> String {
     let mut w = Writer {
         storage_key,
         out: String::new(),
     };
-    w.value(
-        root,
-        At {
-            path: "",
-            listed: true,
-        },
-    );
+    let mut stack = vec![Task::Value(root, String::new(), true)];
+    let mut next = Vec::new();
+    while let Some(task) = stack.pop() {
+        match task {
+            Task::Raw(s) => w.raw(s),
+            Task::Str(s) => w.string(s),
+            Task::Value(value, path, listed) => {
+                w.value(
+                    value,
+                    At {
+                        path: &path,
+                        listed,
+                    },
+                    &mut next,
+                );
+                stack.extend(next.drain(..).rev());
+            }
+        }
+    }
     w.out
 }
 
@@ -71,11 +85,6 @@ struct At<'p> {
     listed: bool,
 }
 
-const UNLISTED: At<'static> = At {
-    path: "",
-    listed: false,
-};
-
 impl At<'_> {
     fn child(&self, segment: &str) -> String {
         if self.path.is_empty() {
@@ -84,6 +93,14 @@ impl At<'_> {
             format!("{}.{segment}", self.path)
         }
     }
+}
+
+/// Output still to write, in order: text, a JSON string, or a value (with its path and
+/// whether `Checkpoint::tensors` walks it).
+enum Task<'v> {
+    Raw(&'static str),
+    Str(&'v str),
+    Value(&'v Value, String, bool),
 }
 
 struct Writer<'k> {
@@ -133,68 +150,55 @@ impl Writer<'_> {
         }
         self.raw("\"}");
     }
+}
 
-    /// `{"tag": [...]}` or a bare array of `items`, each at `at.child(i)`.
-    fn array(&mut self, tag: Option<&str>, items: &[Value], at: At<'_>) {
-        if let Some(tag) = tag {
-            let _ = write!(self.out, "{{\"{tag}\":");
+/// Tasks for a bare array of `items`, each at `at.child(i)`.
+fn array<'v>(items: &'v [Value], at: At<'_>, tasks: &mut Vec<Task<'v>>) {
+    tasks.push(Task::Raw("["));
+    for (i, v) in items.iter().enumerate() {
+        if i > 0 {
+            tasks.push(Task::Raw(","));
         }
-        self.raw("[");
-        for (i, v) in items.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
+        tasks.push(Task::Value(v, at.child(&i.to_string()), at.listed));
+    }
+    tasks.push(Task::Raw("]"));
+}
+
+/// Tasks for a dict's items, their values at `at.child(key)`: an object when every key is a
+/// `str`, else `{"__dict__": [[key, value], ...]}`.
+fn dict_items<'v>(items: &'v [(Value, Value)], at: At<'_>, tasks: &mut Vec<Task<'v>>) {
+    let str_keys = items.iter().all(|(k, _)| matches!(k, Value::Str(_)));
+    tasks.push(Task::Raw(if str_keys { "{" } else { "{\"__dict__\":[" }));
+    for (i, (k, v)) in items.iter().enumerate() {
+        if i > 0 {
+            tasks.push(Task::Raw(","));
+        }
+        match k {
+            Value::Str(s) if str_keys => {
+                tasks.push(Task::Str(s));
+                tasks.push(Task::Raw(":"));
             }
-            let path = at.child(&i.to_string());
-            self.value(
-                v,
-                At {
-                    path: &path,
-                    listed: at.listed,
-                },
-            );
+            _ => {
+                tasks.push(Task::Raw("["));
+                tasks.push(Task::Value(k, String::new(), false));
+                tasks.push(Task::Raw(","));
+            }
         }
-        self.raw("]");
-        if tag.is_some() {
-            self.raw("}");
+        tasks.push(Task::Value(v, at.child(&key_segment(k)), at.listed));
+        if !str_keys {
+            tasks.push(Task::Raw("]"));
         }
     }
+    tasks.push(Task::Raw(if str_keys { "}" } else { "]}" }));
+}
 
-    /// A dict's items, their values at `at.child(key)`: an object when every key is a `str`,
-    /// else `{"__dict__": [[key, value], ...]}`.
-    fn dict_items(&mut self, items: &[(Value, Value)], at: At<'_>) {
-        let str_keys = items.iter().all(|(k, _)| matches!(k, Value::Str(_)));
-        self.raw(if str_keys { "{" } else { "{\"__dict__\":[" });
-        for (i, (k, v)) in items.iter().enumerate() {
-            if i > 0 {
-                self.raw(",");
-            }
-            match k {
-                Value::Str(s) if str_keys => {
-                    self.string(s);
-                    self.raw(":");
-                }
-                _ => {
-                    self.raw("[");
-                    self.value(k, UNLISTED);
-                    self.raw(",");
-                }
-            }
-            let path = at.child(&key_segment(k));
-            self.value(
-                v,
-                At {
-                    path: &path,
-                    listed: at.listed,
-                },
-            );
-            if !str_keys {
-                self.raw("]");
-            }
-        }
-        self.raw(if str_keys { "}" } else { "]}" });
-    }
-
-    fn value(&mut self, value: &Value, at: At<'_>) {
+impl Writer<'_> {
+    /// Writes a leaf now; for a container, pushes the tasks that write it onto `tasks`.
+    fn value<'v>(&mut self, value: &'v Value, at: At<'_>, tasks: &mut Vec<Task<'v>>) {
+        const UNLISTED: At<'static> = At {
+            path: "",
+            listed: false,
+        };
         match value {
             Value::None => self.raw("null"),
             Value::Bool(b) => self.raw(if *b { "true" } else { "false" }),
@@ -217,10 +221,18 @@ impl Writer<'_> {
             Value::Str(s) => self.string(s),
             Value::Bytes(b) => self.hex("__bytes__", b),
             Value::ByteArray(b) => self.hex("__bytearray__", b),
-            Value::List(items) | Value::Tuple(items) => self.array(None, items, at),
-            Value::Set(items) => self.array(Some("__set__"), items, at),
-            Value::FrozenSet(items) => self.array(Some("__frozenset__"), items, at),
-            Value::Dict(d) => self.dict_items(&d.items, at),
+            Value::List(items) | Value::Tuple(items) => array(items, at, tasks),
+            Value::Set(items) => {
+                tasks.push(Task::Raw("{\"__set__\":"));
+                array(items, at, tasks);
+                tasks.push(Task::Raw("}"));
+            }
+            Value::FrozenSet(items) => {
+                tasks.push(Task::Raw("{\"__frozenset__\":"));
+                array(items, at, tasks);
+                tasks.push(Task::Raw("}"));
+            }
+            Value::Dict(d) => dict_items(&d.items, at, tasks),
             Value::Tensor(_) if at.listed => {
                 self.raw("{\"__tensor__\":");
                 self.string(at.path);
@@ -244,40 +256,40 @@ impl Writer<'_> {
                 self.raw("}");
             }
             Value::Object(o) => {
-                self.raw("{\"__class__\":");
-                self.string(&o.class);
-                self.raw(",\"args\":");
-                self.array(None, &o.args, UNLISTED);
-                self.raw(",\"state\":");
+                tasks.push(Task::Raw("{\"__class__\":"));
+                tasks.push(Task::Str(&o.class));
+                tasks.push(Task::Raw(",\"args\":"));
+                array(&o.args, UNLISTED, tasks);
+                tasks.push(Task::Raw(",\"state\":"));
                 match &o.state {
-                    None => self.raw("null"),
+                    None => tasks.push(Task::Raw("null")),
                     // The state dict's items are the object's attributes: paths `obj.name`.
-                    Some(Value::Dict(d)) => self.dict_items(&d.items, at),
+                    Some(Value::Dict(d)) => dict_items(&d.items, at, tasks),
                     // (dict, slots), as Python's default __reduce_ex__ writes it.
                     Some(Value::Tuple(parts)) => {
-                        self.raw("[");
+                        tasks.push(Task::Raw("["));
                         for (i, part) in parts.iter().enumerate() {
                             if i > 0 {
-                                self.raw(",");
+                                tasks.push(Task::Raw(","));
                             }
                             match part {
-                                Value::Dict(d) => self.dict_items(&d.items, at),
-                                other => self.value(other, UNLISTED),
+                                Value::Dict(d) => dict_items(&d.items, at, tasks),
+                                other => tasks.push(Task::Value(other, String::new(), false)),
                             }
                         }
-                        self.raw("]");
+                        tasks.push(Task::Raw("]"));
                     }
-                    Some(other) => self.value(other, UNLISTED),
+                    Some(other) => tasks.push(Task::Value(other, String::new(), false)),
                 }
                 if !o.list_items.is_empty() {
-                    self.raw(",\"listItems\":");
-                    self.array(None, &o.list_items, at);
+                    tasks.push(Task::Raw(",\"listItems\":"));
+                    array(&o.list_items, at, tasks);
                 }
                 if !o.dict_items.is_empty() {
-                    self.raw(",\"dictItems\":");
-                    self.dict_items(&o.dict_items, at);
+                    tasks.push(Task::Raw(",\"dictItems\":"));
+                    dict_items(&o.dict_items, at, tasks);
                 }
-                self.raw("}");
+                tasks.push(Task::Raw("}"));
             }
             Value::Global(name) => {
                 self.raw("{\"__global__\":");
@@ -364,5 +376,30 @@ mod tests {
             text,
             r#"{"z\"q\n":{"__float__":"-inf"},"nan":{"__float__":"nan"},"big":{"__int__":"-1180591620717411303424"},"b":{"__bytes__":"00ff"},"set":{"__set__":[1]},"c":{"__class__":"builtins.complex","args":[1.5,-2.0],"state":null},"ints":{"__dict__":[[3,{"__tensor__":"ints.3"}]]},"obj":{"__class__":"argparse.Namespace","args":[{"__tensor__":null,"dtype":"float32","shape":[2]}],"state":{"w":{"__tensor__":"obj.w"}}},"g":{"__global__":"torch.float32"},"st":{"__storage__":"key0"}}"#
         );
+    }
+
+    #[test]
+    fn a_deep_tree_is_written_without_recursion() {
+        let mut v = tensor();
+        for _ in 0..100_000 {
+            v = Value::List(vec![v]);
+        }
+        let text = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let text = tree(&v, &|_| None);
+                v.dismantle();
+                text
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let path = vec!["0"; 100_000].join(".");
+        let want = format!(
+            "{}{{\"__tensor__\":\"{path}\"}}{}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        assert_eq!(text, want);
     }
 }

@@ -4,13 +4,19 @@
 pub mod dtype;
 pub mod json;
 pub mod layout;
+// Internals, public for the fuzz targets, tests and benches only (not a stable API).
+#[doc(hidden)]
 pub mod policy;
+#[doc(hidden)]
 pub mod rebuild;
+#[doc(hidden)]
 pub mod storage;
+#[doc(hidden)]
 pub mod tar;
 pub mod value;
 
 pub use dtype::Dtype;
+#[doc(hidden)]
 pub use storage::{StorageRef, StorageTable};
 pub use value::{Dict, Object, StorageId, TensorKind, TensorMeta, Value};
 
@@ -19,6 +25,7 @@ use crate::pickle::{self, Arena, Hooks, NodeId, PickleLimits, StringEncoding};
 
 /// Options for reading one pickle as torch does.
 #[derive(Clone, Copy, Debug)]
+#[doc(hidden)]
 pub struct PickleOptions {
     /// Refuse globals outside torch's allowlist (spec §6).
     pub weights_only: bool,
@@ -41,6 +48,7 @@ pub struct PickleOptions {
 
 /// The result of reading a checkpoint's main pickle.
 #[derive(Debug)]
+#[doc(hidden)]
 pub struct Parsed {
     /// The object tree.
     pub root: Value,
@@ -48,6 +56,12 @@ pub struct Parsed {
     pub storages: Vec<StorageRef>,
     /// Offset just past the pickle's `STOP` (where a legacy stream's key list starts).
     pub end: usize,
+}
+
+impl Drop for Parsed {
+    fn drop(&mut self) {
+        self.root.dismantle(); // a deep tree must not overflow the dropping thread's stack
+    }
 }
 
 /// The hooks torch gives the pickle machine.
@@ -58,6 +72,8 @@ struct TorchHooks {
     table: StorageTable,
     max_storages: usize,
     refused: Option<String>,
+    /// Set when `max_storages` stopped the pickle (its value).
+    storage_limit: Option<usize>,
 }
 
 impl Hooks for TorchHooks {
@@ -98,11 +114,19 @@ impl Hooks for TorchHooks {
                 return Ok(fields[0]);
             }
         }
-        self.table.persistent_load(arena, pid, self.max_storages)
+        let max = self.max_storages;
+        self.table
+            .persistent_load(arena, pid, max)
+            .inspect_err(|message| {
+                if message.starts_with("limit max_storages exceeded") {
+                    self.storage_limit = Some(max);
+                }
+            })
     }
 }
 
 /// Reads `bytes` (the record `record`, for errors) as a torch pickle and builds its tree.
+#[doc(hidden)]
 pub fn parse_pickle(bytes: &[u8], record: &str, options: &PickleOptions) -> Result<Parsed> {
     parse_pickle_with(bytes, record, options, StorageTable::default())
 }
@@ -122,6 +146,7 @@ fn run_pickle(
         table,
         max_storages: options.max_storages,
         refused: None,
+        storage_limit: None,
     };
     match pickle::load_pickle(
         bytes,
@@ -132,16 +157,20 @@ fn run_pickle(
     ) {
         Ok((root, end)) => Ok((arena, root, end, hooks.table)),
         Err(error) => Err(match hooks.refused {
-            Some(message) => Error::new(ErrorKind::WeightsOnly { message }),
-            None => Error::new(ErrorKind::Pickle {
-                record: record.to_owned(),
-                error,
-            }),
+            Some(message) => {
+                Error::new(ErrorKind::WeightsOnly { message }).at(record, error.offset)
+            }
+            None => match hooks.storage_limit {
+                Some(max) => Error::limit("max_storages", max as u64 + 1, max as u64)
+                    .at(record, error.offset),
+                None => Error::pickle(record, error),
+            },
         }),
     }
 }
 
 /// [`parse_pickle`] with storages (and tar objects) already known.
+#[doc(hidden)]
 pub fn parse_pickle_with(
     bytes: &[u8],
     record: &str,

@@ -111,6 +111,7 @@ impl<'a> Interpreter<'a> {
 
     fn tensor_error(&self, message: impl std::fmt::Display) -> Error {
         Error::invalid_tensor(format!("tensor '{}': {message}", self.here()))
+            .for_tensor(self.path.join("."))
     }
 
     fn count(&mut self) -> Result<()> {
@@ -458,11 +459,10 @@ impl<'a> Interpreter<'a> {
             }
         };
         if items.len() > self.limits.max_rank {
-            return Err(Error::limit(
-                "max_rank",
-                items.len() as u64,
-                self.limits.max_rank as u64,
-            ));
+            return Err(
+                Error::limit("max_rank", items.len() as u64, self.limits.max_rank as u64)
+                    .for_tensor(self.path.join(".")),
+            );
         }
         items
             .iter()

@@ -98,6 +98,13 @@ impl TensorMeta {
 }
 
 /// A value of the checkpoint tree.
+///
+/// Walks over a tree ([`Value::children`] with an explicit stack, `Display`,
+/// [`Value::shift_storage_ids`]) never recurse, and [`crate::Checkpoint`] and [`crate::Plan`]
+/// drop their trees without recursion. The derived `Clone`, `Debug`, `PartialEq` and `Drop`
+/// do recurse, once per level: on a tree you moved out of a checkpoint that may be deeper than
+/// the thread's stack allows (only with raised [`crate::Limits::max_depth`]), call
+/// [`Value::dismantle`] before dropping it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// `None`
@@ -208,40 +215,119 @@ impl Value {
 
     /// Adds `offset` to every storage id in the tree (to merge the storages of two pickles).
     pub fn shift_storage_ids(&mut self, offset: StorageId) {
-        match self {
-            Value::Tensor(t) => {
-                if let Some(id) = &mut t.storage {
-                    *id += offset;
+        // An explicit stack: a tree of any depth, on any thread.
+        let mut stack: Vec<&mut Value> = vec![self];
+        while let Some(value) = stack.pop() {
+            match value {
+                Value::Tensor(t) => {
+                    if let Some(id) = &mut t.storage {
+                        *id += offset;
+                    }
                 }
+                Value::Storage(id) => *id += offset,
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => stack.extend(items.iter_mut()),
+                Value::Dict(d) => {
+                    for (k, v) in &mut d.items {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                    stack.extend(d.attributes.iter_mut().map(|(_, v)| v));
+                }
+                Value::Object(o) => {
+                    stack.extend(o.args.iter_mut());
+                    stack.extend(o.state.as_mut());
+                    stack.extend(o.list_items.iter_mut());
+                    for (k, v) in &mut o.dict_items {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                }
+                _ => {}
             }
-            Value::Storage(id) => *id += offset,
+        }
+    }
+
+    /// Whether [`Value::children`] may yield anything (lists, tuples, sets, dicts, objects).
+    pub fn has_children(&self) -> bool {
+        matches!(
+            self,
+            Value::List(_)
+                | Value::Tuple(_)
+                | Value::Set(_)
+                | Value::FrozenSet(_)
+                | Value::Dict(_)
+                | Value::Object(_)
+        )
+    }
+
+    /// The `i`-th child in [`Value::children`]'s order, without building its path segment.
+    pub fn child_at(&self, i: usize) -> Option<&Value> {
+        match self {
             Value::List(items)
             | Value::Tuple(items)
             | Value::Set(items)
-            | Value::FrozenSet(items) => items.iter_mut().for_each(|v| v.shift_storage_ids(offset)),
-            Value::Dict(d) => {
-                for (k, v) in &mut d.items {
-                    k.shift_storage_ids(offset);
-                    v.shift_storage_ids(offset);
-                }
-                d.attributes
-                    .iter_mut()
-                    .for_each(|(_, v)| v.shift_storage_ids(offset));
-            }
+            | Value::FrozenSet(items) => items.get(i),
+            Value::Dict(d) => d.items.get(i).map(|(_, v)| v),
             Value::Object(o) => {
-                o.args.iter_mut().for_each(|v| v.shift_storage_ids(offset));
-                if let Some(state) = &mut o.state {
-                    state.shift_storage_ids(offset);
+                let mut i = i;
+                let state_dicts: &[Value] = match &o.state {
+                    Some(v @ Value::Dict(_)) => std::slice::from_ref(v),
+                    Some(Value::Tuple(parts)) => parts,
+                    _ => &[],
+                };
+                for part in state_dicts {
+                    if let Value::Dict(d) = part {
+                        match d.items.get(i) {
+                            Some((_, v)) => return Some(v),
+                            None => i -= d.items.len(),
+                        }
+                    }
                 }
-                o.list_items
-                    .iter_mut()
-                    .for_each(|v| v.shift_storage_ids(offset));
-                for (k, v) in &mut o.dict_items {
-                    k.shift_storage_ids(offset);
-                    v.shift_storage_ids(offset);
+                match o.dict_items.get(i) {
+                    Some((_, v)) => Some(v),
+                    None => o.list_items.get(i - o.dict_items.len()),
                 }
             }
-            _ => {}
+            _ => None,
+        }
+    }
+
+    /// Empties the tree without recursion, so that dropping a tree of any depth cannot
+    /// overflow the stack (the derived drop recurses once per level). Leaves `Value::None`.
+    pub fn dismantle(&mut self) {
+        let mut stack = vec![std::mem::replace(self, Value::None)];
+        while let Some(mut value) = stack.pop() {
+            match &mut value {
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => stack.append(items),
+                Value::Dict(d) => {
+                    for (k, v) in d.items.drain(..) {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                    stack.extend(d.attributes.drain(..).map(|(_, v)| v));
+                }
+                Value::Tensor(t) => {
+                    stack.extend(t.quantizer.take().map(|q| *q));
+                    stack.extend(t.attributes.take().map(|a| *a));
+                }
+                Value::Object(o) => {
+                    stack.append(&mut o.args);
+                    stack.extend(o.state.take());
+                    stack.append(&mut o.list_items);
+                    for (k, v) in o.dict_items.drain(..) {
+                        stack.push(k);
+                        stack.push(v);
+                    }
+                }
+                _ => {}
+            }
+            // `value` has no children left: dropping it recurses no further.
         }
     }
 
@@ -303,65 +389,86 @@ pub fn key_segment(key: &Value) -> String {
 }
 
 impl fmt::Display for Value {
-    /// A short Python-like rendering (tensors and objects abbreviated).
+    /// A short Python-like rendering (tensors and objects abbreviated). Written with an explicit
+    /// stack: a value of any depth displays on any thread.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn seq(
-            f: &mut fmt::Formatter<'_>,
-            open: &str,
-            items: &[Value],
-            close: &str,
-        ) -> fmt::Result {
-            f.write_str(open)?;
+        /// Text still to write: punctuation, or a value.
+        enum Part<'v> {
+            Text(&'static str),
+            Value(&'v Value),
+        }
+        fn seq<'v>(
+            parts: &mut Vec<Part<'v>>,
+            open: &'static str,
+            items: &'v [Value],
+            close: &'static str,
+        ) {
+            parts.push(Part::Text(open));
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    f.write_str(", ")?;
+                    parts.push(Part::Text(", "));
                 }
-                write!(f, "{v}")?;
+                parts.push(Part::Value(v));
             }
             if open == "(" && items.len() == 1 {
-                f.write_str(",")?;
+                parts.push(Part::Text(","));
             }
-            f.write_str(close)
+            parts.push(Part::Text(close));
         }
-        match self {
-            Value::None => f.write_str("None"),
-            Value::Bool(b) => f.write_str(if *b { "True" } else { "False" }),
-            Value::Int(i) => write!(f, "{i}"),
-            Value::BigInt(s) => f.write_str(s),
-            Value::Float(x) => {
-                if x.is_nan() {
-                    f.write_str("nan")
-                } else if x.is_infinite() {
-                    f.write_str(if *x > 0.0 { "inf" } else { "-inf" })
-                } else if x.fract() == 0.0 && x.abs() < 1e16 {
-                    write!(f, "{x:.1}")
-                } else {
-                    write!(f, "{x}")
+        let mut stack = vec![Part::Value(self)];
+        let mut next = Vec::new();
+        while let Some(part) = stack.pop() {
+            let value = match part {
+                Part::Text(text) => {
+                    f.write_str(text)?;
+                    continue;
                 }
-            }
-            Value::Complex(re, im) => write!(f, "({re}{im:+}j)"),
-            Value::Str(s) => write!(f, "{s:?}"),
-            Value::Bytes(b) => write!(f, "b{:?}", String::from_utf8_lossy(b)),
-            Value::ByteArray(b) => write!(f, "bytearray(b{:?})", String::from_utf8_lossy(b)),
-            Value::List(items) => seq(f, "[", items, "]"),
-            Value::Tuple(items) => seq(f, "(", items, ")"),
-            Value::Set(items) => seq(f, "{", items, "}"),
-            Value::FrozenSet(items) => seq(f, "frozenset({", items, "})"),
-            Value::Dict(d) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in d.items.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
+                Part::Value(value) => value,
+            };
+            match value {
+                Value::None => f.write_str("None")?,
+                Value::Bool(b) => f.write_str(if *b { "True" } else { "False" })?,
+                Value::Int(i) => write!(f, "{i}")?,
+                Value::BigInt(s) => f.write_str(s)?,
+                Value::Float(x) => {
+                    if x.is_nan() {
+                        f.write_str("nan")?
+                    } else if x.is_infinite() {
+                        f.write_str(if *x > 0.0 { "inf" } else { "-inf" })?
+                    } else if x.fract() == 0.0 && x.abs() < 1e16 {
+                        write!(f, "{x:.1}")?
+                    } else {
+                        write!(f, "{x}")?
                     }
-                    write!(f, "{k}: {v}")?;
                 }
-                f.write_str("}")
+                Value::Complex(re, im) => write!(f, "({re}{im:+}j)")?,
+                Value::Str(s) => write!(f, "{s:?}")?,
+                Value::Bytes(b) => write!(f, "b{:?}", String::from_utf8_lossy(b))?,
+                Value::ByteArray(b) => write!(f, "bytearray(b{:?})", String::from_utf8_lossy(b))?,
+                Value::List(items) => seq(&mut next, "[", items, "]"),
+                Value::Tuple(items) => seq(&mut next, "(", items, ")"),
+                Value::Set(items) => seq(&mut next, "{", items, "}"),
+                Value::FrozenSet(items) => seq(&mut next, "frozenset({", items, "})"),
+                Value::Dict(d) => {
+                    next.push(Part::Text("{"));
+                    for (i, (k, v)) in d.items.iter().enumerate() {
+                        if i > 0 {
+                            next.push(Part::Text(", "));
+                        }
+                        next.push(Part::Value(k));
+                        next.push(Part::Text(": "));
+                        next.push(Part::Value(v));
+                    }
+                    next.push(Part::Text("}"));
+                }
+                Value::Tensor(t) => write!(f, "tensor({} {:?})", t.dtype, t.shape)?,
+                Value::Storage(id) => write!(f, "storage#{id}")?,
+                Value::Object(o) => write!(f, "<{} object>", o.class)?,
+                Value::Global(name) => f.write_str(name)?,
             }
-            Value::Tensor(t) => write!(f, "tensor({} {:?})", t.dtype, t.shape),
-            Value::Storage(id) => write!(f, "storage#{id}"),
-            Value::Object(o) => write!(f, "<{} object>", o.class),
-            Value::Global(name) => f.write_str(name),
+            stack.extend(next.drain(..).rev());
         }
+        Ok(())
     }
 }
 
@@ -410,6 +517,60 @@ mod tests {
             attributes: vec![],
         }));
         assert_eq!(v.get_path("3.1"), Some(&Value::Float(1.0)));
+        assert_eq!(v.child_at(1), Some(&Value::Tuple(vec![Value::Bool(true)])));
         assert_eq!(v.to_string(), "{3: [None, 1.0], \"a\": (True,)}");
+    }
+
+    #[test]
+    fn child_at_follows_children_order() {
+        let d = |k: &str| {
+            Value::Dict(Box::new(Dict {
+                class: "dict".into(),
+                items: vec![(Value::Str(k.into()), Value::Int(k.len() as i64))],
+                attributes: vec![],
+            }))
+        };
+        for state in [
+            None,
+            Some(d("s")),
+            Some(Value::Tuple(vec![d("a"), Value::None, d("bb")])),
+        ] {
+            let o = Value::Object(Box::new(Object {
+                class: "m.C".into(),
+                args: vec![Value::Int(9)],
+                state,
+                list_items: vec![Value::Str("l".into())],
+                dict_items: vec![(Value::Str("k".into()), Value::Float(2.0))],
+            }));
+            let n = o.children().count();
+            for (i, (_, child)) in o.children().enumerate() {
+                assert_eq!(o.child_at(i), Some(child), "{o:?} {i}");
+            }
+            assert_eq!(o.child_at(n), None);
+        }
+    }
+
+    #[test]
+    fn deep_trees_are_dismantled_and_shifted_without_recursion() {
+        let mut v = Value::Tensor(Box::new(meta(&[1], &[1])));
+        for _ in 0..200_000 {
+            v = Value::List(vec![v]);
+        }
+        v.shift_storage_ids(3);
+        let mut inner = &v;
+        while let Value::List(items) = inner {
+            inner = &items[0];
+        }
+        let shifted = inner.as_tensor().and_then(|t| t.storage);
+        let text = v.to_string();
+        let want = format!(
+            "{}tensor(float32 [1]){}",
+            "[".repeat(200_000),
+            "]".repeat(200_000)
+        );
+        v.dismantle(); // before any assertion: unwinding would drop the tree recursively
+        assert!(text == want, "{} bytes", text.len());
+        assert_eq!(shifted, Some(3));
+        assert_eq!(v, Value::None);
     }
 }

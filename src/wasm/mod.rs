@@ -70,7 +70,7 @@ use convert::{numbers, Converter};
 /// `__ptload__: { kind, file, offset }` (it rethrows it as a `PtloadError` with those fields).
 fn js_error(e: Error) -> JsValue {
     let error: JsValue = JsError::new(&e.to_string()).into();
-    let (kind, offset) = kind_of(e.kind());
+    let (kind, offset) = (kind_of(e.kind()), e.offset());
     let mark = Object::new();
     // Setting properties of fresh objects cannot fail; if it did, the plain Error still says it all.
     let _ = set(&mark, "kind", &JsValue::from_str(kind));
@@ -87,29 +87,29 @@ fn js_error(e: Error) -> JsValue {
     error
 }
 
-/// The name of an [`ErrorKind`] variant (`PtloadError.kind` in JS), and the byte offset the
-/// error names, when it names one: absolute in the file for the container's structures, within
-/// the pickle record for a pickle error (as the message says it).
-fn kind_of(kind: &ErrorKind) -> (&'static str, Option<u64>) {
+/// The name of an [`ErrorKind`] variant (`PtloadError.kind` in JS); the offset comes from
+/// [`Error::offset`].
+fn kind_of(kind: &ErrorKind) -> &'static str {
     match kind {
-        ErrorKind::Io(_) => ("Io", None),
-        ErrorKind::NotACheckpoint { .. } => ("NotACheckpoint", None),
-        ErrorKind::Zip { offset, .. } => ("Zip", Some(*offset)),
-        ErrorKind::MissingRecord { .. } => ("MissingRecord", None),
-        ErrorKind::UnsupportedVersion { .. } => ("UnsupportedVersion", None),
-        ErrorKind::UnknownByteOrder { .. } => ("UnknownByteOrder", None),
-        ErrorKind::Pickle { error, .. } => ("Pickle", Some(error.offset)),
-        ErrorKind::WeightsOnly { .. } => ("WeightsOnly", None),
-        ErrorKind::StorageSize { offset, .. } => ("StorageSize", Some(*offset)),
-        ErrorKind::Record { offset, .. } => ("Record", Some(*offset)),
-        ErrorKind::InvalidTensor { .. } => ("InvalidTensor", None),
-        ErrorKind::Unsupported { .. } => ("Unsupported", None),
-        ErrorKind::NeedBytes { .. } => ("NeedBytes", None),
-        ErrorKind::LimitExceeded { .. } => ("LimitExceeded", None),
-        ErrorKind::Dcp { .. } => ("Dcp", None),
-        ErrorKind::Location { .. } => ("Location", None),
-        ErrorKind::Placement { .. } => ("Placement", None),
-        ErrorKind::Cancelled => ("Cancelled", None),
+        ErrorKind::Io(_) => "Io",
+        ErrorKind::NotACheckpoint { .. } => "NotACheckpoint",
+        ErrorKind::Zip { .. } => "Zip",
+        ErrorKind::MissingRecord { .. } => "MissingRecord",
+        ErrorKind::UnsupportedVersion { .. } => "UnsupportedVersion",
+        ErrorKind::UnknownByteOrder { .. } => "UnknownByteOrder",
+        ErrorKind::Pickle { .. } => "Pickle",
+        ErrorKind::WeightsOnly { .. } => "WeightsOnly",
+        ErrorKind::StorageSize { .. } => "StorageSize",
+        ErrorKind::Record { .. } => "Record",
+        ErrorKind::InvalidTensor { .. } => "InvalidTensor",
+        ErrorKind::Unsupported { .. } => "Unsupported",
+        ErrorKind::NeedBytes { .. } => "NeedBytes",
+        ErrorKind::LimitExceeded { .. } => "LimitExceeded",
+        ErrorKind::Dcp { .. } => "Dcp",
+        ErrorKind::Location { .. } => "Location",
+        ErrorKind::Placement { .. } => "Placement",
+        ErrorKind::Cancelled => "Cancelled",
+        ErrorKind::Index { .. } => "Index",
     }
 }
 

@@ -179,14 +179,16 @@ impl Writer {
         };
         let mut report = Report::default();
         let mut metas = Vec::new();
-        walk_tensors(root, &mut String::new(), &mut |path, meta| {
+        walk_tensors(root, &mut String::new(), &mut |path, _, meta| {
             metas.push((path.to_owned(), meta))
         });
         if self.select.is_none() {
             if let Some(constants) = &ckpt.constants {
-                walk_tensors(constants, &mut "constants".to_owned(), &mut |path, meta| {
-                    metas.push((path.to_owned(), meta))
-                });
+                walk_tensors(
+                    constants,
+                    &mut "constants".to_owned(),
+                    &mut |path, _, meta| metas.push((path.to_owned(), meta)),
+                );
             }
         }
         skipped_values(root, &mut String::new(), &mut report.skipped_values);

@@ -42,7 +42,7 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
             "{what}: {} tensors, torch has {}: ours {:?}",
             got.len(),
             want.len(),
-            got.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()
+            got.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>()
         ));
         return problems;
     }
@@ -54,7 +54,7 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
                 problems.push(format!("{at}: {field} = {ours}, torch says {}", w[field]));
             }
         };
-        check(&mut problems, "path", Json::from(path.clone()));
+        check(&mut problems, "path", Json::from(path.to_string()));
         check(&mut problems, "dtype", Json::from(t.dtype().name()));
         check(&mut problems, "shape", Json::from(t.shape().to_vec()));
         check(&mut problems, "stride", Json::from(t.stride().to_vec()));
@@ -311,7 +311,7 @@ pub fn loader_for(rel: &str, want: &Json) -> ptload::Loader {
 /// For TorchScript, torch's digests are `state_dict()`'s: every entry must be among ours.
 pub fn compare_by_path(ckpt: &ptload::Checkpoint, want: &Json, what: &str) -> Vec<String> {
     let mut problems = Vec::new();
-    let ours: std::collections::HashMap<String, ptload::Tensor<'_>> = ckpt.tensors().collect();
+    let ours: std::collections::HashMap<&str, ptload::Tensor<'_>> = ckpt.tensors().collect();
     for w in want["tensors"].as_array().unwrap() {
         let path = w["path"].as_str().unwrap();
         let Some(t) = ours.get(path) else {

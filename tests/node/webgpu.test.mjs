@@ -115,6 +115,8 @@ test("a storage over maxBufferSize is refused by name, size and limit; nothing s
   await assert.rejects(
     ptload.load(file, { mapLocation: "webgpu", device: smallDevice(limit) }),
     (e) => {
+      assert.ok(e instanceof ptload.PtloadError, String(e));
+      assert.equal(e.kind, "Placement");
       assert.match(e.message, new RegExp(`storage ${big.key} holds ${big.nbytes} bytes, more than this GPUDevice's maxBufferSize \\(${limit}\\)`));
       assert.match(e.message, /requiredLimits: \{ maxBufferSize/);
       return true;

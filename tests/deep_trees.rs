@@ -1,0 +1,85 @@
+//! Trees as deep as the limits allow load, walk, print and drop on a spawned thread's default
+//! 2 MiB stack: no walk over the object tree recurses on the caller's stack.
+
+mod common;
+
+use common::{Pickle, ZipBuilder};
+use ptload::{ErrorKind, Limits, Loader};
+
+/// A zip checkpoint whose `data.pkl` is a list nested `depth` deep around one tensor.
+fn nested_lists(depth: usize) -> Vec<u8> {
+    let pickle = Pickle::new()
+        .op(&vec![b']'; depth])
+        .tensor("FloatStorage", "0", 1, 0, &[1], &[1])
+        .op(&vec![b'a'; depth])
+        .stop();
+    ZipBuilder::checkpoint(&pickle, &[("0", &1.5f32.to_le_bytes())])
+}
+
+/// Runs `f` on a thread with the default stack of spawned threads (2 MiB).
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+/// Loads `bytes`, then walks the tree every way the crate offers, and drops it.
+fn load_and_walk(bytes: Vec<u8>, limits: Limits, depth: usize) -> Result<(), String> {
+    let ckpt = Loader::new()
+        .limits(limits)
+        .load_bytes(bytes)
+        .map_err(|e| e.to_string())?;
+    let path = vec!["0"; depth].join(".");
+    let tensors: Vec<_> = ckpt.tensors().map(|(p, _)| p.to_owned()).collect();
+    assert_eq!(tensors, std::slice::from_ref(&path));
+    let t = ckpt.tensor(&path).expect("the tensor by its path");
+    assert_eq!(t.to_contiguous_bytes().unwrap(), 1.5f32.to_le_bytes());
+    let json = ptload::torch::json::tree(&ckpt.root, &|_| None);
+    assert!(json.starts_with("[[[") && json.ends_with("]]]"));
+    let text = ckpt.root.to_string();
+    assert_eq!(text.len(), 2 * depth + "tensor(float32 [1])".len());
+    drop(ckpt);
+    Ok(())
+}
+
+#[test]
+fn a_tree_as_deep_as_max_depth_loads_and_walks_on_a_2_mib_stack() {
+    let max = Limits::default().max_depth as usize;
+    // The deepest nesting the default limits accept (the tensor's own arguments nest a few
+    // levels further down), and one level more is refused, by name.
+    let deepest = (max - 8..=max)
+        .rev()
+        .find(|&n| Loader::new().load_bytes(nested_lists(n)).is_ok())
+        .expect("lists nested nearly max_depth deep load");
+    let e = Loader::new()
+        .load_bytes(nested_lists(deepest + 1))
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ErrorKind::LimitExceeded {
+                limit: "max_depth",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    on_small_stack(move || load_and_walk(nested_lists(deepest), Limits::default(), deepest))
+        .unwrap();
+}
+
+#[test]
+fn a_100_000_deep_tree_without_limits_is_ok_or_a_clean_error_never_a_crash() {
+    for depth in [100_000, 99_990] {
+        match on_small_stack(move || load_and_walk(nested_lists(depth), Limits::none(), depth)) {
+            Ok(()) => assert_eq!(depth, 99_990, "deeper than Limits::none's max_depth"),
+            Err(e) => {
+                assert_eq!(depth, 100_000, "{e}");
+                assert!(e.contains("<memory>: limit max_depth exceeded"), "{e}");
+            }
+        }
+    }
+}

@@ -231,8 +231,9 @@ export declare class PtloadError extends Error {
   readonly kind: PtloadErrorKind;
   /** The file it is about: the `name` option, the File's name, the Response's URL, or `<memory>`. */
   readonly file: string | undefined;
-  /** The byte offset the message names, when it names one (in the file; within the pickle
-   * record for "Pickle"). */
+  /** The byte offset of the error, when known: the one the message names (in the file; within
+   * the pickle record for "Pickle"), or for a weights-only refusal or a pickle limit, the
+   * offending opcode's offset within the pickle record. */
   readonly offset: number | undefined;
 }
 

@@ -73,8 +73,7 @@ export class PtloadError extends Error {
     this.kind = kind;
     /** The file the error is about (the input's name, `<memory>` when it has none). */
     this.file = file;
-    /** The byte offset the message names, when it names one (in the file; within the pickle
-     * record for "Pickle"). */
+    /** The byte offset of the error, when known (see index.d.ts). */
     this.offset = offset;
   }
 }

@@ -220,10 +220,16 @@ fn render_ours(arena: &Arena, id: NodeId, depth: usize) -> Result<String, String
                 .join(", ")
         ),
         Node::Dict(pairs) => {
-            let items = pairs
-                .iter()
-                .map(|&(k, v)| Ok(format!("{}: {}", r(k)?, r(v)?)))
-                .collect::<Result<Vec<_>, String>>()?;
+            // The machine keeps a repeated key's every SETITEM (the tree merges them later);
+            // Python keeps the last value, as serde-pickle does.
+            let mut merged: std::collections::BTreeMap<String, String> = Default::default();
+            for &(k, v) in pairs {
+                merged.insert(r(k)?, r(v)?);
+            }
+            let items = merged
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             format!("{{{}}}", sorted(items, false).join(", "))
         }
         Node::Set(items) => format!(

@@ -30,6 +30,12 @@ const KEPT: &[(&str, &str, &str, &str)] = &[
         "bzip2 entries: torch writes only stored and deflated entries; we refuse others by method number",
     ),
     (
+        "oracle/zip/fuzz-duplicate-name.zip",
+        "theirs",
+        "appears twice",
+        "two entries named archive/data/1: the zip crate keeps one, torch's miniz finds whichever its lookup hits; an ambiguous archive is refused",
+    ),
+    (
         "oracle/pickle/p2_set_via_global.pkl",
         "both-differently",
         "not plain data",

@@ -161,7 +161,13 @@ impl ZipDirectory {
                     ),
                 ));
                 }
-                by_name.insert(relative.to_owned(), records.len());
+                // Two entries under one name are ambiguous (readers differ on which one wins): refused.
+                if by_name.insert(relative.to_owned(), records.len()).is_some() {
+                    return Err(Error::zip(
+                        header_offset,
+                        format!("entry '{name}' appears twice in the central directory"),
+                    ));
+                }
                 records.push(Record {
                     name: name.clone(),
                     data_offset,

@@ -152,6 +152,61 @@ pub mod fuzzing {
         crate::torch::parse_pickle(data, "fuzz", &options).is_ok()
     }
 
+    /// Loads `data`; when it loads, writes its tensors as a `.pt` and as a `.safetensors` in
+    /// memory (what the writers refuse is fine) and checks that each reads back with the same
+    /// dtype, shape, stride, offset and elements. A difference is a panic: a fuzzer finding.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn write_round_trip(data: &[u8]) {
+        let mut loader = Loader::new();
+        loader.limits(limits());
+        let Ok(ckpt) = loader.load_bytes(data.to_vec()) else {
+            return;
+        };
+        let mut writer = crate::Writer::new();
+        writer.skip_unsupported(true);
+        if let Ok((bytes, report)) = writer.to_pt_bytes(&ckpt) {
+            let back = loader.load_bytes(bytes);
+            assert!(
+                back.is_ok(),
+                "the .pt written does not load: {:?}",
+                back.err()
+            );
+            let back = back.unwrap_or_else(|_| unreachable!());
+            for path in &report.written {
+                let (a, b) = (ckpt.tensor(path), back.tensor(path));
+                assert!(a.is_some() && b.is_some(), "{path} lost in the .pt");
+                let (Some(a), Some(b)) = (a, b) else { continue };
+                assert_eq!(
+                    (a.dtype(), a.shape(), a.stride(), a.storage_offset()),
+                    (b.dtype(), b.shape(), b.stride(), b.storage_offset()),
+                    "{path}"
+                );
+                assert_eq!(
+                    a.to_contiguous_bytes().ok(),
+                    b.to_contiguous_bytes().ok(),
+                    "{path}"
+                );
+            }
+        }
+        if let Ok((bytes, report)) = writer.to_safetensors_bytes(&ckpt) {
+            let file = safetensors::SafeTensors::deserialize(&bytes);
+            assert!(file.is_ok(), "the .safetensors written does not parse");
+            let Ok(file) = file else { return };
+            for path in &report.written {
+                let view = file.tensor(path);
+                assert!(view.is_ok(), "{path} lost in the .safetensors");
+                let (Ok(view), Some(t)) = (view, ckpt.tensor(path)) else {
+                    continue;
+                };
+                assert_eq!(
+                    Some(view.data()),
+                    t.to_contiguous_bytes().ok().as_deref(),
+                    "{path}"
+                );
+            }
+        }
+    }
+
     /// Loads `data` and hashes every tensor (under the caps).
     pub fn load_and_hash(data: &[u8]) {
         let mut loader = Loader::new();

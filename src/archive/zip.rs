@@ -90,32 +90,35 @@ impl ZipDirectory {
         let mut by_name = HashMap::with_capacity(entries as usize);
         let mut prefix: Option<String> = None;
         let mut pos = cd_offset;
-        for _ in 0..entries {
-            let header = CentralHeader::parse(data, pos)?;
-            let header_offset = pos;
-            pos += header.total_len as u64;
-            let name = String::from_utf8_lossy(&header.name).into_owned();
-            let prefix = prefix.get_or_insert_with(|| {
-                name.split_once('/')
-                    .map(|(p, _)| p.to_owned())
-                    .unwrap_or_default()
-            });
-            if prefix.is_empty() {
-                return Err(Error::zip(
-                    header_offset,
-                    format!("file in archive is not in a subdirectory: {name}"),
-                ));
-            }
-            let Some(relative) = name
-                .strip_prefix(prefix.as_str())
-                .and_then(|r| r.strip_prefix('/'))
-            else {
-                return Err(Error::zip(
-                    header_offset,
-                    format!("file in archive is not in a subdirectory {prefix}/: {name}"),
-                ));
-            };
-            let method = match header.method {
+        // A partial source: an error found past a missing local header waits until that header
+        // is loaded, so that the error reported is the first one, as with the whole file.
+        let mut walk = || -> Result<()> {
+            for _ in 0..entries {
+                let header = CentralHeader::parse(data, pos)?;
+                let header_offset = pos;
+                pos += header.total_len as u64;
+                let name = String::from_utf8_lossy(&header.name).into_owned();
+                let prefix = prefix.get_or_insert_with(|| {
+                    name.split_once('/')
+                        .map(|(p, _)| p.to_owned())
+                        .unwrap_or_default()
+                });
+                if prefix.is_empty() {
+                    return Err(Error::zip(
+                        header_offset,
+                        format!("file in archive is not in a subdirectory: {name}"),
+                    ));
+                }
+                let Some(relative) = name
+                    .strip_prefix(prefix.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                else {
+                    return Err(Error::zip(
+                        header_offset,
+                        format!("file in archive is not in a subdirectory {prefix}/: {name}"),
+                    ));
+                };
+                let method = match header.method {
                 0 => Method::Stored,
                 8 => Method::Deflated,
                 m => {
@@ -125,31 +128,31 @@ impl ZipDirectory {
                     ))
                 }
             };
-            if method == Method::Stored && header.compressed_size != header.size {
-                return Err(Error::zip(
-                    header_offset,
-                    format!(
-                        "stored entry '{name}' has compressed size {} but size {}",
-                        header.compressed_size, header.size
-                    ),
-                ));
-            }
-            // Local headers are needed for their lengths only; collect the missing ones so that a
-            // partial source loads them all in one round.
-            let local = match LocalHeader::parse(data, header.local_header_offset) {
-                Ok(local) => local,
-                Err(e) => match e.kind() {
-                    ErrorKind::NeedBytes { ranges } => {
-                        missing.extend_from_slice(ranges);
-                        continue;
-                    }
-                    _ => return Err(e),
-                },
-            };
-            let data_offset = local.data_offset(header.local_header_offset);
-            let data_end = data_offset.checked_add(header.compressed_size);
-            if data_end.is_none_or(|end| end > data.len()) {
-                return Err(Error::zip(
+                if method == Method::Stored && header.compressed_size != header.size {
+                    return Err(Error::zip(
+                        header_offset,
+                        format!(
+                            "stored entry '{name}' has compressed size {} but size {}",
+                            header.compressed_size, header.size
+                        ),
+                    ));
+                }
+                // Local headers are needed for their lengths only; collect the missing ones so that a
+                // partial source loads them all in one round.
+                let local = match LocalHeader::parse(data, header.local_header_offset) {
+                    Ok(local) => local,
+                    Err(e) => match e.kind() {
+                        ErrorKind::NeedBytes { ranges } => {
+                            missing.extend_from_slice(ranges);
+                            continue;
+                        }
+                        _ => return Err(e),
+                    },
+                };
+                let data_offset = local.data_offset(header.local_header_offset);
+                let data_end = data_offset.checked_add(header.compressed_size);
+                if data_end.is_none_or(|end| end > data.len()) {
+                    return Err(Error::zip(
                     header.local_header_offset,
                     format!(
                         "entry '{name}': {} bytes of data at offset {data_offset} run past the end of the file ({} bytes)",
@@ -157,15 +160,28 @@ impl ZipDirectory {
                         data.len()
                     ),
                 ));
+                }
+                // Two entries under one name are ambiguous (readers differ on which one wins): refused.
+                if by_name.insert(relative.to_owned(), records.len()).is_some() {
+                    return Err(Error::zip(
+                        header_offset,
+                        format!("entry '{name}' appears twice in the central directory"),
+                    ));
+                }
+                records.push(Record {
+                    name: name.clone(),
+                    data_offset,
+                    stored_len: header.compressed_size,
+                    size: header.size,
+                    method,
+                });
             }
-            by_name.insert(relative.to_owned(), records.len());
-            records.push(Record {
-                name: name.clone(),
-                data_offset,
-                stored_len: header.compressed_size,
-                size: header.size,
-                method,
-            });
+            Ok(())
+        };
+        if let Err(e) = walk() {
+            if missing.is_empty() || matches!(e.kind(), ErrorKind::NeedBytes { .. }) {
+                return Err(e);
+            }
         }
         if !missing.is_empty() {
             return Err(Error::new(ErrorKind::NeedBytes { ranges: missing }));

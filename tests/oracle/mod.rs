@@ -114,6 +114,14 @@ fn theirs_zip(data: &[u8]) -> Result<Vec<(Entry, bool)>, String> {
     Ok(out)
 }
 
+/// A name's ASCII characters. A kept difference: a name with non-UTF-8 bytes and no UTF-8
+/// flag is CP437 to the `zip` crate (as the zip spec says) and lossy UTF-8 to us (torch, through
+/// miniz, treats names as bytes, and every name torch writes is ASCII), so only the ASCII part
+/// of names is compared.
+fn ascii_part(name: &str) -> String {
+    name.chars().filter(char::is_ascii).collect()
+}
+
 /// Compares our zip reader with the `zip` crate on `data`.
 pub fn zip(data: &[u8]) -> Outcome {
     let (ours, theirs) = match (ours_zip(data), theirs_zip(data)) {
@@ -131,7 +139,7 @@ pub fn zip(data: &[u8]) -> Outcome {
     }
     for (o, (t, crc_ok)) in ours.iter().zip(&theirs) {
         let mut differ = Vec::new();
-        if o.name != t.name {
+        if ascii_part(&o.name) != ascii_part(&t.name) {
             differ.push(format!("name {:?} vs {:?}", o.name, t.name));
         }
         if o.deflated != t.deflated {
@@ -212,10 +220,16 @@ fn render_ours(arena: &Arena, id: NodeId, depth: usize) -> Result<String, String
                 .join(", ")
         ),
         Node::Dict(pairs) => {
-            let items = pairs
-                .iter()
-                .map(|&(k, v)| Ok(format!("{}: {}", r(k)?, r(v)?)))
-                .collect::<Result<Vec<_>, String>>()?;
+            // The machine keeps a repeated key's every SETITEM (the tree merges them later);
+            // Python keeps the last value, as serde-pickle does.
+            let mut merged: std::collections::BTreeMap<String, String> = Default::default();
+            for &(k, v) in pairs {
+                merged.insert(r(k)?, r(v)?);
+            }
+            let items = merged
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             format!("{{{}}}", sorted(items, false).join(", "))
         }
         Node::Set(items) => format!(

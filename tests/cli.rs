@@ -180,3 +180,48 @@ fn bad_input_is_one_line_and_status_1() {
     assert!(err.contains("/nonexistent/file.pt"), "{err}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A 64 MiB float32 checkpoint (one tensor of ones), written by the test.
+fn large_checkpoint() -> std::path::PathBuf {
+    let numel = 16 << 20;
+    let pickle = common::Pickle::new()
+        .op(b"}")
+        .str("w")
+        .tensor("FloatStorage", "0", numel, 0, &[numel], &[1])
+        .op(b"s")
+        .stop();
+    let data: Vec<u8> = std::iter::repeat_n(1f32.to_le_bytes(), numel as usize)
+        .flatten()
+        .collect();
+    let file = common::ZipBuilder::checkpoint(&pickle, &[("0", &data)]);
+    let path = std::env::temp_dir().join(format!("ptload-cli-large-{}.pt", std::process::id()));
+    std::fs::write(&path, file).unwrap();
+    path
+}
+
+#[test]
+fn sha256_of_a_large_file_shows_progress_only_on_a_terminal() {
+    let path = large_checkpoint();
+    let file = path.to_str().unwrap();
+    // Not a terminal: stdout has the digest, stderr nothing.
+    let out = ptload(&["inspect", "--sha256", file]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A terminal (util-linux `script` gives the command one): a bar with its byte counts.
+    let command = format!(
+        "{} inspect --sha256 {file} > /dev/null",
+        env!("CARGO_BIN_EXE_ptload")
+    );
+    let tty = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("util-linux `script` runs the CLI on a terminal");
+    std::fs::remove_file(&path).unwrap();
+    assert!(tty.status.success(), "{tty:?}");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(shown.contains("64.00 MiB"), "no progress bar: {shown:?}");
+}

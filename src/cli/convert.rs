@@ -4,11 +4,9 @@
 //! in torch.save's zip format, or (`--max-shard-size`) as sharded safetensors in a folder.
 //! The output is written under a temporary name in its folder and renamed when complete.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use ptload::{Checkpoint, Loader, Report, Writer};
 
@@ -73,20 +71,6 @@ pub fn load_input(path: &Path) -> Result<Checkpoint, String> {
     loaded.map_err(|e| e.to_string())
 }
 
-/// A progress bar on stderr when it is a terminal and not `--quiet`.
-fn progress_bar(quiet: bool) -> Option<ProgressBar> {
-    if quiet || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = ProgressBar::new(0);
-    if let Ok(style) =
-        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-    {
-        bar.set_style(style);
-    }
-    Some(bar)
-}
-
 /// Runs the subcommand; `Err` is the one-line message for stderr.
 pub fn run(args: &ConvertArgs) -> Result<(), String> {
     let shard_size = match &args.max_shard_size {
@@ -111,7 +95,7 @@ pub fn run(args: &ConvertArgs) -> Result<(), String> {
     if let Some(name) = args.input.file_name() {
         writer.source_name(name.to_string_lossy());
     }
-    let bar = progress_bar(args.quiet);
+    let bar = super::progress_bar(args.quiet);
     if let Some(bar) = bar.clone() {
         writer.on_progress(move |p| {
             bar.set_length(p.total_bytes);

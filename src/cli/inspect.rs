@@ -79,7 +79,8 @@ pub fn run(args: &InspectArgs) -> Result<(), String> {
         .load(&args.file)
         .map_err(|e| e.to_string())?;
     let out = if args.json {
-        json_report(&ckpt, args.sha256).map_err(|e| format!("{}: {e}", args.file.display()))?
+        json_report(&ckpt, args.sha256.then(|| Digester::new(&ckpt)).as_ref())
+            .map_err(|e| format!("{}: {e}", args.file.display()))?
     } else if args.tree {
         let options = tree::TextOptions {
             max_items: args.max_items,
@@ -87,8 +88,12 @@ pub fn run(args: &InspectArgs) -> Result<(), String> {
         };
         tree::text(&ckpt, &options).map_err(|e| format!("{}: {e}", args.file.display()))?
     } else {
-        table_report(&ckpt, &args.file, args.sha256)
-            .map_err(|e| format!("{}: {e}", args.file.display()))?
+        table_report(
+            &ckpt,
+            &args.file,
+            args.sha256.then(|| Digester::new(&ckpt)).as_ref(),
+        )
+        .map_err(|e| format!("{}: {e}", args.file.display()))?
     };
     let mut stdout = std::io::stdout().lock();
     // A closed pipe (`| head`) is not an error worth reporting.
@@ -96,7 +101,48 @@ pub fn run(args: &InspectArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn json_report(ckpt: &Checkpoint, sha256: bool) -> ptload::Result<String> {
+/// SHA-256 of tensors' elements, with a progress bar on a terminal for large checkpoints
+/// (digests read every byte: on a GPU, back from the device).
+struct Digester {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Digester {
+    /// Below this many bytes in all, no bar: it would only flicker.
+    const BAR_BYTES: u64 = 64 << 20;
+
+    fn new(ckpt: &Checkpoint) -> Self {
+        let total: u64 = ckpt
+            .tensors()
+            .map(|(_, t)| t.numel() * t.dtype().element_size() as u64)
+            .sum();
+        let bar = (total >= Self::BAR_BYTES)
+            .then(|| super::progress_bar(false))
+            .flatten();
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+        }
+        Digester { bar }
+    }
+
+    fn sha256(&self, t: &ptload::Tensor<'_>) -> ptload::Result<String> {
+        let digest = t.sha256();
+        if let Some(bar) = &self.bar {
+            bar.inc(t.numel() * t.dtype().element_size() as u64);
+        }
+        digest
+    }
+}
+
+impl Drop for Digester {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn json_report(ckpt: &Checkpoint, digests: Option<&Digester>) -> ptload::Result<String> {
     let mut tensors = Vec::new();
     for (path, t) in ckpt.tensors() {
         let mut entry = json!({
@@ -109,10 +155,10 @@ fn json_report(ckpt: &Checkpoint, sha256: bool) -> ptload::Result<String> {
             "device": t.device().to_string(),
             "requires_grad": t.requires_grad(),
         });
-        if sha256 {
+        if let Some(digests) = digests {
             entry["sha256"] = match t.device() {
                 ptload::Device::Meta => Json::Null,
-                _ => Json::from(t.sha256()?),
+                _ => Json::from(digests.sha256(&t)?),
             };
         }
         tensors.push(entry);
@@ -143,7 +189,12 @@ pub(crate) fn human_bytes(n: u64) -> String {
     }
 }
 
-fn table_report(ckpt: &Checkpoint, file: &std::path::Path, sha256: bool) -> ptload::Result<String> {
+fn table_report(
+    ckpt: &Checkpoint,
+    file: &std::path::Path,
+    digests: Option<&Digester>,
+) -> ptload::Result<String> {
+    let sha256 = digests.is_some();
     let mut rows = Vec::new();
     let mut total_elements = 0u64;
     let mut total_bytes = 0u64;
@@ -166,10 +217,10 @@ fn table_report(ckpt: &Checkpoint, file: &std::path::Path, sha256: bool) -> ptlo
             t.device().to_string(),
             human_bytes(bytes),
         ];
-        if sha256 {
+        if let Some(digests) = digests {
             row.push(match t.device() {
                 ptload::Device::Meta => "-".into(),
-                _ => t.sha256()?,
+                _ => digests.sha256(&t)?,
             });
         }
         rows.push(row);

@@ -278,14 +278,21 @@ function isResponse(x) {
     "headers" in x && "body" in x && typeof x.status === "number";
 }
 
+/** A Response's size from its headers, when they tell it (undefined while unknown). */
+function responseSize(response) {
+  const encoded = response.headers.get("content-encoding");
+  const declared = Number(response.headers.get("content-length"));
+  return !encoded && Number.isSafeInteger(declared) && declared >= 0 && response.headers.has("content-length")
+    ? declared
+    : undefined;
+}
+
 async function readResponse(response, progress, file) {
   if (!response.ok) {
     throw new PtloadError(`${file}: HTTP status ${response.status}`, { kind: "Io", file });
   }
   if (response.bodyUsed) throw typeError("the Response body was already read");
-  const encoded = response.headers.get("content-encoding");
-  const declared = Number(response.headers.get("content-length"));
-  const known = !encoded && Number.isSafeInteger(declared) && declared >= 0 ? declared : undefined;
+  const known = responseSize(response);
   progress.total = known;
   if (!response.body) return new Uint8Array(await response.arrayBuffer());
   const reader = response.body.getReader();
@@ -328,6 +335,9 @@ async function openInput(input, name, progress, host) {
   }
   if (isResponse(input)) {
     const file = name ?? (input.url || "<memory>");
+    if (input.body && typeof input.body.getReader === "function" && input.ok && !input.bodyUsed) {
+      return new StreamSource(input, file, responseSize(input));
+    }
     const bytes = await readResponse(input, progress, file);
     return new BufferSource(bytes, file, false);
   }
@@ -562,6 +572,7 @@ export function createApi(getBindings, host = {}) {
     const bindings = await getBindings();
     try {
       if (source instanceof FolderSource) return await loadFolder(bindings, source, opts, progress);
+      if (source instanceof StreamSource) return await loadStream(bindings, source, opts, progress);
       return await loadFile(bindings, source, opts, progress);
     } catch (e) {
       throw fromWasm(e);
@@ -613,18 +624,9 @@ async function loadFile(bindings, source, opts, progress) {
   let storages = [];
   try {
     await plan(planner, source, opts.callback, progress);
-    const planned = planner.storages();
-    storages = planned.map((s) => new Storage(s));
-    const all = [];
-    const tree = planner.tree(
-      (meta) => {
-        const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage], bindings);
-        all.push(t);
-        return t;
-      },
-      (index) => storages[index],
-    );
-    const rootJson = opts.rootJson ? planner.rootJson() : undefined;
+    const made = makeTree(planner, bindings, opts);
+    ({ storages } = made);
+    const { planned, all, tree, rootJson } = made;
     throwIfAborted(opts.signal);
     await place(planner, bindings, source, planned, storages, all, progress, opts.signal);
     if (planned.some((s) => s.device === "webgpu")) {
@@ -645,6 +647,24 @@ async function loadFile(bindings, source, opts, progress) {
   } finally {
     planner.free();
   }
+}
+
+/** The planned storages, their Storage objects, the tree (making every Tensor), and the root as
+ * JSON when asked for. */
+function makeTree(planner, bindings, opts) {
+  const planned = planner.storages();
+  const storages = planned.map((s) => new Storage(s));
+  const all = [];
+  const tree = planner.tree(
+    (meta) => {
+      const t = new Tensor(meta, meta.storage === null ? null : storages[meta.storage], bindings);
+      all.push(t);
+      return t;
+    },
+    (index) => storages[index],
+  );
+  const rootJson = opts.rootJson ? planner.rootJson() : undefined;
+  return { planned, storages, all, tree, rootJson };
 }
 
 /** Reads each storage once and decides, as the plan says (the native CPU placer's rules), to
@@ -765,51 +785,478 @@ async function placeOnGpu(gpu, planner, bindings, source, planned, storages, ten
   }
   for (let i = 0; i < planned.length; i++) {
     const s = planned[i];
-    const storage = storages[i];
     if (s.device !== "webgpu") continue;
     throwIfAborted(opts.signal);
-    const nbytes = s.numel * s.itemsize;
-    const writer = gpu.begin(s.key, nbytes);
-    if (s.record) {
-      const unit = s.swap ? s.swapUnit : 1;
-      const carry = new Uint8Array(Math.max(unit - 1, 0));
-      let carried = 0;
-      await recordChunks(planner, source, i, s.record, progress, opts.signal, async (bytes) => {
-        if (unit === 1) return writer.put(bytes);
-        // Swap whole elements: an element split across chunks waits for its other half.
-        const joined = new Uint8Array(carried + bytes.length);
-        joined.set(carry.subarray(0, carried));
-        joined.set(bytes, carried);
-        const whole = joined.length - (joined.length % unit);
-        carried = joined.length - whole;
-        carry.set(joined.subarray(whole));
-        const out = joined.subarray(0, whole);
-        bindings.swapBytes(out, unit);
-        return writer.put(out);
-      });
-    }
-    let buffer = writer.end();
-    let dtype = s.dtype;
-    const seen = views.get(storage) ?? [];
-    if (opts.dtype && seen.every((t) => t.dtype === s.dtype)) {
-      const converted = gpu.convert(buffer, s.dtype, s.numel, opts.dtype);
-      if (converted) {
-        buffer = converted;
-        dtype = opts.dtype;
-      }
-    }
-    storage.buffer = buffer;
-    storage.gpuDevice = opts.device;
-    if (dtype !== s.dtype) {
-      storage.dtype = dtype;
-      storage.nbytes = s.numel * (dtype === "float16" ? 2 : 4);
-      for (const t of seen) {
-        t.dtype = dtype;
-        t.itemsize = dtype === "float16" ? 2 : 4;
-      }
-    }
+    const feed = s.record ? (f) => recordChunks(planner, source, i, s.record, progress, opts.signal, f) : null;
+    await placeStorageOnGpu(gpu, bindings, s, storages[i], views.get(storages[i]) ?? [], opts, feed);
   }
   for (const t of tensors) {
     if (t.storage && t.storage.buffer) t.data = { buffer: t.storage.buffer, byteOffset: t.storageOffset * t.itemsize };
   }
+}
+
+/** Puts one storage in its own GPUBuffer from `feed(f)`, which calls `f` with its bytes in
+ * order (or nothing, for a storage without a record); swaps on the way as the plan says, then
+ * converts to `opts.dtype` on the GPU. */
+async function placeStorageOnGpu(gpu, bindings, s, storage, seen, opts, feed) {
+  const nbytes = s.numel * s.itemsize;
+  const writer = gpu.begin(s.key, nbytes);
+  if (feed) {
+    const unit = s.swap ? s.swapUnit : 1;
+    const carry = new Uint8Array(Math.max(unit - 1, 0));
+    let carried = 0;
+    await feed(async (bytes) => {
+      if (unit === 1) return writer.put(bytes);
+      // Swap whole elements: an element split across chunks waits for its other half.
+      const joined = new Uint8Array(carried + bytes.length);
+      joined.set(carry.subarray(0, carried));
+      joined.set(bytes, carried);
+      const whole = joined.length - (joined.length % unit);
+      carried = joined.length - whole;
+      carry.set(joined.subarray(whole));
+      const out = joined.subarray(0, whole);
+      bindings.swapBytes(out, unit);
+      return writer.put(out);
+    });
+  }
+  let buffer = writer.end();
+  let dtype = s.dtype;
+  if (opts.dtype && seen.every((t) => t.dtype === s.dtype)) {
+    const converted = gpu.convert(buffer, s.dtype, s.numel, opts.dtype);
+    if (converted) {
+      buffer = converted;
+      dtype = opts.dtype;
+    }
+  }
+  storage.buffer = buffer;
+  storage.gpuDevice = opts.device;
+  if (dtype !== s.dtype) {
+    storage.dtype = dtype;
+    storage.nbytes = s.numel * (dtype === "float16" ? 2 : 4);
+    for (const t of seen) {
+      t.dtype = dtype;
+      t.itemsize = dtype === "float16" ? 2 : 4;
+    }
+  }
+}
+
+// ---- a Response as it streams ------------------------------------------------------------
+
+/** A fetch Response, read once, in order. A zip checkpoint is placed as its records stream by
+ * (torch writes `data.pkl` first): JS holds the pickle and one chunk at a time, never the file.
+ * Anything else (legacy and tar files, TorchScript archives, a zip whose `data.pkl` does not
+ * come before its tensor records) is read whole first, as before. */
+class StreamSource {
+  constructor(response, name, size) {
+    this.response = response;
+    this.name = name;
+    this.size = size;
+    this.callerOwned = false;
+  }
+}
+
+/** Sequential reads over a ReadableStream. While `kept` is an array, every piece read is kept
+ * (the metadata phase: a file that cannot stream is then loaded from what was kept and the rest). */
+class ByteStream {
+  constructor(reader, progress) {
+    this.reader = reader;
+    this.progress = progress;
+    this.chunks = [];
+    this.head = 0;
+    this.buffered = 0;
+    this.pos = 0;
+    this.ended = false;
+    this.kept = [];
+  }
+
+  async fill(n = 1) {
+    while (this.buffered < n && !this.ended) {
+      const { done, value } = await this.reader.read();
+      if (done) {
+        this.ended = true;
+        break;
+      }
+      if (value.length === 0) continue;
+      this.chunks.push(value);
+      this.buffered += value.length;
+      this.progress.add(value.length);
+    }
+    return this.buffered >= n;
+  }
+
+  /** Up to `n` of the next bytes, without consuming them. */
+  async peek(n) {
+    await this.fill(n);
+    const out = new Uint8Array(Math.min(n, this.buffered));
+    let at = 0;
+    for (let k = 0; at < out.length; k++) {
+      const chunk = k === 0 ? this.chunks[0].subarray(this.head) : this.chunks[k];
+      const part = chunk.subarray(0, out.length - at);
+      out.set(part, at);
+      at += part.length;
+    }
+    return out;
+  }
+
+  /** The next piece, at most `max` bytes (a view of what arrived), or null at the end. */
+  async next(max) {
+    if (!(await this.fill())) return null;
+    const first = this.chunks[0];
+    const n = Math.min(max, first.length - this.head);
+    const piece = first.subarray(this.head, this.head + n);
+    this.head += n;
+    this.buffered -= n;
+    this.pos += n;
+    if (this.head === first.length) {
+      this.chunks.shift();
+      this.head = 0;
+    }
+    if (this.kept) this.kept.push(piece);
+    return piece;
+  }
+
+  /** The next `n` bytes (fewer only at the end of the stream). */
+  async take(n) {
+    const out = new Uint8Array(n);
+    let at = 0;
+    while (at < n) {
+      const piece = await this.next(n - at);
+      if (!piece) return out.subarray(0, at);
+      out.set(piece, at);
+      at += piece.length;
+    }
+    return out;
+  }
+
+  /** Calls `f` with the next `n` bytes, piece by piece; `file` names the input in errors. */
+  async forward(n, f, file, signal) {
+    let left = n;
+    while (left > 0) {
+      throwIfAborted(signal);
+      const piece = await this.next(Math.min(left, GPU_CHUNK_BYTES));
+      if (!piece) {
+        throw new PtloadError(`${file}: the stream ended ${left} bytes into a record (truncated?)`, { kind: "Zip", file });
+      }
+      left -= piece.length;
+      await f(piece);
+    }
+  }
+
+  /** What was kept and the rest of the stream, as one buffer. */
+  async rest() {
+    while (await this.next(Infinity));
+    const out = new Uint8Array(this.kept.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const piece of this.kept) {
+      out.set(piece, at);
+      at += piece.length;
+    }
+    this.kept = null;
+    return out;
+  }
+}
+
+const LOCAL_HEADER = 0x04034b50;
+/** The largest `data.pkl` held while streaming (the native `max_pickle_bytes` default). */
+const MAX_STREAMED_PICKLE = 1 << 30;
+
+/** The zip local header at the stream's position, or null when the entries end there (the
+ * central directory, or not a zip at all). */
+async function localHeader(stream, file) {
+  const at = stream.pos;
+  const fixed = await stream.take(30);
+  if (fixed.length < 4) return null;
+  const v = new DataView(fixed.buffer, fixed.byteOffset, fixed.length);
+  if (v.getUint32(0, true) !== LOCAL_HEADER) return null;
+  if (fixed.length < 30) throw new PtloadError(`${file}: zip container, byte 0x${at.toString(16).toUpperCase()}: truncated local file header`, { kind: "Zip", file, offset: at });
+  const flags = v.getUint16(6, true);
+  const method = v.getUint16(8, true);
+  let csize = v.getUint32(18, true);
+  let size = v.getUint32(22, true);
+  const name = new TextDecoder().decode(await stream.take(v.getUint16(26, true)));
+  const extra = await stream.take(v.getUint16(28, true));
+  if (csize === 0xffffffff || size === 0xffffffff) {
+    // zip64: the 0x0001 extra field holds the sizes that do not fit, uncompressed first.
+    const e = new DataView(extra.buffer, extra.byteOffset, extra.length);
+    for (let i = 0; i + 4 <= extra.length;) {
+      const id = e.getUint16(i, true);
+      const len = e.getUint16(i + 2, true);
+      if (id === 1) {
+        let k = i + 4;
+        if (size === 0xffffffff && k + 8 <= i + 4 + len) (size = Number(e.getBigUint64(k, true))), (k += 8);
+        if (csize === 0xffffffff && k + 8 <= i + 4 + len) csize = Number(e.getBigUint64(k, true));
+        break;
+      }
+      i += 4 + len;
+    }
+  }
+  const zip64 = extra.length >= 4 && hasZip64(extra);
+  return { at, name, flags, method, csize, size, zip64, descriptor: (flags & 8) !== 0 };
+}
+
+function hasZip64(extra) {
+  const e = new DataView(extra.buffer, extra.byteOffset, extra.length);
+  for (let i = 0; i + 4 <= extra.length; i += 4 + e.getUint16(i + 2, true)) {
+    if (e.getUint16(i, true) === 1) return true;
+  }
+  return false;
+}
+
+const DESCRIPTOR = 0x08074b50;
+/** Bytes looked at ahead while searching for a data descriptor. */
+const SCAN_WINDOW = 8 << 10;
+
+/** Reads a data descriptor (torch writes one after every record: its local headers say size 0)
+ * and returns the record's [compressed, uncompressed] sizes, or null when none is there. */
+async function readDescriptor(stream, zip64) {
+  const len = zip64 ? 24 : 16;
+  const bytes = await stream.peek(len);
+  if (bytes.length < len) return null;
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  if (v.getUint32(0, true) !== DESCRIPTOR) return null;
+  await stream.take(len);
+  return zip64
+    ? [Number(v.getBigUint64(8, true)), Number(v.getBigUint64(16, true))]
+    : [v.getUint32(8, true), v.getUint32(12, true)];
+}
+
+/** A stored record whose sizes follow it in a data descriptor: its bytes are what comes before
+ * the first descriptor whose sizes equal their distance from the record's start. Calls `f` with
+ * them piece by piece; returns the size, or null when the stream ends first. */
+async function scanStored(stream, header, f) {
+  const len = header.zip64 ? 24 : 16;
+  let size = 0;
+  for (;;) {
+    const window = await stream.peek(SCAN_WINDOW);
+    if (window.length < len) return null;
+    const v = new DataView(window.buffer, window.byteOffset, window.length);
+    for (let q = 0; q + len <= window.length; q++) {
+      if (v.getUint32(q, true) !== DESCRIPTOR) continue;
+      const [c, u] = header.zip64
+        ? [Number(v.getBigUint64(q + 8, true)), Number(v.getBigUint64(q + 16, true))]
+        : [v.getUint32(q + 8, true), v.getUint32(q + 12, true)];
+      if (c === size + q && u === size + q) {
+        if (q > 0) await f(await stream.take(q));
+        await stream.take(len);
+        return size + q;
+      }
+    }
+    const safe = window.length - len + 1;
+    await f(await stream.take(safe));
+    size += safe;
+  }
+}
+
+/** Calls `f` with a streamed record's bytes, inflated when deflated. */
+async function streamRecord(stream, header, file, signal, f) {
+  if (header.method === 0) return stream.forward(header.csize, f, file, signal);
+  if (typeof DecompressionStream !== "function") {
+    throw new PtloadError(`${file}: record ${header.name} is deflated and this runtime has no DecompressionStream`, { kind: "Unsupported", file });
+  }
+  const inflater = new DecompressionStream("deflate-raw");
+  const writer = inflater.writable.getWriter();
+  const reader = inflater.readable.getReader();
+  const feed = (async () => {
+    await stream.forward(header.csize, (piece) => writer.write(piece), file, signal);
+    await writer.close();
+  })();
+  feed.catch((e) => reader.cancel(e).catch(() => {}));
+  let inflated = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      inflated += value.length;
+      if (inflated > header.size) {
+        throw new PtloadError(`${file}: record ${header.name} inflates to more than its ${header.size} bytes`, { kind: "Record", file });
+      }
+      await f(value);
+    }
+  } catch (e) {
+    await feed.catch(() => {});
+    throw e instanceof PtloadError ? e
+      : new PtloadError(`${file}: record ${header.name}: invalid deflate data (${e.message})`, { kind: "Record", file });
+  }
+  await feed;
+  if (inflated !== header.size) {
+    throw new PtloadError(`${file}: record ${header.name} inflates to ${inflated} bytes, not its ${header.size}`, { kind: "Record", file });
+  }
+}
+
+/** Loads a Response as it streams (see StreamSource). */
+async function loadStream(bindings, source, opts, progress) {
+  const file = source.name;
+  const reader = source.response.body.getReader();
+  const stream = new ByteStream(reader, progress);
+  const whole = async () => {
+    const bytes = await stream.rest();
+    progress.total ??= bytes.length;
+    return loadFile(bindings, new BufferSource(bytes, file, false), opts, progress);
+  };
+  // The records before the first tensor record: data.pkl and byteorder are kept.
+  const small = new Map();
+  let prefix = null;
+  let header;
+  for (;;) {
+    header = await localHeader(stream, file);
+    const streamable = header && (header.method === 0 || (header.method === 8 && !header.descriptor));
+    if (!streamable || (header.method === 8 && typeof DecompressionStream !== "function")) return whole();
+    const slash = header.name.indexOf("/");
+    const folder = header.name.slice(0, slash);
+    const rel = header.name.slice(slash + 1);
+    if (slash <= 0 || (prefix !== null && folder !== prefix)) return whole();
+    prefix = folder;
+    if (rel.startsWith("data/")) break;
+    if (rel === "constants.pkl" || rel.startsWith("code/")) return whole(); // TorchScript
+    const keep = rel === "data.pkl" || rel === "byteorder";
+    if (header.descriptor && header.method === 0) {
+      const pieces = [];
+      let total = 0;
+      const size = await scanStored(stream, header, (piece) => {
+        total += piece.length;
+        // Larger than the native default limit: the whole-file path refuses it by name.
+        if (keep && total <= MAX_STREAMED_PICKLE) pieces.push(piece);
+      });
+      if (size === null || total > MAX_STREAMED_PICKLE) return whole();
+      if (keep) small.set(rel, concat(pieces, total));
+    } else if (keep) {
+      if (header.size > MAX_STREAMED_PICKLE) return whole();
+      const bytes = new Uint8Array(header.size);
+      let at = 0;
+      await streamRecord(stream, header, file, opts.signal, (piece) => {
+        bytes.set(piece, at);
+        at += piece.length;
+      });
+      small.set(rel, bytes);
+    } else {
+      await stream.forward(header.csize, () => {}, file, opts.signal);
+    }
+  }
+  if (!small.has("data.pkl")) return whole();
+  stream.kept = null; // from here on, bytes go straight to their storages
+
+  const planner = new bindings.Planner(file, Number.MAX_SAFE_INTEGER, opts.planner);
+  let gpu = null;
+  let storages = [];
+  try {
+    planner.stream(prefix, small.get("data.pkl"), small.get("byteorder"));
+    if (planner.step(opts.callback) !== null) throw new Error("ptload: a streamed plan asked for bytes");
+    const made = makeTree(planner, bindings, opts);
+    ({ storages } = made);
+    const { planned, all, tree, rootJson } = made;
+    const byName = new Map();
+    planned.forEach((s, i) => s.record && byName.set(s.record.name, i));
+    const views = new Map();
+    for (const t of all) {
+      if (!t.storage) continue;
+      if (!views.has(t.storage)) views.set(t.storage, []);
+      views.get(t.storage).push(t);
+    }
+    if (planned.some((s) => s.device === "webgpu")) {
+      gpu = new WebGpuPlacement(opts.device, file, (message) => new PtloadError(message, { kind: "Placement", file }));
+    }
+    const placed = new Set();
+    let version = null;
+    for (; header; header = await localHeader(stream, file)) {
+      throwIfAborted(opts.signal);
+      const unknown = header.descriptor && header.csize === 0;
+      if (unknown && header.method !== 0) {
+        throw new PtloadError(`${file}: record ${header.name} is deflated with its sizes in a data descriptor: ` +
+          "it cannot be read as a stream", { kind: "Zip", file, offset: header.at });
+      }
+      const i = byName.get(header.name);
+      if (i === undefined || placed.has(i)) {
+        const isVersion = header.name === `${prefix}/version` || header.name === `${prefix}/.data/version`;
+        const pieces = [];
+        if (unknown) {
+          const size = await scanStored(stream, header, (piece) => isVersion && pieces.push(piece));
+          if (size === null) throw truncatedStream(file, header);
+        } else {
+          await stream.forward(header.csize, (piece) => isVersion && pieces.push(piece.slice()), file, opts.signal);
+          if (header.descriptor) await readDescriptor(stream, header.zip64);
+        }
+        if (isVersion) version = new TextDecoder().decode(concat(pieces, pieces.reduce((n, p) => n + p.length, 0)));
+        continue;
+      }
+      const s = planned[i];
+      if (unknown) header.csize = header.size = s.record.size; // checked against the descriptor below
+      if (header.size !== s.record.size) {
+        throw new PtloadError(`${file}: storage '${header.name}' (data at byte 0x${stream.pos.toString(16).toUpperCase()}): ` +
+          `record size (${header.size} bytes) does not match expected size (${s.record.size} bytes = ${s.numel} elements * ` +
+          `${s.itemsize} bytes/element)`, { kind: "StorageSize", file, offset: stream.pos });
+      }
+      placed.add(i);
+      const feed = (f) => streamRecord(stream, header, file, opts.signal, f);
+      if (s.device === "webgpu") {
+        await placeStorageOnGpu(gpu, bindings, s, storages[i], views.get(storages[i]) ?? [], opts, feed);
+      } else {
+        const bytes = new Uint8Array(s.record.size);
+        let at = 0;
+        await feed((piece) => {
+          bytes.set(piece, at);
+          at += piece.length;
+        });
+        if (s.swap) {
+          for (let k = 0; k < bytes.length; k += SWAP_CHUNK) bindings.swapBytes(bytes.subarray(k, k + SWAP_CHUNK), s.swapUnit);
+        }
+        storages[i].bytes = bytes;
+      }
+      if (header.descriptor) {
+        const sizes = await readDescriptor(stream, header.zip64);
+        if (unknown && (sizes === null || sizes[1] !== s.record.size)) {
+          throw new PtloadError(`${file}: storage '${header.name}': record size (${sizes ? sizes[1] : "unknown"} bytes) ` +
+            `does not match expected size (${s.record.size} bytes = ${s.numel} elements * ${s.itemsize} bytes/element)`,
+            { kind: "StorageSize", file, offset: header.at });
+        }
+      }
+    }
+    planned.forEach((s, i) => {
+      if (s.record && !placed.has(i)) {
+        throw new PtloadError(`${file}: record '${s.record.name}' is missing from the archive`, { kind: "MissingRecord", file });
+      }
+    });
+    if (version !== null) {
+      const v = Number.parseInt(version.trim(), 10);
+      if (!(v >= 1 && v <= 10)) {
+        throw new PtloadError(`${file}: Attempted to read a PyTorch file with version ${version.trim()}, but the ` +
+          `${v < 1 ? "minimum" : "maximum"} supported version for reading is ${v < 1 ? 1 : 10}`, { kind: "UnsupportedVersion", file });
+      }
+    }
+    if (gpu) await gpu.finish();
+    for (const t of all) {
+      t.data = t.storage && t.storage.buffer
+        ? { buffer: t.storage.buffer, byteOffset: t.storageOffset * t.itemsize }
+        : viewOf(t);
+    }
+    // The central directory: read through (small), so progress ends at the file's size.
+    while (await stream.next(Infinity));
+    progress.total ??= stream.pos;
+    progress.done();
+    const ckpt = new Checkpoint(tree, storages, tree.tensors);
+    if (rootJson !== undefined) ckpt[ROOT_JSON] = rootJson;
+    return ckpt;
+  } catch (e) {
+    if (gpu) {
+      await gpu.abort();
+      for (const s of storages) s.buffer = null;
+    }
+    await reader.cancel().catch(() => {});
+    throw e;
+  } finally {
+    planner.free();
+  }
+}
+
+function concat(pieces, total) {
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const piece of pieces) {
+    out.set(piece, at);
+    at += piece.length;
+  }
+  return out;
+}
+
+function truncatedStream(file, header) {
+  return new PtloadError(`${file}: the stream ended inside record ${header.name} (truncated?)`, { kind: "Zip", file, offset: header.at });
 }

@@ -65,6 +65,52 @@ impl Loader {
         })
     }
 
+    /// Plans a zip checkpoint read as a stream, in file order: from `data.pkl` (the first
+    /// record torch writes) and the `byteorder` record when it came before the first tensor
+    /// record (`None`: little-endian, as files without one), before any tensor record has been
+    /// seen. Each storage's record is `<prefix>/data/<key>` with the size its storage needs and
+    /// no known offset (0): the caller matches records by name as they stream by, checks their
+    /// sizes, and reports the ones that never came.
+    // Used by the wasm planner (and this module's tests).
+    #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+    pub(crate) fn plan_streamed(
+        &self,
+        prefix: &str,
+        pickle: &[u8],
+        byte_order: Option<&[u8]>,
+    ) -> Result<Plan> {
+        if pickle.len() as u64 > self.limits.max_pickle_bytes {
+            return Err(Error::limit(
+                "max_pickle_bytes",
+                pickle.len() as u64,
+                self.limits.max_pickle_bytes,
+            ));
+        }
+        let byte_order = match byte_order {
+            None | Some(b"little") => archive::ByteOrder::Little,
+            Some(b"big") => archive::ByteOrder::Big,
+            Some(other) => {
+                return Err(Error::new(crate::ErrorKind::UnknownByteOrder {
+                    value: String::from_utf8_lossy(other).into_owned(),
+                }))
+            }
+        };
+        let name = format!("{prefix}/data.pkl");
+        let parsed = on_big_stack(&name, || {
+            torch::parse_pickle(pickle, &name, &self.pickle_options())
+        })?;
+        self.finish_plan(parsed, None, Format::Zip, byte_order, |_, storage| {
+            let size = storage.nbytes().unwrap_or(u64::MAX);
+            Ok(archive::Record {
+                name: format!("{prefix}/data/{}", storage.key),
+                data_offset: 0,
+                stored_len: size,
+                size,
+                method: archive::Method::Stored,
+            })
+        })
+    }
+
     /// Reads one pickle record of a zip archive into a tree.
     fn parse_record(
         &self,
@@ -85,5 +131,51 @@ impl Loader {
         on_big_stack(&record.name, || {
             torch::parse_pickle(&pickle, &record.name, options)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::archive::ZipDirectory;
+    use crate::Loader;
+
+    /// A streamed plan (pickle only, records by name) decides what the whole-file plan does.
+    #[test]
+    fn a_streamed_plan_matches_the_whole_plan() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/tiny_convnet.pt"
+        ))
+        .unwrap();
+        let dir = ZipDirectory::parse(&bytes[..]).unwrap();
+        let pickle = dir
+            .require("data.pkl")
+            .unwrap()
+            .read(&bytes[..], 1 << 20)
+            .unwrap();
+        let mut loader = Loader::new();
+        loader.map_location("meta");
+        let whole = loader.plan("f", &bytes[..]).unwrap();
+        let streamed = loader.plan_streamed(&dir.prefix, &pickle, None).unwrap();
+        assert_eq!(whole.storages.len(), streamed.storages.len());
+        assert!(whole.storages.iter().all(|s| s.record.is_none()));
+        let mut loader = Loader::new();
+        loader.map_location("cpu");
+        let whole = loader.plan("f", &bytes[..]).unwrap();
+        let streamed = loader
+            .plan_streamed(&dir.prefix, &pickle, Some(b"little"))
+            .unwrap();
+        for (a, b) in whole.storages.iter().zip(&streamed.storages) {
+            let (ra, rb) = (a.record.as_ref().unwrap(), b.record.as_ref().unwrap());
+            assert_eq!(
+                (&a.key, a.dtype, a.numel, &a.device),
+                (&b.key, b.dtype, b.numel, &b.device)
+            );
+            assert_eq!((&ra.name, ra.size), (&rb.name, rb.size));
+        }
+        assert_eq!(format!("{:?}", whole.root), format!("{:?}", streamed.root));
+        assert!(loader
+            .plan_streamed(&dir.prefix, &pickle, Some(b"middle"))
+            .is_err());
     }
 }

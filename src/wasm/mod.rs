@@ -252,6 +252,13 @@ impl Backend for JsWebGpu {
     }
 }
 
+/// What [`Planner::stream`] was given.
+struct Streamed {
+    prefix: String,
+    pickle: Vec<u8>,
+    byte_order: Option<Vec<u8>>,
+}
+
 /// Plans a load of one checkpoint from the byte ranges the JS side hands in.
 #[wasm_bindgen]
 pub struct Planner {
@@ -262,6 +269,8 @@ pub struct Planner {
     /// Whether the caller gave a GPUDevice (so `webgpu` is a device storages may go to).
     webgpu: bool,
     devices: Option<Arc<Vec<Device>>>,
+    /// Set by [`Planner::stream`]: plan from these instead of `bytes`.
+    streamed: Option<Streamed>,
     bytes: SparseBytes,
     plan: Option<Plan>,
     limits: Limits,
@@ -294,6 +303,7 @@ impl Planner {
             callback,
             webgpu,
             devices: None,
+            streamed: None,
             bytes: SparseBytes::new(total_len as u64),
             plan: None,
             limits: Limits::default(),
@@ -325,7 +335,13 @@ impl Planner {
                 devices.get(i).cloned().map(Placement)
             }));
         }
-        match loader.plan(&self.name, &self.bytes) {
+        let planned = match &self.streamed {
+            Some(s) => loader
+                .plan_streamed(&s.prefix, &s.pickle, s.byte_order.as_deref())
+                .map_err(|e| e.in_file(&self.name)),
+            None => loader.plan(&self.name, &self.bytes),
+        };
+        match planned {
             Ok(plan) => {
                 if self.callback && self.devices.is_none() {
                     let Some(f) = callback else {
@@ -346,6 +362,19 @@ impl Planner {
                 _ => Err(js_error(e)),
             },
         }
+    }
+
+    /// Plans from a zip checkpoint read as a stream, in file order: the folder name (`archive`),
+    /// `data.pkl`'s bytes, and the `byteorder` record's if it came before the first tensor
+    /// record. [`Planner::step`] then plans without asking for bytes; each storage's record is
+    /// named `<folder>/data/<key>`, has the size its storage needs and offset 0 (the caller
+    /// matches records by name as they stream by).
+    pub fn stream(&mut self, prefix: String, pickle: Vec<u8>, byte_order: Option<Vec<u8>>) {
+        self.streamed = Some(Streamed {
+            prefix,
+            pickle,
+            byte_order,
+        });
     }
 
     /// The storages of the plan, in order of first reference: `{ key, dtype, itemsize, numel,

@@ -268,6 +268,17 @@ fn absurd_zip_fields() {
     let eocd64 = u64::from_le_bytes(good[locator + 8..locator + 16].try_into().unwrap()) as usize;
     let mut bad = good.clone();
     bad[eocd64 + 32..eocd64 + 40].copy_from_slice(&1_000_000_000u64.to_le_bytes());
+    // The classic record disagrees (torch writes the real count there too): refused as such.
+    let e = err(bad.clone());
+    assert!(
+        e.to_string().contains(
+            "the end-of-central-directory record says entries 8, its zip64 record 1000000000"
+        ),
+        "{e}"
+    );
+    // With the classic fields all ones, the zip64 values are the ones checked.
+    bad[eocd + 8..eocd + 12].copy_from_slice(&[0xff; 4]);
+    bad[eocd + 16..eocd + 20].copy_from_slice(&[0xff; 4]);
     let e = err(bad);
     assert!(
         e.to_string()
@@ -277,6 +288,7 @@ fn absurd_zip_fields() {
     // A central directory said to lie past the end of the file.
     let mut bad = good.clone();
     bad[eocd64 + 48..eocd64 + 56].copy_from_slice(&(u64::MAX - 10).to_le_bytes());
+    bad[eocd + 16..eocd + 20].copy_from_slice(&[0xff; 4]);
     let e = err(bad);
     assert!(e.to_string().contains("lies outside the file"), "{e}");
 }

@@ -36,6 +36,12 @@ const KEPT: &[(&str, &str, &str, &str)] = &[
         "two entries named archive/data/1: the zip crate keeps one, torch's miniz finds whichever its lookup hits; an ambiguous archive is refused",
     ),
     (
+        "oracle/zip/fuzz-eocd-disagree.zip",
+        "theirs",
+        "its zip64 record",
+        "the classic end record says 45 entries, its zip64 record 16: the zip crate believes the classic one, Python's zipfile the zip64 one; we refuse the disagreement",
+    ),
+    (
         "oracle/pickle/p2_set_via_global.pkl",
         "both-differently",
         "not plain data",

@@ -101,6 +101,8 @@ pub fn zip_error(bytes: &(impl ByteSource + ?Sized), error: Error) -> Error {
     }
     match super::zip::entry_names(bytes, MAX_NAMES).map(|names| explain_zip(&names)) {
         Ok(Some(reason)) => Error::new(ErrorKind::NotACheckpoint { reason }),
+        // A partial source: load what the names need, then explain as for the whole file.
+        Err(e) if matches!(e.kind(), ErrorKind::NeedBytes { .. }) => e,
         _ => error,
     }
 }

@@ -60,6 +60,31 @@ impl ZipDirectory {
                 let eocd64 = Eocd64::parse(data, locator.eocd64_offset)?;
                 // torch always writes a zip64 record; where present it is authoritative (its
                 // fields hold what the classic record's all-ones values stand for).
+                // A classic field that is not all ones must say what the zip64 one says: readers
+                // differ on which to believe, so a disagreement is refused (found by fuzzing
+                // against the zip crate).
+                for (what, classic, saturated, wide) in [
+                    ("entries", entries, u16::MAX as u64, eocd64.entries),
+                    (
+                        "central directory size",
+                        cd_size,
+                        u32::MAX as u64,
+                        eocd64.cd_size,
+                    ),
+                    (
+                        "central directory offset",
+                        cd_offset,
+                        u32::MAX as u64,
+                        eocd64.cd_offset,
+                    ),
+                ] {
+                    if classic != saturated && classic != wide {
+                        return Err(Error::zip(
+                            eocd_offset,
+                            format!("the end-of-central-directory record says {what} {classic}, its zip64 record {wide}"),
+                        ));
+                    }
+                }
                 (entries, cd_size, cd_offset) = (eocd64.entries, eocd64.cd_size, eocd64.cd_offset);
             }
         }
@@ -330,13 +355,24 @@ impl Record {
 pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<String>> {
     let eocd_offset = find_eocd(data)?;
     let eocd = Eocd::parse(data, eocd_offset)?;
-    let (mut entries, mut cd_offset) = (eocd.entries as u64, eocd.cd_offset as u64);
+    let (mut entries, mut cd_size, mut cd_offset) = (
+        eocd.entries as u64,
+        eocd.cd_size as u64,
+        eocd.cd_offset as u64,
+    );
     if eocd_offset >= Eocd64Locator::SIZE as u64 {
         if let Some(locator) = Eocd64Locator::parse(data, eocd_offset - Eocd64Locator::SIZE as u64)?
         {
             let eocd64 = Eocd64::parse(data, locator.eocd64_offset)?;
-            (entries, cd_offset) = (eocd64.entries, eocd64.cd_offset);
+            (entries, cd_size, cd_offset) = (eocd64.entries, eocd64.cd_size, eocd64.cd_offset);
         }
+    }
+    // The whole directory at once (a partial source loads it in one round).
+    if cd_offset
+        .checked_add(cd_size)
+        .is_some_and(|end| end <= data.len())
+    {
+        data.get(cd_offset, cd_size)?;
     }
     let mut names = Vec::new();
     let mut pos = cd_offset;

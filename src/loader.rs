@@ -591,7 +591,6 @@ impl Checkpoint {
 
     /// The largest tensor [`Tensor::to_contiguous_bytes`] materializes (from the loader's
     /// [`Limits`]).
-    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn max_tensor_bytes(&self) -> u64 {
         self.max_tensor_bytes
     }

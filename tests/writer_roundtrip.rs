@@ -246,3 +246,30 @@ fn generated_state_dicts_survive_save_then_load() {
     assert!(views > 600, "only {views} views were generated");
     common::assert_no_problems(&problems);
 }
+
+/// Found by the writer_roundtrip fuzzer: an expanded view of a few bytes would be written to a
+/// `.safetensors` as 2 GB of copies. Each tensor the writer materializes is held to
+/// `Limits::max_tensor_bytes`, as `to_contiguous_bytes` is.
+#[test]
+fn an_expanded_view_cannot_make_a_huge_safetensors() {
+    let data = common::fixture("oracle/writer/expanded-view.bin");
+    let mut loader = ptload::Loader::new();
+    loader.limits(ptload::Limits::default().with_max_tensor_bytes(16 << 20));
+    let ckpt = loader.load_bytes(data.clone()).unwrap();
+    let e = Writer::new()
+        .skip_unsupported(true)
+        .to_safetensors_bytes(&ckpt)
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            ptload::ErrorKind::LimitExceeded {
+                limit: "max_tensor_bytes",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // The fuzz target's own round trip now passes on it.
+    ptload::fuzzing::write_round_trip(&data);
+}

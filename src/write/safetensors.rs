@@ -168,7 +168,7 @@ impl Writer {
         path: &std::path::Path,
     ) -> Result<Report> {
         let (chosen, mut report, metadata) = self.prepare(ckpt)?;
-        let total = total_bytes(&chosen)?;
+        let total = total_bytes(&chosen, ckpt.max_tensor_bytes())?;
         let output = self.write_file(&chosen, metadata, path, 0, total)?;
         output.finish()?;
         self.progress(total, total);
@@ -208,7 +208,7 @@ impl Writer {
     /// API and small checkpoints).
     pub fn to_safetensors_bytes(&self, ckpt: &Checkpoint) -> Result<(Vec<u8>, Report)> {
         let (chosen, mut report, metadata) = self.prepare(ckpt)?;
-        let total = total_bytes(&chosen)?;
+        let total = total_bytes(&chosen, ckpt.max_tensor_bytes())?;
         let state = State {
             error: RefCell::new(None),
             written: Cell::new(0),
@@ -227,13 +227,20 @@ impl Writer {
     }
 }
 
-pub(crate) fn total_bytes(chosen: &[Chosen<'_>]) -> Result<u64> {
+/// Bytes the chosen tensors take in a `.safetensors` file. Each one is written as its
+/// contiguous elements (views are copied), so each is held to the loader's
+/// [`crate::Limits::max_tensor_bytes`], as `to_contiguous_bytes` is: an expanded view of a few
+/// bytes cannot make a file of gigabytes.
+pub(crate) fn total_bytes(chosen: &[Chosen<'_>], max_tensor_bytes: u64) -> Result<u64> {
     chosen.iter().try_fold(0u64, |sum, c| {
         let n = c
             .tensor
             .numel()
             .checked_mul(c.tensor.dtype().element_size() as u64)
             .ok_or_else(|| Error::invalid_tensor(format!("tensor '{}' is too large", c.path)))?;
+        if n > max_tensor_bytes {
+            return Err(Error::limit("max_tensor_bytes", n, max_tensor_bytes));
+        }
         Ok(sum.saturating_add(n))
     })
 }

@@ -92,7 +92,7 @@ impl Writer {
         std::fs::create_dir_all(folder)?;
         let sizes: Vec<u64> = chosen
             .iter()
-            .map(|c| total_bytes(std::slice::from_ref(c)))
+            .map(|c| total_bytes(std::slice::from_ref(c), ckpt.max_tensor_bytes()))
             .collect::<Result<_>>()?;
         let total: u64 = sizes.iter().sum();
         let shards = split(&sizes, max_shard_bytes.max(1));

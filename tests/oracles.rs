@@ -42,6 +42,12 @@ const KEPT: &[(&str, &str, &str, &str)] = &[
         "the classic end record says 45 entries, its zip64 record 16: the zip crate believes the classic one, Python's zipfile the zip64 one; we refuse the disagreement",
     ),
     (
+        "oracle/pickle/fuzz-memo-rebound.pkl",
+        "oracle-wrong",
+        "memo index is rebound",
+        "PUT 1 twice: Python reads {'k0': 0, ...} (the value bound when GET runs), as we do; serde-pickle resolves memo references at the end and loses 'k0'",
+    ),
+    (
         "oracle/pickle/p2_set_via_global.pkl",
         "both-differently",
         "not plain data",
@@ -88,6 +94,11 @@ fn judge(name: &str, outcome: Outcome) -> Option<String> {
             None
         }
         (Outcome::BothRefuse, Some((_, "none", _, _))) => None,
+        (Outcome::OracleWrong(why), Some((_, "oracle-wrong", phrase, _)))
+            if why.contains(phrase) =>
+        {
+            None
+        }
         (other, _) => Some(format!("{name}: unexpected outcome {other:?}")),
     }
 }

@@ -21,6 +21,8 @@ pub struct Machine<'a, H: Hooks> {
     stack: Vec<NodeId>,
     marks: Vec<usize>,
     memo: HashMap<u64, NodeId>,
+    /// PUTs to a memo index already set (legal: Python rebinds it).
+    memo_rebinds: usize,
     arena: &'a mut Arena,
     hooks: &'a mut H,
     limits: PickleLimits,
@@ -46,6 +48,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            memo_rebinds: 0,
             arena,
             hooks,
             limits,
@@ -54,6 +57,11 @@ impl<'a, H: Hooks> Machine<'a, H> {
     }
 
     /// Offset just past the `STOP` once [`Machine::run`] returned (where a next pickle starts).
+    /// How many PUTs rebound a memo index already set.
+    pub fn memo_rebinds(&self) -> usize {
+        self.memo_rebinds
+    }
+
     pub fn position(&self) -> usize {
         self.pos
     }
@@ -195,7 +203,9 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 "memo entries",
             ));
         }
-        self.memo.insert(index, top);
+        if self.memo.insert(index, top).is_some() {
+            self.memo_rebinds += 1;
+        }
         Ok(())
     }
 

@@ -115,6 +115,19 @@ pub fn load_pickle<H: Hooks>(
     Ok((root, machine.position()))
 }
 
+/// Whether running `input` rebinds a memo index (a PUT to an index already set). Legal, and
+/// Python rebinds; readers that resolve memo references lazily (serde-pickle) read such
+/// pickles differently, so the differential tests need to know (not a stable API).
+#[doc(hidden)]
+pub fn rebinds_memo(input: &[u8], limits: PickleLimits) -> bool {
+    let mut arena = Arena::default();
+    let mut hooks = NoHooks;
+    let mut machine =
+        machine::Machine::new(input, &mut arena, &mut hooks, limits, StringEncoding::Utf8);
+    let _ = machine.run();
+    machine.memo_rebinds() > 0
+}
+
 /// The name of a pickle opcode, as Python's `pickletools` spells it.
 pub fn opcode_name(op: u8) -> Option<&'static str> {
     Some(match op {

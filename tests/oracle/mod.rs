@@ -32,6 +32,8 @@ pub enum Outcome {
     OnlyTheirs(String),
     /// Both refuse.
     BothRefuse,
+    /// They differ where the oracle is known to be wrong (the reason).
+    OracleWrong(String),
 }
 
 /// Bytes any one entry may inflate to in a comparison (keeps fuzzing fast and bounded).
@@ -335,6 +337,11 @@ pub fn theirs_pickle(data: &[u8]) -> Result<String, String> {
 pub fn pickle(data: &[u8]) -> Outcome {
     match (ours_pickle(data), theirs_pickle(data)) {
         (Ok(o), Ok(t)) if o == t => Outcome::Same,
+        // serde-pickle resolves memo references when the pickle ends, so a rebound memo index
+        // changes what earlier references read; Python (and we) read the value bound then.
+        (Ok(_), Ok(_)) if pickle::rebinds_memo(data, pickle_limits()) => {
+            Outcome::OracleWrong("a memo index is rebound".into())
+        }
         (Ok(o), Ok(t)) => Outcome::Differ(format!("ours {o:.300}\ntheirs {t:.300}")),
         (Ok(_), Err(why)) => Outcome::OnlyOurs(why),
         (Err(why), Ok(_)) => Outcome::OnlyTheirs(why),

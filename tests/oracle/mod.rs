@@ -328,8 +328,9 @@ pub fn ours_pickle(data: &[u8]) -> Result<String, String> {
 
 /// serde-pickle's reading of `data` as canonical text.
 pub fn theirs_pickle(data: &[u8]) -> Result<String, String> {
-    let value = serde_pickle::value_from_slice(data, serde_pickle::DeOptions::new())
-        .map_err(|e| e.to_string())?;
+    let value =
+        serde_pickle::value_from_slice(data, serde_pickle::DeOptions::new().decode_strings())
+            .map_err(|e| e.to_string())?;
     render_theirs(&value, 0)
 }
 

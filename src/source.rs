@@ -201,6 +201,9 @@ impl ByteSource for SparseBytes {
             Some(end) if end <= self.total => end,
             _ => return Err(past_the_end(offset, len, self.total)),
         };
+        if len == 0 {
+            return Ok(&[]); // nothing to load
+        }
         // Any chunk that starts at or before `offset` and reaches `end`.
         for (&start, chunk) in self.chunks.range(..=offset).rev() {
             let chunk_end = start + chunk.len() as u64;

@@ -47,47 +47,12 @@ pub struct ZipDirectory {
 impl ZipDirectory {
     /// Reads the directory of the zip file `data`.
     pub fn parse(data: &(impl ByteSource + ?Sized)) -> Result<ZipDirectory> {
-        let eocd_offset = find_eocd(data)?;
-        let eocd = Eocd::parse(data, eocd_offset)?;
-        let (mut entries, mut cd_size, mut cd_offset) = (
-            eocd.entries as u64,
-            eocd.cd_size as u64,
-            eocd.cd_offset as u64,
-        );
-        if eocd_offset >= Eocd64Locator::SIZE as u64 {
-            let locator_offset = eocd_offset - Eocd64Locator::SIZE as u64;
-            if let Some(locator) = Eocd64Locator::parse(data, locator_offset)? {
-                let eocd64 = Eocd64::parse(data, locator.eocd64_offset)?;
-                // torch always writes a zip64 record; where present it is authoritative (its
-                // fields hold what the classic record's all-ones values stand for).
-                // A classic field that is not all ones must say what the zip64 one says: readers
-                // differ on which to believe, so a disagreement is refused (found by fuzzing
-                // against the zip crate).
-                for (what, classic, saturated, wide) in [
-                    ("entries", entries, u16::MAX as u64, eocd64.entries),
-                    (
-                        "central directory size",
-                        cd_size,
-                        u32::MAX as u64,
-                        eocd64.cd_size,
-                    ),
-                    (
-                        "central directory offset",
-                        cd_offset,
-                        u32::MAX as u64,
-                        eocd64.cd_offset,
-                    ),
-                ] {
-                    if classic != saturated && classic != wide {
-                        return Err(Error::zip(
-                            eocd_offset,
-                            format!("the end-of-central-directory record says {what} {classic}, its zip64 record {wide}"),
-                        ));
-                    }
-                }
-                (entries, cd_size, cd_offset) = (eocd64.entries, eocd64.cd_size, eocd64.cd_offset);
-            }
-        }
+        let EndRecords {
+            eocd_offset,
+            entries,
+            cd_size,
+            cd_offset,
+        } = end_records(data)?;
         let cd_end = cd_offset.checked_add(cd_size);
         if cd_end.is_none_or(|end| end > data.len()) {
             return Err(Error::zip(
@@ -353,6 +318,43 @@ impl Record {
 /// The names of the first `max` entries, in directory order, without any of torch's rules
 /// (to explain why a zip file is not a torch archive).
 pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<String>> {
+    let EndRecords {
+        entries,
+        cd_size,
+        cd_offset,
+        ..
+    } = end_records(data)?;
+    let cd_end = cd_offset.saturating_add(cd_size);
+    // The whole directory at once (a partial source loads it in one round).
+    if cd_end <= data.len() {
+        data.get(cd_offset, cd_size)?;
+    }
+    let mut names = Vec::new();
+    let mut pos = cd_offset;
+    for _ in 0..entries.min(max as u64) {
+        // Only what the directory holds (a partial source would otherwise be asked for
+        // header after header past it).
+        if pos >= cd_end {
+            break;
+        }
+        let header = CentralHeader::parse(data, pos)?;
+        pos += header.total_len as u64;
+        names.push(String::from_utf8_lossy(&header.name).into_owned());
+    }
+    Ok(names)
+}
+
+/// What the end records say: the classic one and, where a locator points to it, the zip64 one.
+struct EndRecords {
+    eocd_offset: u64,
+    entries: u64,
+    cd_size: u64,
+    cd_offset: u64,
+}
+
+/// Reads the end records (the same way for the directory and for naming a foreign zip's
+/// entries, so a whole file and a partial source fail alike).
+fn end_records(data: &(impl ByteSource + ?Sized)) -> Result<EndRecords> {
     let eocd_offset = find_eocd(data)?;
     let eocd = Eocd::parse(data, eocd_offset)?;
     let (mut entries, mut cd_size, mut cd_offset) = (
@@ -361,27 +363,45 @@ pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<
         eocd.cd_offset as u64,
     );
     if eocd_offset >= Eocd64Locator::SIZE as u64 {
-        if let Some(locator) = Eocd64Locator::parse(data, eocd_offset - Eocd64Locator::SIZE as u64)?
-        {
+        let locator_offset = eocd_offset - Eocd64Locator::SIZE as u64;
+        if let Some(locator) = Eocd64Locator::parse(data, locator_offset)? {
             let eocd64 = Eocd64::parse(data, locator.eocd64_offset)?;
+            // torch always writes a zip64 record; where present it is authoritative (its
+            // fields hold what the classic record's all-ones values stand for).
+            // A classic field that is not all ones must say what the zip64 one says: readers
+            // differ on which to believe, so a disagreement is refused (found by fuzzing
+            // against the zip crate).
+            for (what, classic, saturated, wide) in [
+                ("entries", entries, u16::MAX as u64, eocd64.entries),
+                (
+                    "central directory size",
+                    cd_size,
+                    u32::MAX as u64,
+                    eocd64.cd_size,
+                ),
+                (
+                    "central directory offset",
+                    cd_offset,
+                    u32::MAX as u64,
+                    eocd64.cd_offset,
+                ),
+            ] {
+                if classic != saturated && classic != wide {
+                    return Err(Error::zip(
+                        eocd_offset,
+                        format!("the end-of-central-directory record says {what} {classic}, its zip64 record {wide}"),
+                    ));
+                }
+            }
             (entries, cd_size, cd_offset) = (eocd64.entries, eocd64.cd_size, eocd64.cd_offset);
         }
     }
-    // The whole directory at once (a partial source loads it in one round).
-    if cd_offset
-        .checked_add(cd_size)
-        .is_some_and(|end| end <= data.len())
-    {
-        data.get(cd_offset, cd_size)?;
-    }
-    let mut names = Vec::new();
-    let mut pos = cd_offset;
-    for _ in 0..entries.min(max as u64) {
-        let header = CentralHeader::parse(data, pos)?;
-        pos += header.total_len as u64;
-        names.push(String::from_utf8_lossy(&header.name).into_owned());
-    }
-    Ok(names)
+    Ok(EndRecords {
+        eocd_offset,
+        entries,
+        cd_size,
+        cd_offset,
+    })
 }
 
 /// Finds the EOCD by scanning back from the end over at most a maximal comment (64 KiB).

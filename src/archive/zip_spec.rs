@@ -101,12 +101,24 @@ impl Eocd {
     pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<Eocd> {
         let mut f = fixed(data, offset, Self::SIZE, "end of central directory")?;
         magic(&mut f, EOCD_MAGIC, offset, "end of central directory")?;
-        let _disk = f.u16();
-        let _cd_disk = f.u16();
-        let _entries_here = f.u16();
+        let disk = f.u16();
+        let cd_disk = f.u16();
+        let entries_here = f.u16();
         let entries = f.u16();
         let cd_size = f.u32();
         let cd_offset = f.u32();
+        // One file, one disk: anything else is a split archive (or a forged record that readers
+        // would count differently: the zip crate counts this disk's entries, Python all of them).
+        if disk != cd_disk || entries_here != entries {
+            return Err(Error::zip(
+                offset,
+                format!(
+                    "the end-of-central-directory record describes a split archive (disk {disk}, \
+                     directory on disk {cd_disk}, {entries_here} of {entries} entries here); \
+                     split archives are not supported"
+                ),
+            ));
+        }
         Ok(Eocd {
             entries,
             cd_size,

@@ -273,3 +273,25 @@ fn an_expanded_view_cannot_make_a_huge_safetensors() {
     // The fuzz target's own round trip now passes on it.
     ptload::fuzzing::write_round_trip(&data);
 }
+
+/// Found by the writer_roundtrip fuzzer: a state-dict key `__metadata__` would clash with the
+/// safetensors header's own; it is refused by name (a `.pt` keeps it).
+#[test]
+fn a_tensor_named_metadata_is_refused_for_safetensors() {
+    let data = common::fixture("oracle/writer/metadata-key.bin");
+    let mut loader = ptload::Loader::new();
+    loader.limits(ptload::fuzzing::limits());
+    let ckpt = loader.load_bytes(data.clone()).unwrap();
+    assert!(ckpt.tensor("__metadata__").is_some());
+    let e = Writer::new().to_safetensors_bytes(&ckpt).unwrap_err();
+    assert!(
+        e.to_string().contains("the name __metadata__ is reserved"),
+        "{e}"
+    );
+    let (pt, _) = Writer::new().to_pt_bytes(&ckpt).unwrap();
+    assert!(ptload::load_bytes(pt)
+        .unwrap()
+        .tensor("__metadata__")
+        .is_some());
+    ptload::fuzzing::write_round_trip(&data);
+}

@@ -143,6 +143,15 @@ impl Writer {
             |t| safetensors_dtype(t.dtype()).is_some(),
             "safetensors",
         )?;
+        // The format keeps `__metadata__` for itself: a tensor of that name would make a file
+        // no reader parses (found by the writer_roundtrip fuzzer).
+        if let Some(c) = chosen.iter().find(|c| c.path == "__metadata__") {
+            return Err(Error::unsupported(format!(
+                "tensor '{}': the name __metadata__ is reserved by the safetensors format \
+                 (--select another subtree, or write a .pt)",
+                c.path
+            )));
+        }
         let mut metadata = HashMap::new();
         metadata.insert("format".to_owned(), "pt".to_owned());
         if let Some(source) = &self.source_name {

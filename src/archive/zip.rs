@@ -325,10 +325,11 @@ pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<
         ..
     } = end_records(data)?;
     let cd_end = cd_offset.saturating_add(cd_size);
-    // The whole directory at once (a partial source loads it in one round).
-    if cd_end <= data.len() {
-        data.get(cd_offset, cd_size)?;
+    if cd_end > data.len() {
+        return Err(Error::zip(0, "the central directory lies outside the file"));
     }
+    // The whole directory at once (a partial source loads it in one round).
+    data.get(cd_offset, cd_size)?;
     let mut names = Vec::new();
     let mut pos = cd_offset;
     for _ in 0..entries.min(max as u64) {

@@ -107,6 +107,15 @@ impl Eocd {
         let entries = f.u16();
         let cd_size = f.u32();
         let cd_offset = f.u32();
+        let comment_len = f.u16() as u64;
+        if offset + Self::SIZE as u64 + comment_len > data.len() {
+            return Err(Error::zip(
+                offset,
+                format!(
+                    "the end-of-central-directory comment ({comment_len} bytes) runs past the end of the file"
+                ),
+            ));
+        }
         // One file, one disk: anything else is a split archive (or a forged record that readers
         // would count differently: the zip crate counts this disk's entries, Python all of them).
         if disk != cd_disk || entries_here != entries {

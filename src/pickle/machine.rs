@@ -23,6 +23,8 @@ pub struct Machine<'a, H: Hooks> {
     memo: HashMap<u64, NodeId>,
     /// PUTs to a memo index already set (legal: Python rebinds it).
     memo_rebinds: usize,
+    /// DUPs run (each shares one object between two places, as Python does).
+    dups: usize,
     arena: &'a mut Arena,
     hooks: &'a mut H,
     limits: PickleLimits,
@@ -49,6 +51,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
             marks: Vec::new(),
             memo: HashMap::new(),
             memo_rebinds: 0,
+            dups: 0,
             arena,
             hooks,
             limits,
@@ -60,6 +63,11 @@ impl<'a, H: Hooks> Machine<'a, H> {
     /// How many PUTs rebound a memo index already set.
     pub fn memo_rebinds(&self) -> usize {
         self.memo_rebinds
+    }
+
+    /// How many DUPs ran.
+    pub fn dups(&self) -> usize {
+        self.dups
     }
 
     pub fn position(&self) -> usize {
@@ -345,6 +353,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 b'2' => {
                     let top = self.top()?;
                     self.stack.push(top);
+                    self.dups += 1;
                 }
                 // --- constants
                 b'N' => self.push_node(Node::None)?,

@@ -115,17 +115,18 @@ pub fn load_pickle<H: Hooks>(
     Ok((root, machine.position()))
 }
 
-/// Whether running `input` rebinds a memo index (a PUT to an index already set). Legal, and
-/// Python rebinds; readers that resolve memo references lazily (serde-pickle) read such
-/// pickles differently, so the differential tests need to know (not a stable API).
+/// Whether running `input` shares objects in ways plain-value readers get wrong: a memo index
+/// rebound (a PUT to an index already set) or a DUP (one object in two places). Both are legal
+/// and Python shares; serde-pickle resolves memo references lazily and copies on DUP, so the
+/// differential tests need to know (not a stable API).
 #[doc(hidden)]
-pub fn rebinds_memo(input: &[u8], limits: PickleLimits) -> bool {
+pub fn shares_beyond_memo(input: &[u8], limits: PickleLimits) -> bool {
     let mut arena = Arena::default();
     let mut hooks = NoHooks;
     let mut machine =
         machine::Machine::new(input, &mut arena, &mut hooks, limits, StringEncoding::Utf8);
     let _ = machine.run();
-    machine.memo_rebinds() > 0
+    machine.memo_rebinds() > 0 || machine.dups() > 0
 }
 
 /// The name of a pickle opcode, as Python's `pickletools` spells it.

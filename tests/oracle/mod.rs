@@ -338,10 +338,11 @@ pub fn theirs_pickle(data: &[u8]) -> Result<String, String> {
 pub fn pickle(data: &[u8]) -> Outcome {
     match (ours_pickle(data), theirs_pickle(data)) {
         (Ok(o), Ok(t)) if o == t => Outcome::Same,
-        // serde-pickle resolves memo references when the pickle ends, so a rebound memo index
-        // changes what earlier references read; Python (and we) read the value bound then.
-        (Ok(_), Ok(_)) if pickle::rebinds_memo(data, pickle_limits()) => {
-            Outcome::OracleWrong("a memo index is rebound".into())
+        // serde-pickle resolves memo references when the pickle ends (a rebound memo index
+        // changes what earlier references read) and copies on DUP (a list appended to after a
+        // DUP is empty in one place); Python, and we, share the one object.
+        (Ok(_), Ok(_)) if pickle::shares_beyond_memo(data, pickle_limits()) => {
+            Outcome::OracleWrong("a memo index is rebound or an object DUPed".into())
         }
         (Ok(o), Ok(t)) => Outcome::Differ(format!("ours {o:.300}\ntheirs {t:.300}")),
         (Ok(_), Err(why)) => Outcome::OnlyOurs(why),

@@ -29,10 +29,12 @@ use crate::pickle::{Arena, Call, Node, NodeId};
 
 use super::storage::{External, StorageView};
 
-/// A dict key as Python compares it, for the keys checkpoints use.
+/// A dict key or set member as Python compares it (`1 == True == 1.0`), for the kinds
+/// checkpoints use; other values (NaN, tuples, objects) are never merged.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum KeyRepr {
     Int(i64),
+    Float(u64),
     BigInt(String),
     Str(String),
     Bytes(Vec<u8>),
@@ -43,12 +45,26 @@ impl KeyRepr {
         Some(match key {
             Value::Int(i) => KeyRepr::Int(*i),
             Value::Bool(b) => KeyRepr::Int(*b as i64),
+            Value::Float(x) if x.is_nan() => return None,
+            // An integral float equals the int (-0.0 == 0.0 == 0); others compare by value.
+            Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => KeyRepr::Int(*x as i64),
+            Value::Float(x) => KeyRepr::Float(x.to_bits()),
             Value::BigInt(s) => KeyRepr::BigInt(s.clone()),
             Value::Str(s) => KeyRepr::Str(s.clone()),
             Value::Bytes(b) => KeyRepr::Bytes(b.clone()),
             _ => return None,
         })
     }
+}
+
+/// A set's members with Python's rule: a member equal to an earlier one is dropped (the first
+/// is kept, so `{1, True}` is `{1}`).
+fn distinct(items: Vec<Value>) -> Vec<Value> {
+    let mut seen = std::collections::HashSet::new();
+    items
+        .into_iter()
+        .filter(|v| KeyRepr::of(v).is_none_or(|k| seen.insert(k)))
+        .collect()
 }
 
 /// Bounds on the tree built from a pickle.
@@ -147,8 +163,8 @@ impl<'a> Interpreter<'a> {
             Node::ByteArray(b) => Value::ByteArray(b.clone()),
             Node::List(items) => Value::List(self.seq(items, depth)?),
             Node::Tuple(items) => Value::Tuple(self.seq(items, depth)?),
-            Node::Set(items) => Value::Set(self.seq(items, depth)?),
-            Node::FrozenSet(items) => Value::FrozenSet(self.seq(items, depth)?),
+            Node::Set(items) => Value::Set(distinct(self.seq(items, depth)?)),
+            Node::FrozenSet(items) => Value::FrozenSet(distinct(self.seq(items, depth)?)),
             Node::Dict(items) => Value::Dict(Box::new(Dict {
                 class: "dict".into(),
                 items: self.pairs(items, depth)?,
@@ -277,6 +293,7 @@ impl<'a> Interpreter<'a> {
                     None => Vec::new(),
                     Some(other) => return Err(self.bad_args(module, name, &other)),
                 };
+                let items = distinct(items);
                 Ok(if name == "set" {
                     Value::Set(items)
                 } else {

@@ -176,6 +176,27 @@ pub fn zip(data: &[u8]) -> Outcome {
     Outcome::Same
 }
 
+/// A rendered dict key or set member as Python compares it: `True`/`False` as 1/0 and an
+/// integral float (`f` + bits) as its int, so `{1, True, 1.0}` is one member on both sides
+/// (which of them a reader keeps differs: Python keeps the first, serde-pickle the last).
+fn member(rendered: String) -> String {
+    match rendered.as_str() {
+        "True" => return "1".into(),
+        "False" => return "0".into(),
+        _ => {}
+    }
+    if let Some(bits) = rendered
+        .strip_prefix('f')
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+    {
+        let x = f64::from_bits(bits);
+        if x.fract() == 0.0 && x.abs() < 9.2e18 {
+            return (x as i64).to_string();
+        }
+    }
+    rendered
+}
+
 /// Deepest tree rendered (deeper plain-data pickles are compared as refused by both).
 const MAX_RENDER_DEPTH: usize = 200;
 
@@ -226,7 +247,7 @@ fn render_ours(arena: &Arena, id: NodeId, depth: usize) -> Result<String, String
             // Python keeps the last value, as serde-pickle does.
             let mut merged: std::collections::BTreeMap<String, String> = Default::default();
             for &(k, v) in pairs {
-                merged.insert(r(k)?, r(v)?);
+                merged.insert(member(r(k)?), r(v)?);
             }
             let items = merged
                 .into_iter()
@@ -236,11 +257,25 @@ fn render_ours(arena: &Arena, id: NodeId, depth: usize) -> Result<String, String
         }
         Node::Set(items) => format!(
             "set{{{}}}",
-            sorted(items.iter().map(|&i| r(i)).collect::<Result<_, _>>()?, true).join(", ")
+            sorted(
+                items
+                    .iter()
+                    .map(|&i| r(i).map(member))
+                    .collect::<Result<_, _>>()?,
+                true
+            )
+            .join(", ")
         ),
         Node::FrozenSet(items) => format!(
             "frozenset{{{}}}",
-            sorted(items.iter().map(|&i| r(i)).collect::<Result<_, _>>()?, true).join(", ")
+            sorted(
+                items
+                    .iter()
+                    .map(|&i| r(i).map(member))
+                    .collect::<Result<_, _>>()?,
+                true
+            )
+            .join(", ")
         ),
         other => return Err(format!("not plain data: {}", kind(other))),
     })
@@ -272,10 +307,15 @@ fn render_theirs(v: &serde_pickle::Value, depth: usize) -> Result<String, String
         V::List(items) => format!("[{}]", all(items)?.join(", ")),
         V::Tuple(items) => format!("({})", all(items)?.join(", ")),
         V::Dict(map) => {
-            let items = map
-                .iter()
-                .map(|(k, v)| Ok(format!("{}: {}", r(&k.clone().into_value())?, r(v)?)))
-                .collect::<Result<Vec<_>, String>>()?;
+            // Keys equal in Python (1, True, 1.0) are one key: the last value wins.
+            let mut merged: std::collections::BTreeMap<String, String> = Default::default();
+            for (k, v) in map {
+                merged.insert(member(r(&k.clone().into_value())?), r(v)?);
+            }
+            let items = merged
+                .into_iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             format!("{{{}}}", sorted(items, false).join(", "))
         }
         V::Set(items) => format!(
@@ -283,7 +323,7 @@ fn render_theirs(v: &serde_pickle::Value, depth: usize) -> Result<String, String
             sorted(
                 items
                     .iter()
-                    .map(|k| r(&k.clone().into_value()))
+                    .map(|k| r(&k.clone().into_value()).map(member))
                     .collect::<Result<_, _>>()?,
                 true
             )
@@ -294,7 +334,7 @@ fn render_theirs(v: &serde_pickle::Value, depth: usize) -> Result<String, String
             sorted(
                 items
                     .iter()
-                    .map(|k| r(&k.clone().into_value()))
+                    .map(|k| r(&k.clone().into_value()).map(member))
                     .collect::<Result<_, _>>()?,
                 true
             )

@@ -173,6 +173,8 @@ pub struct Loader {
     pub(crate) backends: Vec<Arc<dyn Backend>>,
     progress: Option<ProgressFn>,
     cancel: Option<Arc<AtomicBool>>,
+    copy_storages: bool,
+    threads: Option<usize>,
 }
 
 impl fmt::Debug for Loader {
@@ -185,6 +187,8 @@ impl fmt::Debug for Loader {
             .field("backends", &self.backends)
             .field("progress", &self.progress.is_some())
             .field("cancel", &self.cancel)
+            .field("copy_storages", &self.copy_storages)
+            .field("threads", &self.threads)
             .finish()
     }
 }
@@ -204,6 +208,8 @@ impl Default for Loader {
             backends: Vec::new(),
             progress: None,
             cancel: None,
+            copy_storages: false,
+            threads: None,
         }
     }
 }
@@ -303,6 +309,28 @@ impl Loader {
     /// [`crate::ErrorKind::Cancelled`] and frees everything it had placed.
     pub fn cancel_flag(&mut self, flag: Arc<AtomicBool>) -> &mut Self {
         self.cancel = Some(flag);
+        self
+    }
+
+    /// Copies every CPU storage into memory the checkpoint owns (default `false`: storages that
+    /// are stored, aligned and in host byte order borrow from the file or buffer, zero-copy).
+    /// With `true`, the checkpoint no longer reads its source once loaded, so the file may
+    /// change or go; the copies run on every core ([`Loader::threads`]).
+    ///
+    /// ```
+    /// let ckpt = ptload::Loader::new().copy_storages(true).load("examples/tiny_convnet.pt").unwrap();
+    /// assert!(ckpt.storages.iter().all(|s| !s.data.is_borrowed()));
+    /// ```
+    pub fn copy_storages(&mut self, yes: bool) -> &mut Self {
+        self.copy_storages = yes;
+        self
+    }
+
+    /// How many threads copy host storages (inflating, byte-swapping, or
+    /// [`Loader::copy_storages`]); default: as many as the machine runs at once. 1 copies on
+    /// the calling thread.
+    pub fn threads(&mut self, threads: usize) -> &mut Self {
+        self.threads = Some(threads);
         self
     }
 
@@ -418,7 +446,12 @@ impl Loader {
         for (device, jobs) in &groups {
             let placed = match device {
                 Device::Cpu => {
-                    CpuPlacer::new(source.shared().clone()).place_all(&reader, jobs, &mut control)
+                    let mut placer =
+                        CpuPlacer::new(source.shared().clone()).copy_all(self.copy_storages);
+                    if let Some(threads) = self.threads {
+                        placer = placer.threads(threads);
+                    }
+                    placer.place_all(&reader, jobs, &mut control)
                 }
                 other => self
                     .placer_for(other)?

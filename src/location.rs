@@ -237,19 +237,30 @@ impl MapLocation {
     pub fn resolve(&self, info: &StorageInfo) -> Result<Device> {
         let saved = info.location.as_str();
         match self {
-            MapLocation::Default => restore_location(saved),
-            MapLocation::To(target) => restore_location(target),
+            MapLocation::With(f) => match f(info, saved) {
+                Some(Placement(device)) => Ok(device),
+                None => restore_location(saved),
+            },
+            _ => self
+                .resolve_saved(saved)
+                .unwrap_or_else(|| restore_location(saved)),
+        }
+    }
+
+    /// The device a storage saved at location tag `saved` goes to, when that depends on the
+    /// tag alone (every mapping but a callback, which sees the whole [`StorageInfo`]).
+    pub(crate) fn resolve_saved(&self, saved: &str) -> Option<Result<Device>> {
+        match self {
+            MapLocation::Default => Some(restore_location(saved)),
+            MapLocation::To(target) => Some(restore_location(target)),
             MapLocation::Map(pairs) => {
                 let target = pairs
                     .iter()
                     .find(|(from, _)| from == saved)
                     .map_or(saved, |(_, to)| to.as_str());
-                restore_location(target)
+                Some(restore_location(target))
             }
-            MapLocation::With(f) => match f(info, saved) {
-                Some(Placement(device)) => Ok(device),
-                None => restore_location(saved),
-            },
+            MapLocation::With(_) => None,
         }
     }
 }

@@ -27,6 +27,34 @@ fn every_zip_fixture_matches_torch() {
 }
 
 #[test]
+fn every_zip_fixture_copied_on_threads_matches_torch() {
+    // Every storage copied (stored, deflated, big-endian, misaligned alike), on 1 and 3
+    // threads: the same tensors as torch, owned.
+    let expected = fixture_json("expected.json");
+    let mut problems = Vec::new();
+    for threads in [1, 3] {
+        for (rel, want) in expected["files"].as_object().unwrap() {
+            let path = root().join("tests/fixtures").join(rel);
+            let loaded = Loader::new()
+                .copy_storages(true)
+                .threads(threads)
+                .load(&path);
+            match loaded {
+                Ok(ckpt) => {
+                    let label = format!("{rel} ({threads} threads)");
+                    problems.extend(compare(&ckpt, want, &label));
+                    for s in ckpt.storages.iter().filter(|s| s.data.is_borrowed()) {
+                        problems.push(format!("{label}: storage {} is borrowed", s.key));
+                    }
+                }
+                Err(e) => problems.push(format!("{rel}: {e}")),
+            }
+        }
+    }
+    common::assert_no_problems(&problems);
+}
+
+#[test]
 fn buffers_load_like_files() {
     let expected = fixture_json("expected.json");
     let want = &expected["files"]["zip/views.pt"];

@@ -14,7 +14,7 @@
 //! - an entry count larger than the directory can hold is refused before anything is allocated.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::io::Read;
 
 use super::zip_spec::{CentralHeader, Eocd, Eocd64, Eocd64Locator, LocalHeader, EOCD_MAGIC};
@@ -41,7 +41,15 @@ pub struct ZipDirectory {
     /// The archive folder (`archive`, `model.v1`, …).
     pub prefix: String,
     records: Vec<Record>,
-    by_name: HashMap<String, usize>,
+    /// Indices into `records`, found by the name relative to the folder (a slice of the
+    /// record's own name: no second copy of any name).
+    by_name: hashbrown::HashTable<usize>,
+    hasher: foldhash::fast::RandomState,
+}
+
+/// The name of `record` relative to a folder of `prefix_len` bytes (and its `/`).
+fn relative_name(record: &Record, prefix_len: usize) -> &str {
+    record.name.get(prefix_len + 1..).unwrap_or_default()
 }
 
 impl ZipDirectory {
@@ -77,7 +85,8 @@ impl ZipDirectory {
         data.get(cd_offset, cd_size)?;
         let mut records = Vec::with_capacity(entries as usize);
         let mut missing = Vec::new();
-        let mut by_name = HashMap::with_capacity(entries as usize);
+        let mut by_name = hashbrown::HashTable::with_capacity(entries as usize);
+        let hasher = foldhash::fast::RandomState::default();
         let mut prefix: Option<String> = None;
         let mut pos = cd_offset;
         // A partial source: an error found past a missing local header waits until that header
@@ -152,14 +161,25 @@ impl ZipDirectory {
                 ));
                 }
                 // Two entries under one name are ambiguous (readers differ on which one wins): refused.
-                if by_name.insert(relative.to_owned(), records.len()).is_some() {
-                    return Err(Error::zip(
-                        header_offset,
-                        format!("entry '{name}' appears twice in the central directory"),
-                    ));
+                let skip = prefix.len();
+                let entry = by_name.entry(
+                    hasher.hash_one(relative),
+                    |&i| relative_name(&records[i], skip) == relative,
+                    |&i| hasher.hash_one(relative_name(&records[i], skip)),
+                );
+                match entry {
+                    hashbrown::hash_table::Entry::Occupied(_) => {
+                        return Err(Error::zip(
+                            header_offset,
+                            format!("entry '{name}' appears twice in the central directory"),
+                        ))
+                    }
+                    hashbrown::hash_table::Entry::Vacant(slot) => {
+                        slot.insert(records.len());
+                    }
                 }
                 records.push(Record {
-                    name: name.clone(),
+                    name,
                     data_offset,
                     stored_len: header.compressed_size,
                     size: header.size,
@@ -180,12 +200,18 @@ impl ZipDirectory {
             prefix: prefix.unwrap_or_default(),
             records,
             by_name,
+            hasher,
         })
     }
 
     /// The record named `name` relative to the folder (`data.pkl`, `data/0`), if present.
     pub fn record(&self, name: &str) -> Option<&Record> {
-        self.by_name.get(name).map(|&i| &self.records[i])
+        let skip = self.prefix.len();
+        self.by_name
+            .find(self.hasher.hash_one(name), |&i| {
+                relative_name(&self.records[i], skip) == name
+            })
+            .map(|&i| &self.records[i])
     }
 
     /// The record named `name`, or a [`ErrorKind::MissingRecord`] error.

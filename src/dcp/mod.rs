@@ -37,7 +37,7 @@ use crate::archive::{ByteOrder, Format, Method, Record};
 use crate::error::{Error, ErrorKind, Result};
 use crate::loader::{Checkpoint, Loader};
 use crate::location::Device;
-use crate::plan::{on_big_stack, Plan, PlannedStorage};
+use crate::plan::{catching_panics, Plan, PlannedStorage};
 use crate::source::{Source, SparseBytes};
 use crate::torch::{Dict, Dtype, StorageRef, TensorMeta, Value};
 
@@ -241,7 +241,7 @@ impl Loader {
         reader.read_at(".metadata", 0, &mut bytes)?;
         let mut options = self.pickle_options();
         options.extra_globals = METADATA_GLOBALS;
-        let parsed = on_big_stack(".metadata", || {
+        let parsed = catching_panics(".metadata", || {
             crate::torch::parse_pickle(&bytes, ".metadata", &options)
         })?;
         if !parsed.storages.is_empty() {

@@ -6,9 +6,7 @@
 //! [`Arena`]. Every length the input declares is checked against the bytes that remain before
 //! anything is allocated, so memory stays proportional to the input.
 
-use std::collections::HashMap;
-
-use super::value::{decimal_to_bigint, Arena, Call, CallKind, Node, NodeId};
+use super::value::{decimal_to_bigint, Arena, Call, CallKind, GlobalName, Node, NodeId};
 use super::{opcode_name, Hooks, LimitHit, PickleError, PickleLimits, StringEncoding};
 
 /// Runs one pickle to its `STOP` and returns the id of the result.
@@ -20,7 +18,7 @@ pub struct Machine<'a, H: Hooks> {
     op: u8,
     stack: Vec<NodeId>,
     marks: Vec<usize>,
-    memo: HashMap<u64, NodeId>,
+    memo: Memo,
     /// PUTs to a memo index already set (legal: Python rebinds it).
     memo_rebinds: usize,
     /// DUPs run (each shares one object between two places, as Python does).
@@ -32,6 +30,54 @@ pub struct Machine<'a, H: Hooks> {
 }
 
 type Result<T> = std::result::Result<T, PickleError>;
+
+/// The memo: index → node. Picklers number their entries 0, 1, 2, … in order, so those live in
+/// a vector; any other index (a hostile `LONG_BINPUT 4000000000`) goes to a hash map, so an index
+/// costs memory only for the entries that exist.
+#[derive(Default)]
+struct Memo {
+    /// Slot `i` holds index `i`'s node, or [`Memo::EMPTY`].
+    dense: Vec<NodeId>,
+    /// Indices past the end of `dense` when they were set.
+    sparse: foldhash::HashMap<u64, NodeId>,
+    /// Entries set (dense and sparse).
+    len: usize,
+}
+
+impl Memo {
+    const EMPTY: NodeId = NodeId::MAX;
+
+    fn get(&self, index: u64) -> Option<NodeId> {
+        match usize::try_from(index).ok().and_then(|i| self.dense.get(i)) {
+            Some(&id) if id != Self::EMPTY => Some(id),
+            Some(_) => None,
+            None => self.sparse.get(&index).copied(),
+        }
+    }
+
+    /// Sets `index`; returns the node it held before, if any.
+    fn insert(&mut self, index: u64, id: NodeId) -> Option<NodeId> {
+        let old = match usize::try_from(index) {
+            Ok(i) if i < self.dense.len() => {
+                let old = std::mem::replace(&mut self.dense[i], id);
+                (old != Self::EMPTY).then_some(old)
+            }
+            Ok(i) if i == self.dense.len() && !self.sparse.contains_key(&index) => {
+                self.dense.push(id);
+                None
+            }
+            _ => self.sparse.insert(index, id),
+        };
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
 
 impl<'a, H: Hooks> Machine<'a, H> {
     /// A machine over `input` that adds its nodes to `arena`.
@@ -49,7 +95,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
             op: 0,
             stack: Vec::new(),
             marks: Vec::new(),
-            memo: HashMap::new(),
+            memo: Memo::default(),
             memo_rebinds: 0,
             dups: 0,
             arena,
@@ -203,7 +249,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
 
     fn memo_put(&mut self, index: u64) -> Result<()> {
         let top = self.top()?;
-        if !self.memo.contains_key(&index) && self.memo.len() >= self.limits.max_memo {
+        if self.memo.get(index).is_none() && self.memo.len() >= self.limits.max_memo {
             return Err(self.limit_err(
                 "max_memo_entries",
                 self.memo.len() + 1,
@@ -218,8 +264,8 @@ impl<'a, H: Hooks> Machine<'a, H> {
     }
 
     fn memo_get(&mut self, index: u64) -> Result<()> {
-        match self.memo.get(&index) {
-            Some(&id) => {
+        match self.memo.get(index) {
+            Some(id) => {
                 self.stack.push(id);
                 Ok(())
             }
@@ -232,7 +278,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
             .hooks
             .find_class(module, name)
             .map_err(|m| self.err(m))?;
-        self.new_node(Node::Global { module, name })
+        self.new_node(Node::Global(Box::new(GlobalName { module, name })))
     }
 
     fn py2_string(&mut self, bytes: Vec<u8>) -> Result<()> {
@@ -813,6 +859,51 @@ mod tests {
         )?
         .0;
         Ok((arena, id))
+    }
+
+    #[test]
+    fn memo_keeps_sequential_indices_dense_and_others_sparse() {
+        let mut memo = Memo::default();
+        assert_eq!(memo.insert(0, 10), None);
+        assert_eq!(memo.insert(1, 11), None);
+        assert_eq!(
+            memo.dense,
+            vec![10, 11],
+            "sequential indices are stored densely"
+        );
+        assert_eq!(memo.insert(4_000_000_000, 12), None);
+        assert_eq!(memo.insert(3, 13), None, "a gap goes to the sparse map");
+        assert_eq!(memo.dense.len(), 2, "no slots are allocated for a gap");
+        assert_eq!(memo.sparse.len(), 2);
+        assert_eq!(memo.len(), 4);
+        for (index, id) in [(0, 10), (1, 11), (3, 13), (4_000_000_000, 12)] {
+            assert_eq!(memo.get(index), Some(id), "index {index}");
+        }
+        assert_eq!(memo.get(2), None);
+        assert_eq!(memo.get(u64::MAX), None);
+    }
+
+    #[test]
+    fn memo_rebinding_returns_the_old_node_and_keeps_the_count() {
+        let mut memo = Memo::default();
+        memo.insert(0, 1);
+        memo.insert(7, 2);
+        assert_eq!(memo.insert(0, 3), Some(1), "dense rebind");
+        assert_eq!(memo.insert(7, 4), Some(2), "sparse rebind");
+        assert_eq!(memo.len(), 2);
+        assert_eq!((memo.get(0), memo.get(7)), (Some(3), Some(4)));
+    }
+
+    #[test]
+    fn memo_index_set_sparse_first_stays_in_one_place() {
+        // 1 is set while the vector is empty (sparse); 0 then fills the vector up to 1, which
+        // must rebind the sparse entry, not add a second one.
+        let mut memo = Memo::default();
+        memo.insert(1, 5);
+        memo.insert(0, 6);
+        assert_eq!(memo.insert(1, 7), Some(5));
+        assert_eq!(memo.len(), 2);
+        assert_eq!((memo.get(0), memo.get(1)), (Some(6), Some(7)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub mod value;
 use std::fmt;
 
 pub use encoding::{decode_py2_string, Decoded, StringEncoding};
-pub use value::{Arena, Call, CallKind, Node, NodeId};
+pub use value::{Arena, Call, CallKind, GlobalName, Node, NodeId};
 
 /// What the machine asks of the layer above it.
 pub trait Hooks {
@@ -110,10 +110,20 @@ pub fn load_pickle<H: Hooks>(
     limits: PickleLimits,
     encoding: StringEncoding,
 ) -> Result<(NodeId, usize), PickleError> {
+    // Torch's pickles make a node for every 5 to 6 bytes or so; room for them up front saves
+    // copying the arena as it grows (capped: a pickle of a few big strings needs few nodes).
+    arena.reserve(
+        (input.len() / 6)
+            .min(limits.max_nodes)
+            .min(MAX_NODES_RESERVED),
+    );
     let mut machine = machine::Machine::new(input, arena, hooks, limits, encoding);
     let root = machine.run()?;
     Ok((root, machine.position()))
 }
+
+/// The most nodes [`load_pickle`] makes room for before it runs.
+const MAX_NODES_RESERVED: usize = 1 << 20;
 
 /// Whether running `input` shares objects in ways plain-value readers get wrong: a memo index
 /// rebound (a PUT to an index already set) or a DUP (one object in two places). Both are legal

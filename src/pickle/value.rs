@@ -41,6 +41,15 @@ pub struct Call {
     pub dict_items: Vec<(NodeId, NodeId)>,
 }
 
+/// A global's module and qualified name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GlobalName {
+    /// Module, e.g. `torch._utils`.
+    pub module: String,
+    /// Qualified name, e.g. `_rebuild_tensor_v2`.
+    pub name: String,
+}
+
 /// One pickled value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
@@ -70,13 +79,9 @@ pub enum Node {
     Set(Vec<NodeId>),
     /// A frozenset.
     FrozenSet(Vec<NodeId>),
-    /// A global name (`GLOBAL`, `STACK_GLOBAL`, `INST`), as the find_class hook returned it.
-    Global {
-        /// Module, e.g. `torch._utils`.
-        module: String,
-        /// Qualified name, e.g. `_rebuild_tensor_v2`.
-        name: String,
-    },
+    /// A global name (`GLOBAL`, `STACK_GLOBAL`, `INST`), as the find_class hook returned it
+    /// (boxed: globals are few, and every other node is smaller without it inline).
+    Global(Box<GlobalName>),
     /// A call or object construction, recorded, never performed.
     Call(Box<Call>),
     /// An opaque value made by the persistent_load hook (e.g. a storage handle).
@@ -117,6 +122,11 @@ impl Arena {
         &mut self.nodes[id as usize]
     }
 
+    /// Makes room for `additional` more nodes.
+    pub fn reserve(&mut self, additional: usize) {
+        self.nodes.reserve(additional);
+    }
+
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -155,7 +165,7 @@ impl Arena {
     /// `(module, name)` when the node is a global.
     pub fn global(&self, id: NodeId) -> Option<(&str, &str)> {
         match self.get(id) {
-            Node::Global { module, name } => Some((module, name)),
+            Node::Global(global) => Some((&global.module, &global.name)),
             _ => None,
         }
     }
@@ -175,7 +185,7 @@ impl Arena {
             Node::Dict(_) => "dict",
             Node::Set(_) => "set",
             Node::FrozenSet(_) => "frozenset",
-            Node::Global { .. } => "global",
+            Node::Global(_) => "global",
             Node::Call(_) => "object",
             Node::External(_) => "persistent object",
         }
@@ -257,6 +267,17 @@ pub fn decimal_to_bigint(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_stay_small() {
+        // The arena holds a node per value: a wide variant inline (two `String`s) would make
+        // every node of every pickle wider.
+        assert!(
+            std::mem::size_of::<Node>() <= 32,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+    }
 
     #[test]
     fn bigint_decimal_round_trip() {

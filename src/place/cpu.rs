@@ -1,5 +1,15 @@
 //! The CPU placer: borrow in place when the record is stored, aligned for its element type and
-//! already in host byte order; copy (inflating and swapping on the way) only when it must.
+//! already in host byte order; copy (inflating and swapping on the way) only when it must, or
+//! when asked to own every storage ([`CpuPlacer::copy_all`]).
+//!
+//! Copies use every core: the storages to copy are cut into pieces (a stored record into
+//! [`COPY_CHUNK`]-sized runs, which can be copied in any order; a deflated record whole, since
+//! a deflate stream reads front to back) and worker threads take pieces, biggest first, until
+//! none are left. Each piece writes straight into its storage's final buffer, so nothing is
+//! held in flight but the inflaters' windows; the destination's pages are first touched by the
+//! thread that fills them.
+
+use std::sync::Mutex;
 
 use super::{Control, PlacementJob, Placer, RecordReader, StorageData};
 use crate::error::Result;
@@ -9,59 +19,192 @@ use crate::torch::Dtype;
 /// Places storages in host memory.
 pub struct CpuPlacer {
     source: SharedBytes,
+    copy_all: bool,
+    /// `None`: as many as the machine runs at once ([`default_threads`]).
+    threads: Option<usize>,
 }
 
 impl std::fmt::Debug for CpuPlacer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CpuPlacer")
+        f.debug_struct("CpuPlacer")
+            .field("copy_all", &self.copy_all)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+/// One piece of copying: a run of a stored record, or a whole deflated one.
+enum Piece<'s, 'd> {
+    Run {
+        from: &'s [u8],
+        to: &'d mut [u8],
+        swap_unit: usize,
+    },
+    Stream {
+        job: &'s PlacementJob,
+        to: &'d mut [u8],
+    },
+}
+
+impl Piece<'_, '_> {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Run { to, .. } | Piece::Stream { to, .. } => to.len(),
+        }
+    }
+
+    fn copy(self, reader: &RecordReader<'_>, control: &mut Control<'_>) -> Result<()> {
+        match self {
+            Piece::Run {
+                from,
+                to,
+                swap_unit,
+                ..
+            } => {
+                to.copy_from_slice(from);
+                swap_in_place(to, swap_unit);
+                control.advance(to.len() as u64)
+            }
+            Piece::Stream { job, to } => {
+                let mut stream = reader.stream(job)?;
+                let mut filled = 0;
+                while filled < to.len() {
+                    let end = (filled + COPY_CHUNK).min(to.len());
+                    let n = stream.read(&mut to[filled..end])?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                    control.advance(n as u64)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
 impl CpuPlacer {
-    /// A placer whose borrowed storages share `source` (the bytes the reader reads).
+    /// A placer whose borrowed storages share `source` (the bytes the reader reads), copying
+    /// on as many threads as the machine runs at once.
     pub fn new(source: SharedBytes) -> Self {
-        CpuPlacer { source }
+        CpuPlacer {
+            source,
+            copy_all: false,
+            threads: None,
+        }
     }
 
-    fn place_one(
+    /// Copies every storage into memory of its own, even those it could borrow (so that the
+    /// checkpoint no longer reads the source).
+    pub fn copy_all(mut self, yes: bool) -> Self {
+        self.copy_all = yes;
+        self
+    }
+
+    /// Copies on at most `threads` threads (1: on the calling thread only).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    /// The storage borrowed from the source, when it can be used in place.
+    fn borrowed(&self, reader: &RecordReader<'_>, job: &PlacementJob) -> Option<StorageData> {
+        let bytes = reader.borrow(job)?;
+        let base = (*self.source).as_ref().as_ptr() as usize;
+        let start = bytes.as_ptr() as usize;
+        if start % alignment(job.dtype, job.swap_unit) != 0 || start < base {
+            return None;
+        }
+        let offset = start - base;
+        Some(StorageData::Borrowed {
+            source: self.source.clone(),
+            range: offset..offset + bytes.len(),
+        })
+    }
+
+    /// Copies every piece, on worker threads when there is enough to share.
+    fn copy_pieces(
         &self,
         reader: &RecordReader<'_>,
-        job: &PlacementJob,
+        mut pieces: Vec<Piece<'_, '_>>,
         control: &mut Control<'_>,
-    ) -> Result<StorageData> {
-        let align = alignment(job.dtype, job.swap_unit);
-        if let Some(bytes) = reader.borrow(job) {
-            let base = (*self.source).as_ref().as_ptr() as usize;
-            let start = bytes.as_ptr() as usize;
-            if start % align == 0 && start >= base {
-                let offset = start - base;
-                control.advance(job.nbytes)?;
-                return Ok(StorageData::Borrowed {
-                    source: self.source.clone(),
-                    range: offset..offset + bytes.len(),
-                });
-            }
+    ) -> Result<()> {
+        // Biggest first (popped from the back), so that no long inflate starts last.
+        pieces.sort_by_key(Piece::len);
+        let bytes: usize = pieces.iter().map(Piece::len).sum();
+        let threads = match pieces.len() {
+            0 | 1 => 1,
+            n => thread_count(self.threads.unwrap_or_else(default_threads), n, bytes),
+        };
+        #[cfg(not(target_arch = "wasm32"))]
+        if threads > 1 {
+            let queue = Mutex::new(pieces);
+            super::parallel::run_on_threads(
+                vec![(); threads],
+                control,
+                |(), local| take_and_copy(&queue, reader, local),
+                |_| {
+                    crate::error::Error::new(crate::error::ErrorKind::Placement {
+                        storage: String::new(),
+                        device: "cpu".into(),
+                        message: "a copying thread panicked".into(),
+                    })
+                },
+            )?;
+            return Ok(());
         }
-        let len = usize::try_from(job.nbytes)
-            .map_err(|_| job.error("the storage does not fit in this address space"))?;
-        let mut owned = Vec::new();
-        owned
-            .try_reserve_exact(len)
-            .map_err(|_| job.error(format!("out of host memory for {len} bytes")))?;
-        owned.resize(len, 0);
-        let mut stream = reader.stream(job)?;
-        let mut filled = 0;
-        while filled < len {
-            let end = (filled + COPY_CHUNK).min(len);
-            let n = stream.read(&mut owned[filled..end])?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-            control.advance(n as u64)?;
-        }
-        Ok(StorageData::Owned(owned))
+        let _ = threads;
+        take_and_copy(&Mutex::new(pieces), reader, control)
     }
+}
+
+/// How many threads the machine runs at once, asked once per process (the answer reads
+/// cgroup files: slower than loading a small checkpoint).
+fn default_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Threads worth starting for `pieces` pieces of `bytes` bytes in all, at most `threads`.
+fn thread_count(threads: usize, pieces: usize, bytes: usize) -> usize {
+    threads
+        .min(pieces)
+        .min(bytes.div_ceil(MIN_BYTES_PER_THREAD))
+        .max(1)
+}
+
+/// Takes pieces from the back of `queue` and copies them until none are left.
+fn take_and_copy(
+    queue: &Mutex<Vec<Piece<'_, '_>>>,
+    reader: &RecordReader<'_>,
+    control: &mut Control<'_>,
+) -> Result<()> {
+    loop {
+        control.check()?;
+        let piece = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match piece {
+            Some(piece) => piece.copy(reader, control)?,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// A zero-filled buffer of `len` bytes, or `None` when the allocator has no memory for it.
+/// Its pages come zeroed from the system (`calloc`), so they are touched first by the thread
+/// that fills them, not here.
+fn zeroed(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(len).ok()?;
+    // SAFETY: `layout` has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[u8; len]`
+    // (alignment 1, capacity `len`), and its `len` bytes are initialized (zero).
+    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
 }
 
 /// The alignment host bytes of a storage need to be used in place: its element size, or its
@@ -71,8 +214,12 @@ pub fn alignment(dtype: Dtype, swap_unit: usize) -> usize {
     dtype.element_size().max(swap_unit).max(1)
 }
 
-/// Bytes copied between progress reports (a multiple of every swap unit).
-const COPY_CHUNK: usize = 16 << 20;
+/// Bytes in one piece of a stored record, and between progress reports while inflating (a
+/// multiple of every swap unit, so no swap straddles two pieces).
+const COPY_CHUNK: usize = 4 << 20;
+
+/// Below this many bytes per thread, another thread costs more than it saves.
+const MIN_BYTES_PER_THREAD: usize = 8 << 20;
 
 impl Placer for CpuPlacer {
     fn place_all(
@@ -81,12 +228,50 @@ impl Placer for CpuPlacer {
         jobs: &[PlacementJob],
         control: &mut Control<'_>,
     ) -> Result<Vec<StorageData>> {
-        let mut placed = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        let mut placed: Vec<Option<StorageData>> = Vec::with_capacity(jobs.len());
+        let mut copies: Vec<(usize, Vec<u8>)> = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
             control.check()?;
-            placed.push(self.place_one(reader, job, control)?);
+            let borrowed = if self.copy_all {
+                None
+            } else {
+                self.borrowed(reader, job)
+            };
+            if borrowed.is_some() {
+                control.advance(job.nbytes)?;
+            } else {
+                let len = usize::try_from(job.nbytes)
+                    .map_err(|_| job.error("the storage does not fit in this address space"))?;
+                let buffer = zeroed(len)
+                    .ok_or_else(|| job.error(format!("out of host memory for {len} bytes")))?;
+                copies.push((i, buffer));
+            }
+            placed.push(borrowed);
         }
-        Ok(placed)
+        let mut pieces = Vec::new();
+        for (i, buffer) in &mut copies {
+            let job = &jobs[*i];
+            match reader.stored(job)? {
+                Some(raw) => {
+                    let swap_unit = reader.swap_unit(job);
+                    let runs = raw.chunks(COPY_CHUNK).zip(buffer.chunks_mut(COPY_CHUNK));
+                    pieces.extend(runs.map(|(from, to)| Piece::Run {
+                        from,
+                        to,
+                        swap_unit,
+                    }));
+                }
+                None => pieces.push(Piece::Stream { job, to: buffer }),
+            }
+        }
+        self.copy_pieces(reader, pieces, control)?;
+        for (i, buffer) in copies {
+            placed[i] = Some(StorageData::Owned(buffer));
+        }
+        Ok(placed
+            .into_iter()
+            .map(|p| p.unwrap_or(StorageData::Meta))
+            .collect())
     }
 }
 
@@ -101,7 +286,190 @@ pub fn swap_in_place(bytes: &mut [u8], unit: usize) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
     use super::*;
+    use crate::archive::{ByteOrder, Method, Record};
+    use crate::error::ErrorKind;
+    use crate::location::Device;
+    use crate::place::Progress;
+
+    /// A file of records of the given lengths (deflated where `deflate[i]`), their jobs and
+    /// their contents as the file holds them.
+    fn records(lens: &[usize], deflate: &[bool]) -> (Vec<u8>, Vec<PlacementJob>, Vec<Vec<u8>>) {
+        let (mut file, mut jobs, mut contents) = (Vec::new(), Vec::new(), Vec::new());
+        // Start at 1 so that stored float32 records are misaligned unless padded.
+        file.push(0);
+        for (i, (&len, &deflated)) in lens.iter().zip(deflate).enumerate() {
+            let data: Vec<u8> = (0..len).map(|b| (b * 7 + i * 13 + b / 251) as u8).collect();
+            let (method, stored) = if deflated {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&data).unwrap();
+                (Method::Deflated, e.finish().unwrap())
+            } else {
+                (Method::Stored, data.clone())
+            };
+            let record = Record {
+                name: format!("archive/data/{i}"),
+                data_offset: file.len() as u64,
+                stored_len: stored.len() as u64,
+                size: len as u64,
+                method,
+            };
+            file.extend_from_slice(&stored);
+            jobs.push(PlacementJob {
+                index: i,
+                key: i.to_string(),
+                dtype: Dtype::Float32,
+                nbytes: len as u64,
+                device: Device::Cpu,
+                record,
+                swap_unit: 4,
+            });
+            contents.push(data);
+        }
+        (file, jobs, contents)
+    }
+
+    /// Places `jobs` from `file` with `configure(placer)`, the placer and reader sharing it.
+    fn place(
+        file: &Arc<Vec<u8>>,
+        jobs: &[PlacementJob],
+        order: ByteOrder,
+        configure: impl FnOnce(CpuPlacer) -> CpuPlacer,
+        control: &mut Control<'_>,
+    ) -> Result<Vec<StorageData>> {
+        let reader = RecordReader::new(file, "f", order, u64::MAX);
+        configure(CpuPlacer::new(file.clone())).place_all(&reader, jobs, control)
+    }
+
+    fn swapped(mut bytes: Vec<u8>, unit: usize) -> Vec<u8> {
+        swap_in_place(&mut bytes, unit);
+        bytes
+    }
+
+    #[test]
+    fn thread_counts_follow_the_work() {
+        assert_eq!(
+            thread_count(8, 3, 100 << 20),
+            3,
+            "no more threads than pieces"
+        );
+        assert_eq!(thread_count(2, 30, 100 << 20), 2, "no more than asked for");
+        assert_eq!(thread_count(8, 30, MIN_BYTES_PER_THREAD * 2), 2);
+        assert_eq!(thread_count(8, 30, MIN_BYTES_PER_THREAD * 2 + 1), 3);
+        assert_eq!(
+            thread_count(8, 30, 1),
+            1,
+            "a small copy stays on this thread"
+        );
+        assert_eq!(thread_count(8, 0, 0), 1);
+    }
+
+    #[test]
+    fn copies_on_threads_match_the_file_in_any_byte_order() {
+        // Two records of several pieces each, two deflated, one tiny.
+        let lens = [2 * COPY_CHUNK + 12, 3 * COPY_CHUNK, COPY_CHUNK + 4, 8];
+        let deflate = [false, true, false, true];
+        let (file, jobs, contents) = records(&lens, &deflate);
+        let file = Arc::new(file);
+        for order in [ByteOrder::Little, ByteOrder::Big] {
+            let expected: Vec<_> = contents
+                .iter()
+                .map(|c| {
+                    if order == ByteOrder::native() {
+                        c.clone()
+                    } else {
+                        swapped(c.clone(), 4)
+                    }
+                })
+                .collect();
+            for threads in [1, 2, 4] {
+                let mut control = Control::silent(0);
+                let configure = |p: CpuPlacer| p.threads(threads).copy_all(true);
+                let placed = place(&file, &jobs, order, configure, &mut control).unwrap();
+                assert_eq!(control.placed_bytes(), lens.iter().sum::<usize>() as u64);
+                for (i, data) in placed.iter().enumerate() {
+                    assert!(
+                        matches!(data, StorageData::Owned(_)),
+                        "{threads} threads: {i}"
+                    );
+                    assert!(
+                        data.host_bytes().unwrap() == expected[i],
+                        "{threads} threads: {i}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn borrows_what_it_can_unless_asked_to_copy_everything() {
+        // One byte of padding, then a float32 record at offset 1 (misaligned) and one at an
+        // aligned offset: only the aligned one can be borrowed.
+        let (mut file, mut jobs, _) = records(&[4, 8], &[false, false]);
+        file.splice(5..5, [0u8; 3]);
+        jobs[1].record.data_offset += 3;
+        let file = Arc::new(file);
+        let base = file.as_ptr() as usize;
+        let mut control = Control::silent(0);
+        let native = ByteOrder::native();
+        let placed = place(&file, &jobs, native, |p| p, &mut control).unwrap();
+        assert_eq!(placed[0].is_borrowed(), (base + 1) % 4 == 0);
+        assert_eq!(placed[1].is_borrowed(), (base + 8) % 4 == 0);
+        assert_eq!(placed[1].host_bytes().unwrap(), &file[8..16]);
+        let copied = place(&file, &jobs, native, |p| p.copy_all(true), &mut control).unwrap();
+        assert!(copied.iter().all(|d| !d.is_borrowed()));
+        assert_eq!(copied[1].host_bytes(), placed[1].host_bytes());
+    }
+
+    #[test]
+    fn a_corrupt_record_fails_the_load_naming_it() {
+        let (mut file, jobs, _) = records(&[3 * COPY_CHUNK, 2 * COPY_CHUNK], &[false, true]);
+        let start = jobs[1].record.data_offset as usize;
+        file.truncate(start + 100);
+        let mut jobs = jobs;
+        jobs[1].record.stored_len = 100;
+        let file = Arc::new(file);
+        for threads in [1, 4] {
+            let configure = |p: CpuPlacer| p.threads(threads);
+            let e = place(
+                &file,
+                &jobs,
+                ByteOrder::native(),
+                configure,
+                &mut Control::silent(0),
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("archive/data/1"),
+                "{threads} threads: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn cancellation_stops_every_thread() {
+        let (file, jobs, _) = records(&[8 * COPY_CHUNK, 8 * COPY_CHUNK], &[false, false]);
+        let cancel = AtomicBool::new(false);
+        let progress = |p: Progress| {
+            if p.placed_bytes > 0 {
+                cancel.store(true, Ordering::SeqCst);
+            }
+        };
+        let mut control = Control::new(0, Some(&progress), Some(&cancel));
+        let file = Arc::new(file);
+        let configure = |p: CpuPlacer| p.threads(4).copy_all(true);
+        let e = place(&file, &jobs, ByteOrder::native(), configure, &mut control).unwrap_err();
+        assert!(matches!(e.kind(), ErrorKind::Cancelled), "{e}");
+        assert!(
+            control.placed_bytes() < 16 * COPY_CHUNK as u64,
+            "stopped early"
+        );
+    }
 
     #[test]
     fn swaps_by_unit() {

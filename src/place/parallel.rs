@@ -70,20 +70,50 @@ pub fn place_parallel<S: Staging + Send>(
             None => Err(jobs[0].error("no staging ring to place through")),
         };
     }
+    let starts: Vec<usize> = groups.iter().map(|range| range.start).collect();
+    let items = groups.into_iter().zip(stagings.iter_mut());
+    let results = run_on_threads(
+        items.collect(),
+        control,
+        |(range, staging): (Range<usize>, &mut S), local| {
+            place_staged(staging, reader, &jobs[range], local)
+        },
+        |i| jobs[starts[i]].error("a placement thread panicked"),
+    )?;
+    // Dropping what the other groups placed (on an error above) frees it.
+    Ok(results.into_iter().flatten().collect())
+}
+
+/// Runs `work(item, control)` for each of `items` on a scoped thread of its own, each with a
+/// [`Control`] of its own, while this thread relays their progress to `control` and its
+/// cancellation to them. A failure in one thread stops the others at their next
+/// [`Control::check`]. Returns the results in the order of `items`, or the first real failure
+/// (over the cancellations it caused); `panicked(i)` describes item `i`'s thread panicking.
+pub fn run_on_threads<I, T>(
+    items: Vec<I>,
+    control: &mut Control<'_>,
+    work: impl Fn(I, &mut Control<'_>) -> Result<T> + Sync,
+    panicked: impl Fn(usize) -> Error,
+) -> Result<Vec<T>>
+where
+    I: Send,
+    T: Send,
+{
     control.check()?;
     let stop = AtomicBool::new(false);
-    let placed: Vec<AtomicU64> = groups.iter().map(|_| AtomicU64::new(0)).collect();
+    let placed: Vec<AtomicU64> = items.iter().map(|_| AtomicU64::new(0)).collect();
+    let count = items.len();
     let finished = AtomicUsize::new(0);
     let mut cancelled = None;
-    let results: Vec<Result<Vec<StorageData>>> = std::thread::scope(|scope| {
-        let mut handles = Vec::with_capacity(groups.len());
-        for ((range, staging), placed) in groups.iter().zip(stagings.iter_mut()).zip(&placed) {
-            let group = &jobs[range.clone()];
+    let work = &work;
+    let results: Vec<Result<T>> = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(count);
+        for (item, placed) in items.into_iter().zip(&placed) {
             let (stop, finished) = (&stop, &finished);
             handles.push(scope.spawn(move || {
                 let report = |p: Progress| placed.store(p.placed_bytes, Ordering::Relaxed);
                 let mut local = Control::new(0, Some(&report), Some(stop));
-                let result = place_staged(staging, reader, group, &mut local);
+                let result = work(item, &mut local);
                 if result.is_err() {
                     stop.store(true, Ordering::Relaxed);
                 }
@@ -102,6 +132,11 @@ pub fn place_parallel<S: Staging + Send>(
                     cancelled = Some(e);
                 }
                 reported = now;
+            } else if cancelled.is_none() {
+                if let Err(e) = control.check() {
+                    stop.store(true, Ordering::Relaxed);
+                    cancelled = Some(e);
+                }
             }
             if all_done {
                 break;
@@ -110,20 +145,16 @@ pub fn place_parallel<S: Staging + Send>(
         }
         handles
             .into_iter()
-            .zip(&groups)
-            .map(|(handle, range)| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(jobs[range.start].error("a placement thread panicked")))
-            })
+            .enumerate()
+            .map(|(i, handle)| handle.join().unwrap_or_else(|_| Err(panicked(i))))
             .collect()
     });
     // The first real failure wins over the cancellations it caused.
     let mut failure: Option<Error> = None;
-    let mut all = Vec::with_capacity(jobs.len());
+    let mut all = Vec::with_capacity(results.len());
     for result in results {
         match result {
-            Ok(data) => all.extend(data),
+            Ok(data) => all.push(data),
             Err(e) => {
                 let replaces = failure.as_ref().is_none_or(|f| {
                     matches!(f.kind(), ErrorKind::Cancelled)
@@ -136,7 +167,7 @@ pub fn place_parallel<S: Staging + Send>(
         }
     }
     match failure.or(cancelled) {
-        // Dropping what the other groups placed frees it.
+        // Dropping what the other threads made frees it.
         Some(e) => Err(e),
         None => Ok(all),
     }

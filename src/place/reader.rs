@@ -66,6 +66,26 @@ impl<'s> RecordReader<'s> {
     /// The storage's bytes in host byte order, front to back.
     pub fn stream(&self, job: &PlacementJob) -> Result<RecordStream<'s>> {
         let record = &job.record;
+        let input = match self.stored(job)? {
+            Some(raw) => Input::Stored(raw),
+            None => {
+                record.check_inflated_size(self.max_record_bytes)?;
+                Input::Deflated(Box::new(DeflateDecoder::new(self.raw(record)?)))
+            }
+        };
+        Ok(RecordStream {
+            input,
+            record: record.clone(),
+            remaining: record.size,
+            swap_unit: self.swap_unit(job),
+        })
+    }
+
+    /// A stored record's bytes as the file holds them (in the file's byte order: swap them by
+    /// [`RecordReader::swap_unit`]), checked against the directory and the storage's size, so
+    /// that a placer can copy them in pieces, in any order; `None` for a deflated record.
+    pub fn stored(&self, job: &PlacementJob) -> Result<Option<&'s [u8]>> {
+        let record = &job.record;
         let raw = self.raw(record)?;
         if record.size != job.nbytes {
             return Err(job.error(format!(
@@ -73,32 +93,24 @@ impl<'s> RecordReader<'s> {
                 record.name, record.size, job.nbytes
             )));
         }
-        let input = match record.method {
-            Method::Stored => {
-                if raw.len() as u64 != record.size {
-                    return Err(record.error(format!(
-                        "stored entry holds {} bytes, but the directory declares {}",
-                        raw.len(),
-                        record.size
-                    )));
-                }
-                Input::Stored(raw)
-            }
-            Method::Deflated => {
-                record.check_inflated_size(self.max_record_bytes)?;
-                Input::Deflated(Box::new(DeflateDecoder::new(raw)))
-            }
-        };
-        Ok(RecordStream {
-            input,
-            record: record.clone(),
-            remaining: record.size,
-            swap_unit: if self.needs_swap(job) {
-                job.swap_unit
-            } else {
-                1
-            },
-        })
+        match record.method {
+            Method::Deflated => Ok(None),
+            Method::Stored if raw.len() as u64 != record.size => Err(record.error(format!(
+                "stored entry holds {} bytes, but the directory declares {}",
+                raw.len(),
+                record.size
+            ))),
+            Method::Stored => Ok(Some(raw)),
+        }
+    }
+
+    /// The unit the job's bytes are reversed in on their way to the host (1: none).
+    pub fn swap_unit(&self, job: &PlacementJob) -> usize {
+        if self.needs_swap(job) {
+            job.swap_unit
+        } else {
+            1
+        }
     }
 
     fn raw(&self, record: &Record) -> Result<&'s [u8]> {

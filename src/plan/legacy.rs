@@ -6,13 +6,13 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::torch;
 use crate::Loader;
 
-use super::{on_big_stack, Plan};
+use super::{catching_panics, Plan};
 
 impl Loader {
     pub(super) fn plan_legacy(&self, data: &[u8]) -> Result<Plan> {
         let main = archive::legacy::read_header(data)?;
         let pickle = &data[main..];
-        let parsed = on_big_stack("legacy stream pickle", || {
+        let parsed = catching_panics("legacy stream pickle", || {
             torch::parse_pickle(pickle, "legacy stream pickle", &self.pickle_options())
         })?;
         let sizes = parsed

@@ -67,7 +67,7 @@ impl Loader {
         constants: Option<Value>,
         format: Format,
         byte_order: ByteOrder,
-        record_of: impl Fn(usize, &StorageRef) -> Result<archive::Record>,
+        mut record_of: impl FnMut(usize, &StorageRef) -> Result<archive::Record>,
     ) -> Result<Plan> {
         let devices = self.decide_devices(&parsed.storages)?;
         let roots: Vec<&Value> = std::iter::once(&parsed.root)
@@ -124,13 +124,16 @@ impl Loader {
         storages
             .iter()
             .map(|s| {
-                let info = StorageInfo {
-                    key: s.key.clone(),
-                    dtype: s.dtype,
-                    nbytes: s.nbytes().unwrap_or(u64::MAX),
-                    location: s.location.clone(),
+                let device = match self.map_location.resolve_saved(&s.location) {
+                    Some(device) => device?,
+                    // A callback sees the whole storage.
+                    None => self.map_location.resolve(&StorageInfo {
+                        key: s.key.clone(),
+                        dtype: s.dtype,
+                        nbytes: s.nbytes().unwrap_or(u64::MAX),
+                        location: s.location.clone(),
+                    })?,
                 };
-                let device = self.map_location.resolve(&info)?;
                 self.check_device(&device)
             })
             .collect()
@@ -155,33 +158,15 @@ impl Loader {
     }
 }
 
-/// Stack for reading a pickle: the tree is built recursively, up to [`Limits::max_depth`] deep
-/// (1000 by default, the depth Python's own pickler reaches), which needs more than the 2 MiB a
-/// spawned thread gets by default. Only the touched pages are ever committed.
-#[cfg(not(target_arch = "wasm32"))]
-const PARSE_STACK_BYTES: usize = 256 << 20;
-
-/// Runs `f` (pickle reading) on a thread with a large stack (native targets). A panic there,
-/// which would be a bug, becomes an error rather than taking the caller down.
-#[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn on_big_stack<T: Send>(what: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("ptload-parse".into())
-            .stack_size(PARSE_STACK_BYTES)
-            .spawn_scoped(scope, f)?;
-        worker.join().unwrap_or_else(|_| {
-            Err(Error::unsupported(format!(
-                "internal error while reading {what}"
-            )))
-        })
+/// Runs `f` (pickle reading) so that a panic there, which would be a bug, becomes an error
+/// rather than taking the caller down. (Deep trees need no special thread: the conversion grows
+/// its stack on demand.)
+pub(crate) fn catching_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(Error::unsupported(format!(
+            "internal error while reading {what}"
+        )))
     })
-}
-
-/// Runs `f` on the current stack (wasm has no threads; its limits are lower).
-#[cfg(target_arch = "wasm32")]
-pub(crate) fn on_big_stack<T>(_what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    f()
 }
 
 /// Each storage's byte-swap unit: from the dtype of the first tensor that views it (so

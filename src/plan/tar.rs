@@ -5,7 +5,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::torch;
 use crate::Loader;
 
-use super::{on_big_stack, Plan};
+use super::{catching_panics, Plan};
 
 impl Loader {
     pub(super) fn plan_tar(&self, data: &[u8]) -> Result<Plan> {
@@ -20,7 +20,7 @@ impl Loader {
         let (storages, tensors, pickle) =
             (member("storages")?, member("tensors")?, member("pickle")?);
         let options = self.pickle_options();
-        let (parsed, records) = on_big_stack("a tar checkpoint", || {
+        let (parsed, records) = catching_panics("a tar checkpoint", || {
             torch::tar::parse(data, storages, tensors, pickle, &options)
         })?;
         self.finish_plan(parsed, None, Format::Tar, ByteOrder::Little, |id, _| {

@@ -8,7 +8,7 @@ use crate::source::ByteSource;
 use crate::torch;
 use crate::Loader;
 
-use super::{on_big_stack, require_all, Plan};
+use super::{catching_panics, require_all, Plan};
 
 impl Loader {
     pub(super) fn plan_zip(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
@@ -55,13 +55,17 @@ impl Loader {
         } else {
             Format::Zip
         };
+        let mut name = String::new();
         self.finish_plan(parsed, constants, format, byte_order, |id, storage| {
             let folder = if id < data_storages {
-                "data"
+                "data/"
             } else {
-                "constants"
+                "constants/"
             };
-            Ok(dir.require(&format!("{folder}/{}", storage.key))?.clone())
+            name.clear();
+            name.push_str(folder);
+            name.push_str(&storage.key);
+            Ok(dir.require(&name)?.clone())
         })
     }
 
@@ -96,7 +100,7 @@ impl Loader {
             }
         };
         let name = format!("{prefix}/data.pkl");
-        let parsed = on_big_stack(&name, || {
+        let parsed = catching_panics(&name, || {
             torch::parse_pickle(pickle, &name, &self.pickle_options())
         })?;
         self.finish_plan(parsed, None, Format::Zip, byte_order, |_, storage| {
@@ -128,7 +132,7 @@ impl Loader {
             ));
         }
         let pickle = record.read(bytes, self.limits.max_pickle_bytes)?;
-        on_big_stack(&record.name, || {
+        catching_panics(&record.name, || {
             torch::parse_pickle(&pickle, &record.name, options)
         })
     }

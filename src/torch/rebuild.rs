@@ -18,8 +18,6 @@
 //! Offsets, sizes and strides are in elements of the tensor's dtype; every view is checked to lie
 //! within its storage, with checked arithmetic, before it is accepted.
 
-use std::collections::HashMap;
-
 use super::storage::StorageRef;
 use super::value::{Dict, Object, StorageId, TensorKind, TensorMeta, Value};
 use super::Dtype;
@@ -31,17 +29,17 @@ use super::storage::{External, StorageView};
 
 /// A dict key or set member as Python compares it (`1 == True == 1.0`), for the kinds
 /// checkpoints use; other values (NaN, tuples, objects) are never merged.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum KeyRepr {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum KeyRepr<'v> {
     Int(i64),
     Float(u64),
-    BigInt(String),
-    Str(String),
-    Bytes(Vec<u8>),
+    BigInt(&'v str),
+    Str(&'v str),
+    Bytes(&'v [u8]),
 }
 
-impl KeyRepr {
-    fn of(key: &Value) -> Option<KeyRepr> {
+impl<'v> KeyRepr<'v> {
+    fn of(key: &'v Value) -> Option<KeyRepr<'v>> {
         Some(match key {
             Value::Int(i) => KeyRepr::Int(*i),
             Value::Bool(b) => KeyRepr::Int(*b as i64),
@@ -49,23 +47,64 @@ impl KeyRepr {
             // An integral float equals the int (-0.0 == 0.0 == 0); others compare by value.
             Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => KeyRepr::Int(*x as i64),
             Value::Float(x) => KeyRepr::Float(x.to_bits()),
-            Value::BigInt(s) => KeyRepr::BigInt(s.clone()),
-            Value::Str(s) => KeyRepr::Str(s.clone()),
-            Value::Bytes(b) => KeyRepr::Bytes(b.clone()),
+            Value::BigInt(s) => KeyRepr::BigInt(s),
+            Value::Str(s) => KeyRepr::Str(s),
+            Value::Bytes(b) => KeyRepr::Bytes(b),
             _ => return None,
         })
+    }
+}
+
+/// Finds, among the items kept so far, the one a new key equals as Python compares them: one
+/// hash lookup per item, and no copy of any key.
+#[derive(Default)]
+struct EqualIndex {
+    hasher: foldhash::fast::RandomState,
+    /// A key's hash → the position of the first kept item with that hash.
+    first: foldhash::HashMap<u64, usize>,
+}
+
+impl EqualIndex {
+    /// The position in `kept` of an item whose key (`key_of`) equals `key`; when there is none
+    /// and `key` compares by value, its position is recorded as `kept.len()` (the caller keeps
+    /// it there).
+    fn find<T>(&mut self, kept: &[T], key_of: fn(&T) -> &Value, key: &Value) -> Option<usize> {
+        use std::hash::BuildHasher;
+        let repr = KeyRepr::of(key)?;
+        let hash = self.hasher.hash_one(repr);
+        match self.first.get(&hash) {
+            Some(&at) if KeyRepr::of(key_of(&kept[at])) == Some(repr) => Some(at),
+            // Two keys with one 64-bit hash: rare enough for a scan.
+            Some(_) => kept
+                .iter()
+                .position(|item| KeyRepr::of(key_of(item)) == Some(repr)),
+            None => {
+                self.first.insert(hash, kept.len());
+                None
+            }
+        }
     }
 }
 
 /// A set's members with Python's rule: a member equal to an earlier one is dropped (the first
 /// is kept, so `{1, True}` is `{1}`).
 fn distinct(items: Vec<Value>) -> Vec<Value> {
-    let mut seen = std::collections::HashSet::new();
-    items
-        .into_iter()
-        .filter(|v| KeyRepr::of(v).is_none_or(|k| seen.insert(k)))
-        .collect()
+    let mut index = EqualIndex::default();
+    let mut kept = Vec::with_capacity(items.len());
+    for item in items {
+        if index.find(&kept, |v| v, &item).is_none() {
+            kept.push(item);
+        }
+    }
+    kept
 }
+
+/// Stack that must remain for one more level of conversion (a level is a few frames of well
+/// under 1 KiB each); below it, [`STACK_SEGMENT`] more is allocated.
+#[cfg(not(target_arch = "wasm32"))]
+const STACK_RED_ZONE: usize = 64 << 10;
+#[cfg(not(target_arch = "wasm32"))]
+const STACK_SEGMENT: usize = 2 << 20;
 
 /// Bounds on the tree built from a pickle.
 #[derive(Clone, Copy, Debug)]
@@ -85,7 +124,17 @@ pub struct Interpreter<'a> {
     externals: &'a [External],
     limits: TreeLimits,
     values: u64,
-    path: Vec<String>,
+    /// Where the value being converted sits, rendered only when an error names it.
+    path: Vec<Step>,
+}
+
+/// One step of [`Interpreter::path`].
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The `i`-th item of a sequence.
+    Index(usize),
+    /// The value under a dict key (the key's node).
+    Key(NodeId),
 }
 
 /// What a call's callable is, once resolved.
@@ -121,13 +170,36 @@ impl<'a> Interpreter<'a> {
         if self.path.is_empty() {
             "<root>".to_owned()
         } else {
-            self.path.join(".")
+            self.path_text()
+        }
+    }
+
+    /// The path as [`crate::Checkpoint::tensors`] names it (`.`-joined segments).
+    fn path_text(&self) -> String {
+        let segments: Vec<String> = self
+            .path
+            .iter()
+            .map(|step| match *step {
+                Step::Index(i) => i.to_string(),
+                Step::Key(key) => self.key_text(key),
+            })
+            .collect();
+        segments.join(".")
+    }
+
+    /// A dict key's path segment, from its node converted again (keys are small; this runs
+    /// only for error messages).
+    fn key_text(&self, key: NodeId) -> String {
+        let mut again = Interpreter::new(self.arena, self.storages, self.externals, self.limits);
+        match again.value(key, 0) {
+            Ok(key) => super::value::key_segment(&key),
+            Err(_) => "?".to_owned(),
         }
     }
 
     fn tensor_error(&self, message: impl std::fmt::Display) -> Error {
         Error::invalid_tensor(format!("tensor '{}': {message}", self.here()))
-            .for_tensor(self.path.join("."))
+            .for_tensor(self.path_text())
     }
 
     fn count(&mut self) -> Result<()> {
@@ -142,7 +214,17 @@ impl<'a> Interpreter<'a> {
         Ok(())
     }
 
+    /// Converts one node. The conversion recurses once per level of nesting (up to
+    /// [`TreeLimits::max_depth`]); natively the stack grows on demand, so a tree of any allowed
+    /// depth converts on any thread.
     fn value(&mut self, id: NodeId, depth: usize) -> Result<Value> {
+        #[cfg(not(target_arch = "wasm32"))]
+        return stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || self.value_here(id, depth));
+        #[cfg(target_arch = "wasm32")]
+        self.value_here(id, depth)
+    }
+
+    fn value_here(&mut self, id: NodeId, depth: usize) -> Result<Value> {
         if depth > self.limits.max_depth {
             return Err(Error::limit(
                 "max_depth",
@@ -170,7 +252,7 @@ impl<'a> Interpreter<'a> {
                 items: self.pairs(items, depth)?,
                 attributes: Vec::new(),
             })),
-            Node::Global { module, name } => Value::Global(format!("{module}.{name}")),
+            Node::Global(global) => Value::Global(format!("{}.{}", global.module, global.name)),
             Node::External(i) => match &self.externals[*i as usize] {
                 External::Storage(view) => Value::Storage(view.id),
                 External::Tensor(meta) => Value::Tensor(meta.clone()),
@@ -182,7 +264,7 @@ impl<'a> Interpreter<'a> {
     fn seq(&mut self, items: &[NodeId], depth: usize) -> Result<Vec<Value>> {
         let mut out = Vec::with_capacity(items.len());
         for (i, &item) in items.iter().enumerate() {
-            self.path.push(i.to_string());
+            self.path.push(Step::Index(i));
             out.push(self.value(item, depth + 1)?);
             self.path.pop();
         }
@@ -194,20 +276,14 @@ impl<'a> Interpreter<'a> {
     /// keys are kept apart. Linear: one hash lookup per item.
     fn pairs(&mut self, items: &[(NodeId, NodeId)], depth: usize) -> Result<Vec<(Value, Value)>> {
         let mut out: Vec<(Value, Value)> = Vec::with_capacity(items.len());
-        let mut index: HashMap<KeyRepr, usize> = HashMap::new();
+        let mut index = EqualIndex::default();
         for &(k, v) in items {
             let key = self.value(k, depth + 1)?;
-            self.path.push(super::value::key_segment(&key));
+            self.path.push(Step::Key(k));
             let value = self.value(v, depth + 1)?;
             self.path.pop();
-            match KeyRepr::of(&key) {
-                Some(repr) => match index.get(&repr) {
-                    Some(&i) => out[i].1 = value,
-                    None => {
-                        index.insert(repr, out.len());
-                        out.push((key, value));
-                    }
-                },
+            match index.find(&out, |(k, _)| k, &key) {
+                Some(i) => out[i].1 = value,
                 None => out.push((key, value)),
             }
         }
@@ -221,7 +297,7 @@ impl<'a> Interpreter<'a> {
 
     fn call(&mut self, call: &Call, depth: usize) -> Result<Value> {
         let callee = match self.arena.get(call.callable) {
-            Node::Global { module, name } => Callee::Global(module, name),
+            Node::Global(global) => Callee::Global(&global.module, &global.name),
             _ => Callee::Other(self.arena.kind_name(call.callable)),
         };
         let (module, name) = match callee {
@@ -478,7 +554,7 @@ impl<'a> Interpreter<'a> {
         if items.len() > self.limits.max_rank {
             return Err(
                 Error::limit("max_rank", items.len() as u64, self.limits.max_rank as u64)
-                    .for_tensor(self.path.join(".")),
+                    .for_tensor(self.path_text()),
             );
         }
         items

@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use super::Dtype;
-use crate::pickle::{Arena, Node, NodeId};
+use crate::pickle::{Arena, GlobalName, Node, NodeId};
 
 use super::value::{StorageId, TensorMeta};
 
@@ -235,10 +235,10 @@ fn parse_pid_repr(arena: &mut Arena, text: &str) -> Option<NodeId> {
             let end = r.find("'>")?;
             let (module, name) = r[..end].rsplit_once('.')?;
             (
-                Node::Global {
+                Node::Global(Box::new(GlobalName {
                     module: module.to_owned(),
                     name: name.to_owned(),
-                },
+                })),
                 &r[end + 2..],
             )
         } else if let Some(r) = rest.strip_prefix('\'') {

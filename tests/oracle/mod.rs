@@ -283,7 +283,7 @@ fn render_ours(arena: &Arena, id: NodeId, depth: usize) -> Result<String, String
 
 fn kind(node: &Node) -> &'static str {
     match node {
-        Node::Global { .. } => "a global",
+        Node::Global(_) => "a global",
         Node::ByteArray(_) => "a bytearray",
         _ => "a call or object",
     }

@@ -6,6 +6,7 @@
 //! cargo run --release --example load_all -- FILE            # load (zero-copy), then to_contiguous_bytes of every tensor
 //! cargo run --release --example load_all -- FILE --copy     # load with every storage copied into owned memory, on every core
 //! cargo run --release --example load_all -- FILE --memcpy   # the baseline: a parallel memcpy of the file into fresh memory
+//! cargo run --release --example load_all -- FILE --memcpy-huge   # the same into memory advised to use huge pages (Linux), as ptload's copies are
 //! ```
 
 use std::time::Instant;
@@ -40,19 +41,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             assert!(ckpt.storages.iter().all(|s| !s.data.is_borrowed()));
             println!("{{\"load_s\": {loaded:.6}, \"bytes\": {bytes}}}");
         }
-        "--memcpy" => {
-            let bytes = parallel_memcpy(&path)?;
+        "--memcpy" | "--memcpy-huge" => {
+            let bytes = parallel_memcpy(&path, mode == "--memcpy-huge")?;
             let loaded = start.elapsed().as_secs_f64();
             println!("{{\"load_s\": {loaded:.6}, \"bytes\": {bytes}}}");
         }
-        other => return Err(format!("unknown mode {other:?}: --copy or --memcpy").into()),
+        other => {
+            return Err(format!("unknown mode {other:?}: --copy, --memcpy or --memcpy-huge").into())
+        }
     }
     Ok(())
 }
 
 /// Maps the file and copies it, one contiguous part per core, into fresh memory (zeroed pages
 /// the copying thread touches first): what any loader that owns its tensors must at least do.
-fn parallel_memcpy(path: &str) -> Result<usize, Box<dyn std::error::Error>> {
+/// With `huge`, the fresh memory is first advised to use transparent huge pages (Linux).
+fn parallel_memcpy(path: &str, huge: bool) -> Result<usize, Box<dyn std::error::Error>> {
     let file = std::fs::File::open(path)?;
     // SAFETY: the benchmark's own file, not changed while it runs.
     let map = unsafe { memmap2::Mmap::map(&file)? };
@@ -64,6 +68,9 @@ fn parallel_memcpy(path: &str) -> Result<usize, Box<dyn std::error::Error>> {
             .map(|from| {
                 scope.spawn(move || {
                     let mut to = vec![0u8; from.len()];
+                    if huge {
+                        advise_huge_pages(&mut to);
+                    }
                     to.copy_from_slice(from);
                     to
                 })
@@ -73,3 +80,18 @@ fn parallel_memcpy(path: &str) -> Result<usize, Box<dyn std::error::Error>> {
     });
     Ok(copies.iter().map(Vec::len).sum())
 }
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(buffer: &mut [u8]) {
+    const HUGE: usize = 2 << 20;
+    let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE);
+    let end = (buffer.as_ptr() as usize + buffer.len()) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: a range inside `buffer`; the advice changes how pages are backed, not what
+        // they hold.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_: &mut [u8]) {}

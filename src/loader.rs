@@ -413,22 +413,23 @@ impl Loader {
             plan.byte_order,
             self.limits.max_record_bytes,
         );
-        // One job list per device, in storage order.
+        // One job list per device, in storage order. A job borrows its storage's key and
+        // record by taking them (the key goes back once placed; the record is not kept).
         let mut groups: Vec<(Device, Vec<PlacementJob>)> = Vec::new();
-        for (index, planned) in plan.storages.iter().enumerate() {
-            let Some(record) = &planned.record else {
-                continue;
-            };
+        for (index, planned) in plan.storages.iter_mut().enumerate() {
             if planned.device == Device::Meta {
                 continue;
             }
+            let Some(record) = planned.record.take() else {
+                continue;
+            };
             let job = PlacementJob {
                 index,
-                key: planned.key.clone(),
+                key: std::mem::take(&mut planned.key),
                 dtype: planned.dtype,
                 nbytes: planned.nbytes(),
                 device: planned.device.clone(),
-                record: record.clone(),
+                record,
                 swap_unit: planned.swap_unit,
             };
             match groups.iter_mut().find(|(d, _)| *d == planned.device) {
@@ -461,6 +462,9 @@ impl Loader {
             for (job, placed) in jobs.iter().zip(placed) {
                 data[job.index] = placed;
             }
+        }
+        for job in groups.into_iter().flat_map(|(_, jobs)| jobs) {
+            plan.storages[job.index].key = job.key;
         }
         let storages = std::mem::take(&mut plan.storages)
             .into_iter()

@@ -16,6 +16,9 @@ pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 pub struct Source {
     name: String,
     bytes: SharedBytes,
+    /// The mapped file, for small scattered reads ([`ByteSource::read_small`]).
+    #[cfg(all(unix, feature = "mmap"))]
+    file: Option<Arc<std::fs::File>>,
 }
 
 impl fmt::Debug for Source {
@@ -36,6 +39,8 @@ impl Source {
         Source {
             name: name.into(),
             bytes: Arc::new(bytes),
+            #[cfg(all(unix, feature = "mmap"))]
+            file: None,
         }
     }
 
@@ -65,6 +70,12 @@ impl Source {
             // read the file into memory and use `Source::from_bytes`.
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|e| crate::Error::from(e).in_file(&name))?;
+            #[cfg(unix)]
+            return Ok(Source {
+                file: Some(Arc::new(file)),
+                ..Source::from_bytes(name, map)
+            });
+            #[cfg(not(unix))]
             Ok(Source::from_bytes(name, map))
         }
         #[cfg(not(feature = "mmap"))]
@@ -109,6 +120,14 @@ pub trait ByteSource {
 
     /// The bytes `[offset, offset + len)`.
     fn get(&self, offset: u64, len: u64) -> Result<&[u8]>;
+
+    /// Copies the bytes `[offset, offset + buf.len())` into `buf`: for a few bytes here and
+    /// there, far apart (zip local headers of big tensors), which a mapped file serves with a
+    /// read instead of a page fault (and the mapping of the pages around it) each.
+    fn read_small(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        buf.copy_from_slice(self.get(offset, buf.len() as u64)?);
+        Ok(())
+    }
 }
 
 fn past_the_end(offset: u64, len: u64, total: u64) -> Error {
@@ -157,6 +176,21 @@ impl ByteSource for [u8] {
 impl ByteSource for Source {
     fn len(&self) -> u64 {
         self.bytes().len() as u64
+    }
+
+    fn read_small(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        #[cfg(all(unix, feature = "mmap"))]
+        if let Some(file) = &self.file {
+            use std::os::unix::fs::FileExt;
+            let fits = offset
+                .checked_add(buf.len() as u64)
+                .is_some_and(|end| end <= self.len());
+            // A failed or short read falls back on the mapping, which then reports.
+            if fits && file.read_exact_at(buf, offset).is_ok() {
+                return Ok(());
+            }
+        }
+        ByteSource::read_small(self.bytes(), offset, buf)
     }
 
     fn get(&self, offset: u64, len: u64) -> Result<&[u8]> {

@@ -67,3 +67,91 @@ fn requires_grad_is_kept() {
         assert_eq!((t.requires_grad(), t.shape()), (want, &[2u64][..]));
     }
 }
+
+/// `_rebuild_tensor_v2` as torch writes it takes a path that reads the nodes directly; any
+/// other spelling of the same call takes the general one. Both must agree on the tensor, its
+/// errors and its limits.
+#[test]
+fn plain_and_general_rebuilds_agree() {
+    // size and stride as tuples or lists; 6 arguments, or 7 with empty metadata.
+    let tensor = |offset: i64, list_dims: bool, metadata: bool| {
+        let dims = |p: Pickle, values: &[i64]| {
+            if list_dims {
+                let mut p = p.op(b"]").op(b"(");
+                for &v in values {
+                    p = p.int(v);
+                }
+                p.op(b"e")
+            } else {
+                p.ints(values)
+            }
+        };
+        let p = Pickle::new()
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"(")
+            .storage("FloatStorage", "0", 6)
+            .int(offset);
+        let p = dims(dims(p, &[2, 2]), &[3, 1]).op(b"\x88");
+        let p = p.global("collections", "OrderedDict").op(b")R");
+        let p = if metadata { p.op(b"}") } else { p };
+        p.op(b"tR").stop()
+    };
+    let data: Vec<u8> = (0..24).collect();
+    let load = |pickle: &[u8], limits: ptload::Limits| {
+        let bytes = ZipBuilder::checkpoint(pickle, &[("0", &data)]);
+        ptload::Loader::new().limits(limits).load_bytes(bytes)
+    };
+    let describe = |ckpt: &ptload::Checkpoint| {
+        let t = ckpt.tensor("").unwrap();
+        (
+            t.shape().to_vec(),
+            t.stride().to_vec(),
+            t.storage_offset(),
+            t.requires_grad(),
+            t.dtype(),
+            t.to_contiguous_bytes().unwrap(),
+        )
+    };
+    let plain = describe(&load(&tensor(1, false, false), ptload::Limits::default()).unwrap());
+    assert_eq!(plain.0, [2, 2]);
+    assert_eq!((plain.1.clone(), plain.2, plain.3), (vec![3, 1], 1, true));
+    // float32 elements 1, 2, 4 and 5 of 0..6.
+    let bytes: Vec<u8> = (4..12).chain(16..24).collect();
+    assert_eq!(plain.5, bytes);
+    for (list_dims, metadata) in [(true, false), (false, true), (true, true)] {
+        let general = load(&tensor(1, list_dims, metadata), ptload::Limits::default()).unwrap();
+        assert_eq!(
+            describe(&general),
+            plain,
+            "lists {list_dims}, metadata {metadata}"
+        );
+    }
+    // A view past the end of its storage: the same error either way.
+    let plain_err = load(&tensor(3, false, false), ptload::Limits::default())
+        .unwrap_err()
+        .to_string();
+    let general_err = load(&tensor(3, true, false), ptload::Limits::default())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(plain_err, general_err);
+    // Every value counts the same: the smallest max_values that loads is the same.
+    let smallest = |list_dims: bool| {
+        (1..100)
+            .find(|&n| {
+                let limits = ptload::Limits::default().with_max_values(n);
+                load(&tensor(1, list_dims, false), limits).is_ok()
+            })
+            .unwrap()
+    };
+    assert_eq!(smallest(false), smallest(true));
+    let at = smallest(false) - 1;
+    let limits = ptload::Limits::default().with_max_values(at);
+    assert_eq!(
+        load(&tensor(1, false, false), limits)
+            .unwrap_err()
+            .to_string(),
+        load(&tensor(1, true, false), limits)
+            .unwrap_err()
+            .to_string()
+    );
+}

@@ -497,3 +497,49 @@ fn a_zip64_archive_that_is_no_checkpoint_names_its_entries() {
         "{e}"
     );
 }
+
+#[test]
+fn local_headers_far_apart_are_read_from_the_file_and_load_the_same() {
+    // Two 256 KiB tensors: entries lie more than 64 KiB apart on average, so a mapped file's
+    // local headers are read with a file read rather than borrowed from the map. Whatever the
+    // route, the same records and bytes come out, from a file and from memory.
+    let tensor = |seed: u8| -> Vec<u8> { (0..256 << 10).map(|i| (i as u8) ^ seed).collect() };
+    let ckpt = ptload::Checkpoint::from_tensors(vec![
+        ("a".into(), ptload::Dtype::UInt8, vec![256 << 10], tensor(1)),
+        ("b".into(), ptload::Dtype::UInt8, vec![256 << 10], tensor(2)),
+    ])
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("far.pt");
+    ptload::save(&ckpt, &path).unwrap();
+    let from_file = ptload::load(&path).unwrap();
+    let from_memory = ptload::load_bytes(std::fs::read(&path).unwrap()).unwrap();
+    for (name, seed) in [("a", 1), ("b", 2)] {
+        let want = tensor(seed);
+        for loaded in [&from_file, &from_memory] {
+            let t = loaded.tensor(name).unwrap();
+            assert!(t.as_bytes().unwrap() == want.as_slice(), "{name}");
+        }
+    }
+    // A broken local header is reported the same whichever way it was read.
+    let mut bytes = std::fs::read(&path).unwrap();
+    let directory = ptload::archive::ZipDirectory::parse(&bytes[..]).unwrap();
+    let record = directory.record("data/1").unwrap();
+    let data_offset = record.data_offset as usize;
+    let header = bytes[..data_offset]
+        .windows(4)
+        .rposition(|w| w == b"PK\x03\x04")
+        .unwrap();
+    bytes[header] = b'Q';
+    std::fs::write(&path, &bytes).unwrap();
+    let from_file = ptload::load(&path).unwrap_err().to_string();
+    let from_memory = ptload::load_bytes(bytes).unwrap_err().to_string();
+    assert!(
+        from_file.contains("wrong magic for local file header"),
+        "{from_file}"
+    );
+    assert_eq!(
+        from_file.replace(&path.display().to_string(), "<memory>"),
+        from_memory
+    );
+}

@@ -26,6 +26,10 @@ use crate::source::ByteSource;
 /// 2 bits).
 const MAX_DEFLATE_RATIO: u64 = 1032;
 
+/// The average spacing of entries from which their local headers are read rather than
+/// borrowed ([`ByteSource::read_small`]).
+const LOCAL_HEADERS_READ_FROM_SPACING: u64 = 64 << 10;
+
 /// Compression methods torch's reader accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -89,6 +93,10 @@ impl ZipDirectory {
         let hasher = foldhash::fast::RandomState::default();
         let mut prefix: Option<String> = None;
         let mut pos = cd_offset;
+        // Local headers more than a page fault's reach apart (Linux maps 64 KiB around each
+        // fault) are read, not borrowed from a mapping: a file of big tensors would otherwise
+        // fault once per tensor.
+        let far_apart = data.len() / entries >= LOCAL_HEADERS_READ_FROM_SPACING;
         // A partial source: an error found past a missing local header waits until that header
         // is loaded, so that the error reported is the first one, as with the whole file.
         let mut walk = || -> Result<()> {
@@ -96,7 +104,7 @@ impl ZipDirectory {
                 let header = CentralHeader::parse(data, pos)?;
                 let header_offset = pos;
                 pos += header.total_len as u64;
-                let name = String::from_utf8_lossy(&header.name).into_owned();
+                let name = String::from_utf8_lossy(header.name).into_owned();
                 let prefix = prefix.get_or_insert_with(|| {
                     name.split_once('/')
                         .map(|(p, _)| p.to_owned())
@@ -138,7 +146,7 @@ impl ZipDirectory {
                 }
                 // Local headers are needed for their lengths only; collect the missing ones so that a
                 // partial source loads them all in one round.
-                let local = match LocalHeader::parse(data, header.local_header_offset) {
+                let local = match LocalHeader::parse(data, header.local_header_offset, far_apart) {
                     Ok(local) => local,
                     Err(e) => match e.kind() {
                         ErrorKind::NeedBytes { ranges } => {
@@ -366,7 +374,7 @@ pub fn entry_names(data: &(impl ByteSource + ?Sized), max: usize) -> Result<Vec<
         }
         let header = CentralHeader::parse(data, pos)?;
         pos += header.total_len as u64;
-        names.push(String::from_utf8_lossy(&header.name).into_owned());
+        names.push(String::from_utf8_lossy(header.name).into_owned());
     }
     Ok(names)
 }

@@ -202,7 +202,7 @@ impl Eocd64 {
 
 /// Central directory file header (APPNOTE 4.3.12), with sizes merged from the zip64 extra.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CentralHeader {
+pub struct CentralHeader<'a> {
     /// General purpose flags.
     pub flags: u16,
     /// Compression method (0 stored, 8 deflate).
@@ -215,19 +215,19 @@ pub struct CentralHeader {
     pub size: u64,
     /// Offset of the local header.
     pub local_header_offset: u64,
-    /// The entry's name (bytes as stored).
-    pub name: Vec<u8>,
+    /// The entry's name (bytes as stored, borrowed from the directory).
+    pub name: &'a [u8],
     /// Total length of this header (fixed part + name + extra + comment).
     pub total_len: usize,
 }
 
-impl CentralHeader {
+impl<'a> CentralHeader<'a> {
     /// Fixed size of the header.
     pub const SIZE: usize = 46;
 
     /// Parses the header at `offset`, applying the zip64 extra field (0x0001) to the fields
     /// that hold all-ones, in APPNOTE order (size, compressed size, header offset).
-    pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<CentralHeader> {
+    pub fn parse(data: &'a (impl ByteSource + ?Sized), offset: u64) -> Result<CentralHeader<'a>> {
         let mut f = fixed(data, offset, Self::SIZE, "central directory header")?;
         magic(
             &mut f,
@@ -258,7 +258,7 @@ impl CentralHeader {
             var_len,
             "central directory name and extra",
         )?;
-        let name = var.bytes[..name_len].to_vec();
+        let name = &var.bytes[..name_len];
         let extra = &var.bytes[name_len..name_len + extra_len];
 
         let mut header = CentralHeader {
@@ -337,9 +337,27 @@ impl LocalHeader {
     /// Fixed size of the header.
     pub const SIZE: usize = 30;
 
-    /// Parses the header at `offset`.
-    pub fn parse(data: &(impl ByteSource + ?Sized), offset: u64) -> Result<LocalHeader> {
-        let mut f = fixed(data, offset, Self::SIZE, "local file header")?;
+    /// Parses the header at `offset`; with `read`, the header is read
+    /// ([`ByteSource::read_small`]), not borrowed: headers far apart in a mapped file would
+    /// each fault a page in (and map the pages around it).
+    pub fn parse(
+        data: &(impl ByteSource + ?Sized),
+        offset: u64,
+        read: bool,
+    ) -> Result<LocalHeader> {
+        let mut head = [0u8; Self::SIZE];
+        let fits = offset
+            .checked_add(Self::SIZE as u64)
+            .is_some_and(|end| end <= data.len());
+        let mut f = if read && fits {
+            data.read_small(offset, &mut head)?;
+            Fields {
+                bytes: &head,
+                pos: 0,
+            }
+        } else {
+            fixed(data, offset, Self::SIZE, "local file header")?
+        };
         magic(&mut f, LOCAL_HEADER_MAGIC, offset, "local file header")?;
         f.pos = 26;
         let name_len = f.u16();
@@ -362,7 +380,9 @@ mod tests {
 
     #[test]
     fn wrong_magic_is_named() {
-        let err = LocalHeader::parse(&[0u8; 40][..], 4).unwrap_err();
+        let err = LocalHeader::parse(&[0u8; 40][..], 4, false).unwrap_err();
+        let read = LocalHeader::parse(&[0u8; 40][..], 4, true).unwrap_err();
+        assert_eq!(read.to_string(), err.to_string());
         assert_eq!(
             err.to_string(),
             "zip container, byte 0x4: wrong magic for local file header: expected 0x04034B50, found 0x00000000"

@@ -204,7 +204,34 @@ fn zeroed(len: usize) -> Option<Vec<u8>> {
     }
     // SAFETY: `ptr` was allocated by the global allocator with the layout of `[u8; len]`
     // (alignment 1, capacity `len`), and its `len` bytes are initialized (zero).
-    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+    let buffer = unsafe { Vec::from_raw_parts(ptr, len, len) };
+    prefer_huge_pages(&buffer);
+    Some(buffer)
+}
+
+/// Asks Linux to back the 2 MiB-aligned middle of a big buffer not touched yet with huge
+/// pages (transparent huge pages in `madvise` mode, the usual default): filling it then takes
+/// one page fault per 2 MiB instead of one per 4 KiB. Elsewhere, or when refused, nothing
+/// changes.
+fn prefer_huge_pages(buffer: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        if buffer.len() < 2 * HUGE {
+            return;
+        }
+        let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE);
+        let end = (buffer.as_ptr() as usize + buffer.len()) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside `buffer`, which this process owns; MADV_HUGEPAGE
+            // changes how its pages are backed, never their contents (zeros until written).
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buffer;
 }
 
 /// The alignment host bytes of a storage need to be used in place: its element size, or its

@@ -313,6 +313,11 @@ impl<'a> Interpreter<'a> {
             ("collections", "OrderedDict" | "Counter" | "defaultdict") => {
                 self.dict_object(module, name, call, depth)
             }
+            ("torch._utils", "_rebuild_tensor_v2")
+                if self.plain_rebuild_v2(call, depth).is_some() =>
+            {
+                self.rebuild_plain_v2(call, depth)
+            }
             (
                 "torch._utils",
                 "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_tensor_v3"
@@ -497,8 +502,13 @@ impl<'a> Interpreter<'a> {
                 other => attributes.push(("__state__".into(), other)),
             }
         }
+        // Not format!: one of these per tensor (its backward hooks) in every state dict.
+        let mut class = String::with_capacity(module.len() + 1 + name.len());
+        class.push_str(module);
+        class.push('.');
+        class.push_str(name);
         Ok(Value::Dict(Box::new(Dict {
-            class: format!("{module}.{name}"),
+            class,
             items,
             attributes,
         })))
@@ -527,6 +537,94 @@ impl<'a> Interpreter<'a> {
     /// An object's `BUILD` state; its dict keys become path segments (attribute names).
     fn object_state(&mut self, state: NodeId, depth: usize) -> Result<Value> {
         self.value(state, depth + 1)
+    }
+
+    /// Whether `call` is `_rebuild_tensor_v2(storage, offset, size, stride, requires_grad,
+    /// backward_hooks)` exactly as torch.save writes it (a storage, a non-negative int, two
+    /// tuples of non-negative ints of one rank within `max_rank`, a bool), within the depth and
+    /// value limits, so that [`Interpreter::rebuild_plain_v2`] can read it straight from the
+    /// nodes. Anything else takes the general path, which converts the arguments and reports.
+    fn plain_rebuild_v2(&self, call: &Call, depth: usize) -> Option<()> {
+        let arena = self.arena;
+        let &[_, offset, size, stride, requires_grad, _] = arena.tuple(call.args)? else {
+            return None;
+        };
+        self.first_arg_view(call)?;
+        let natural = |id: NodeId| matches!(arena.get(id), Node::Int(n) if *n >= 0);
+        let dims = |id: NodeId| {
+            let items = arena.tuple(id)?;
+            (items.len() <= self.limits.max_rank && items.iter().all(|&i| natural(i)))
+                .then_some(items.len())
+        };
+        let rank = dims(size)?;
+        let fits = natural(offset)
+            && dims(stride)? == rank
+            && matches!(arena.get(requires_grad), Node::Bool(_))
+            && depth + 2 <= self.limits.max_depth
+            && self.values + Self::plain_v2_values(rank) <= self.limits.max_values;
+        fits.then_some(())
+    }
+
+    /// Whether `id` is `collections.OrderedDict()` with nothing added: it converts to one
+    /// value, an empty dict, whatever the limits (depth aside, which the caller checked).
+    fn is_empty_ordered_dict(&self, id: NodeId) -> bool {
+        let Node::Call(call) = self.arena.get(id) else {
+            return false;
+        };
+        self.arena.global(call.callable) == Some(("collections", "OrderedDict"))
+            && self
+                .arena
+                .tuple(call.args)
+                .is_some_and(<[NodeId]>::is_empty)
+            && call.kwargs.is_none()
+            && call.state.is_empty()
+            && call.list_items.is_empty()
+            && call.dict_items.is_empty()
+    }
+
+    /// The values the general path counts for a plain `_rebuild_tensor_v2`'s first five
+    /// arguments: one each, and one per dimension of size and stride.
+    fn plain_v2_values(rank: usize) -> u64 {
+        5 + 2 * rank as u64
+    }
+
+    /// A call [`Interpreter::plain_rebuild_v2`] accepted, as the general path would build it
+    /// (same counts, same checks, same errors), without a `Value` per argument.
+    fn rebuild_plain_v2(&mut self, call: &Call, depth: usize) -> Result<Value> {
+        let arena = self.arena;
+        let args = arena.tuple(call.args).unwrap_or_default();
+        let (view, int) = (self.first_arg_view(call), |id: NodeId| {
+            match arena.get(id) {
+                Node::Int(n) => *n as u64,
+                _ => 0,
+            }
+        });
+        let dims = |id: NodeId| -> Vec<u64> {
+            arena
+                .tuple(id)
+                .unwrap_or_default()
+                .iter()
+                .map(|&i| int(i))
+                .collect()
+        };
+        let (shape, stride) = (dims(args[2]), dims(args[3]));
+        self.values += Self::plain_v2_values(shape.len());
+        // The backward hooks: torch writes an empty `OrderedDict()`, which converts to one value
+        // and is then dropped; anything else converts as usual, for its checks.
+        if self.is_empty_ordered_dict(args[5]) {
+            self.count()?;
+        } else {
+            self.path.push(Step::Index(5));
+            self.value(args[5], depth + 1)?;
+            self.path.pop();
+        }
+        let view = view.ok_or_else(|| self.tensor_error("the first argument must be a storage"))?;
+        let meta = TensorMeta {
+            requires_grad: matches!(arena.get(args[4]), Node::Bool(true)),
+            ..TensorMeta::view(Some(view.id), view.dtype, shape, stride, int(args[1]))
+        };
+        self.check_bounds(&meta, view.id)?;
+        Ok(Value::Tensor(Box::new(meta)))
     }
 
     /// The storage view when a call's first argument is a persistent-id result: each reference

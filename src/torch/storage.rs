@@ -13,7 +13,9 @@
 //! The legacy stream adds a sixth field, `view_metadata` (spec §4.2). Every key maps to one
 //! [`StorageRef`], shared by all tensors that reference it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use super::Dtype;
 use crate::pickle::{Arena, GlobalName, Node, NodeId};
@@ -67,7 +69,9 @@ pub enum External {
 pub struct StorageTable {
     /// Storages in order of first reference.
     pub storages: Vec<StorageRef>,
-    by_key: HashMap<String, StorageId>,
+    /// The first storage of each key (found by the key it holds: no second copy of it).
+    by_key: hashbrown::HashTable<StorageId>,
+    hasher: foldhash::fast::RandomState,
     /// Persistent-id results handed to the pickle machine (`Node::External(i)` is `externals[i]`).
     pub externals: Vec<External>,
     /// Objects the persistent ids of a tar checkpoint name, by their decimal key.
@@ -114,11 +118,11 @@ impl StorageTable {
                 arena.kind_name(pid)
             ));
         };
-        let text = |id: NodeId| -> Option<String> {
+        let text = |id: NodeId| -> Option<Cow<'_, str>> {
             match arena.get(id) {
-                Node::Str(s) => Some(s.clone()),
-                Node::Bytes(b) if b.is_ascii() => Some(String::from_utf8_lossy(b).into_owned()),
-                Node::Int(i) => Some(i.to_string()),
+                Node::Str(s) => Some(Cow::Borrowed(s)),
+                Node::Bytes(b) if b.is_ascii() => Some(String::from_utf8_lossy(b)),
+                Node::Int(i) => Some(Cow::Owned(i.to_string())),
                 _ => None,
             }
         };
@@ -163,8 +167,15 @@ impl StorageTable {
                 dtype.element_size()
             ));
         }
-        let id = match self.by_key.get(&key) {
-            Some(&id) => {
+        let (key, location) = (key.into_owned(), location.into_owned());
+        let hash = self.hasher.hash_one(&key);
+        let storages = &self.storages;
+        let first = self
+            .by_key
+            .find(hash, |&id| storages[id].key == key)
+            .copied();
+        let id = match first {
+            Some(id) => {
                 let existing = &self.storages[id];
                 let nbytes = numel * dtype.element_size() as u64;
                 if existing.nbytes() == Some(nbytes) {
@@ -175,8 +186,10 @@ impl StorageTable {
                 }
             }
             None => {
-                let id = self.push(key.clone(), dtype, numel, location, max_storages)?;
-                self.by_key.insert(key, id);
+                let id = self.push(key, dtype, numel, location, max_storages)?;
+                let (storages, hasher) = (&self.storages, &self.hasher);
+                self.by_key
+                    .insert_unique(hash, id, |&id| hasher.hash_one(&storages[id].key));
                 id
             }
         };

@@ -502,3 +502,32 @@ fn progress_reaches_the_total_in_order() {
         assert_eq!(seen.last(), Some(&(report.bytes, report.bytes)), "{out}");
     }
 }
+
+#[test]
+fn safetensors_output_has_a_new_files_mode_leaves_nothing_else_and_never_clobbers() {
+    // The safetensors crate writes a private file of its own and renames it onto the path it
+    // is given (a path in a temporary folder of ours): the result must still be an ordinary
+    // new file, alone in its folder, and an existing target is kept without --force.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.safetensors");
+    let run = convert(&["--quiet"], &fixture("convert/mixed.pt"), &out);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(listing(dir.path()), ["m.safetensors"]);
+    let like = dir.path().join("like");
+    std::fs::write(&like, b"").unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), mode(&like), "the mode of any new file here");
+    std::fs::remove_file(&like).unwrap();
+    let written = std::fs::read(&out).unwrap();
+    let run = convert(&["--quiet"], &fixture("convert/mixed.pt"), &out);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("already exists"), "{}", stderr(&run));
+    assert_eq!(std::fs::read(&out).unwrap(), written);
+    assert_eq!(listing(dir.path()), ["m.safetensors"]);
+    std::fs::write(&out, b"old").unwrap();
+    let run = convert(&["--quiet", "--force"], &fixture("convert/mixed.pt"), &out);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(std::fs::read(&out).unwrap(), written);
+    assert_eq!(listing(dir.path()), ["m.safetensors"]);
+}

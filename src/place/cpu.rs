@@ -61,6 +61,7 @@ impl Piece<'_, '_> {
                 swap_unit,
                 ..
             } => {
+                crate::source::prefault(from);
                 to.copy_from_slice(from);
                 swap_in_place(to, swap_unit);
                 control.advance(to.len() as u64)

@@ -108,6 +108,7 @@ impl View for Entry<'_, '_> {
             return Cow::Owned(vec![0; self.len]);
         }
         if let Some(bytes) = self.tensor.as_bytes() {
+            crate::source::prefault(bytes);
             return Cow::Borrowed(bytes);
         }
         match self.tensor.to_contiguous_bytes() {
@@ -197,7 +198,8 @@ impl Writer {
         done: u64,
         total: u64,
     ) -> Result<super::Output> {
-        let output = super::Output::create(path, self.force)?;
+        // The crate writes a file of its own and renames it to the path it is given.
+        let output = super::Output::create_path(path, self.force)?;
         let state = State {
             error: RefCell::new(None),
             written: Cell::new(done),

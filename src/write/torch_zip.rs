@@ -137,6 +137,7 @@ impl Writer {
         let nbytes = s.storage.nbytes();
         if let Some(bytes) = s.storage.data.host_bytes() {
             for chunk in bytes.chunks(CHUNK) {
+                crate::source::prefault(chunk);
                 out.write_all(chunk)?;
                 *written += chunk.len() as u64;
                 self.progress(*written, total);

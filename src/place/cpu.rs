@@ -22,6 +22,8 @@ pub struct CpuPlacer {
     copy_all: bool,
     /// `None`: as many as the machine runs at once ([`default_threads`]).
     threads: Option<usize>,
+    /// Threads the last [`Placer::place_all`] copied on.
+    copied_on: usize,
 }
 
 impl std::fmt::Debug for CpuPlacer {
@@ -92,6 +94,7 @@ impl CpuPlacer {
             source,
             copy_all: false,
             threads: None,
+            copied_on: 0,
         }
     }
 
@@ -123,13 +126,14 @@ impl CpuPlacer {
         })
     }
 
-    /// Copies every piece, on worker threads when there is enough to share.
+    /// Copies every piece, on worker threads when there is enough to share; returns how many
+    /// threads copied.
     fn copy_pieces(
         &self,
         reader: &RecordReader<'_>,
         mut pieces: Vec<Piece<'_, '_>>,
         control: &mut Control<'_>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         // Biggest first (popped from the back), so that no long inflate starts last.
         pieces.sort_by_key(Piece::len);
         let bytes: usize = pieces.iter().map(Piece::len).sum();
@@ -152,10 +156,10 @@ impl CpuPlacer {
                     })
                 },
             )?;
-            return Ok(());
+            return Ok(threads);
         }
-        let _ = threads;
-        take_and_copy(&Mutex::new(pieces), reader, control)
+        take_and_copy(&Mutex::new(pieces), reader, control)?;
+        Ok(1)
     }
 }
 
@@ -292,7 +296,7 @@ impl Placer for CpuPlacer {
                 None => pieces.push(Piece::Stream { job, to: buffer }),
             }
         }
-        self.copy_pieces(reader, pieces, control)?;
+        self.copied_on = self.copy_pieces(reader, pieces, control)?;
         for (i, buffer) in copies {
             placed[i] = Some(StorageData::Owned(buffer));
         }
@@ -432,6 +436,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn copies_are_shared_among_threads_by_size() {
+        // 6 pieces of 4 MiB: 24 MiB, worth 3 threads at 8 MiB each, capped by `threads`.
+        let (file, jobs, _) = records(&[3 * COPY_CHUNK, 3 * COPY_CHUNK], &[false, false]);
+        let file = Arc::new(file);
+        for (threads, want) in [(1, 1), (2, 2), (8, 3)] {
+            let reader = RecordReader::new(&file, "f", ByteOrder::Little, u64::MAX);
+            let mut placer = CpuPlacer::new(file.clone()).threads(threads).copy_all(true);
+            placer
+                .place_all(&reader, &jobs, &mut Control::silent(0))
+                .unwrap();
+            assert_eq!(placer.copied_on, want, "threads({threads})");
+        }
+        // By default, as many as the machine runs at once.
+        let reader = RecordReader::new(&file, "f", ByteOrder::Little, u64::MAX);
+        let mut placer = CpuPlacer::new(file.clone()).copy_all(true);
+        placer
+            .place_all(&reader, &jobs, &mut Control::silent(0))
+            .unwrap();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(placer.copied_on, cores.min(3));
+        // One small storage stays on this thread, whatever is allowed.
+        let (file, jobs, _) = records(&[1024], &[false]);
+        let file = Arc::new(file);
+        let reader = RecordReader::new(&file, "f", ByteOrder::Little, u64::MAX);
+        let mut placer = CpuPlacer::new(file.clone()).threads(8).copy_all(true);
+        placer
+            .place_all(&reader, &jobs, &mut Control::silent(0))
+            .unwrap();
+        assert_eq!(placer.copied_on, 1);
+        assert_eq!(
+            format!("{placer:?}"),
+            "CpuPlacer { copy_all: true, threads: Some(8) }"
+        );
     }
 
     #[test]

@@ -45,8 +45,29 @@ const ARRAYS = {
 /** The first bytes read (format sniffing) and the zip tail window (EOCD, zip64 records). */
 const HEAD_BYTES = 262;
 const TAIL_BYTES = 65557 + 22 + 76;
-/** Stored records smaller than this are read from a Blob together with their neighbours. */
-const COALESCE_BYTES = 1 << 20;
+/** Reading a Blob (or a file: index.cjs opens a path as one) ahead of placement. Node's Blob
+ * costs per read and its own reads are slow (Node 20 reads a file-backed Blob in 64 KiB pieces
+ * joined on the main thread), so: records smaller than BATCH_RECORD_BYTES lying next to each
+ * other (BATCH_GAP bytes apart at most: a zip local header) are read together, in reads of up
+ * to BATCH_BYTES, each record a view of that read; a record of up to ONE_READ_BYTES is one read
+ * whose buffer becomes the storage's; a bigger one is read in parts into its own buffer: a
+ * Blob's in STREAM_PART_BYTES parts whose stream() chunks are copied into place as they come
+ * (PART_BYTES where it has no stream()), a file's in PART_BYTES parts read straight into it.
+ * Up to READS_IN_FLIGHT reads are under way while earlier records are placed, and at most
+ * AHEAD_BYTES are read (or being read) and not yet placed. (Measured on Node 20 with
+ * scripts/bench-npm.mjs on 4 x 128 MiB records: a Blob's are read faster in 16 MiB streamed
+ * parts than in 4 MiB ones, a file's faster in 4 MiB parts than in 16 MiB ones.) */
+const BATCH_RECORD_BYTES = 1 << 20;
+const BATCH_GAP = 4096;
+const BATCH_BYTES = 8 << 20;
+const ONE_READ_BYTES = 16 << 20;
+const PART_BYTES = 4 << 20;
+const STREAM_PART_BYTES = 16 << 20;
+const READS_IN_FLIGHT = 3;
+const AHEAD_BYTES = 64 << 20;
+/** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
+ * legacy file read whole): the records inside them are not read again. */
+const HOLD_BYTES = 4096;
 /** Groups of runs asked of the wasm walker per call (contiguousBytes of a strided view). */
 const GROUPS_PER_CALL = 1 << 12;
 /** Bytes swapped per call into wasm (a multiple of every swap unit). */
@@ -58,6 +79,11 @@ const MAX_ROUNDS = 64;
  * the JSON text of `ptload inspect --json`'s `root` under the same key, written by the native
  * CLI's writer. A symbol, so it is no public option and never an unknown one. */
 export const ROOT_JSON = Symbol.for("ptload.rootJson");
+
+/** Marks a host's file (index.cjs: a path): Blob-like (`size`, `slice`, `arrayBuffer`) and also
+ * `readInto(target: Uint8Array, position) → Promise<bytes read>` (positioned reads straight into
+ * the buffers the load allocates) and `close()` (called when the load ends). */
+export const FILE_READER = Symbol.for("ptload.fileReader");
 
 function typeError(message) {
   return new TypeError(`ptload: ${message}`);
@@ -247,24 +273,177 @@ class BufferSource {
   }
 }
 
+/** A Blob, or a host's file (`FILE_READER`: read straight into buffers the load allocates).
+ * Reads are fresh buffers, except those kept from planning (`held`), which are shared. */
 class BlobSource {
-  constructor(blob, name) {
+  constructor(blob, name, alloc) {
     this.blob = blob;
     this.size = blob.size;
     this.name = name;
     this.callerOwned = false;
-    /** Set when the whole file had to be read (legacy and tar files): later reads are views. */
-    this.whole = null;
+    this.file = blob[FILE_READER] === true ? blob : null;
+    /** Bytes per part of a record read in parts. */
+    this.part = !this.file && typeof blob.stream === "function" ? STREAM_PART_BYTES : PART_BYTES;
+    /** A new ArrayBuffer of n bytes (the host's: Node's need not be zeroed, every byte is read). */
+    this.alloc = alloc ?? ((n) => new ArrayBuffer(n));
+    /** Reads kept while `holding` (planning): `[offset, bytes]`. */
+    this.held = [];
+    this.holding = true;
   }
-  async read(offset, length) {
-    if (this.whole) return { bytes: this.whole.subarray(offset, offset + length), fresh: false };
-    const bytes = new Uint8Array(await this.blob.slice(offset, offset + length).arrayBuffer());
-    if (bytes.length !== length) {
-      throw new PtloadError(`${this.name}: read ${bytes.length} bytes at offset ${offset}, expected ${length} (was the file changed?)`,
-        { kind: "Io", file: this.name, offset });
+
+  /** Bytes [offset, offset + length) if a kept read holds them all, else null. Only reads kept
+   * from a multiple of 64 serve, so that the views keep the file's alignment. */
+  heldBytes(offset, length) {
+    for (const [at, bytes] of this.held) {
+      if (at % 64 === 0 && offset >= at && offset + length <= at + bytes.length) {
+        return bytes.subarray(offset - at, offset - at + length);
+      }
     }
-    if (offset === 0 && length === this.size) this.whole = bytes;
+    return null;
+  }
+
+  async read(offset, length) {
+    const held = this.heldBytes(offset, length);
+    if (held) return { bytes: held, fresh: false };
+    const bytes = await this.fetch(offset, length);
+    if (this.holding && length >= HOLD_BYTES) this.held.push([offset, bytes]);
     return { bytes, fresh: true };
+  }
+
+  /** A fresh buffer of [offset, offset + length): one read, or parts read into one buffer. */
+  async fetch(offset, length) {
+    if (length <= ONE_READ_BYTES) return this.readOne(offset, length);
+    const into = { size: length, bytes: null };
+    const reads = [];
+    for (let at = 0; at < length; at += this.part) {
+      reads.push({ offset: offset + at, length: Math.min(this.part, length - at), into, at });
+    }
+    const ahead = new ReadAhead(this, reads);
+    try {
+      for (let k = 0; k < reads.length; k++) await ahead.take();
+    } finally {
+      await ahead.close();
+    }
+    return into.bytes;
+  }
+
+  /** One read of [offset, offset + length) into `target` (a Uint8Array of that length) or, without
+   * one, into a fresh buffer: a Blob's slice (its ArrayBuffer, as it is) or the host file's. */
+  async readOne(offset, length, target) {
+    if (this.file) {
+      const got = target ?? new Uint8Array(this.alloc(length));
+      const n = length === 0 ? 0 : await this.file.readInto(got, offset);
+      if (n !== length) throw this.shortRead(offset, length, n);
+      return got;
+    }
+    let n;
+    let got;
+    try {
+      const slice = this.blob.slice(offset, offset + length);
+      if (target && typeof slice.stream === "function") {
+        // Into a buffer: the slice's chunks copied as they come (arrayBuffer() would join them
+        // into one more buffer first, a second copy of every byte).
+        got = target;
+        n = 0;
+        const reader = slice.stream().getReader();
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          if (n + value.length > length) {
+            await reader.cancel().catch(() => {});
+            throw this.shortRead(offset, length, n + value.length);
+          }
+          got.set(value, n);
+          n += value.length;
+        }
+      } else {
+        got = new Uint8Array(await slice.arrayBuffer());
+        n = got.length;
+        if (target && n === length) {
+          target.set(got);
+          got = target;
+        }
+      }
+    } catch (e) {
+      if (e instanceof PtloadError) throw e;
+      // Node's Blob of a file that changed: "NotReadableError: The blob could not be read".
+      throw new PtloadError(`${this.name}: could not read ${length} bytes at offset ${offset}: ${e.message} ` +
+        "(was the file changed?)", { kind: "Io", file: this.name, offset });
+    }
+    if (n !== length) throw this.shortRead(offset, length, n);
+    return got;
+  }
+
+  shortRead(offset, length, n) {
+    return new PtloadError(`${this.name}: read ${n} bytes at offset ${offset}, expected ${length} (was the file changed?)`,
+      { kind: "Io", file: this.name, offset });
+  }
+
+  async close() {
+    if (this.file) await this.file.close();
+  }
+}
+
+/** Reads (`{ offset, length }`, or `{ ..., into: { size, bytes }, at }`: a part of a buffer of
+ * `size` bytes, allocated when its first part starts; or `{ bytes }`: already at hand) issued in
+ * order ahead of their use: up to READS_IN_FLIGHT under way, at most AHEAD_BYTES issued and not
+ * yet taken. `take()` gives each read's bytes in order. */
+class ReadAhead {
+  constructor(source, reads) {
+    this.source = source;
+    this.reads = reads;
+    this.pending = [];
+    this.issued = 0;
+    this.taken = 0;
+    this.running = 0;
+    this.ahead = 0;
+    this.stopped = false;
+    this.issue();
+  }
+
+  issue() {
+    while (!this.stopped && this.issued < this.reads.length && this.running < READS_IN_FLIGHT &&
+           (this.ahead === 0 || this.ahead + this.reads[this.issued].length <= AHEAD_BYTES)) {
+      const k = this.issued++;
+      const r = this.reads[k];
+      let got;
+      if (r.bytes) {
+        got = Promise.resolve(r.bytes);
+      } else {
+        let target;
+        if (r.into) {
+          r.into.bytes ??= new Uint8Array(this.source.alloc(r.into.size));
+          target = r.into.bytes.subarray(r.at, r.at + r.length);
+        }
+        this.running++;
+        got = this.source.readOne(r.offset, r.length, target).finally(() => {
+          this.running--;
+          this.issue();
+        });
+      }
+      this.ahead += r.length;
+      // A failed read stops the others; its error is thrown by take().
+      got.catch(() => (this.stopped = true));
+      this.pending[k] = got;
+    }
+  }
+
+  /** The next read's bytes. */
+  async take() {
+    const k = this.taken++;
+    try {
+      return await this.pending[k];
+    } finally {
+      this.pending[k] = undefined;
+      this.ahead -= this.reads[k].length;
+      this.issue();
+    }
+  }
+
+  /** Issues no more reads, and waits for those under way (none outlives the load). */
+  async close() {
+    this.stopped = true;
+    await Promise.allSettled(this.pending);
   }
 }
 
@@ -323,7 +502,7 @@ async function openInput(input, name, progress, host) {
   if (typeof input === "string" || isUrl(input)) {
     if (!host.open) throw typeError("load() takes no path or URL here");
     const opened = await host.open(input);
-    return openInput(opened.input, name ?? opened.name, progress, {});
+    return openInput(opened.input, name ?? opened.name, progress, { alloc: host.alloc });
   }
   if (input instanceof ArrayBuffer ||
       (typeof SharedArrayBuffer !== "undefined" && input instanceof SharedArrayBuffer)) {
@@ -343,7 +522,7 @@ async function openInput(input, name, progress, host) {
   }
   if (isBlob(input)) {
     const fileName = typeof input.name === "string" && input.name ? input.name : undefined;
-    return new BlobSource(input, name ?? fileName ?? "<memory>");
+    return new BlobSource(input, name ?? fileName ?? "<memory>", host.alloc);
   }
   if (isFolder(input)) return new FolderSource(input, name ?? "<memory>");
   throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, a fetch Response, a path, a URL, " +
@@ -370,6 +549,11 @@ class FolderSource {
     }
     this.size = this.files.reduce((n, [, c]) => n + (isBlob(c) ? c.size : c.byteLength), 0);
   }
+  /** Closes the host's files (FILE_READER) it was given. */
+  async close() {
+    for (const [, content] of this.files) if (content[FILE_READER] === true) await content.close();
+  }
+
   /** Every file's bytes, read whole. */
   async readAll(progress) {
     const names = [];
@@ -483,52 +667,105 @@ function merge(ranges) {
 /** Runs the planner to completion: each round hands in the ranges the last one asked for. */
 async function plan(planner, source, callback, progress) {
   const size = source.size;
-  let need = size <= HEAD_BYTES + TAIL_BYTES
+  // The tail window from a multiple of 64: the records in it can be used as they lie.
+  const tail = Math.floor((size - TAIL_BYTES) / 64) * 64;
+  let need = tail <= HEAD_BYTES
     ? [[0, size]]
-    : [[0, HEAD_BYTES], [size - TAIL_BYTES, TAIL_BYTES]];
+    : [[0, HEAD_BYTES], [tail, size - tail]];
   for (let round = 0; ; round++) {
     if (round > MAX_ROUNDS) {
       throw new PtloadError(`${source.name}: the planner asked for bytes ${MAX_ROUNDS} times`,
         { kind: "Unsupported", file: source.name });
     }
-    for (const [offset, length] of merge(need)) {
-      if (length === 0) continue;
-      const { bytes } = await source.read(offset, length);
+    await readEach(source, merge(need).filter(([, length]) => length > 0), (offset, bytes) => {
       planner.insert(offset, bytes);
-      progress.add(length);
-    }
+      progress.add(bytes.length);
+    });
     need = planner.step(callback);
-    if (need === null) return;
+    if (need === null) {
+      source.holding = false;
+      return;
+    }
   }
 }
 
-/** Reads every stored record of a Blob, small neighbours together; returns index → bytes. */
-async function readStored(source, storages, progress) {
-  const jobs = [];
-  storages.forEach((s, i) => {
-    if (s.record && !s.record.deflated && s.device === "cpu") jobs.push([s.record.dataOffset, s.record.size, i]);
-  });
-  jobs.sort((a, b) => a[0] - b[0]);
-  const out = new Map();
-  let k = 0;
-  while (k < jobs.length) {
-    let start = jobs[k][0];
-    let end = start + jobs[k][1];
-    let j = k + 1;
-    while (j < jobs.length && jobs[j][1] < COALESCE_BYTES && end - start < COALESCE_BYTES &&
-           jobs[j][0] - end < 4096 && jobs[j][0] >= end) {
-      end = Math.max(end, jobs[j][0] + jobs[j][1]);
-      j++;
+/** Reads `ranges` ([offset, length]), up to READS_IN_FLIGHT at a time, calling `f(offset, bytes)`
+ * as each arrives; the first error is thrown once the reads under way are done. */
+async function readEach(source, ranges, f) {
+  let next = 0;
+  let failed = false;
+  const worker = async () => {
+    while (!failed && next < ranges.length) {
+      const [offset, length] = ranges[next++];
+      try {
+        f(offset, (await source.read(offset, length)).bytes);
+      } catch (e) {
+        failed = true;
+        throw e;
+      }
     }
-    const { bytes, fresh } = await source.read(start, end - start);
-    for (let m = k; m < j; m++) {
-      const [offset, length, index] = jobs[m];
-      out.set(index, { bytes: bytes.subarray(offset - start, offset - start + length), fresh });
+  };
+  const workers = Array.from({ length: Math.min(READS_IN_FLIGHT, ranges.length) }, worker);
+  const error = (await Promise.allSettled(workers)).find((r) => r.status === "rejected");
+  if (error) throw error.reason;
+}
+
+/** Yields `[index, bytes, fresh]` for each job `[index, offset, length]` in the order given
+ * (a storage's record, stored or deflated): views of a buffer; a Blob's or file's records read
+ * ahead as BATCH_RECORD_BYTES and its neighbours say, each byte once. `fresh`: the bytes are
+ * the load's own (a read), not the caller's buffer nor shared with another record. */
+async function* recordBytes(source, jobs, progress, signal) {
+  if (!(source instanceof BlobSource)) {
+    for (const [index, offset, length] of jobs) {
+      throwIfAborted(signal);
+      const { bytes, fresh } = await source.read(offset, length);
+      progress.add(length);
+      yield [index, bytes, fresh];
     }
-    progress.add(end - start);
-    k = j;
+    return;
   }
-  return out;
+  // The reads, in the jobs' order: each with the records it completes (`records`: [index,
+  // offset in the read, length]; `whole`: a record read in parts, complete after its last).
+  const reads = [];
+  for (let k = 0; k < jobs.length;) {
+    const [index, offset, length] = jobs[k++];
+    const held = length === 0 ? new Uint8Array(0) : source.heldBytes(offset, length);
+    if (held) {
+      reads.push({ offset, length: 0, bytes: held, held: true, records: [[index, 0, length]] });
+    } else if (length < BATCH_RECORD_BYTES) {
+      // Small neighbours in the file (torch writes records in the order they are referenced).
+      const records = [[index, 0, length]];
+      let end = offset + length;
+      for (; k < jobs.length; k++) {
+        const [i, o, l] = jobs[k];
+        if (l >= BATCH_RECORD_BYTES || o < end || o - end > BATCH_GAP || o + l - offset > BATCH_BYTES ||
+            source.heldBytes(o, l)) break;
+        records.push([i, o - offset, l]);
+        end = o + l;
+      }
+      reads.push({ offset, length: end - offset, records });
+    } else if (length <= ONE_READ_BYTES) {
+      reads.push({ offset, length, records: [[index, 0, length]] });
+    } else {
+      const into = { size: length, bytes: null };
+      for (let at = 0; at < length; at += source.part) {
+        const n = Math.min(source.part, length - at);
+        reads.push({ offset: offset + at, length: n, into, at, whole: at + n === length ? index : undefined });
+      }
+    }
+  }
+  const ahead = new ReadAhead(source, reads);
+  try {
+    for (const r of reads) {
+      throwIfAborted(signal);
+      const bytes = await ahead.take();
+      progress.add(r.length); // kept reads were counted when read
+      if (r.records) for (const [index, at, length] of r.records) yield [index, bytes.subarray(at, at + length), !r.held];
+      if (r.whole !== undefined) yield [r.whole, r.into.bytes, true];
+    }
+  } finally {
+    await ahead.close();
+  }
 }
 
 function arrayOf(dtype) {
@@ -560,7 +797,9 @@ function viewOf(tensor) {
 
 /** The public API over a wasm-bindgen module (`getBindings` returns it, or a promise of it).
  * `host.open(pathOrUrl)` says what a string or URL input reads: `{ input, name }`, the input
- * a Blob, bytes or a Response (index.cjs: the file, browser.mjs: fetch). */
+ * a Blob, a FILE_READER, bytes or a Response (index.cjs: the file, browser.mjs: fetch).
+ * `host.alloc(n)`, if given, makes the ArrayBuffers that Blob and file reads fill (Node: not
+ * zeroed first). */
 export function createApi(getBindings, host = {}) {
   /** Loads a checkpoint (see index.d.ts for the input kinds and options). */
   async function load(input, options) {
@@ -569,13 +808,16 @@ export function createApi(getBindings, host = {}) {
     const progress = new Progress(opts.onProgress);
     const source = await openInput(input, opts.name, progress, host);
     progress.total = source.size;
-    const bindings = await getBindings();
     try {
+      const bindings = await getBindings();
       if (source instanceof FolderSource) return await loadFolder(bindings, source, opts, progress);
       if (source instanceof StreamSource) return await loadStream(bindings, source, opts, progress);
       return await loadFile(bindings, source, opts, progress);
     } catch (e) {
       throw fromWasm(e);
+    } finally {
+      // A host's file is closed however the load ends (closing a file read from cannot lose data).
+      if (source.close) await source.close().catch(() => {});
     }
   }
 
@@ -671,24 +913,18 @@ function makeTree(planner, bindings, opts) {
  * use its bytes in place (a view of the caller's buffer: stored, not swapped, aligned) or to
  * copy them (inflated, byte-swapped by the wasm module, or realigned). */
 async function place(planner, bindings, source, planned, storages, tensors, progress, signal) {
-  const stored = source instanceof BlobSource ? await readStored(source, planned, progress) : null;
-  for (let i = 0; i < planned.length; i++) {
-    const s = planned[i];
+  const jobs = [];
+  planned.forEach((s, i) => {
     const r = s.record;
-    if (!r || s.device !== "cpu") continue;
-    throwIfAborted(signal);
-    let bytes;
-    let owned;
-    if (r.deflated) {
-      ({ bytes } = await source.read(r.dataOffset, r.storedLen));
-      progress.add(r.storedLen);
+    if (r && s.device === "cpu") jobs.push([i, r.dataOffset, r.deflated ? r.storedLen : r.size]);
+  });
+  for await (const [i, read, fresh] of recordBytes(source, jobs, progress, signal)) {
+    const s = planned[i];
+    let bytes = read;
+    let owned = fresh;
+    if (s.record.deflated) {
       bytes = planner.inflate(i, bytes);
       owned = true;
-    } else if (stored) {
-      ({ bytes, fresh: owned } = stored.get(i));
-    } else {
-      ({ bytes, fresh: owned } = await source.read(r.dataOffset, r.size));
-      progress.add(r.size);
     }
     if (s.swap) {
       if (!owned) bytes = bytes.slice();

@@ -2,15 +2,16 @@
 // SwiftShader; installed by scripts/install-browser, driven by playwright-core): fixtures fetched
 // from 127.0.0.1 are placed on WebGPU from a fetch Response and from a Blob, read back, and
 // digested in the page with crypto.subtle; the digests must be torch's. A string or URL given
-// to load() is fetched there.
+// to load() is fetched there. A File picked from disk is read ahead as it is in Node.
 
 import assert from "node:assert/strict";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { allFixtures, fixtureJson, PKG, ROOT } from "../node/helpers.mjs";
+import { allFixtures, fixtureJson, Pickle, PKG, ptload, ROOT, sha256, zipCheckpoint } from "../node/helpers.mjs";
 import { serve } from "./server.mjs";
 
 const require = createRequire(join(ROOT, ".cache", "npm-tools", "package.json"));
@@ -163,4 +164,38 @@ test("in Chromium a string or URL is fetched; failures are PtloadErrors with the
   assert.deepEqual(got.byUrl, torch);
   assert.deepEqual(got.error.slice(0, 2), [true, "Io"]);
   assert.match(got.error[2], /\/examples\/missing\.pt: HTTP status 404$/);
+});
+
+test("in Chromium a File from disk is read ahead (batches, one-read records, streamed parts) as its bytes", async () => {
+  // Small records read together (some at odd offsets), a 3 MiB one in one read, a 20 MiB one
+  // in 4 MiB parts streamed into its buffer, on the CPU; the page digests each storage.
+  const sizes = [20 * (1 << 20) + 4096, 3 << 20, ...Array(200).fill(16384), 64];
+  let p = new Pickle().op("}(");
+  sizes.forEach((n, k) => {
+    p = p.str(`t${k}`).tensor("FloatStorage", String(k), n / 4, 0, [n / 4], [1]);
+  });
+  const records = sizes.map((n, k) => [String(k), Uint8Array.from({ length: n }, (_, i) => (i * 31 + k) & 255)]);
+  const file = zipCheckpoint(p.op("u").stop(), records, { misalign: (k) => (k * 3) % 8 });
+  const dir = mkdtempSync(join(tmpdir(), "ptload-browser-"));
+  try {
+    const path = join(dir, "read_ahead.pt");
+    writeFileSync(path, file);
+    const want = (await ptload.load(file)).storages.map((s) => sha256(s.bytes));
+    const other = await browser.newPage();
+    await other.goto(`${server.url}/page.html`);
+    await other.waitForFunction(() => document.title === "ready");
+    await other.evaluate(() => document.body.insertAdjacentHTML("beforeend", '<input type="file" id="f">'));
+    await other.setInputFiles("#f", path);
+    const got = await other.evaluate(async () => {
+      const hex = (buf) => [...new Uint8Array(buf)].map((x) => x.toString(16).padStart(2, "0")).join("");
+      const ckpt = await window.ptload.load(document.getElementById("f").files[0]);
+      const out = [];
+      for (const s of ckpt.storages) out.push(hex(await crypto.subtle.digest("SHA-256", s.bytes)));
+      return out;
+    });
+    await other.close();
+    assert.deepEqual(got, want);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

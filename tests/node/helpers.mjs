@@ -164,8 +164,10 @@ export function countingBlob(bytes) {
 }
 
 /** A torch-like zip checkpoint (stored entries, data aligned to 64 bytes, folder `archive/`):
- * `data.pkl`, `data/<key>` for each record, `version` (tests/common/mod.rs `ZipBuilder`). */
-export function zipCheckpoint(pickle, records) {
+ * `data.pkl`, `data/<key>` for each record, `version` (tests/common/mod.rs `ZipBuilder`).
+ * `misalign`: every entry's data starts that many bytes past a multiple of 64 instead (a
+ * function: of the entry's index, data.pkl's being 0). */
+export function zipCheckpoint(pickle, records, { misalign = 0 } = {}) {
   const parts = [];
   const central = [];
   let offset = 0;
@@ -175,7 +177,8 @@ export function zipCheckpoint(pickle, records) {
   const add = (name, data) => {
     const full = new TextEncoder().encode(`archive/${name}`);
     const start = offset + 30 + full.length + 4;
-    const pad = (64 - (start % 64)) % 64;
+    const skew = typeof misalign === "function" ? misalign(count) : misalign;
+    const pad = (64 + skew - (start % 64)) % 64;
     const header = [
       ...u32(0x04034b50), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...new Array(12).fill(0),
       ...u16(full.length), ...u16(4 + pad), ...full, ...u16(0x4246), ...u16(pad), ...new Array(pad).fill(90),

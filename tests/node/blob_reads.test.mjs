@@ -1,0 +1,375 @@
+// How a Blob (and, in Node, a path) is read (api.mjs `recordBytes`, `ReadAhead`): small
+// neighbouring records in one read of at most 8 MiB, a record of up to 16 MiB in one read whose
+// ArrayBuffer becomes its storage's, a bigger one in parts into its own buffer (a Blob's in
+// 16 MiB parts, streamed; a file's in 4 MiB parts read straight into it); every record's bytes
+// read once; up to 3 reads under way, the bytes under way bounded; the same bytes as
+// load(buffer) for every fixture (big-endian, misaligned and deflated ones included); errors
+// that name the file. A spying Blob records every read.
+
+import assert from "node:assert/strict";
+import { mkdtempSync, openAsBlob, promises as fsp, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+
+import { allFixtures, optionsFor, Pickle, ptload, zipCheckpoint } from "./helpers.mjs";
+
+const MiB = 1 << 20;
+/** The zip tail window the planner reads first (api.mjs TAIL_BYTES, from a multiple of 64): a
+ * record partly in it is partly read twice, so coverage is checked before it. */
+const TAIL_BYTES = 65557 + 22 + 76 + 63;
+
+const dir = mkdtempSync(join(tmpdir(), "ptload-blob-reads-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+/** A Blob over `bytes` that records every read: `reads` ([start, length, how]), the most reads
+ * and bytes under way at once, and every ArrayBuffer it handed out. With `delayMs`, each read
+ * takes that long (so that reads under way overlap); the one at `slowAt` takes `slowMs`, and
+ * `aheadOfSlow` counts the bytes asked for meanwhile. `cut`: reads past it come back short. */
+function spyBlob(bytes, { delayMs = 0, slowAt, slowMs = 0, name, cut } = {}) {
+  const blob = new Blob([bytes]);
+  const spy = { reads: [], pending: 0, pendingBytes: 0, maxPending: 0, maxPendingBytes: 0, handed: new Set() };
+  let slow = false;
+  const begin = (start, end, how) => {
+    spy.reads.push([start, end - start, how]);
+    spy.pending++;
+    spy.pendingBytes += end - start;
+    spy.maxPending = Math.max(spy.maxPending, spy.pending);
+    spy.maxPendingBytes = Math.max(spy.maxPendingBytes, spy.pendingBytes);
+    if (slow) spy.aheadOfSlow += end - start;
+    if (start === slowAt) (slow = true), (spy.aheadOfSlow = 0);
+  };
+  const finish = (start, end) => {
+    spy.pending--;
+    spy.pendingBytes -= end - start;
+    if (start === slowAt) slow = false;
+  };
+  const wait = (start) => new Promise((resolve) => setTimeout(resolve, start === slowAt ? slowMs : delayMs));
+  const part = (start, end) => {
+    const stop = cut === undefined ? end : Math.max(start, Math.min(end, cut));
+    return {
+      size: end - start,
+      async arrayBuffer() {
+        begin(start, end, "arrayBuffer");
+        try {
+          if (delayMs) await wait(start);
+          const ab = await blob.slice(start, stop).arrayBuffer();
+          spy.handed.add(ab);
+          return ab;
+        } finally {
+          finish(start, end);
+        }
+      },
+      stream() {
+        begin(start, end, "stream");
+        let at = start;
+        return new ReadableStream({
+          async pull(controller) {
+            if (delayMs && at === start) await wait(start);
+            if (at >= stop) {
+              finish(start, end);
+              controller.close();
+              return;
+            }
+            const n = Math.min(64 << 10, stop - at);
+            controller.enqueue(new Uint8Array(await blob.slice(at, at + n).arrayBuffer()));
+            at += n;
+          },
+          cancel() {
+            finish(start, end);
+          },
+        });
+      },
+    };
+  };
+  spy.blob = {
+    size: blob.size,
+    type: "",
+    name,
+    slice: (start = 0, end = blob.size) => part(start, Math.min(end, blob.size)),
+    arrayBuffer: () => Promise.reject(new Error("the whole Blob was read")),
+    stream: () => {
+      throw new Error("the whole Blob was read");
+    },
+  };
+  return spy;
+}
+
+/** A zip checkpoint of float32 storages `sizes` (bytes each), named "t0", "t1", …; storage k
+ * holds bytes (k * 7 + i) & 255. Returns the file and each record's [start, length] in it. */
+function checkpoint(sizes, options) {
+  let p = new Pickle().op("}(");
+  sizes.forEach((n, k) => {
+    p = p.str(`t${k}`).tensor("FloatStorage", String(k), n / 4, 0, [n / 4], [1]);
+  });
+  const records = sizes.map((n, k) => {
+    const data = new Uint8Array(n);
+    for (let i = 0; i < n; i++) data[i] = (k * 7 + i) & 255;
+    return [String(k), data];
+  });
+  const file = zipCheckpoint(p.op("u").stop(), records, options);
+  // Each record's data: find it after its local header's name.
+  const where = records.map(([key, data]) => {
+    const name = Buffer.from(`archive/data/${key}`);
+    const header = file.indexOf(Buffer.concat([name, Buffer.from([0x46, 0x42])]));
+    const start = header + name.length + 4 + file.readUInt16LE(header + name.length + 2);
+    assert.ok(file.subarray(start, start + Math.min(data.length, 64)).equals(data.subarray(0, 64)));
+    return [start, data.length];
+  });
+  return { file, where };
+}
+
+/** The reads that touch [start, start + length). */
+function readsOver(reads, start, length) {
+  return reads.filter(([s, n]) => s < start + length && start < s + n);
+}
+
+/** Checks every record's bytes before the tail window were read by exactly one read each. */
+function eachByteOnce(reads, where, size) {
+  for (const [start, length] of where) {
+    const end = Math.min(start + length, size - TAIL_BYTES);
+    for (let at = start; at < end;) {
+      const over = readsOver(reads, at, 1);
+      assert.equal(over.length, 1, `byte ${at} of the record at ${start} was read by ${JSON.stringify(over)}`);
+      at = over[0][0] + over[0][1];
+    }
+  }
+}
+
+async function sameAsBuffer(ckpt, file, what, options) {
+  const want = await ptload.load(file, options);
+  assert.equal(ckpt.format, want.format, what);
+  assert.equal(ckpt.byteOrder, want.byteOrder, what);
+  assert.equal(ckpt.storages.length, want.storages.length, what);
+  ckpt.storages.forEach((s, i) => {
+    const w = want.storages[i];
+    assert.deepEqual([s.key, s.dtype, s.device], [w.key, w.dtype, w.device], what);
+    if (w.bytes) assert.ok(Buffer.from(s.bytes.buffer, s.bytes.byteOffset, s.bytes.length).equals(w.bytes), `${what}: storage ${s.key}`);
+  });
+  const got = ckpt.tensors();
+  const expected = want.tensors();
+  assert.deepEqual(got.map(([p]) => p), expected.map(([p]) => p), what);
+  for (let i = 0; i < got.length; i++) {
+    const [path, t] = got[i];
+    const w = expected[i][1];
+    assert.deepEqual([t.dtype, t.shape, t.stride, t.storageOffset], [w.dtype, w.shape, w.stride, w.storageOffset], `${what}: ${path}`);
+    if (t.data) {
+      assert.equal(t.data.byteOffset % t.data.BYTES_PER_ELEMENT, 0, `${what}: ${path} is misaligned`);
+      assert.ok(Buffer.from(await t.contiguousBytes()).equals(Buffer.from(await w.contiguousBytes())), `${what}: ${path}`);
+    }
+  }
+}
+
+test("small neighbouring records are read together, at most 8 MiB at a time, each byte once", async () => {
+  // 300 records of 16–100 KiB (about 17 MiB): without batching, 300 reads.
+  const sizes = Array.from({ length: 300 }, (_, k) => 4 * (4096 + ((k * 7919) % 21504)));
+  const { file, where } = checkpoint(sizes);
+  const spy = spyBlob(file);
+  const ckpt = await ptload.load(spy.blob);
+  await sameAsBuffer(ckpt, file, "batched");
+  const recordReads = spy.reads.filter(([s, n]) => where.some(([start, length]) => s < start + length && start < s + n));
+  const total = sizes.reduce((a, b) => a + b, 0);
+  assert.ok(recordReads.length <= Math.ceil(total / (8 * MiB)) + 2, `${recordReads.length} reads of records: ${JSON.stringify(recordReads)}`);
+  for (const [, n] of recordReads) assert.ok(n <= 8 * MiB, `a read of ${n} bytes`);
+  eachByteOnce(spy.reads, where, file.length);
+  // Every storage is a view of one of those reads (no copy), read as one ArrayBuffer.
+  for (const s of ckpt.storages) assert.ok(spy.handed.has(s.bytes.buffer), `storage ${s.key} is a copy`);
+});
+
+test("a record up to 16 MiB is one read whose ArrayBuffer is its storage's; a bigger one is streamed in 16 MiB parts", async () => {
+  // (The 128 KiB one keeps the others out of the tail window; the last one lies in it.)
+  const sizes = [2 * MiB, 16 * MiB, 36 * MiB + 4096, 3 * MiB, 128 * 1024, 4096];
+  const { file, where } = checkpoint(sizes);
+  const spy = spyBlob(file);
+  const ckpt = await ptload.load(spy.blob);
+  await sameAsBuffer(ckpt, file, "sizes");
+  for (const k of [0, 1, 3]) {
+    const [start, length] = where[k];
+    assert.deepEqual(readsOver(spy.reads, start, length).map(([s, n]) => [s, n]), [[start, length]], `record ${k}`);
+    const s = ckpt.storages[k];
+    assert.ok(spy.handed.has(s.bytes.buffer), `storage ${k} is not the ArrayBuffer read`);
+    assert.deepEqual([s.bytes.byteOffset, s.bytes.buffer.byteLength], [0, length]);
+  }
+  const [start, length] = where[2];
+  const parts = readsOver(spy.reads, start, length);
+  assert.equal(parts.length, Math.ceil(length / (16 * MiB)), JSON.stringify(parts));
+  // Streamed into place (arrayBuffer() would make one more copy of each part).
+  for (const [, n, how] of parts) assert.deepEqual([n <= 16 * MiB, how], [true, "stream"], JSON.stringify(parts));
+  eachByteOnce(spy.reads, where, file.length);
+  // Read into a buffer of its own, of its size.
+  const big = ckpt.storages[2].bytes;
+  assert.deepEqual([big.byteOffset, big.buffer.byteLength], [0, length]);
+  // The last record came with the zip tail window the planner read: not read again, a view.
+  const [lastAt, lastLength] = where[5];
+  const last = readsOver(spy.reads, lastAt, lastLength);
+  assert.equal(last.length, 1, JSON.stringify(last));
+  assert.ok(last[0][1] > TAIL_BYTES - 64, JSON.stringify(last));
+  assert.ok(spy.handed.has(ckpt.storages[5].bytes.buffer));
+});
+
+test("reads overlap placement: up to 3 under way, the bytes read ahead bounded", async () => {
+  // 104 MiB after the first record: when its read is slow, the reads after it stop short of 96 MiB.
+  const sizes = [...Array(13).fill(8 * MiB), 24 * MiB, ...Array(40).fill(64 * 1024)];
+  const { file, where } = checkpoint(sizes);
+  const spy = spyBlob(file, { delayMs: 2, slowAt: where[0][0], slowMs: 300 });
+  const ckpt = await ptload.load(spy.blob);
+  assert.equal(ckpt.storages.length, sizes.length);
+  assert.ok(spy.maxPending >= 2, `reads never overlapped (${spy.maxPending} at most under way)`);
+  assert.ok(spy.maxPending <= 3, `${spy.maxPending} reads under way at once`);
+  assert.ok(spy.maxPendingBytes < 96 * MiB, `${spy.maxPendingBytes} bytes under way at once`);
+  assert.ok(spy.aheadOfSlow >= 8 * MiB, `${spy.aheadOfSlow} bytes read ahead of a slow read`);
+  assert.ok(spy.aheadOfSlow < 96 * MiB, `${spy.aheadOfSlow} bytes read ahead of a slow read`);
+  assert.equal(spy.pending, 0);
+  eachByteOnce(spy.reads, where, file.length);
+  ckpt.storages.forEach((s, k) => {
+    assert.equal(s.bytes.length, sizes[k]);
+    for (const i of [0, 1, sizes[k] - 1]) assert.equal(s.bytes[i], (k * 7 + i) & 255, `storage ${k} byte ${i}`);
+  });
+});
+
+test("a cancelled load leaves no read under way", async () => {
+  const { file } = checkpoint(Array(8).fill(4 * MiB));
+  const spy = spyBlob(file, { delayMs: 5 });
+  const controller = new AbortController();
+  let placing = false;
+  const load = ptload.load(spy.blob, {
+    signal: controller.signal,
+    onProgress: ({ loadedBytes }) => {
+      // The first record's bytes: placement has begun.
+      if (!placing && loadedBytes > 4 * MiB) {
+        placing = true;
+        controller.abort(new Error("stop"));
+      }
+    },
+  });
+  await assert.rejects(load, /stop/);
+  assert.equal(spy.pending, 0, "a read outlived the load");
+  const records = spy.reads.filter(([, n]) => n === 4 * MiB);
+  assert.ok(records.length >= 2 && records.length < 8, JSON.stringify(spy.reads));
+});
+
+test("the same bytes as load(buffer) from a Blob and a path: every fixture, misaligned ones too", async () => {
+  const cases = allFixtures().map(([rel, want, path]) => [rel, optionsFor(rel, want), path]);
+  // Stored records at odd offsets: all at 3 past a multiple of 64, and each at its own (then
+  // some are odd within a batch too, and copied to be aligned).
+  for (const [rel, misalign] of [["misaligned.pt", 3], ["skewed.pt", (k) => (k * 3) % 8]]) {
+    const path = join(dir, rel);
+    writeFileSync(path, checkpoint([4096, 12, 2 * MiB, 64, 1000, 8], { misalign }).file);
+    cases.push([rel, {}, path]);
+  }
+  const seen = new Set(cases.map(([rel]) => rel));
+  for (const rel of ["zip/big_endian.pt", "zip/deflated.pt", "zip/alignment4096.pt", "legacy/big_endian_host.pt", "tar/checkpoint.pt"]) {
+    assert.ok(seen.has(rel), `${rel} is among the fixtures`);
+  }
+  for (const [rel, options, path] of cases) {
+    const bytes = readFileSync(path);
+    const spy = spyBlob(bytes);
+    await sameAsBuffer(await ptload.load(spy.blob, options), bytes, `${rel} (Blob)`, options);
+    await sameAsBuffer(await ptload.load(path, options), bytes, `${rel} (path)`, options);
+  }
+});
+
+test("Node: a path is read by positioned reads into the storages, batched, on one handle closed at the end", async () => {
+  const sizes = [...Array(200).fill(8192), 3 * MiB, 20 * MiB];
+  const { file, where } = checkpoint(sizes);
+  const path = join(dir, "batched.pt");
+  writeFileSync(path, file);
+  const handle = await fsp.open(path, "r");
+  const proto = Object.getPrototypeOf(handle);
+  await handle.close();
+  const { read } = proto;
+  const reads = [];
+  let opened = 0;
+  let closed = 0;
+  proto.read = function (buffer, offset, length, position) {
+    reads.push([position, length, buffer.byteLength]);
+    return read.call(this, buffer, offset, length, position);
+  };
+  const realOpen = fsp.open;
+  fsp.open = async (...args) => {
+    opened++;
+    const h = await realOpen(...args);
+    const close = h.close; // an own property in Node 20, not the prototype's
+    h.close = () => {
+      closed++;
+      return close.call(h);
+    };
+    return h;
+  };
+  try {
+    const ckpt = await ptload.load(path);
+    await sameAsBuffer(ckpt, file, "path");
+    assert.deepEqual([opened, closed], [1, 1]);
+    const recordReads = reads.filter(([s, n]) => where.some(([start, length]) => s < start + length && start < s + n));
+    // One batch, one read, five parts, and the tail window (over the last record's end).
+    assert.ok(recordReads.length <= 1 + 1 + 5 + 1, `${recordReads.length} reads of records: ${JSON.stringify(recordReads)}`);
+    eachByteOnce(reads, where, file.length);
+    // Into buffers of their own: the 3 MiB and 20 MiB storages are whole ArrayBuffers, the
+    // latter read in five 4 MiB parts.
+    const [bigAt, bigLength] = where[201];
+    const parts = readsOver(reads, bigAt, bigLength).filter(([s, n]) => s >= bigAt && s + n <= bigAt + bigLength);
+    assert.deepEqual(parts.map(([, n]) => n), Array(5).fill(4 * MiB), JSON.stringify(parts));
+    for (const k of [200, 201]) {
+      const s = ckpt.storages[k].bytes;
+      assert.deepEqual([s.byteOffset, s.buffer.byteLength], [0, sizes[k]]);
+    }
+    // A failed load closes its file too.
+    opened = closed = 0;
+    await assert.rejects(ptload.load(path, { mapLocation: () => { throw new Error("no"); } }), /no/);
+    assert.equal(opened, closed);
+  } finally {
+    proto.read = read;
+    fsp.open = realOpen;
+  }
+});
+
+test("a truncated or shrinking file fails naming the file", async () => {
+  const { file } = checkpoint([MiB, 20 * MiB, 4096]);
+  // Truncated before the load: the planner says what is wrong, naming the file.
+  const cut = join(dir, "cut.pt");
+  writeFileSync(cut, file.subarray(0, file.length >> 1));
+  await assert.rejects(ptload.load(cut), (e) => {
+    assert.ok(e instanceof ptload.PtloadError, String(e));
+    assert.equal(e.file, cut);
+    assert.ok(e.message.startsWith(`${cut}: `), e.message);
+    return true;
+  });
+  await assert.rejects(ptload.load(new File([readFileSync(cut)], "cut.pt")), (e) => e.file === "cut.pt" && e.message.startsWith("cut.pt: "));
+  // Shrinking while it loads: a read comes back short.
+  const shrinking = join(dir, "shrinking.pt");
+  writeFileSync(shrinking, file);
+  let done = false;
+  await assert.rejects(ptload.load(shrinking, {
+    onProgress: () => {
+      if (!done) truncateSync(shrinking, file.length - 5 * MiB);
+      done = true;
+    },
+  }), (e) => {
+    assert.ok(e instanceof ptload.PtloadError, String(e));
+    assert.deepEqual([e.kind, e.file], ["Io", shrinking]);
+    assert.match(e.message, new RegExp(`^${shrinking.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}: read \\d+ bytes at offset \\d+, expected \\d+ \\(was the file changed\\?\\)$`));
+    return true;
+  });
+  // Node's own Blob of a file that shrinks before it is read: its reads fail (NotReadableError).
+  const opened = join(dir, "opened.pt");
+  writeFileSync(opened, file);
+  const blob = await openAsBlob(opened);
+  truncateSync(opened, 1000);
+  await assert.rejects(ptload.load(blob, { name: "opened.pt" }), (e) => {
+    assert.ok(e instanceof ptload.PtloadError, String(e));
+    assert.deepEqual([e.kind, e.file], ["Io", "opened.pt"]);
+    assert.match(e.message, /^opened\.pt: could not read \d+ bytes at offset \d+: .+ \(was the file changed\?\)$/);
+    return true;
+  });
+  // A Blob whose reads past a point come back short (parts of the 20 MiB record among them).
+  for (const at of [MiB, 2 * MiB + 5, file.length - 100]) {
+    const spy = spyBlob(file, { name: "model.pt", cut: at });
+    await assert.rejects(ptload.load(spy.blob), (e) => {
+      assert.ok(e instanceof ptload.PtloadError, String(e));
+      assert.deepEqual([e.kind, e.file], ["Io", "model.pt"]);
+      assert.match(e.message, /^model\.pt: read \d+ bytes at offset \d+, expected \d+ \(was the file changed\?\)$/);
+      return true;
+    });
+    assert.equal(spy.pending, 0);
+  }
+});

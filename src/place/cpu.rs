@@ -158,6 +158,8 @@ impl CpuPlacer {
             )?;
             return Ok(threads);
         }
+        #[cfg(target_arch = "wasm32")]
+        let _ = threads; // one thread in wasm
         take_and_copy(&Mutex::new(pieces), reader, control)?;
         Ok(1)
     }

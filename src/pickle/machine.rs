@@ -36,7 +36,7 @@ type Result<T> = std::result::Result<T, PickleError>;
 /// costs memory only for the entries that exist.
 #[derive(Default)]
 struct Memo {
-    /// Slot `i` holds index `i`'s node, or [`Memo::EMPTY`].
+    /// Slot `i` holds index `i`'s node (it only grows by the next index, so has no holes).
     dense: Vec<NodeId>,
     /// Indices past the end of `dense` when they were set.
     sparse: foldhash::HashMap<u64, NodeId>,
@@ -45,12 +45,9 @@ struct Memo {
 }
 
 impl Memo {
-    const EMPTY: NodeId = NodeId::MAX;
-
     fn get(&self, index: u64) -> Option<NodeId> {
         match usize::try_from(index).ok().and_then(|i| self.dense.get(i)) {
-            Some(&id) if id != Self::EMPTY => Some(id),
-            Some(_) => None,
+            Some(&id) => Some(id),
             None => self.sparse.get(&index).copied(),
         }
     }
@@ -58,10 +55,7 @@ impl Memo {
     /// Sets `index`; returns the node it held before, if any.
     fn insert(&mut self, index: u64, id: NodeId) -> Option<NodeId> {
         let old = match usize::try_from(index) {
-            Ok(i) if i < self.dense.len() => {
-                let old = std::mem::replace(&mut self.dense[i], id);
-                (old != Self::EMPTY).then_some(old)
-            }
+            Ok(i) if i < self.dense.len() => Some(std::mem::replace(&mut self.dense[i], id)),
             Ok(i) if i == self.dense.len() && !self.sparse.contains_key(&index) => {
                 self.dense.push(id);
                 None

@@ -144,6 +144,16 @@ fn plain_and_general_rebuilds_agree() {
             .unwrap()
     };
     assert_eq!(smallest(false), smallest(true));
+    // The same for depth.
+    let shallowest = |list_dims: bool| {
+        (1..100)
+            .find(|&n| {
+                let limits = ptload::Limits::default().with_max_depth(n);
+                load(&tensor(1, list_dims, false), limits).is_ok()
+            })
+            .unwrap()
+    };
+    assert_eq!(shallowest(false), shallowest(true));
     let at = smallest(false) - 1;
     let limits = ptload::Limits::default().with_max_values(at);
     assert_eq!(
@@ -153,5 +163,46 @@ fn plain_and_general_rebuilds_agree() {
         load(&tensor(1, true, false), limits)
             .unwrap_err()
             .to_string()
+    );
+}
+
+/// What the plain path must leave to the general one: its errors, in its words.
+#[test]
+fn calls_unlike_torch_s_take_the_general_path_and_its_errors() {
+    let data = [0u8; 24];
+    let load = |pickle: Vec<u8>| {
+        let bytes = ZipBuilder::checkpoint(&pickle, &[("0", &data)]);
+        ptload::load_bytes(bytes).unwrap_err().to_string()
+    };
+    // _rebuild_tensor_v2(storage, offset, size, stride, False, hooks)
+    let call = |offset: i64, size: &[i64], stride: &[i64], hooks: &[u8]| {
+        Pickle::new()
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"(")
+            .storage("FloatStorage", "0", 6)
+            .int(offset)
+            .ints(size)
+            .ints(stride)
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")R")
+            .op(hooks)
+            .op(b"tR")
+            .stop()
+    };
+    let e = load(call(-1, &[2], &[1], b""));
+    assert!(
+        e.contains("storage offset must be a non-negative int, not -1"),
+        "{e}"
+    );
+    let e = load(call(0, &[2, 1], &[1], b""));
+    assert!(e.contains("size has 2 dimensions but stride has 1"), "{e}");
+    let e = load(call(0, &[-2], &[1], b""));
+    assert!(e.contains("negative size -2"), "{e}");
+    // Hooks holding something that cannot be converted: `{'k': 1()}` set on the OrderedDict.
+    let e = load(call(0, &[2], &[1], b"(X\x01\x00\x00\x00kK\x01)Ru"));
+    assert!(
+        e.contains("a call whose callable is a int, not a global"),
+        "{e}"
     );
 }

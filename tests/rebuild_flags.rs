@@ -177,17 +177,7 @@ fn calls_unlike_torch_s_take_the_general_path_and_its_errors() {
     // _rebuild_tensor_v2(storage, offset, size, stride, False, hooks)
     let call = |offset: i64, size: &[i64], stride: &[i64], hooks: &[u8]| {
         Pickle::new()
-            .global("torch._utils", "_rebuild_tensor_v2")
-            .op(b"(")
-            .storage("FloatStorage", "0", 6)
-            .int(offset)
-            .ints(size)
-            .ints(stride)
-            .op(b"\x89")
-            .global("collections", "OrderedDict")
-            .op(b")R")
-            .op(hooks)
-            .op(b"tR")
+            .tensor_with_hooks("FloatStorage", "0", 6, offset, size, stride, hooks)
             .stop()
     };
     let e = load(call(-1, &[2], &[1], b""));

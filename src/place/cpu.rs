@@ -325,52 +325,19 @@ pub fn swap_in_place(bytes: &mut [u8], unit: usize) {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     use super::*;
-    use crate::archive::{ByteOrder, Method, Record};
+    use crate::archive::ByteOrder;
     use crate::error::ErrorKind;
     use crate::location::Device;
     use crate::place::Progress;
 
-    /// A file of records of the given lengths (deflated where `deflate[i]`), their jobs and
-    /// their contents as the file holds them.
+    /// Records of the given lengths (deflated where `deflate[i]`), for the host, starting at
+    /// byte 1 so that stored float32 records are misaligned unless padded.
     fn records(lens: &[usize], deflate: &[bool]) -> (Vec<u8>, Vec<PlacementJob>, Vec<Vec<u8>>) {
-        let (mut file, mut jobs, mut contents) = (Vec::new(), Vec::new(), Vec::new());
-        // Start at 1 so that stored float32 records are misaligned unless padded.
-        file.push(0);
-        for (i, (&len, &deflated)) in lens.iter().zip(deflate).enumerate() {
-            let data: Vec<u8> = (0..len).map(|b| (b * 7 + i * 13 + b / 251) as u8).collect();
-            let (method, stored) = if deflated {
-                let mut e =
-                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(&data).unwrap();
-                (Method::Deflated, e.finish().unwrap())
-            } else {
-                (Method::Stored, data.clone())
-            };
-            let record = Record {
-                name: format!("archive/data/{i}"),
-                data_offset: file.len() as u64,
-                stored_len: stored.len() as u64,
-                size: len as u64,
-                method,
-            };
-            file.extend_from_slice(&stored);
-            jobs.push(PlacementJob {
-                index: i,
-                key: i.to_string(),
-                dtype: Dtype::Float32,
-                nbytes: len as u64,
-                device: Device::Cpu,
-                record,
-                swap_unit: 4,
-            });
-            contents.push(data);
-        }
-        (file, jobs, contents)
+        crate::place::testing::records(lens, |i| deflate[i], Device::Cpu, 1)
     }
 
     /// Places `jobs` from `file` with `configure(placer)`, the placer and reader sharing it.

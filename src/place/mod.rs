@@ -249,3 +249,56 @@ pub trait Backend: fmt::Debug + Send + Sync {
     /// A placer for a device [`Backend::check`] accepted.
     fn placer(&self, device: &Device) -> Result<Box<dyn Placer + '_>>;
 }
+
+/// Records to place in tests: a file and its jobs.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::io::Write;
+
+    use super::PlacementJob;
+    use crate::archive::{Method, Record};
+    use crate::location::Device;
+    use crate::torch::Dtype;
+
+    /// A file of float32 records of the given lengths for `device` (deflated where
+    /// `deflated(i)`), after `lead` bytes of padding; their jobs, and their contents as the file
+    /// holds them (inflated).
+    pub fn records(
+        lens: &[usize],
+        deflated: impl Fn(usize) -> bool,
+        device: Device,
+        lead: usize,
+    ) -> (Vec<u8>, Vec<PlacementJob>, Vec<Vec<u8>>) {
+        let (mut file, mut jobs, mut contents) = (vec![0; lead], Vec::new(), Vec::new());
+        for (i, &len) in lens.iter().enumerate() {
+            let data: Vec<u8> = (0..len).map(|b| (b * 7 + i * 13 + b / 251) as u8).collect();
+            let (method, stored) = if deflated(i) {
+                let mut e =
+                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(&data).unwrap();
+                (Method::Deflated, e.finish().unwrap())
+            } else {
+                (Method::Stored, data.clone())
+            };
+            let record = Record {
+                name: format!("archive/data/{i}"),
+                data_offset: file.len() as u64,
+                stored_len: stored.len() as u64,
+                size: len as u64,
+                method,
+            };
+            file.extend_from_slice(&stored);
+            jobs.push(PlacementJob {
+                index: i,
+                key: i.to_string(),
+                dtype: Dtype::Float32,
+                nbytes: len as u64,
+                device: device.clone(),
+                record,
+                swap_unit: 4,
+            });
+            contents.push(data);
+        }
+        (file, jobs, contents)
+    }
+}

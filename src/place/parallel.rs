@@ -175,50 +175,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
     use std::sync::atomic::AtomicBool;
 
     use super::*;
-    use crate::archive::{ByteOrder, Method, Record};
+    use crate::archive::ByteOrder;
     use crate::location::Device;
     use crate::place::pipeline::HostStaging;
-    use crate::torch::Dtype;
 
     /// A file of `n` records of `len` bytes each, every other one deflated, and their jobs.
     fn records(n: usize, len: usize) -> (Vec<u8>, Vec<PlacementJob>, Vec<Vec<u8>>) {
-        let mut file = Vec::new();
-        let mut jobs = Vec::new();
-        let mut contents = Vec::new();
-        for i in 0..n {
-            let data: Vec<u8> = (0..len).map(|b| (b * 7 + i * 13) as u8).collect();
-            let (method, stored) = if i % 2 == 0 {
-                (Method::Stored, data.clone())
-            } else {
-                let mut e =
-                    flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(&data).unwrap();
-                (Method::Deflated, e.finish().unwrap())
-            };
-            let record = Record {
-                name: format!("archive/data/{i}"),
-                data_offset: file.len() as u64,
-                stored_len: stored.len() as u64,
-                size: len as u64,
-                method,
-            };
-            file.extend_from_slice(&stored);
-            jobs.push(PlacementJob {
-                index: i,
-                key: i.to_string(),
-                dtype: Dtype::Float32,
-                nbytes: len as u64,
-                device: Device::Cuda(Some(0)),
-                record,
-                swap_unit: 4,
-            });
-            contents.push(data);
-        }
-        (file, jobs, contents)
+        crate::place::testing::records(&vec![len; n], |i| i % 2 == 1, Device::Cuda(Some(0)), 0)
     }
 
     fn rings(n: usize) -> Vec<HostStaging> {

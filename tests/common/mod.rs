@@ -258,6 +258,20 @@ impl Pickle {
         size: &[i64],
         stride: &[i64],
     ) -> Self {
+        self.tensor_with_hooks(class, key, numel, offset, size, stride, b"")
+    }
+    /// The same, with `hooks` (opcodes) run on the `OrderedDict()` of backward hooks.
+    #[allow(clippy::too_many_arguments, dead_code)]
+    pub fn tensor_with_hooks(
+        self,
+        class: &str,
+        key: &str,
+        numel: i64,
+        offset: i64,
+        size: &[i64],
+        stride: &[i64],
+        hooks: &[u8],
+    ) -> Self {
         self.global("torch._utils", "_rebuild_tensor_v2")
             .op(b"(")
             .storage(class, key, numel)
@@ -267,6 +281,7 @@ impl Pickle {
             .op(b"\x89")
             .global("collections", "OrderedDict")
             .op(b")R")
+            .op(hooks)
             .op(b"tR")
     }
     pub fn stop(self) -> Vec<u8> {

@@ -111,25 +111,53 @@ impl Source {
 /// happens.
 pub fn prefault(bytes: &[u8]) {
     #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        if bytes.len() < 16 * PAGE {
-            return;
-        }
-        let start = bytes.as_ptr() as usize / PAGE * PAGE;
-        let end = bytes.as_ptr() as usize + bytes.len();
+    if let Some((start, len)) = prefault_range(bytes.as_ptr() as usize, bytes.len()) {
         // SAFETY: the pages hold `bytes`, which this process may read; the advice only maps
         // them (reading the file where needed), never changes what they hold.
         unsafe {
-            libc::madvise(
-                start as *mut libc::c_void,
-                end - start,
-                libc::MADV_POPULATE_READ,
-            );
+            libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_READ);
         }
     }
     #[cfg(not(target_os = "linux"))]
     let _ = bytes;
+}
+
+/// The pages `(start, len)` holding the `len` bytes at `address`, when there are enough of
+/// them (64 KiB, what one page fault maps anyway) for the advice to pay.
+fn prefault_range(address: usize, len: usize) -> Option<(usize, usize)> {
+    const PAGE: usize = 4096;
+    if len < 16 * PAGE {
+        return None;
+    }
+    let start = address / PAGE * PAGE;
+    Some((start, address + len - start))
+}
+
+#[cfg(test)]
+mod prefault_tests {
+    use super::prefault_range;
+
+    #[test]
+    fn whole_pages_around_the_bytes() {
+        let page = 4096;
+        assert_eq!(
+            prefault_range(10 * page, 16 * page),
+            Some((10 * page, 16 * page))
+        );
+        assert_eq!(
+            prefault_range(10 * page + 100, 16 * page),
+            Some((10 * page, 16 * page + 100))
+        );
+        assert_eq!(
+            prefault_range(10 * page, 16 * page - 1),
+            None,
+            "too few to pay"
+        );
+        // A real slice: advising it must leave its bytes as they are.
+        let bytes: Vec<u8> = (0..20 * page).map(|i| i as u8).collect();
+        super::prefault(&bytes);
+        assert!(bytes.iter().enumerate().all(|(i, &b)| b == i as u8));
+    }
 }
 
 /// Random access to a file's bytes, some of which may not be loaded yet.

@@ -695,3 +695,48 @@ fn legacy_storage_named_twice_with_different_sizes() {
         "{e}"
     );
 }
+
+/// Persistent ids that are no storage's: each refused with what is wrong with it.
+#[test]
+fn persistent_ids_that_name_no_storage_are_refused_by_what_is_wrong() {
+    let load = |pid: Pickle| {
+        let p = pid.op(b"Q").stop();
+        let bytes = ZipBuilder::checkpoint(&p, &[]);
+        ptload::load_bytes(bytes).unwrap_err().to_string()
+    };
+    // A 5-tuple whose first field is not 'storage'.
+    let e = load(
+        Pickle::new()
+            .op(b"(")
+            .str("module")
+            .global("torch", "FloatStorage")
+            .str("0")
+            .str("cpu")
+            .int(1)
+            .op(b"t"),
+    );
+    assert!(
+        e.contains("unsupported persistent id: only ('storage', …) ids are understood"),
+        "{e}"
+    );
+    // An empty tuple.
+    let e = load(Pickle::new().op(b")"));
+    assert!(e.contains("unsupported persistent id"), "{e}");
+    // A str that is not the repr protocol 0 writes of a storage id.
+    let e = load(Pickle::new().str("weights"));
+    assert!(
+        e.contains("persistent id must be a tuple, not a str"),
+        "{e}"
+    );
+    // An UntypedStorage from outside torch (past weights-only, which refuses the global).
+    let p = Pickle::new().storage("UntypedStorage", "0", 1).stop();
+    let at = p.windows(7).position(|w| w == b"ctorch\n").unwrap();
+    let p = [&p[..at], b"cfoo\n", &p[at + 7..]].concat();
+    let bytes = ZipBuilder::checkpoint(&p, &[("0", &[0u8])]);
+    let e = Loader::new()
+        .weights_only(false)
+        .load_bytes(bytes)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown storage type foo.UntypedStorage"), "{e}");
+}

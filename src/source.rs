@@ -124,6 +124,7 @@ pub fn prefault(bytes: &[u8]) {
 
 /// The pages `(start, len)` holding the `len` bytes at `address`, when there are enough of
 /// them (64 KiB, what one page fault maps anyway) for the advice to pay.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn prefault_range(address: usize, len: usize) -> Option<(usize, usize)> {
     const PAGE: usize = 4096;
     if len < 16 * PAGE {

@@ -235,6 +235,7 @@ fn prefer_huge_pages(buffer: &[u8]) {
 
 /// The 2 MiB-aligned middle `(start, len)` of the buffer at `address` of `len` bytes, when it
 /// is worth advising: buffers of 4 MiB or more.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn huge_page_range(address: usize, len: usize) -> Option<(usize, usize)> {
     const HUGE: usize = 2 << 20;
     if len < 2 * HUGE {

@@ -212,39 +212,8 @@ fn zeroed(len: usize) -> Option<Vec<u8>> {
     // SAFETY: `ptr` was allocated by the global allocator with the layout of `[u8; len]`
     // (alignment 1, capacity `len`), and its `len` bytes are initialized (zero).
     let buffer = unsafe { Vec::from_raw_parts(ptr, len, len) };
-    prefer_huge_pages(&buffer);
+    crate::source::prefer_huge_pages(&buffer);
     Some(buffer)
-}
-
-/// Asks Linux to back the 2 MiB-aligned middle of a big buffer not touched yet with huge
-/// pages (transparent huge pages in `madvise` mode, the usual default): filling it then takes
-/// one page fault per 2 MiB instead of one per 4 KiB. Elsewhere, or when refused, nothing
-/// changes.
-fn prefer_huge_pages(buffer: &[u8]) {
-    #[cfg(target_os = "linux")]
-    if let Some((start, len)) = huge_page_range(buffer.as_ptr() as usize, buffer.len()) {
-        // SAFETY: the range lies inside `buffer`, which this process owns; MADV_HUGEPAGE
-        // changes how its pages are backed, never their contents (zeros until written).
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = buffer;
-}
-
-/// The 2 MiB-aligned middle `(start, len)` of the buffer at `address` of `len` bytes, when it
-/// is worth advising: buffers of 4 MiB or more.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-fn huge_page_range(address: usize, len: usize) -> Option<(usize, usize)> {
-    const HUGE: usize = 2 << 20;
-    if len < 2 * HUGE {
-        return None;
-    }
-    // At least one whole huge page lies in 4 MiB, wherever they start.
-    let start = address.next_multiple_of(HUGE);
-    let end = (address + len) / HUGE * HUGE;
-    Some((start, end - start))
 }
 
 /// The alignment host bytes of a storage need to be used in place: its element size, or its
@@ -356,23 +325,6 @@ mod tests {
     fn swapped(mut bytes: Vec<u8>, unit: usize) -> Vec<u8> {
         swap_in_place(&mut bytes, unit);
         bytes
-    }
-
-    #[test]
-    fn huge_pages_are_asked_for_the_aligned_middle_of_big_buffers() {
-        const HUGE: usize = 2 << 20;
-        let base = 1000 * HUGE;
-        let range = huge_page_range;
-        assert_eq!(range(base, 2 * HUGE), Some((base, 2 * HUGE)));
-        assert_eq!(range(base + 16, 4 * HUGE), Some((base + HUGE, 3 * HUGE)));
-        assert_eq!(range(base - 16, 4 * HUGE), Some((base, 3 * HUGE)));
-        assert_eq!(range(base + 1, 2 * HUGE), Some((base + HUGE, HUGE)));
-        assert_eq!(range(base + 1, 3 * HUGE), Some((base + HUGE, 2 * HUGE)));
-        assert_eq!(
-            range(base, 2 * HUGE - 1),
-            None,
-            "small buffers are left alone"
-        );
     }
 
     #[test]

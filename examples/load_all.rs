@@ -73,7 +73,8 @@ fn parallel_memcpy(path: &str, huge: bool) -> Result<usize, Box<dyn std::error::
                 scope.spawn(move || {
                     let mut to = vec![0u8; from.len()];
                     if huge {
-                        advise_huge_pages(&mut to);
+                        // The advice ptload gives its own big copies.
+                        ptload::source::prefer_huge_pages(&to);
                     }
                     to.copy_from_slice(from);
                     to
@@ -84,18 +85,3 @@ fn parallel_memcpy(path: &str, huge: bool) -> Result<usize, Box<dyn std::error::
     });
     Ok(copies.iter().map(Vec::len).sum())
 }
-
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(buffer: &mut [u8]) {
-    const HUGE: usize = 2 << 20;
-    let start = (buffer.as_ptr() as usize).next_multiple_of(HUGE);
-    let end = (buffer.as_ptr() as usize + buffer.len()) / HUGE * HUGE;
-    if end > start {
-        // SAFETY: a range inside `buffer`; the advice changes how pages are backed, not what
-        // they hold.
-        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn advise_huge_pages(_: &mut [u8]) {}

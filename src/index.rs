@@ -189,7 +189,7 @@ impl Loader {
             })
             .collect();
         let root = Value::Dict(Box::new(Dict {
-            class: "collections.OrderedDict".to_owned(),
+            class: "collections.OrderedDict".into(),
             items,
             attributes: Vec::new(),
         }));

@@ -344,14 +344,14 @@ impl Loader {
     /// A path that is a folder with a `.metadata` file loads as a distributed checkpoint.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(&self, path: impl AsRef<std::path::Path>) -> Result<Checkpoint> {
-        if path.as_ref().join(".metadata").is_file() {
-            return self.open_dcp(path)?.load(); // a distributed checkpoint (crate::dcp)
-        }
-        if crate::index::is_index(path.as_ref()) && path.as_ref().is_file() {
+        let path = path.as_ref();
+        if crate::index::is_index(path) && path.is_file() {
             return self.load_index(path); // a sharded checkpoint (crate::index)
         }
-        let source = Source::open(path)?;
-        self.load_source(source)
+        match Source::open_unless_folder(path)? {
+            Some(source) => self.load_source(source),
+            None => self.open_dcp(path)?.load(), // a distributed checkpoint (crate::dcp)
+        }
     }
 
     /// Loads a checkpoint from bytes the caller hands over (`Vec<u8>`, `Arc<[u8]>`,
@@ -416,6 +416,7 @@ impl Loader {
         // One job list per device, in storage order. A job borrows its storage's key and
         // record by taking them (the key goes back once placed; the record is not kept).
         let mut groups: Vec<(Device, Vec<PlacementJob>)> = Vec::new();
+        let storage_count = plan.storages.len();
         for (index, planned) in plan.storages.iter_mut().enumerate() {
             if planned.device == Device::Meta {
                 continue;
@@ -434,7 +435,11 @@ impl Loader {
             };
             match groups.iter_mut().find(|(d, _)| *d == planned.device) {
                 Some((_, jobs)) => jobs.push(job),
-                None => groups.push((planned.device.clone(), vec![job])),
+                None => {
+                    let mut jobs = Vec::with_capacity(storage_count - index);
+                    jobs.push(job);
+                    groups.push((planned.device.clone(), jobs))
+                }
             }
         }
         let total = groups

@@ -48,19 +48,29 @@ impl Source {
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: impl AsRef<std::path::Path>) -> Result<Self> {
         let path = path.as_ref();
+        Self::open_unless_folder(path)?
+            .ok_or_else(|| directory_error(path).in_file(&path.display().to_string()))
+    }
+
+    /// [`Source::open`], or `None` when `path` is a torch.distributed.checkpoint folder (with a
+    /// `.metadata` file), which the loader reads as such. One `open` and one `fstat` for a file.
+    pub(crate) fn open_unless_folder(path: &std::path::Path) -> Result<Option<Self>> {
         let name = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| crate::Error::from(e).in_file(&name))?;
         let metadata = file
             .metadata()
             .map_err(|e| crate::Error::from(e).in_file(&name))?;
         // A directory is refused here, naming the checkpoint in it, unless it is a
-        // torch.distributed.checkpoint folder (`.metadata`), which the loader reads as such.
-        if metadata.is_dir() && !path.join(".metadata").exists() {
+        // torch.distributed.checkpoint folder.
+        if metadata.is_dir() {
+            if path.join(".metadata").is_file() {
+                return Ok(None);
+            }
             return Err(directory_error(path).in_file(&name));
         }
         let len = metadata.len();
         if len == 0 {
-            return Ok(Source::from_bytes(name, Vec::new()));
+            return Ok(Some(Source::from_bytes(name, Vec::new())));
         }
         #[cfg(feature = "mmap")]
         {
@@ -68,15 +78,23 @@ impl Source {
             // (safetensors, torch's mmap=True), truncating or rewriting the file while the
             // checkpoint is alive is undefined behaviour; callers who cannot rule that out should
             // read the file into memory and use `Source::from_bytes`.
-            let map = unsafe { memmap2::Mmap::map(&file) }
-                .map_err(|e| crate::Error::from(e).in_file(&name))?;
+            // The length is the one just read: no second `fstat`.
+            let map = usize::try_from(len)
+                .map_err(|_| {
+                    crate::Error::from(std::io::Error::from(std::io::ErrorKind::OutOfMemory))
+                })
+                .and_then(|len| {
+                    unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
+                        .map_err(crate::Error::from)
+                })
+                .map_err(|e| e.in_file(&name))?;
             #[cfg(unix)]
-            return Ok(Source {
+            return Ok(Some(Source {
                 file: Some(Arc::new(file)),
                 ..Source::from_bytes(name, map)
-            });
+            }));
             #[cfg(not(unix))]
-            Ok(Source::from_bytes(name, map))
+            Ok(Some(Source::from_bytes(name, map)))
         }
         #[cfg(not(feature = "mmap"))]
         {
@@ -84,7 +102,7 @@ impl Source {
             let mut bytes = Vec::with_capacity(len as usize);
             std::io::Read::read_to_end(&mut file, &mut bytes)
                 .map_err(|e| crate::Error::from(e).in_file(&name))?;
-            Ok(Source::from_bytes(name, bytes))
+            Ok(Some(Source::from_bytes(name, bytes)))
         }
     }
 

@@ -18,7 +18,7 @@ fn root(pickle: Vec<u8>) -> Result<Value, String> {
 }
 
 /// `{'a': 1, 'b': 2}` as a dict of `class`.
-fn a1_b2(class: &str) -> Value {
+fn a1_b2(class: &'static str) -> Value {
     Value::Dict(Box::new(ptload::Dict {
         class: class.into(),
         items: vec![

@@ -105,7 +105,7 @@ fn describe(arena: &Arena, id: NodeId) -> String {
     match arena.get(id) {
         Node::Int(i) => i.to_string(),
         Node::BigInt(b) => bigint_to_decimal(b),
-        Node::Str(s) => format!("{s:?}"),
+        Node::Str(s) => format!("{:?}", arena.text(*s)),
         _ => arena.kind_name(id).to_owned(),
     }
 }
@@ -119,11 +119,11 @@ pub fn read_records(
     element_sizes: &HashMap<String, (usize, u64)>,
 ) -> Result<HashMap<String, Record>> {
     let (arena, root, mut pos) = plain_pickle(data, at, "storage key list")?;
-    let keys: Vec<String> = match arena.get(root) {
-        Node::List(items) | Node::Tuple(items) => items
+    let keys: Vec<String> = match arena.sequence(root) {
+        Some(items) => items
             .iter()
             .map(|&k| match arena.get(k) {
-                Node::Str(s) => Ok(s.clone()),
+                Node::Str(s) => Ok(arena.text(*s).to_owned()),
                 Node::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
                 Node::Int(i) => Ok(i.to_string()),
                 _ => Err(Error::unsupported(format!(

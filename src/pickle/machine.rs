@@ -6,7 +6,7 @@
 //! [`Arena`]. Every length the input declares is checked against the bytes that remain before
 //! anything is allocated, so memory stays proportional to the input.
 
-use super::value::{decimal_to_bigint, Arena, Call, CallKind, GlobalName, Node, NodeId};
+use super::value::{decimal_to_bigint, Arena, Call, CallKind, GlobalName, Node, NodeId, Span};
 use super::{opcode_name, Hooks, LimitHit, PickleError, PickleLimits, StringEncoding};
 
 /// Runs one pickle to its `STOP` and returns the id of the result.
@@ -30,6 +30,11 @@ pub struct Machine<'a, H: Hooks> {
 }
 
 type Result<T> = std::result::Result<T, PickleError>;
+
+/// The most stack slots a machine makes room for before it runs.
+const STACK_RESERVED: usize = 2048 + 8;
+/// The most memo entries a machine makes room for before it runs.
+const MEMO_RESERVED: usize = 1 << 16;
 
 /// The memo: index → node. Picklers number their entries 0, 1, 2, … in order, so those live in
 /// a vector; any other index (a hostile `LONG_BINPUT 4000000000`) goes to a hash map, so an index
@@ -87,9 +92,14 @@ impl<'a, H: Hooks> Machine<'a, H> {
             pos: 0,
             op_pos: 0,
             op: 0,
-            stack: Vec::new(),
+            // Torch's pickles set items in batches of 1000 pairs: room for one batch, less for
+            // small pickles.
+            stack: Vec::with_capacity((input.len() / 8).min(STACK_RESERVED)),
             marks: Vec::new(),
-            memo: Memo::default(),
+            memo: Memo {
+                dense: Vec::with_capacity((input.len() / 16).min(MEMO_RESERVED)),
+                ..Memo::default()
+            },
             memo_rebinds: 0,
             dups: 0,
             arena,
@@ -226,6 +236,25 @@ impl<'a, H: Hooks> Machine<'a, H> {
         Ok(self.stack.pop().unwrap_or_default())
     }
 
+    /// Where the top `n` items start, when a target lies below them (all above the last mark):
+    /// the target is `stack[at - 1]`.
+    fn above_target(&self, n: usize) -> Result<usize> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if self.stack.len() <= floor + n {
+            return Err(self.err("unpickling stack underflow"));
+        }
+        Ok(self.stack.len() - n)
+    }
+
+    /// The item just below `at` (a mark just popped), which must lie above the last mark left.
+    fn below(&self, at: usize) -> Result<NodeId> {
+        let floor = self.marks.last().copied().unwrap_or(0);
+        if at <= floor {
+            return Err(self.err("unpickling stack underflow"));
+        }
+        Ok(self.stack[at - 1])
+    }
+
     fn top(&self) -> Result<NodeId> {
         let floor = self.marks.last().copied().unwrap_or(0);
         if self.stack.len() <= floor {
@@ -235,10 +264,28 @@ impl<'a, H: Hooks> Machine<'a, H> {
     }
 
     fn pop_mark(&mut self) -> Result<Vec<NodeId>> {
-        match self.marks.pop() {
-            Some(at) => Ok(self.stack.split_off(at)),
-            None => Err(self.err("could not find MARK")),
-        }
+        let at = self.pop_mark_at()?;
+        Ok(self.stack.split_off(at))
+    }
+
+    /// Pops the last mark; the items above it are `self.stack[at..]`, for the caller to take
+    /// (and truncate) without a vector of their own.
+    fn pop_mark_at(&mut self) -> Result<usize> {
+        self.marks
+            .pop()
+            .ok_or_else(|| self.err("could not find MARK"))
+    }
+
+    /// A tuple of the stack's items from `at` on, which leave the stack.
+    fn push_tuple_from(&mut self, at: usize) -> Result<()> {
+        let node = self.arena.tuple_node(&self.stack[at..]);
+        self.stack.truncate(at);
+        self.push_node(node)
+    }
+
+    fn push_str(&mut self, text: &str) -> Result<()> {
+        let node = self.arena.str_node(text);
+        self.push_node(node)
     }
 
     fn memo_put(&mut self, index: u64) -> Result<()> {
@@ -277,7 +324,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
 
     fn py2_string(&mut self, bytes: Vec<u8>) -> Result<()> {
         let node = match super::decode_py2_string(bytes, self.encoding) {
-            Ok(super::Decoded::Str(s)) => Node::Str(s),
+            Ok(super::Decoded::Str(s)) => self.arena.str_node(&s),
             Ok(super::Decoded::Bytes(b)) => Node::Bytes(b),
             Err(m) => {
                 return Err(self.err(format!(
@@ -295,7 +342,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
         kwargs: Option<NodeId>,
         kind: CallKind,
     ) -> Result<()> {
-        self.push_node(Node::Call(Box::new(Call {
+        let node = self.arena.call_node(Call {
             callable,
             args,
             kwargs,
@@ -303,51 +350,49 @@ impl<'a, H: Hooks> Machine<'a, H> {
             state: Vec::new(),
             list_items: Vec::new(),
             dict_items: Vec::new(),
-        })))
+        });
+        self.push_node(node)
     }
 
-    fn append(&mut self, target: NodeId, items: Vec<NodeId>) -> Result<()> {
-        match self.arena.get_mut(target) {
-            Node::List(list) => list.extend(items),
-            Node::Call(call) => call.list_items.extend(items),
+    /// Appends the stack's items from `at` on (which leave the stack) to `target`.
+    fn append(&mut self, target: NodeId, at: usize) -> Result<()> {
+        let items = &self.stack[at..];
+        match *self.arena.get_mut(target) {
+            Node::List(ref mut list) => list.extend_from_slice(items),
+            Node::Call(call) => self
+                .arena
+                .call_mut(call)
+                .list_items
+                .extend_from_slice(items),
             _ => {
                 let kind = self.arena.kind_name(target);
                 return Err(self.err(format!("cannot append to a {kind}")));
             }
         }
+        self.stack.truncate(at);
         Ok(())
     }
 
-    fn set_items(&mut self, target: NodeId, flat: Vec<NodeId>) -> Result<()> {
+    /// Sets the stack's items from `at` on (key, value, key, value, …; they leave the stack)
+    /// on `target`.
+    fn set_items(&mut self, target: NodeId, at: usize) -> Result<()> {
+        let flat = &self.stack[at..];
         if flat.len() % 2 != 0 {
             return Err(self.err("odd number of items for SETITEMS"));
         }
         let pairs = flat.chunks_exact(2).map(|c| (c[0], c[1]));
-        match self.arena.get(target) {
-            Node::Dict(_) => {
-                for (k, v) in pairs {
-                    self.dict_insert(target, k, v);
-                }
-            }
-            Node::Call(_) => {
-                if let Node::Call(call) = self.arena.get_mut(target) {
-                    call.dict_items.extend(pairs);
-                }
-            }
+        match *self.arena.get_mut(target) {
+            // Repeated keys are kept here and merged when the tree is built (later layers know
+            // key equality; doing it here would cost a scan per insert).
+            Node::Dict(ref mut items) => items.extend(pairs),
+            Node::Call(call) => self.arena.call_mut(call).dict_items.extend(pairs),
             _ => {
                 let kind = self.arena.kind_name(target);
                 return Err(self.err(format!("cannot set items on a {kind}")));
             }
         }
+        self.stack.truncate(at);
         Ok(())
-    }
-
-    /// Appends to a dict node. Repeated keys are kept here and merged when the tree is built
-    /// (later layers know key equality; doing it here would cost a scan per insert).
-    fn dict_insert(&mut self, dict: NodeId, key: NodeId, value: NodeId) {
-        if let Node::Dict(items) = self.arena.get_mut(dict) {
-            items.push((key, value));
-        }
     }
 
     /// Executes opcodes until `STOP` and returns the result's id.
@@ -388,7 +433,8 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     self.pop()?;
                 }
                 b'1' => {
-                    self.pop_mark()?;
+                    let at = self.pop_mark_at()?;
+                    self.stack.truncate(at);
                 }
                 b'2' => {
                     let top = self.top()?;
@@ -465,13 +511,13 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     let bytes = self.take(n)?;
                     let s = std::str::from_utf8(bytes)
                         .map_err(|_| self.err("a str is not valid UTF-8"))?;
-                    self.push_node(Node::Str(s.to_owned()))?
+                    self.push_str(s)?
                 }
                 b'V' => {
                     let line = self.line()?;
                     let s = raw_unicode_escape(line)
                         .ok_or_else(|| self.err("invalid UNICODE literal"))?;
-                    self.push_node(Node::Str(s))?
+                    self.push_str(&s)?
                 }
                 b'U' | b'T' => {
                     let n = if op == b'U' {
@@ -509,19 +555,18 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     self.top()?;
                 }
                 // --- containers
-                b')' => self.push_node(Node::Tuple(Vec::new()))?,
+                b')' => self.push_node(Node::Tuple(Span::default()))?,
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let floor = self.marks.last().copied().unwrap_or(0);
                     if self.stack.len() < floor + n {
                         return Err(self.err("unpickling stack underflow"));
                     }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.push_node(Node::Tuple(items))?
+                    self.push_tuple_from(self.stack.len() - n)?
                 }
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.push_node(Node::Tuple(items))?
+                    let at = self.pop_mark_at()?;
+                    self.push_tuple_from(at)?
                 }
                 b']' => self.push_node(Node::List(Vec::new()))?,
                 b'l' => {
@@ -530,13 +575,16 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 }
                 b'}' => self.push_node(Node::Dict(Vec::new()))?,
                 b'd' => {
-                    let flat = self.pop_mark()?;
-                    if flat.len() % 2 != 0 {
+                    let at = self.pop_mark_at()?;
+                    if (self.stack.len() - at) % 2 != 0 {
                         return Err(self.err("odd number of items for DICT"));
                     }
-                    let id = self.new_node(Node::Dict(Vec::new()))?;
-                    self.set_items(id, flat)?;
-                    self.stack.push(id);
+                    let pairs = self.stack[at..]
+                        .chunks_exact(2)
+                        .map(|c| (c[0], c[1]))
+                        .collect();
+                    self.stack.truncate(at);
+                    self.push_node(Node::Dict(pairs))?
                 }
                 0x8f => self.push_node(Node::Set(Vec::new()))?,
                 0x91 => {
@@ -555,25 +603,22 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     }
                 }
                 b'a' => {
-                    let item = self.pop()?;
-                    let target = self.top()?;
-                    self.append(target, vec![item])?
+                    let at = self.above_target(1)?;
+                    self.append(self.stack[at - 1], at)?
                 }
                 b'e' => {
-                    let items = self.pop_mark()?;
-                    let target = self.top()?;
-                    self.append(target, items)?
+                    let at = self.pop_mark_at()?;
+                    let target = self.below(at)?;
+                    self.append(target, at)?
                 }
                 b's' => {
-                    let value = self.pop()?;
-                    let key = self.pop()?;
-                    let target = self.top()?;
-                    self.set_items(target, vec![key, value])?
+                    let at = self.above_target(2)?;
+                    self.set_items(self.stack[at - 1], at)?
                 }
                 b'u' => {
-                    let flat = self.pop_mark()?;
-                    let target = self.top()?;
-                    self.set_items(target, flat)?
+                    let at = self.pop_mark_at()?;
+                    let target = self.below(at)?;
+                    self.set_items(target, at)?
                 }
                 // --- memo
                 b'p' => {
@@ -666,27 +711,31 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     self.call(cls, args, Some(kwargs), CallKind::NewObj)?
                 }
                 b'o' => {
-                    let mut items = self.pop_mark()?;
-                    if items.is_empty() {
+                    let at = self.pop_mark_at()?;
+                    if self.stack.len() == at {
                         return Err(self.err("OBJ without a class"));
                     }
-                    let cls = items.remove(0);
-                    let args = self.new_node(Node::Tuple(items))?;
+                    let cls = self.stack[at];
+                    let node = self.arena.tuple_node(&self.stack[at + 1..]);
+                    self.stack.truncate(at);
+                    let args = self.new_node(node)?;
                     self.call(cls, args, None, CallKind::Inst)?
                 }
                 b'i' => {
                     let module = self.line_str()?;
                     let name = self.line_str()?;
-                    let items = self.pop_mark()?;
+                    let at = self.pop_mark_at()?;
                     let cls = self.global(module, name)?;
-                    let args = self.new_node(Node::Tuple(items))?;
+                    let node = self.arena.tuple_node(&self.stack[at..]);
+                    self.stack.truncate(at);
+                    let args = self.new_node(node)?;
                     self.call(cls, args, None, CallKind::Inst)?
                 }
                 b'b' => {
                     let state = self.pop()?;
                     let target = self.top()?;
-                    match self.arena.get_mut(target) {
-                        Node::Call(call) => call.state.push(state),
+                    match *self.arena.get(target) {
+                        Node::Call(call) => self.arena.call_mut(call).state.push(state),
                         _ => {
                             let kind = self.arena.kind_name(target);
                             return Err(self.err(format!("BUILD on a {kind} is not supported")));
@@ -703,8 +752,9 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     self.stack.push(id);
                 }
                 b'P' => {
-                    let text = self.line_str()?.to_owned();
-                    let pid = self.new_node(Node::Str(text))?;
+                    let text = self.line_str()?;
+                    let node = self.arena.str_node(text);
+                    let pid = self.new_node(node)?;
                     let id = self
                         .hooks
                         .persistent_load(self.arena, pid)
@@ -940,7 +990,7 @@ mod tests {
             panic!()
         };
         assert_eq!(arena.get(items[0]), &Node::Int(1));
-        assert_eq!(arena.get(items[1]), &Node::Str("a".into()));
+        assert_eq!(arena.str(items[1]), Some("a"));
         assert_eq!(arena.get(items[2]), &Node::Float(2.5));
         assert_eq!(arena.get(items[3]), &Node::Bool(true));
     }

@@ -11,6 +11,30 @@
 /// Index of a node in its [`Arena`].
 pub type NodeId = u32;
 
+/// Where a str's text or a tuple's items lie in their [`Arena`]'s pools: texts and tuples never
+/// change once made, so they share two buffers instead of an allocation each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    start: usize,
+    len: usize,
+}
+
+impl Span {
+    /// Number of bytes (a str) or items (a tuple).
+    pub fn len(self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(self) -> bool {
+        self.len == 0
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start..self.start + self.len
+    }
+}
+
 /// How a [`Call`] node was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallKind {
@@ -63,16 +87,16 @@ pub enum Node {
     BigInt(Vec<u8>),
     /// A float.
     Float(f64),
-    /// A str (and py2 strings decoded as text).
-    Str(String),
+    /// A str (and py2 strings decoded as text): its text is [`Arena::text`] of the span.
+    Str(Span),
     /// A bytes object (and py2 strings kept as bytes).
     Bytes(Vec<u8>),
     /// A bytearray (protocol 5 `BYTEARRAY8`).
     ByteArray(Vec<u8>),
     /// A list.
     List(Vec<NodeId>),
-    /// A tuple.
-    Tuple(Vec<NodeId>),
+    /// A tuple: its items are [`Arena::items`] of the span.
+    Tuple(Span),
     /// A dict, in insertion order; a repeated key replaces the earlier value in place.
     Dict(Vec<(NodeId, NodeId)>),
     /// A set (`EMPTY_SET` + `ADDITEMS`).
@@ -82,16 +106,23 @@ pub enum Node {
     /// A global name (`GLOBAL`, `STACK_GLOBAL`, `INST`), as the find_class hook returned it
     /// (boxed: globals are few, and every other node is smaller without it inline).
     Global(Box<GlobalName>),
-    /// A call or object construction, recorded, never performed.
-    Call(Box<Call>),
+    /// A call or object construction, recorded, never performed: [`Arena::call`] of the index.
+    Call(u32),
     /// An opaque value made by the persistent_load hook (e.g. a storage handle).
     External(u64),
 }
 
-/// The node store: ids are indices into it.
+/// The node store: ids are indices into it. Texts, tuples' items and calls live in pools of
+/// their own, so a node is small and most nodes cost no allocation of their own.
 #[derive(Debug, Default)]
 pub struct Arena {
     nodes: Vec<Node>,
+    /// Every str's text, one after another ([`Node::Str`] spans).
+    texts: String,
+    /// Every tuple's items, one after another ([`Node::Tuple`] spans).
+    items: Vec<NodeId>,
+    /// Every call ([`Node::Call`] indices).
+    calls: Vec<Call>,
 }
 
 impl Arena {
@@ -127,6 +158,54 @@ impl Arena {
         self.nodes.reserve(additional);
     }
 
+    /// A str node holding a copy of `text` (not yet pushed).
+    pub fn str_node(&mut self, text: &str) -> Node {
+        let start = self.texts.len();
+        self.texts.push_str(text);
+        Node::Str(Span {
+            start,
+            len: text.len(),
+        })
+    }
+
+    /// A tuple node holding a copy of `items` (not yet pushed).
+    pub fn tuple_node(&mut self, items: &[NodeId]) -> Node {
+        let start = self.items.len();
+        self.items.extend_from_slice(items);
+        Node::Tuple(Span {
+            start,
+            len: items.len(),
+        })
+    }
+
+    /// A call node (not yet pushed).
+    pub fn call_node(&mut self, call: Call) -> Node {
+        // Calls are fewer than nodes, whose count the machine keeps within `u32`.
+        let index = self.calls.len() as u32;
+        self.calls.push(call);
+        Node::Call(index)
+    }
+
+    /// The text of a str node's span.
+    pub fn text(&self, span: Span) -> &str {
+        &self.texts[span.range()]
+    }
+
+    /// The items of a tuple node's span.
+    pub fn items(&self, span: Span) -> &[NodeId] {
+        &self.items[span.range()]
+    }
+
+    /// The call of a call node's index.
+    pub fn call(&self, index: u32) -> &Call {
+        &self.calls[index as usize]
+    }
+
+    /// The call of a call node's index, mutably.
+    pub fn call_mut(&mut self, index: u32) -> &mut Call {
+        &mut self.calls[index as usize]
+    }
+
     /// Number of nodes.
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -140,7 +219,16 @@ impl Arena {
     /// A node's items when it is a tuple, else `None`.
     pub fn tuple(&self, id: NodeId) -> Option<&[NodeId]> {
         match self.get(id) {
-            Node::Tuple(items) => Some(items),
+            Node::Tuple(span) => Some(self.items(*span)),
+            _ => None,
+        }
+    }
+
+    /// A node's items when it is a list or a tuple, else `None`.
+    pub fn sequence(&self, id: NodeId) -> Option<&[NodeId]> {
+        match self.get(id) {
+            Node::List(items) => Some(items),
+            Node::Tuple(span) => Some(self.items(*span)),
             _ => None,
         }
     }
@@ -148,7 +236,7 @@ impl Arena {
     /// A node's text when it is a str, else `None`.
     pub fn str(&self, id: NodeId) -> Option<&str> {
         match self.get(id) {
-            Node::Str(s) => Some(s),
+            Node::Str(span) => Some(self.text(*span)),
             _ => None,
         }
     }

@@ -76,7 +76,7 @@ impl Loader {
             items.push((Value::Str(name), Value::Tensor(Box::new(meta))));
         }
         let root = Value::Dict(Box::new(Dict {
-            class: "collections.OrderedDict".to_owned(),
+            class: "collections.OrderedDict".into(),
             items,
             attributes: Vec::new(),
         }));

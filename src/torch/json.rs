@@ -328,7 +328,7 @@ mod tests {
 
     fn dict(class: &str, items: Vec<(Value, Value)>) -> Value {
         Value::Dict(Box::new(Dict {
-            class: class.into(),
+            class: class.to_owned().into(),
             items,
             attributes: vec![("_metadata".into(), Value::None)],
         }))

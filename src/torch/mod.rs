@@ -139,6 +139,9 @@ fn run_pickle(
     table: StorageTable,
 ) -> Result<(Arena, NodeId, usize, StorageTable)> {
     let mut arena = Arena::new();
+    let mut table = table;
+    // A torch pickle spends some 150 bytes per storage it names: room for them up front.
+    table.reserve(bytes.len().min(MAX_STORAGES_RESERVED * 150) / 150);
     let mut hooks = TorchHooks {
         weights_only: options.weights_only,
         torchscript: options.torchscript,
@@ -168,6 +171,9 @@ fn run_pickle(
         }),
     }
 }
+
+/// The most storages [`run_pickle`] makes room for before it runs.
+const MAX_STORAGES_RESERVED: usize = 1 << 16;
 
 /// [`parse_pickle`] with storages (and tar objects) already known.
 #[doc(hidden)]

@@ -56,32 +56,43 @@ impl<'v> KeyRepr<'v> {
 }
 
 /// Finds, among the items kept so far, the one a new key equals as Python compares them: one
-/// hash lookup per item, and no copy of any key.
+/// hash lookup per item, and no copy of any key. The few items of a small dict (most of them:
+/// a module's `{'version': 1}`) are scanned instead, with no table built.
 #[derive(Default)]
 struct EqualIndex {
     hasher: foldhash::fast::RandomState,
     /// A key's hash → the position of the first kept item with that hash.
     first: foldhash::HashMap<u64, usize>,
+    /// How many kept items `first` has seen.
+    indexed: usize,
 }
 
+/// Up to this many kept items, [`EqualIndex`] scans them.
+const SCANNED_KEYS: usize = 8;
+
 impl EqualIndex {
-    /// The position in `kept` of an item whose key (`key_of`) equals `key`; when there is none
-    /// and `key` compares by value, its position is recorded as `kept.len()` (the caller keeps
-    /// it there).
+    /// The position in `kept` of an item whose key (`key_of`) equals `key`. Items are only
+    /// ever added to the end of `kept`.
     fn find<T>(&mut self, kept: &[T], key_of: fn(&T) -> &Value, key: &Value) -> Option<usize> {
         use std::hash::BuildHasher;
         let repr = KeyRepr::of(key)?;
-        let hash = self.hasher.hash_one(repr);
-        match self.first.get(&hash) {
-            Some(&at) if KeyRepr::of(key_of(&kept[at])) == Some(repr) => Some(at),
-            // Two keys with one 64-bit hash: rare enough for a scan.
-            Some(_) => kept
-                .iter()
-                .position(|item| KeyRepr::of(key_of(item)) == Some(repr)),
-            None => {
-                self.first.insert(hash, kept.len());
-                None
+        let equal = |item: &T| KeyRepr::of(key_of(item)) == Some(repr);
+        if kept.len() <= SCANNED_KEYS {
+            return kept.iter().position(equal);
+        }
+        for (at, item) in kept.iter().enumerate().skip(self.indexed) {
+            if let Some(kept_repr) = KeyRepr::of(key_of(item)) {
+                self.first
+                    .entry(self.hasher.hash_one(kept_repr))
+                    .or_insert(at);
             }
+        }
+        self.indexed = kept.len();
+        match self.first.get(&self.hasher.hash_one(repr)) {
+            Some(&at) if equal(&kept[at]) => Some(at),
+            // Two keys with one 64-bit hash: rare enough for a scan.
+            Some(_) => kept.iter().position(equal),
+            None => None,
         }
     }
 }
@@ -240,11 +251,11 @@ impl<'a> Interpreter<'a> {
             Node::Int(i) => Value::Int(*i),
             Node::BigInt(bytes) => Value::BigInt(bigint_to_decimal(bytes)),
             Node::Float(x) => Value::Float(*x),
-            Node::Str(s) => Value::Str(s.clone()),
+            Node::Str(s) => Value::Str(arena.text(*s).to_owned()),
             Node::Bytes(b) => Value::Bytes(b.clone()),
             Node::ByteArray(b) => Value::ByteArray(b.clone()),
             Node::List(items) => Value::List(self.seq(items, depth)?),
-            Node::Tuple(items) => Value::Tuple(self.seq(items, depth)?),
+            Node::Tuple(items) => Value::Tuple(self.seq(arena.items(*items), depth)?),
             Node::Set(items) => Value::Set(distinct(self.seq(items, depth)?)),
             Node::FrozenSet(items) => Value::FrozenSet(distinct(self.seq(items, depth)?)),
             Node::Dict(items) => Value::Dict(Box::new(Dict {
@@ -257,7 +268,7 @@ impl<'a> Interpreter<'a> {
                 External::Storage(view) => Value::Storage(view.id),
                 External::Tensor(meta) => Value::Tensor(meta.clone()),
             },
-            Node::Call(call) => self.call(call, depth)?,
+            Node::Call(call) => self.call(arena.call(*call), depth)?,
         })
     }
 
@@ -310,8 +321,14 @@ impl<'a> Interpreter<'a> {
             }
         };
         match (module, name) {
-            ("collections", "OrderedDict" | "Counter" | "defaultdict") => {
-                self.dict_object(module, name, call, depth)
+            // One of these per tensor (its backward hooks) in every state dict: the class
+            // name is static, no allocation.
+            ("collections", "OrderedDict") => {
+                self.dict_object("collections.OrderedDict", call, depth)
+            }
+            ("collections", "Counter") => self.dict_object("collections.Counter", call, depth),
+            ("collections", "defaultdict") => {
+                self.dict_object("collections.defaultdict", call, depth)
             }
             ("torch._utils", "_rebuild_tensor_v2")
                 if self.plain_rebuild_v2(call, depth).is_some() =>
@@ -461,13 +478,9 @@ impl<'a> Interpreter<'a> {
         }
     }
 
-    fn dict_object(
-        &mut self,
-        module: &str,
-        name: &str,
-        call: &Call,
-        depth: usize,
-    ) -> Result<Value> {
+    /// `class` is `collections.` and one of `OrderedDict`, `Counter`, `defaultdict`.
+    fn dict_object(&mut self, class: &'static str, call: &Call, depth: usize) -> Result<Value> {
+        let (module, name) = class.split_once('.').unwrap_or(("", class));
         let args = self.args(call, depth)?;
         let mut items = Vec::new();
         match args.into_iter().next() {
@@ -502,13 +515,8 @@ impl<'a> Interpreter<'a> {
                 other => attributes.push(("__state__".into(), other)),
             }
         }
-        // Not format!: one of these per tensor (its backward hooks) in every state dict.
-        let mut class = String::with_capacity(module.len() + 1 + name.len());
-        class.push_str(module);
-        class.push('.');
-        class.push_str(name);
         Ok(Value::Dict(Box::new(Dict {
-            class,
+            class: class.into(),
             items,
             attributes,
         })))
@@ -568,9 +576,10 @@ impl<'a> Interpreter<'a> {
     /// Whether `id` is `collections.OrderedDict()` with nothing added: it converts to one
     /// value, an empty dict, whatever the limits (depth aside, which the caller checked).
     fn is_empty_ordered_dict(&self, id: NodeId) -> bool {
-        let Node::Call(call) = self.arena.get(id) else {
+        let Node::Call(call) = *self.arena.get(id) else {
             return false;
         };
+        let call = self.arena.call(call);
         self.arena.global(call.callable) == Some(("collections", "OrderedDict"))
             && self
                 .arena

@@ -89,7 +89,7 @@ impl StorageTable {
         // Tar checkpoints: the id is the decimal key of a storage or tensor read beforehand.
         if !self.by_id.is_empty() {
             let key = match arena.get(pid) {
-                Node::Str(s) => Some(s.clone()),
+                Node::Str(s) => Some(arena.text(*s).to_owned()),
                 Node::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
                 Node::Int(i) => Some(i.to_string()),
                 _ => None,
@@ -105,8 +105,8 @@ impl StorageTable {
         // Protocol 0 can only write text persistent ids, so torch.save(..., pickle_protocol=0)
         // writes the tuple's repr, which torch itself cannot load back. Read it.
         let pid = match arena.get(pid) {
-            Node::Str(text) if text.starts_with("('storage',") => {
-                let text = text.clone();
+            Node::Str(text) if arena.text(*text).starts_with("('storage',") => {
+                let text = arena.text(*text).to_owned();
                 parse_pid_repr(arena, &text)
                     .ok_or_else(|| format!("unreadable text persistent id {text:?}"))?
             }
@@ -120,7 +120,7 @@ impl StorageTable {
         };
         let text = |id: NodeId| -> Option<Cow<'_, str>> {
             match arena.get(id) {
-                Node::Str(s) => Some(Cow::Borrowed(s)),
+                Node::Str(s) => Some(Cow::Borrowed(arena.text(*s))),
                 Node::Bytes(b) if b.is_ascii() => Some(String::from_utf8_lossy(b)),
                 Node::Int(i) => Some(Cow::Owned(i.to_string())),
                 _ => None,
@@ -196,6 +196,12 @@ impl StorageTable {
         Ok(self.external(arena, External::Storage(StorageView { id, dtype, untyped })))
     }
 
+    /// Makes room for `additional` more storages (and their persistent-id results).
+    pub fn reserve(&mut self, additional: usize) {
+        self.storages.reserve(additional);
+        self.externals.reserve(additional);
+    }
+
     /// Registers an external object and returns the node that stands for it.
     pub fn external(&mut self, arena: &mut Arena, external: External) -> NodeId {
         self.externals.push(external);
@@ -256,7 +262,7 @@ fn parse_pid_repr(arena: &mut Arena, text: &str) -> Option<NodeId> {
             )
         } else if let Some(r) = rest.strip_prefix('\'') {
             let end = r.find('\'')?;
-            (Node::Str(r[..end].to_owned()), &r[end + 1..])
+            (arena.str_node(&r[..end]), &r[end + 1..])
         } else if let Some(r) = rest.strip_prefix("None") {
             (Node::None, r)
         } else {
@@ -267,7 +273,8 @@ fn parse_pid_repr(arena: &mut Arena, text: &str) -> Option<NodeId> {
         rest = after.trim_start();
         rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
     }
-    Some(arena.push(Node::Tuple(fields)))
+    let tuple = arena.tuple_node(&fields);
+    Some(arena.push(tuple))
 }
 
 #[cfg(test)]

@@ -176,9 +176,9 @@ pub fn parse(
     }
     // Views: slices of a root storage, each its own storage over the same file bytes.
     let (arena, root) = m.pickle()?;
-    let views = match arena.get(root) {
-        Node::List(items) | Node::Tuple(items) => items.clone(),
-        _ => return Err(m.error("the storage views must be a list")),
+    let views = match arena.sequence(root) {
+        Some(items) => items.to_vec(),
+        None => return Err(m.error("the storage views must be a list")),
     };
     for view in views {
         let fields = arena

@@ -149,7 +149,7 @@ pub enum Value {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Dict {
     /// The class: `dict`, `collections.OrderedDict`, `collections.Counter`, …
-    pub class: String,
+    pub class: std::borrow::Cow<'static, str>,
     /// Items in insertion order.
     pub items: Vec<(Value, Value)>,
     /// Attributes (e.g. `_metadata` on a `state_dict()`), in the order set.
@@ -298,19 +298,32 @@ impl Value {
     /// Empties the tree without recursion, so that dropping a tree of any depth cannot
     /// overflow the stack (the derived drop recurses once per level). Leaves `Value::None`.
     pub fn dismantle(&mut self) {
+        // Values that hold no other value (a key, a plain tensor) are dropped at once; only
+        // the others wait on the stack to be emptied.
+        fn sink(stack: &mut Vec<Value>, value: Value) {
+            if value.holds_values() {
+                stack.push(value);
+            }
+        }
         let mut stack = vec![std::mem::replace(self, Value::None)];
         while let Some(mut value) = stack.pop() {
             match &mut value {
                 Value::List(items)
                 | Value::Tuple(items)
                 | Value::Set(items)
-                | Value::FrozenSet(items) => stack.append(items),
+                | Value::FrozenSet(items) => {
+                    for item in items.drain(..) {
+                        sink(&mut stack, item);
+                    }
+                }
                 Value::Dict(d) => {
                     for (k, v) in d.items.drain(..) {
-                        stack.push(k);
-                        stack.push(v);
+                        sink(&mut stack, k);
+                        sink(&mut stack, v);
                     }
-                    stack.extend(d.attributes.drain(..).map(|(_, v)| v));
+                    for (_, v) in d.attributes.drain(..) {
+                        sink(&mut stack, v);
+                    }
                 }
                 Value::Tensor(t) => {
                     stack.extend(t.quantizer.take().map(|q| *q));
@@ -328,6 +341,21 @@ impl Value {
                 _ => {}
             }
             // `value` has no children left: dropping it recurses no further.
+        }
+    }
+
+    /// Whether dropping it drops other values (a container, an object, a tensor with
+    /// quantizer parameters or attributes).
+    fn holds_values(&self) -> bool {
+        match self {
+            Value::List(_)
+            | Value::Tuple(_)
+            | Value::Set(_)
+            | Value::FrozenSet(_)
+            | Value::Dict(_)
+            | Value::Object(_) => true,
+            Value::Tensor(t) => t.quantizer.is_some() || t.attributes.is_some(),
+            _ => false,
         }
     }
 

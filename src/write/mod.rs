@@ -281,7 +281,7 @@ impl Checkpoint {
             });
         }
         let root = Value::Dict(Box::new(crate::Dict {
-            class: "collections.OrderedDict".to_owned(),
+            class: "collections.OrderedDict".into(),
             items,
             attributes: Vec::new(),
         }));

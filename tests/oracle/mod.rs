@@ -224,7 +224,7 @@ fn render_ours(arena: &Arena, id: NodeId, depth: usize) -> Result<String, String
         Node::Int(i) => i.to_string(),
         Node::BigInt(le) => num_bigint::BigInt::from_signed_bytes_le(le).to_string(),
         Node::Float(f) => format!("f{:016x}", f.to_bits()),
-        Node::Str(s) => format!("s{s:?}"),
+        Node::Str(s) => format!("s{:?}", arena.text(*s)),
         Node::Bytes(b) => format!("b{}", hex(b)),
         Node::List(items) => format!(
             "[{}]",
@@ -236,7 +236,8 @@ fn render_ours(arena: &Arena, id: NodeId, depth: usize) -> Result<String, String
         ),
         Node::Tuple(items) => format!(
             "({})",
-            items
+            arena
+                .items(*items)
                 .iter()
                 .map(|&i| r(i))
                 .collect::<Result<Vec<_>, _>>()?

@@ -27,6 +27,19 @@ struct Options {
     files: Vec<PathBuf>,
     /// `--profile N`: only load each file N times with ptload (for a profiler), print nothing.
     profile: usize,
+    /// `--in-memory`: also time ptload on the file's bytes already in memory (no open, map or
+    /// page faults: what the parse itself costs).
+    in_memory: bool,
+}
+
+/// A file's bytes, shared between loads (`Loader::load_bytes` takes ownership of a handle).
+#[derive(Clone)]
+struct SharedBytes(std::sync::Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -36,6 +49,7 @@ fn parse_args() -> Result<Options, String> {
         twins: std::env::temp_dir().join("ptload-peers"),
         files: Vec::new(),
         profile: 0,
+        in_memory: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -47,6 +61,7 @@ fn parse_args() -> Result<Options, String> {
                     Duration::from_secs_f64(value("--cap")?.parse().map_err(|e| format!("{e}"))?)
             }
             "--twins" => options.twins = value("--twins")?.into(),
+            "--in-memory" => options.in_memory = true,
             "--profile" => {
                 options.profile = value("--profile")?.parse().map_err(|e| format!("{e}"))?
             }
@@ -154,6 +169,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ptload_t = best(options.runs, || ptload::load(file).expect("ptload loads"));
         let st_t = best(options.runs, || safetensors_load(&twin));
         let copy_t = best(options.runs, || memcpy(file));
+        if options.in_memory {
+            let bytes = SharedBytes(std::sync::Arc::new(std::fs::read(file)?));
+            let loader = ptload::Loader::new();
+            let in_memory_t = best(options.runs, || {
+                loader.load_bytes(bytes.clone()).expect("ptload loads")
+            });
+            eprintln!(
+                "{}: ptload on the bytes in memory: {}",
+                file.display(),
+                ms(in_memory_t)
+            );
+        }
         let candle_t = match candle(file, options.cap) {
             Some(Ok((took, n))) if n == tensors => ms(took),
             Some(Ok((took, n))) => format!("{} ({n} tensors)", ms(took)),

@@ -104,7 +104,11 @@ impl ZipDirectory {
                 let header = CentralHeader::parse(data, pos)?;
                 let header_offset = pos;
                 pos += header.total_len as u64;
-                let name = String::from_utf8_lossy(header.name).into_owned();
+                // UTF-8 checked first: the lossy conversion is several times slower.
+                let name = match std::str::from_utf8(header.name) {
+                    Ok(name) => name.to_owned(),
+                    Err(_) => String::from_utf8_lossy(header.name).into_owned(),
+                };
                 let prefix = prefix.get_or_insert_with(|| {
                     name.split_once('/')
                         .map(|(p, _)| p.to_owned())

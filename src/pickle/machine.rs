@@ -153,10 +153,27 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 self.pos = end;
                 Ok(s)
             }
-            None => Err(self.err(format!(
-                "needs {n} bytes but only {} remain (truncated pickle?)",
-                self.input.len() - self.pos
-            ))),
+            None => Err(self.truncated(n)),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn truncated(&self, n: usize) -> PickleError {
+        self.err(format!(
+            "needs {n} bytes but only {} remain (truncated pickle?)",
+            self.input.len() - self.pos
+        ))
+    }
+
+    /// The next `N` bytes, as an array.
+    fn array<const N: usize>(&mut self) -> Result<[u8; N]> {
+        match self.input.get(self.pos..self.pos + N) {
+            Some(bytes) => {
+                self.pos += N;
+                Ok(bytes.try_into().unwrap_or([0; N]))
+            }
+            None => Err(self.truncated(N)),
         }
     }
 
@@ -164,18 +181,13 @@ impl<'a, H: Hooks> Machine<'a, H> {
         Ok(self.take(1)?[0])
     }
     fn u16(&mut self) -> Result<u16> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array()?))
     }
     fn u32(&mut self) -> Result<u32> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array()?))
     }
     fn u64(&mut self) -> Result<u64> {
-        let b = self.take(8)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_le_bytes(a))
+        Ok(u64::from_le_bytes(self.array()?))
     }
     fn len_u64(&mut self, declared: u64) -> Result<usize> {
         let remaining = (self.input.len() - self.pos) as u64;

@@ -19,8 +19,10 @@ use crate::archive::{self, ByteOrder, Format, Sniffed};
 use crate::error::{Error, ErrorKind, Result};
 use crate::location::{Device, StorageInfo};
 use crate::source::ByteSource;
+use crate::torch::value::Segment;
 use crate::torch::{self, Dtype, StorageRef, TensorMeta, Value};
 use crate::Loader;
+use std::fmt::Write as _;
 
 impl Loader {
     /// Plans a load: reads the container's directory and pickles from `bytes`, decides every
@@ -190,7 +192,7 @@ fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
 
 /// One container being walked: its children still to visit, and where its path ends.
 struct Frame<'v> {
-    children: Box<dyn Iterator<Item = (String, &'v Value)> + 'v>,
+    children: Box<dyn Iterator<Item = (Segment<'v>, &'v Value)> + 'v>,
     path_len: usize,
     next: u32,
 }
@@ -211,7 +213,7 @@ pub(crate) fn walk_tensors<'v>(
         return;
     }
     let mut stack = vec![Frame {
-        children: value.children(),
+        children: value.child_entries(),
         path_len: path.len(),
         next: 0,
     }];
@@ -226,13 +228,14 @@ pub(crate) fn walk_tensors<'v>(
         if !path.is_empty() {
             path.push('.');
         }
-        path.push_str(&segment);
+        // Written in place: no string per segment.
+        let _ = write!(path, "{segment}");
         positions.truncate(stack.len() - 1);
         positions.push(index);
         match child {
             Value::Tensor(meta) => f(path, &positions, meta),
             _ if child.has_children() => stack.push(Frame {
-                children: child.children(),
+                children: child.child_entries(),
                 path_len: path.len(),
                 next: 0,
             }),

@@ -361,41 +361,46 @@ impl Value {
 
     /// Direct children with their path segments, in file order.
     pub fn children(&self) -> Box<dyn Iterator<Item = (String, &Value)> + '_> {
+        Box::new(
+            self.child_entries()
+                .map(|(segment, child)| (segment.to_string(), child)),
+        )
+    }
+
+    /// [`Value::children`] with each path segment not yet rendered (no allocation per child).
+    pub(crate) fn child_entries(&self) -> Box<dyn Iterator<Item = (Segment<'_>, &Value)> + '_> {
+        fn keyed(items: &[(Value, Value)]) -> impl Iterator<Item = (Segment<'_>, &Value)> {
+            items.iter().map(|(k, v)| (Segment::Key(k), v))
+        }
+        fn indexed(items: &[Value]) -> impl Iterator<Item = (Segment<'_>, &Value)> {
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (Segment::Index(i), v))
+        }
         match self {
             Value::List(items)
             | Value::Tuple(items)
             | Value::Set(items)
-            | Value::FrozenSet(items) => {
-                Box::new(items.iter().enumerate().map(|(i, v)| (i.to_string(), v)))
-            }
-            Value::Dict(d) => Box::new(d.items.iter().map(|(k, v)| (key_segment(k), v))),
+            | Value::FrozenSet(items) => Box::new(indexed(items)),
+            Value::Dict(d) => Box::new(keyed(&d.items)),
             Value::Object(o) => {
-                let state: Box<dyn Iterator<Item = (String, &Value)>> = match &o.state {
-                    Some(Value::Dict(d)) => {
-                        Box::new(d.items.iter().map(|(k, v)| (key_segment(k), v)))
-                    }
+                let state: Box<dyn Iterator<Item = (Segment<'_>, &Value)>> = match &o.state {
+                    Some(Value::Dict(d)) => Box::new(keyed(&d.items)),
                     // (dict, slots) state, as Python's default __reduce_ex__ writes it.
                     Some(Value::Tuple(parts)) => Box::new(parts.iter().flat_map(|p| {
-                        match p {
-                            Value::Dict(d) => d
-                                .items
-                                .iter()
-                                .map(|(k, v)| (key_segment(k), v))
-                                .collect::<Vec<_>>(),
-                            _ => Vec::new(),
-                        }
+                        let items: &[(Value, Value)] = match p {
+                            Value::Dict(d) => &d.items,
+                            _ => &[],
+                        };
+                        keyed(items)
                     })),
                     _ => Box::new(std::iter::empty()),
                 };
                 Box::new(
                     state
-                        .chain(o.dict_items.iter().map(|(k, v)| (key_segment(k), v)))
-                        .chain(
-                            o.list_items
-                                .iter()
-                                .enumerate()
-                                .map(|(i, v)| (i.to_string(), v)),
-                        ),
+                        .chain(keyed(&o.dict_items))
+                        .chain(indexed(&o.list_items)),
                 )
             }
             _ => Box::new(std::iter::empty()),
@@ -403,17 +408,34 @@ impl Value {
     }
 }
 
+/// Where a child sits in its parent ([`Value::child_entries`]): rendered, the path segment of
+/// [`Value::children`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Segment<'v> {
+    /// The `i`-th item of a sequence (or of the items appended to an object).
+    Index(usize),
+    /// The value under a dict key (or an attribute's name).
+    Key(&'v Value),
+}
+
+impl fmt::Display for Segment<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Segment::Index(i) => write!(f, "{i}"),
+            Segment::Key(Value::Str(s)) => f.write_str(s),
+            Segment::Key(Value::Int(i)) => write!(f, "{i}"),
+            Segment::Key(Value::BigInt(s)) => f.write_str(s),
+            Segment::Key(Value::Bool(true)) => f.write_str("True"),
+            Segment::Key(Value::Bool(false)) => f.write_str("False"),
+            Segment::Key(Value::None) => f.write_str("None"),
+            Segment::Key(other) => write!(f, "{other}"),
+        }
+    }
+}
+
 /// The path segment for a dict key: str as is, ints in decimal, bools as Python prints them.
 pub fn key_segment(key: &Value) -> String {
-    match key {
-        Value::Str(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        Value::BigInt(s) => s.clone(),
-        Value::Bool(true) => "True".into(),
-        Value::Bool(false) => "False".into(),
-        Value::None => "None".into(),
-        other => other.to_string(),
-    }
+    Segment::Key(key).to_string()
 }
 
 impl fmt::Display for Value {

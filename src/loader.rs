@@ -518,7 +518,7 @@ pub struct Storage {
     /// Elements of `dtype`.
     pub numel: u64,
     /// The device tag it was saved with.
-    pub location: String,
+    pub location: std::borrow::Cow<'static, str>,
     /// Where it was placed.
     pub device: Device,
     /// Its bytes.

@@ -137,8 +137,8 @@ pub struct StorageInfo {
     pub dtype: Dtype,
     /// Its size in bytes.
     pub nbytes: u64,
-    /// The tag saved with it (`cpu`, `cuda:0`, …).
-    pub location: String,
+    /// The tag saved with it (`cpu`, `cuda:0`, …; the common tags are static, not allocated).
+    pub location: std::borrow::Cow<'static, str>,
 }
 
 impl StorageInfo {
@@ -235,7 +235,7 @@ impl MapLocation {
 
     /// Where the storage `info` goes, by torch's rules, without checking the device exists.
     pub fn resolve(&self, info: &StorageInfo) -> Result<Device> {
-        let saved = info.location.as_str();
+        let saved: &str = &info.location;
         match self {
             MapLocation::With(f) => match f(info, saved) {
                 Some(Placement(device)) => Ok(device),
@@ -390,7 +390,7 @@ mod tests {
             key: "0".into(),
             dtype: Dtype::Float32,
             nbytes: 16,
-            location: location.into(),
+            location: location.to_owned().into(),
         }
     }
 

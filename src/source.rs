@@ -54,6 +54,7 @@ impl Source {
 
     /// [`Source::open`], or `None` when `path` is a torch.distributed.checkpoint folder (with a
     /// `.metadata` file), which the loader reads as such. One `open` and one `fstat` for a file.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn open_unless_folder(path: &std::path::Path) -> Result<Option<Self>> {
         let name = path.display().to_string();
         let file = std::fs::File::open(path).map_err(|e| crate::Error::from(e).in_file(&name))?;

@@ -193,7 +193,7 @@ fn cuda1_maps_to_cuda0_and_callbacks_mix_devices() {
     let mut devices = Vec::new();
     for s in &ckpt.storages {
         devices.push(s.device.to_string());
-        match s.location.as_str() {
+        match &*s.location {
             "cpu" => assert!(s.data.host_bytes().is_some(), "{}", s.key),
             _ => assert!(cuda_buffer(&s.data).is_some(), "{}", s.key),
         }

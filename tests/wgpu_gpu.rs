@@ -142,7 +142,7 @@ fn mixed_mappings_keep_cpu_storages_on_the_host() {
     let mut devices = Vec::new();
     for s in &ckpt.storages {
         devices.push(s.device.to_string());
-        match s.location.as_str() {
+        match &*s.location {
             "cpu" => assert!(s.data.host_bytes().is_some(), "{}", s.key),
             _ => assert!(wgpu_buffer(&s.data).is_some(), "{}", s.key),
         }

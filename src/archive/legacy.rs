@@ -180,7 +180,7 @@ pub fn read_records(
         records.insert(
             key.clone(),
             Record {
-                name: format!("storage {key}"),
+                name: format!("storage {key}").into(),
                 data_offset: start as u64,
                 stored_len: nbytes,
                 size: nbytes,

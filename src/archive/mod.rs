@@ -96,8 +96,9 @@ impl ByteOrder {
 /// Where one record's bytes lie in the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    /// Full name inside the container (`archive/data/0`).
-    pub name: String,
+    /// Full name inside the container (`archive/data/0`), shared by every copy of the record
+    /// (a plan's copy costs no allocation).
+    pub name: std::sync::Arc<str>,
     /// Absolute offset of the (possibly compressed) data.
     pub data_offset: u64,
     /// Bytes the data occupies in the file.

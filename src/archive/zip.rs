@@ -105,9 +105,9 @@ impl ZipDirectory {
                 let header_offset = pos;
                 pos += header.total_len as u64;
                 // UTF-8 checked first: the lossy conversion is several times slower.
-                let name = match std::str::from_utf8(header.name) {
-                    Ok(name) => name.to_owned(),
-                    Err(_) => String::from_utf8_lossy(header.name).into_owned(),
+                let name: std::sync::Arc<str> = match std::str::from_utf8(header.name) {
+                    Ok(name) => name.into(),
+                    Err(_) => String::from_utf8_lossy(header.name).into(),
                 };
                 let prefix = prefix.get_or_insert_with(|| {
                     name.split_once('/')
@@ -255,7 +255,7 @@ impl ZipDirectory {
             .collect();
         let version = digits.parse::<u64>().map_err(|_| {
             Error::new(ErrorKind::Record {
-                record: record.name.clone(),
+                record: record.name.to_string(),
                 offset: record.data_offset,
                 message: format!(
                     "version record holds {:?}, not a number",
@@ -346,7 +346,7 @@ impl Record {
 
     pub(crate) fn error(&self, message: String) -> Error {
         Error::new(ErrorKind::Record {
-            record: self.name.clone(),
+            record: self.name.to_string(),
             offset: self.data_offset,
             message,
         })

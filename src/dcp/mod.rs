@@ -485,7 +485,7 @@ impl DcpFolder {
                     let offset = end.next_multiple_of(64);
                     end = offset + selection.nbytes();
                     let record = Record {
-                        name: entry.fqn.clone(),
+                        name: entry.fqn.as_str().into(),
                         data_offset: offset,
                         stored_len: selection.nbytes(),
                         size: selection.nbytes(),

@@ -281,7 +281,7 @@ pub(crate) mod testing {
                 (Method::Stored, data.clone())
             };
             let record = Record {
-                name: format!("archive/data/{i}"),
+                name: format!("archive/data/{i}").into(),
                 data_offset: file.len() as u64,
                 stored_len: stored.len() as u64,
                 size: len as u64,

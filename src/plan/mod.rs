@@ -86,7 +86,7 @@ impl Loader {
                     // Every view was checked against the declared size; the bytes must match it.
                     if Some(record.size) != storage.nbytes() {
                         return Err(Error::new(ErrorKind::StorageSize {
-                            record: record.name.clone(),
+                            record: record.name.to_string(),
                             offset: record.data_offset,
                             numel: storage.numel,
                             dtype: storage.dtype,
@@ -288,7 +288,7 @@ pub struct PlannedStorage {
     /// Elements of `dtype`.
     pub numel: u64,
     /// The device tag it was saved with.
-    pub location: String,
+    pub location: std::borrow::Cow<'static, str>,
     /// Where it goes.
     pub device: Device,
     /// Where its bytes lie; `None` when nothing needs reading (meta).

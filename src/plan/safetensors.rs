@@ -63,10 +63,10 @@ impl Loader {
                 key: name.clone(),
                 dtype,
                 numel,
-                location: "cpu".to_owned(),
+                location: "cpu".into(),
             });
             records.push(Record {
-                name: name.clone(),
+                name: name.as_str().into(),
                 data_offset: data_start + begin as u64,
                 stored_len: size,
                 size,

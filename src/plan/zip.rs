@@ -106,7 +106,7 @@ impl Loader {
         self.finish_plan(parsed, None, Format::Zip, byte_order, |_, storage| {
             let size = storage.nbytes().unwrap_or(u64::MAX);
             Ok(archive::Record {
-                name: format!("{prefix}/data/{}", storage.key),
+                name: format!("{prefix}/data/{}", storage.key).into(),
                 data_offset: 0,
                 stored_len: size,
                 size,

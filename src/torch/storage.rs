@@ -31,8 +31,18 @@ pub struct StorageRef {
     pub dtype: Dtype,
     /// Elements of `dtype`.
     pub numel: u64,
-    /// The device tag saved with it.
-    pub location: String,
+    /// The device tag saved with it (the common tags are static: one of those per storage
+    /// costs no allocation).
+    pub location: Cow<'static, str>,
+}
+
+/// A saved device tag, static when it is one of the common ones.
+pub fn device_tag(tag: &str) -> Cow<'static, str> {
+    const COMMON: [&str; 6] = ["cpu", "cuda", "cuda:0", "cuda:1", "mps", "meta"];
+    match COMMON.iter().find(|&&common| common == tag) {
+        Some(&common) => Cow::Borrowed(common),
+        None => Cow::Owned(tag.to_owned()),
+    }
 }
 
 impl StorageRef {
@@ -167,7 +177,7 @@ impl StorageTable {
                 dtype.element_size()
             ));
         }
-        let (key, location) = (key.into_owned(), location.into_owned());
+        let (key, location) = (key.into_owned(), device_tag(&location));
         let hash = self.hasher.hash_one(&key);
         let storages = &self.storages;
         let first = self
@@ -224,7 +234,7 @@ impl StorageTable {
         key: String,
         dtype: Dtype,
         numel: u64,
-        location: String,
+        location: Cow<'static, str>,
         max: usize,
     ) -> Result<StorageId, String> {
         if self.storages.len() >= max {

@@ -153,13 +153,13 @@ pub fn parse(
                     key: key.to_string(),
                     dtype,
                     numel: count,
-                    location,
+                    location: super::storage::device_tag(&location),
                 },
                 options.max_storages,
             )
             .map_err(|e| m.error(e))?;
         records.push(Record {
-            name: format!("storage {key}"),
+            name: format!("storage {key}").into(),
             data_offset: start as u64,
             stored_len: nbytes,
             size: nbytes,
@@ -224,7 +224,7 @@ pub fn parse(
             )
             .map_err(|e| m.error(e))?;
         records.push(Record {
-            name: format!("storage {target} (view of {root_key})"),
+            name: format!("storage {target} (view of {root_key})").into(),
             data_offset: root_record.data_offset + offset * size,
             stored_len: numel * size,
             size: numel * size,

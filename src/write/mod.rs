@@ -275,7 +275,7 @@ impl Checkpoint {
                 key: id.to_string(),
                 dtype,
                 numel: numel.unwrap_or(0),
-                location: "cpu".to_owned(),
+                location: "cpu".into(),
                 device: crate::Device::Cpu,
                 data: crate::StorageData::Owned(bytes),
             });

@@ -55,7 +55,7 @@ fn ours_zip(data: &[u8]) -> Result<Vec<Entry>, String> {
         .map(|r| {
             let bytes = r.read(data, MAX_ENTRY).map_err(|e| e.to_string())?;
             Ok(Entry {
-                name: r.name.clone(),
+                name: r.name.to_string(),
                 deflated: r.method == Method::Deflated,
                 size: r.size,
                 compressed: r.stored_len,

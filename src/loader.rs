@@ -827,3 +827,25 @@ impl<'c> Tensor<'c> {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_options_and_the_checkpoint() {
+        let mut loader = Loader::new();
+        loader.weights_only(false).threads(3);
+        let text = format!("{loader:?}");
+        for field in ["weights_only: false", "limits: Limits", "threads: Some(3)"] {
+            assert!(text.contains(field), "{field} not in {text}");
+        }
+        let ckpt = loader
+            .load_bytes(std::fs::read("examples/tiny_convnet.pt").unwrap())
+            .unwrap();
+        let text = format!("{ckpt:?}");
+        for field in ["root: Dict", "storages: [Storage", "format: Zip"] {
+            assert!(text.contains(field), "{field} not in {text}");
+        }
+    }
+}

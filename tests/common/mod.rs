@@ -74,6 +74,7 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
             Ok(sha) => check(&mut problems, "sha256", Json::from(sha)),
             Err(e) => problems.push(format!("{at}: sha256 failed: {e}")),
         }
+        check_borrowed_view(&mut problems, &at, t, w);
         // Sharing: torch's storage groups must be ptload's storages.
         let id = t.meta().storage;
         match (w["storage_group"].as_i64(), id) {
@@ -100,6 +101,53 @@ pub fn compare(ckpt: &ptload::Checkpoint, expected: &Json, what: &str) -> Vec<St
         ));
     }
     problems
+}
+
+/// `byte_offset` is torch's storage offset in bytes, and `as_bytes` borrows exactly the host
+/// tensors torch calls contiguous, with the bytes `to_contiguous_bytes` gives (whose digest
+/// `compare` checks against torch's).
+fn check_borrowed_view(problems: &mut Vec<String>, at: &str, t: &ptload::Tensor, w: &Json) {
+    let size = t.dtype().element_size() as u64;
+    let want_offset = w["storage_offset"].as_u64().unwrap_or(0) * size;
+    if t.byte_offset() != want_offset {
+        problems.push(format!(
+            "{at}: byte_offset {} != {want_offset}",
+            t.byte_offset()
+        ));
+    }
+    let dims = |field: &str| -> Vec<u64> {
+        w[field]
+            .as_array()
+            .map(|a| a.iter().filter_map(Json::as_u64).collect())
+            .unwrap_or_default()
+    };
+    let (shape, stride) = (dims("shape"), dims("stride"));
+    // torch's is_contiguous: C order, dimensions of size 1 ignored, empty tensors contiguous.
+    let mut expected = 1;
+    let mut contiguous = true;
+    for (&n, &s) in shape.iter().zip(&stride).rev() {
+        if n != 1 && s != expected {
+            contiguous = false;
+        }
+        expected *= n;
+    }
+    let contiguous = contiguous || shape.contains(&0);
+    let on_host = t.storage().is_some() && t.device() == ptload::Device::Cpu;
+    match t.as_bytes() {
+        Some(_) if !contiguous => problems.push(format!(
+            "{at}: as_bytes borrows a tensor torch calls not contiguous"
+        )),
+        Some(bytes) => match t.to_contiguous_bytes() {
+            Ok(copy) if copy.as_slice() == bytes => {}
+            _ => problems.push(format!(
+                "{at}: as_bytes differs from to_contiguous_bytes"
+            )),
+        },
+        None if contiguous && on_host => problems.push(format!(
+            "{at}: as_bytes borrows nothing of a contiguous tensor in host memory"
+        )),
+        None => {}
+    }
 }
 
 /// Fails with every problem listed, one per line.

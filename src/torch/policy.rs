@@ -76,8 +76,8 @@ pub fn python3_module(module: &str) -> &str {
 
 /// Whether torch's weights-only unpickler allows `module.name` by default.
 pub fn is_allowed(module: &str, name: &str) -> bool {
-    let full = format!("{module}.{name}");
-    if ALLOWED_PLAIN.contains(&full.as_str()) || REBUILD_FUNCTIONS.contains(&full.as_str()) {
+    // `module.name` compared in place: no string made per global.
+    if is_listed(&ALLOWED_PLAIN, module, name) || is_listed(&REBUILD_FUNCTIONS, module, name) {
         return true;
     }
     match module {

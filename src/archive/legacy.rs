@@ -27,11 +27,11 @@ const MAGIC: &str = "119547037146038801333356";
 struct PlainData;
 
 impl Hooks for PlainData {
-    fn find_class(
+    fn find_class<'s>(
         &mut self,
-        module: &str,
-        name: &str,
-    ) -> std::result::Result<(String, String), String> {
+        module: &'s str,
+        name: &'s str,
+    ) -> std::result::Result<(&'s str, &'s str), String> {
         Err(format!(
             "unexpected global {module}.{name} in the legacy stream header"
         ))

@@ -6,7 +6,7 @@
 //! [`Arena`]. Every length the input declares is checked against the bytes that remain before
 //! anything is allocated, so memory stays proportional to the input.
 
-use super::value::{decimal_to_bigint, Arena, Call, CallKind, GlobalName, Node, NodeId, Span};
+use super::value::{decimal_to_bigint, Arena, Call, CallKind, Node, NodeId, Span};
 use super::{opcode_name, Hooks, LimitHit, PickleError, PickleLimits, StringEncoding};
 
 /// Runs one pickle to its `STOP` and returns the id of the result.
@@ -331,7 +331,8 @@ impl<'a, H: Hooks> Machine<'a, H> {
             .hooks
             .find_class(module, name)
             .map_err(|m| self.err(m))?;
-        self.new_node(Node::Global(Box::new(GlobalName { module, name })))
+        let node = self.arena.global_node(module, name);
+        self.new_node(node)
     }
 
     fn py2_string(&mut self, bytes: Vec<u8>) -> Result<()> {

@@ -17,12 +17,17 @@ pub mod value;
 use std::fmt;
 
 pub use encoding::{decode_py2_string, Decoded, StringEncoding};
-pub use value::{Arena, Call, CallKind, GlobalName, Node, NodeId};
+pub use value::{Arena, Call, CallKind, Node, NodeId};
 
 /// What the machine asks of the layer above it.
 pub trait Hooks {
-    /// Resolves a global name. Returns the `(module, name)` to record, or a message refusing it.
-    fn find_class(&mut self, module: &str, name: &str) -> Result<(String, String), String>;
+    /// Resolves a global name. Returns the `(module, name)` to record (the ones given, or static
+    /// texts), or a message refusing it.
+    fn find_class<'s>(
+        &mut self,
+        module: &'s str,
+        name: &'s str,
+    ) -> Result<(&'s str, &'s str), String>;
 
     /// Turns a persistent id (the node `pid`) into the node that stands for it.
     fn persistent_load(&mut self, arena: &mut Arena, pid: NodeId) -> Result<NodeId, String>;
@@ -33,8 +38,12 @@ pub trait Hooks {
 pub struct NoHooks;
 
 impl Hooks for NoHooks {
-    fn find_class(&mut self, module: &str, name: &str) -> Result<(String, String), String> {
-        Ok((module.to_owned(), name.to_owned()))
+    fn find_class<'s>(
+        &mut self,
+        module: &'s str,
+        name: &'s str,
+    ) -> Result<(&'s str, &'s str), String> {
+        Ok((module, name))
     }
     fn persistent_load(&mut self, _: &mut Arena, _: NodeId) -> Result<NodeId, String> {
         Err("persistent ids are not supported here".into())

@@ -65,15 +65,6 @@ pub struct Call {
     pub dict_items: Vec<(NodeId, NodeId)>,
 }
 
-/// A global's module and qualified name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GlobalName {
-    /// Module, e.g. `torch._utils`.
-    pub module: String,
-    /// Qualified name, e.g. `_rebuild_tensor_v2`.
-    pub name: String,
-}
-
 /// One pickled value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
@@ -103,9 +94,9 @@ pub enum Node {
     Set(Vec<NodeId>),
     /// A frozenset.
     FrozenSet(Vec<NodeId>),
-    /// A global name (`GLOBAL`, `STACK_GLOBAL`, `INST`), as the find_class hook returned it
-    /// (boxed: globals are few, and every other node is smaller without it inline).
-    Global(Box<GlobalName>),
+    /// A global name (`GLOBAL`, `STACK_GLOBAL`, `INST`), as the find_class hook returned it:
+    /// [`Arena::global`] of the node.
+    Global(u32),
     /// A call or object construction, recorded, never performed: [`Arena::call`] of the index.
     Call(u32),
     /// An opaque value made by the persistent_load hook (e.g. a storage handle).
@@ -123,6 +114,8 @@ pub struct Arena {
     items: Vec<NodeId>,
     /// Every call ([`Node::Call`] indices).
     calls: Vec<Call>,
+    /// Every global's module and name, in `texts` ([`Node::Global`] indices).
+    globals: Vec<(Span, Span)>,
 }
 
 impl Arena {
@@ -160,12 +153,16 @@ impl Arena {
 
     /// A str node holding a copy of `text` (not yet pushed).
     pub fn str_node(&mut self, text: &str) -> Node {
+        Node::Str(self.add_text(text))
+    }
+
+    fn add_text(&mut self, text: &str) -> Span {
         let start = self.texts.len();
         self.texts.push_str(text);
-        Node::Str(Span {
+        Span {
             start,
             len: text.len(),
-        })
+        }
     }
 
     /// A tuple node holding a copy of `items` (not yet pushed).
@@ -176,6 +173,15 @@ impl Arena {
             start,
             len: items.len(),
         })
+    }
+
+    /// A global node naming `module.name` (not yet pushed).
+    pub fn global_node(&mut self, module: &str, name: &str) -> Node {
+        let (module, name) = (self.add_text(module), self.add_text(name));
+        // Globals are fewer than nodes, whose count the machine keeps within `u32`.
+        let index = self.globals.len() as u32;
+        self.globals.push((module, name));
+        Node::Global(index)
     }
 
     /// A call node (not yet pushed).
@@ -252,8 +258,11 @@ impl Arena {
 
     /// `(module, name)` when the node is a global.
     pub fn global(&self, id: NodeId) -> Option<(&str, &str)> {
-        match self.get(id) {
-            Node::Global(global) => Some((&global.module, &global.name)),
+        match *self.get(id) {
+            Node::Global(index) => {
+                let (module, name) = self.globals[index as usize];
+                Some((self.text(module), self.text(name)))
+            }
             _ => None,
         }
     }

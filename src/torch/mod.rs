@@ -77,11 +77,11 @@ struct TorchHooks {
 }
 
 impl Hooks for TorchHooks {
-    fn find_class(
+    fn find_class<'s>(
         &mut self,
-        module: &str,
-        name: &str,
-    ) -> std::result::Result<(String, String), String> {
+        module: &'s str,
+        name: &'s str,
+    ) -> std::result::Result<(&'s str, &'s str), String> {
         let mut module = policy::python3_module(module);
         if self.weights_only {
             let allowed = policy::is_allowed(module, name)
@@ -95,7 +95,7 @@ impl Hooks for TorchHooks {
         } else if module == "torch.tensor" {
             module = "torch._tensor";
         }
-        Ok((module.to_owned(), name.to_owned()))
+        Ok((module, name))
     }
 
     fn persistent_load(

@@ -263,7 +263,10 @@ impl<'a> Interpreter<'a> {
                 items: self.pairs(items, depth)?,
                 attributes: Vec::new(),
             })),
-            Node::Global(global) => Value::Global(format!("{}.{}", global.module, global.name)),
+            Node::Global(_) => {
+                let (module, name) = arena.global(id).unwrap_or_default();
+                Value::Global(format!("{module}.{name}"))
+            }
             Node::External(i) => match &self.externals[*i as usize] {
                 External::Storage(view) => Value::Storage(view.id),
                 External::Tensor(meta) => Value::Tensor(meta.clone()),
@@ -307,9 +310,9 @@ impl<'a> Interpreter<'a> {
     }
 
     fn call(&mut self, call: &Call, depth: usize) -> Result<Value> {
-        let callee = match self.arena.get(call.callable) {
-            Node::Global(global) => Callee::Global(&global.module, &global.name),
-            _ => Callee::Other(self.arena.kind_name(call.callable)),
+        let callee = match self.arena.global(call.callable) {
+            Some((module, name)) => Callee::Global(module, name),
+            None => Callee::Other(self.arena.kind_name(call.callable)),
         };
         let (module, name) = match callee {
             Callee::Global(m, n) => (m, n),

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use super::Dtype;
-use crate::pickle::{Arena, GlobalName, Node, NodeId};
+use crate::pickle::{Arena, Node, NodeId};
 
 use super::value::{StorageId, TensorMeta};
 
@@ -263,13 +263,7 @@ fn parse_pid_repr(arena: &mut Arena, text: &str) -> Option<NodeId> {
         let (node, after) = if let Some(r) = rest.strip_prefix("<class '") {
             let end = r.find("'>")?;
             let (module, name) = r[..end].rsplit_once('.')?;
-            (
-                Node::Global(Box::new(GlobalName {
-                    module: module.to_owned(),
-                    name: name.to_owned(),
-                })),
-                &r[end + 2..],
-            )
+            (arena.global_node(module, name), &r[end + 2..])
         } else if let Some(r) = rest.strip_prefix('\'') {
             let end = r.find('\'')?;
             (arena.str_node(&r[..end]), &r[end + 1..])

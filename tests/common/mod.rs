@@ -139,9 +139,7 @@ fn check_borrowed_view(problems: &mut Vec<String>, at: &str, t: &ptload::Tensor,
         )),
         Some(bytes) => match t.to_contiguous_bytes() {
             Ok(copy) if copy.as_slice() == bytes => {}
-            _ => problems.push(format!(
-                "{at}: as_bytes differs from to_contiguous_bytes"
-            )),
+            _ => problems.push(format!("{at}: as_bytes differs from to_contiguous_bytes")),
         },
         None if contiguous && on_host => problems.push(format!(
             "{at}: as_bytes borrows nothing of a contiguous tensor in host memory"

@@ -93,6 +93,26 @@ fn values_are_limited_inclusively() {
 }
 
 #[test]
+fn tree_depth_is_limited_inclusively() {
+    // [[[[]]]]: the innermost list is at depth 3 (the root at 0).
+    let p = || {
+        Pickle::new()
+            .op(b"]]]]")
+            .op(b"a")
+            .op(b"a")
+            .op(b"a")
+            .stop()
+    };
+    let ckpt = Loader::new()
+        .limits(Limits::default().with_max_depth(3))
+        .load_bytes(ZipBuilder::checkpoint(&p(), &[]))
+        .unwrap();
+    assert_eq!(ckpt.root.to_string(), "[[[[]]]]");
+    let e = load_with(Limits::default().with_max_depth(2), p());
+    assert_limit(&e, "max_depth", 3, 2);
+}
+
+#[test]
 fn the_pickle_stack_is_limited() {
     // One object duplicated 200 times: few objects, a deep stack (bounded by the same field).
     let p = Pickle::new().op(b"N").op(&[b'2'; 200]).stop();

@@ -95,14 +95,7 @@ fn values_are_limited_inclusively() {
 #[test]
 fn tree_depth_is_limited_inclusively() {
     // [[[[]]]]: the innermost list is at depth 3 (the root at 0).
-    let p = || {
-        Pickle::new()
-            .op(b"]]]]")
-            .op(b"a")
-            .op(b"a")
-            .op(b"a")
-            .stop()
-    };
+    let p = || Pickle::new().op(b"]]]]").op(b"a").op(b"a").op(b"a").stop();
     let ckpt = Loader::new()
         .limits(Limits::default().with_max_depth(3))
         .load_bytes(ZipBuilder::checkpoint(&p(), &[]))

@@ -130,6 +130,25 @@ fn storages_are_limited() {
 }
 
 #[test]
+fn tensor_bytes_are_limited_inclusively() {
+    // A float32 tensor of 3 elements over a storage of 3: 12 bytes.
+    let p = Pickle::new()
+        .tensor("FloatStorage", "0", 3, 0, &[3], &[1])
+        .stop();
+    let file = ZipBuilder::checkpoint(&p, &[("0", &[7u8; 12])]);
+    let bytes_with = |max: u64| {
+        let ckpt = Loader::new()
+            .limits(Limits::default().with_max_tensor_bytes(max))
+            .load_bytes(file.clone())
+            .unwrap();
+        let (_, t) = ckpt.tensors().next().unwrap();
+        t.to_contiguous_bytes()
+    };
+    assert_eq!(bytes_with(12).unwrap(), vec![7u8; 12]);
+    assert_limit(&bytes_with(11).unwrap_err(), "max_tensor_bytes", 12, 11);
+}
+
+#[test]
 fn tensor_rank_is_limited_and_names_the_tensor() {
     let p = Pickle::new()
         .op(b"}")

@@ -418,6 +418,29 @@ mod tests {
     }
 
     #[test]
+    fn device_types_and_indices_as_torch_device_reads_them() {
+        // torch.device('meta') / ('meta:0') / ('xpu:1') / ('mtia:2'), asked of torch 2.15.
+        assert_eq!(Device::parse("meta").unwrap(), Device::Meta);
+        let other = |kind: &str, index| Device::Other {
+            kind: kind.into(),
+            index,
+        };
+        assert_eq!(Device::parse("meta:0").unwrap(), other("meta", Some(0)));
+        assert_eq!(Device::parse("xpu:1").unwrap(), other("xpu", Some(1)));
+        assert_eq!(Device::parse("mtia:2").unwrap(), other("mtia", Some(2)));
+        // ptload's own device takes no index; torch knows neither it nor `foo`.
+        for bad in ["webgpu:0", "wgpu:1", "foo"] {
+            assert!(
+                Device::parse(bad)
+                    .unwrap_err()
+                    .to_string()
+                    .ends_with(&format!("device type at start of device string: {bad}")),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn torch_rules() {
         assert_eq!(
             MapLocation::Default.resolve(&info("cpu")).unwrap(),

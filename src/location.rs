@@ -418,6 +418,20 @@ mod tests {
     }
 
     #[test]
+    fn map_locations_from_text_and_their_debug() {
+        let from_string = MapLocation::from(String::from("cpu"));
+        assert_eq!(format!("{from_string:?}"), r#"To("cpu")"#);
+        assert_eq!(from_string.resolve(&info("cuda:0")).unwrap(), Device::Cpu);
+        assert_eq!(format!("{:?}", MapLocation::Default), "Default");
+        assert_eq!(
+            format!("{:?}", MapLocation::map([("cuda:0", "cpu")])),
+            r#"Map([("cuda:0", "cpu")])"#
+        );
+        let callback = MapLocation::with(|_, _| None);
+        assert_eq!(format!("{callback:?}"), "With(<callback>)");
+    }
+
+    #[test]
     fn device_types_and_indices_as_torch_device_reads_them() {
         // torch.device('meta') / ('meta:0') / ('xpu:1') / ('mtia:2'), asked of torch 2.15.
         assert_eq!(Device::parse("meta").unwrap(), Device::Meta);

@@ -519,5 +519,16 @@ mod tests {
             two.check(&Device::Cuda(None)).unwrap(),
             Device::Cuda(Some(0))
         );
+        // torch 2.15, loading a storage tagged `xpu:0` on a machine without XPU.
+        let err = support
+            .check(&Device::parse("xpu:0").unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "Attempting to deserialize object on a XPU device but torch.xpu.is_available() is False."
+            ),
+            "{err}"
+        );
     }
 }

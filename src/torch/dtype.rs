@@ -290,6 +290,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn aliases_name_the_dtypes_torch_gives_them() {
+        // str(getattr(torch, alias)) in torch 2.15.
+        for (alias, canonical) in [
+            ("float", "float32"),
+            ("double", "float64"),
+            ("half", "float16"),
+            ("long", "int64"),
+            ("int", "int32"),
+            ("short", "int16"),
+            ("cfloat", "complex64"),
+            ("cdouble", "complex128"),
+            ("chalf", "complex32"),
+        ] {
+            assert_eq!(Dtype::from_name(alias).map(Dtype::name), Some(canonical));
+        }
+    }
+
+    #[test]
+    fn quantized_dtypes_are_the_ones_torch_quantizes_to() {
+        // torch.quantize_per_tensor(x, 0.1, 0, dtype).is_quantized in torch 2.15.
+        let quantized = ["qint8", "quint8", "qint32", "quint4x2", "quint2x4"];
+        for d in ALL_DTYPES {
+            assert_eq!(
+                d.is_quantized(),
+                quantized.contains(&d.name()),
+                "{}",
+                d.name()
+            );
+        }
+    }
+
+    #[test]
     fn names_round_trip() {
         for d in ALL_DTYPES {
             assert_eq!(Dtype::from_name(d.name()), Some(d));

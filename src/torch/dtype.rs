@@ -308,6 +308,37 @@ mod tests {
     }
 
     #[test]
+    fn storage_classes_name_the_dtypes_torch_gives_them() {
+        // str(getattr(torch, class)(0).dtype) in torch 2.15.
+        for (class, dtype) in [
+            ("DoubleStorage", "float64"),
+            ("FloatStorage", "float32"),
+            ("HalfStorage", "float16"),
+            ("BFloat16Storage", "bfloat16"),
+            ("LongStorage", "int64"),
+            ("IntStorage", "int32"),
+            ("ShortStorage", "int16"),
+            ("CharStorage", "int8"),
+            ("ByteStorage", "uint8"),
+            ("BoolStorage", "bool"),
+            ("ComplexFloatStorage", "complex64"),
+            ("ComplexDoubleStorage", "complex128"),
+            ("QInt8Storage", "qint8"),
+            ("QUInt8Storage", "quint8"),
+            ("QInt32Storage", "qint32"),
+            ("QUInt4x2Storage", "quint4x2"),
+            ("QUInt2x4Storage", "quint2x4"),
+        ] {
+            assert_eq!(
+                Dtype::from_storage_class(class).map(Dtype::name),
+                Some(dtype),
+                "{class}"
+            );
+        }
+        assert_eq!(Dtype::from_storage_class("UntypedStorage"), None);
+    }
+
+    #[test]
     fn quantized_dtypes_are_the_ones_torch_quantizes_to() {
         // torch.quantize_per_tensor(x, 0.1, 0, dtype).is_quantized in torch 2.15.
         let quantized = ["qint8", "quint8", "qint32", "quint4x2", "quint2x4"];

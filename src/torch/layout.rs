@@ -168,6 +168,40 @@ mod tests {
         assert_eq!(element_span(&s), Some(9..10));
     }
 
+    /// The runs of `groups` (`next_group`'s triples) one by one.
+    fn expand(groups: &[(u64, u64, u64)]) -> Vec<u64> {
+        groups
+            .iter()
+            .flat_map(|&(first, count, step)| (0..count).map(move |i| first + i * step))
+            .collect()
+    }
+
+    #[test]
+    fn groups_are_the_iterator_s_runs_row_by_row() {
+        // float32 views: transposed, stepped in both dimensions, 3-d with a contiguous inner
+        // run, a scalar and an empty one.
+        for (shape, stride, offset) in [
+            (vec![3, 2], vec![1, 3], 4),
+            (vec![2, 2], vec![12, 3], 1),
+            (vec![2, 3, 4], vec![24, 4, 1], 2),
+            (vec![4, 2, 3], vec![1, 12, 4], 0),
+            (vec![], vec![], 5),
+            (vec![3, 0], vec![1, 1], 0),
+        ] {
+            let t = TensorMeta::view(Some(0), Dtype::Float32, shape, stride, offset);
+            let runs: Vec<u64> = Runs::new(&t, 0).unwrap().collect();
+            let mut walker = Runs::new(&t, 0).unwrap();
+            let groups: Vec<_> = std::iter::from_fn(|| walker.next_group()).collect();
+            assert_eq!(expand(&groups), runs, "{:?} {:?}", t.shape, t.stride);
+            // A walk may switch from runs to groups mid-row: the group holds the row's rest.
+            let mut walker = Runs::new(&t, 0).unwrap();
+            let mut mixed: Vec<u64> = walker.next().into_iter().collect();
+            let groups: Vec<_> = std::iter::from_fn(|| walker.next_group()).collect();
+            mixed.extend(expand(&groups));
+            assert_eq!(mixed, runs, "mixed, {:?} {:?}", t.shape, t.stride);
+        }
+    }
+
     #[test]
     fn transposed_view_walks_in_c_order_from_a_partial_span() {
         let storage: Vec<u8> = (0..12).collect();

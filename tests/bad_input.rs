@@ -696,6 +696,55 @@ fn legacy_storage_named_twice_with_different_sizes() {
     );
 }
 
+/// Storage keys that are no str, as torch 2.15 reads them (`weights_only=False`): the record is
+/// f"data/{key}", so an int key names `data/0` and loads, and a bytes key names `data/b'0'`,
+/// which torch fails to find ("PytorchStreamReader failed locating file data/b'0'"). A bytes
+/// location (`b'cpu'`) loads, as in torch.
+#[test]
+fn int_and_bytes_storage_keys_name_records_as_torch_formats_them() {
+    let load = |key: &[u8], location: &[u8]| {
+        let p = Pickle::new()
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"((")
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .op(key)
+            .op(location)
+            .int(2)
+            .op(b"tQ")
+            .int(0)
+            .ints(&[2])
+            .ints(&[1])
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")RtR")
+            .stop();
+        let floats: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|f| f.to_le_bytes())
+            .collect();
+        ptload::Loader::new()
+            .weights_only(false)
+            .load_bytes(ZipBuilder::checkpoint(&p, &[("0", &floats)]))
+    };
+    // BININT1 0: the record data/0.
+    let cpu = b"X\x03\x00\x00\x00cpu";
+    let ckpt = load(b"K\x00", cpu).unwrap();
+    let (_, t) = ckpt.tensors().next().unwrap();
+    assert_eq!(t.storage().unwrap().key, "0");
+    assert_eq!(t.to_contiguous_bytes().unwrap()[..4], 1.5f32.to_le_bytes());
+    // SHORT_BINBYTES b'0': the record data/b'0', which the file lacks.
+    let e = load(b"C\x010", cpu).unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::MissingRecord { name } if name == "archive/data/b'0'"),
+        "{e}"
+    );
+    // SHORT_BINBYTES b'cpu' as the location.
+    let ckpt = load(b"K\x00", b"C\x03cpu").unwrap();
+    let (_, t) = ckpt.tensors().next().unwrap();
+    assert_eq!(t.device(), ptload::Device::Cpu);
+}
+
 /// Persistent ids that are no storage's: each refused with what is wrong with it.
 #[test]
 fn persistent_ids_that_name_no_storage_are_refused_by_what_is_wrong() {

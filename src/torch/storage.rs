@@ -164,7 +164,13 @@ impl StorageTable {
                 ))
             }
         };
-        let key = text(fields[2]).ok_or("storage key must be a str")?;
+        // A zip checkpoint's record is f"data/{key}": a bytes key is its repr (`data/b'0'`, a
+        // record torch then fails to find), an int its decimal text. The legacy stream (six
+        // fields) matches keys against its key list instead, read as text here.
+        let key = match arena.get(fields[2]) {
+            Node::Bytes(b) if fields.len() == 5 => Cow::Owned(python_bytes_repr(b)),
+            _ => text(fields[2]).ok_or("storage key must be a str")?,
+        };
         let location = text(fields[3]).ok_or("storage location must be a str")?;
         let numel = match arena.get(fields[4]) {
             Node::Int(n) if *n >= 0 => *n as u64,
@@ -252,6 +258,34 @@ impl StorageTable {
     }
 }
 
+/// Python's `repr` of a bytes object: `b'...'`, or `b"..."` when it holds `'` and no `"`.
+fn python_bytes_repr(bytes: &[u8]) -> String {
+    let quote = if bytes.contains(&b'\'') && !bytes.contains(&b'"') {
+        b'"'
+    } else {
+        b'\''
+    };
+    let mut out = String::with_capacity(bytes.len() + 3);
+    out.push('b');
+    out.push(quote as char);
+    for &b in bytes {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'\t' => out.push_str("\\t"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            _ if b == quote => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push(quote as char);
+    out
+}
+
 /// Parses the repr of a storage persistent id, as protocol 0 writes it:
 /// `('storage', <class 'torch.FloatStorage'>, '140000000000000', 'cpu', 2, None)`.
 /// Returns a tuple node of the same fields (the class as a global; nothing is imported).
@@ -284,6 +318,19 @@ fn parse_pid_repr(arena: &mut Arena, text: &str) -> Option<NodeId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_keys_read_as_python_s_repr() {
+        // repr(b) in CPython 3.11.
+        for (bytes, repr) in [
+            (&b"0"[..], r"b'0'"),
+            (b"it's", r#"b"it's""#),
+            (b"a\"b'c", r#"b'a"b\'c'"#),
+            (b"\x00\xff\t\n\r\\ ~", r"b'\x00\xff\t\n\r\\ ~'"),
+        ] {
+            assert_eq!(python_bytes_repr(bytes), repr);
+        }
+    }
 
     #[test]
     fn pid_reprs() {

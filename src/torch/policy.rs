@@ -154,6 +154,10 @@ mod tests {
         assert!(is_allowed("torch", "uint3"));
         assert!(is_allowed("torch", "FloatStorage"));
         assert!(is_allowed("torch.cuda", "HalfStorage"));
+        // torch 2.15's _get_allowed_globals(): storage classes under torch and torch.cuda only.
+        assert!(is_allowed("torch.sparse", "FloatTensor"));
+        assert!(!is_allowed("torch.sparse", "FloatStorage"));
+        assert!(!is_allowed("torch.cuda.sparse", "FloatStorage"));
         assert!(is_allowed("torch", "per_channel_affine"));
         assert!(!is_allowed("torch._utils", "_rebuild_nested_tensor"));
         assert!(!is_allowed("builtins", "frozenset"));

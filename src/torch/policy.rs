@@ -158,12 +158,25 @@ mod tests {
         assert!(is_allowed("torch.sparse", "FloatTensor"));
         assert!(!is_allowed("torch.sparse", "FloatStorage"));
         assert!(!is_allowed("torch.cuda.sparse", "FloatStorage"));
+        assert!(is_allowed("torch.storage", "TypedStorage"));
+        assert!(is_allowed("torch.storage", "UntypedStorage"));
+        assert!(!is_allowed("torch.storage", "_load_from_bytes"));
         assert!(is_allowed("torch", "per_channel_affine"));
         assert!(!is_allowed("torch._utils", "_rebuild_nested_tensor"));
         assert!(!is_allowed("builtins", "frozenset"));
         assert!(!is_allowed("argparse", "Namespace"));
         assert!(!is_allowed("torch.torch_version", "TorchVersion"));
         assert!(!is_allowed("posix", "system"));
+    }
+
+    #[test]
+    fn torchscript_modules_are_its_classes_and_pickle_helpers_only() {
+        for module in ["__torch__", "__torch__.model.Net", "torch.jit._pickle"] {
+            assert!(is_torchscript(module), "{module}");
+        }
+        for module in ["__torch__x", "torch.jit", "os", "builtins"] {
+            assert!(!is_torchscript(module), "{module}");
+        }
     }
 
     #[test]

@@ -60,7 +60,10 @@
 //!
 //! - Nothing in a file is ever imported or executed. By default (as torch ≥ 2.6) only torch's
 //!   weights-only allowlist of globals is accepted; [`Loader::weights_only`]`(false)` keeps
-//!   other globals as inert [`Object`]s.
+//!   other globals as inert [`Object`]s. Unlike torch, the weights-only mode restricts globals,
+//!   not opcodes: a file torch's weights-only unpickler refuses only for an opcode outside its
+//!   subset ("Unsupported operand N": protocol 4/5 `FRAME`, `BINSTRING`, `SHORT_BINBYTES`, …)
+//!   loads here, since ptload's pickle machine executes nothing.
 //! - Every length, count and view is checked before use; [`Limits`] bounds memory and time.
 //! - Bad input is an [`Error`] naming the file and what is wrong, never a panic.
 

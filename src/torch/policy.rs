@@ -5,6 +5,10 @@
 //! it every global is accepted, but nothing is ever imported or run: unknown classes become
 //! inert [`super::Object`]s. Module names are first mapped as Python 3's unpickler does for
 //! protocol-2 files (`__builtin__` → `builtins`, `copy_reg` → `copyreg`).
+//!
+//! Only globals are restricted: torch's weights-only unpickler also refuses every opcode outside
+//! a subset (spec §6.4, "Unsupported operand N"), which ptload's machine, executing nothing,
+//! has no need to.
 
 use super::Dtype;
 

@@ -75,20 +75,17 @@ impl Source {
         }
         #[cfg(feature = "mmap")]
         {
+            // The length is the one just read: no second `fstat`.
+            let len = usize::try_from(len).map_err(|_| {
+                crate::Error::from(std::io::Error::other("the file is too large to map"))
+                    .in_file(&name)
+            })?;
             // SAFETY: the map is private and read-only. As with every mmap-based loader
             // (safetensors, torch's mmap=True), truncating or rewriting the file while the
             // checkpoint is alive is undefined behaviour; callers who cannot rule that out should
             // read the file into memory and use `Source::from_bytes`.
-            // The length is the one just read: no second `fstat`.
-            let map = usize::try_from(len)
-                .map_err(|_| {
-                    crate::Error::from(std::io::Error::from(std::io::ErrorKind::OutOfMemory))
-                })
-                .and_then(|len| {
-                    unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
-                        .map_err(crate::Error::from)
-                })
-                .map_err(|e| e.in_file(&name))?;
+            let map = unsafe { memmap2::MmapOptions::new().len(len).map(&file) }
+                .map_err(|e| crate::Error::from(e).in_file(&name))?;
             #[cfg(unix)]
             return Ok(Some(Source {
                 file: Some(Arc::new(file)),

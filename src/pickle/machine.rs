@@ -251,11 +251,9 @@ impl<'a, H: Hooks> Machine<'a, H> {
     /// Where the top `n` items start, when a target lies below them (all above the last mark):
     /// the target is `stack[at - 1]`.
     fn above_target(&self, n: usize) -> Result<usize> {
-        let floor = self.marks.last().copied().unwrap_or(0);
-        if self.stack.len() <= floor + n {
-            return Err(self.err("unpickling stack underflow"));
-        }
-        Ok(self.stack.len() - n)
+        let at = self.stack.len().saturating_sub(n);
+        self.below(at)?;
+        Ok(at)
     }
 
     /// The item just below `at` (a mark just popped), which must lie above the last mark left.

@@ -37,7 +37,7 @@ pub struct StorageRef {
 }
 
 /// A saved device tag, static when it is one of the common ones.
-pub fn device_tag(tag: &str) -> Cow<'static, str> {
+pub(crate) fn device_tag(tag: &str) -> Cow<'static, str> {
     const COMMON: [&str; 6] = ["cpu", "cuda", "cuda:0", "cuda:1", "mps", "meta"];
     match COMMON.iter().find(|&&common| common == tag) {
         Some(&common) => Cow::Borrowed(common),

@@ -10,6 +10,16 @@ use ptload::{ErrorKind, Loader};
 
 /// Plans `file` from a sparse copy; returns the plan, the rounds and the loaded ranges.
 fn plan_sparse(file: &[u8]) -> (ptload::Plan, usize, Vec<(u64, u64)>) {
+    match plan_sparse_result(file) {
+        (Ok(plan), rounds, loaded) => (plan, rounds, loaded),
+        (Err(e), ..) => panic!("{e}"),
+    }
+}
+
+/// As [`plan_sparse`], with the first error that is not a request for bytes.
+fn plan_sparse_result(
+    file: &[u8],
+) -> (Result<ptload::Plan, ptload::Error>, usize, Vec<(u64, u64)>) {
     let len = file.len() as u64;
     let mut sparse = SparseBytes::new(len);
     let tail = len.min(65_557 + 22 + 76);
@@ -21,7 +31,7 @@ fn plan_sparse(file: &[u8]) -> (ptload::Plan, usize, Vec<(u64, u64)>) {
     loaded.push((0, head));
     for round in 1..=10 {
         match Loader::new().plan("<sparse>", &sparse) {
-            Ok(plan) => return (plan, round, loaded),
+            Ok(plan) => return (Ok(plan), round, loaded),
             Err(e) => match e.kind() {
                 ErrorKind::NeedBytes { ranges } => {
                     for &(offset, n) in ranges {
@@ -32,7 +42,7 @@ fn plan_sparse(file: &[u8]) -> (ptload::Plan, usize, Vec<(u64, u64)>) {
                         loaded.push((offset, n));
                     }
                 }
-                _ => panic!("{e}"),
+                _ => return (Err(e), round, loaded),
             },
         }
     }
@@ -186,4 +196,39 @@ fn a_large_zip_loads_only_metadata() {
         assert_eq!(path, ["a", "b", "c", "d"][i]);
         assert!(t.as_bytes().unwrap().iter().all(|&b| b == i as u8));
     }
+}
+
+#[test]
+fn a_foreign_zip_is_explained_from_a_partial_source_as_from_the_whole_file() {
+    // A zip of two files and no data.pkl, whose end record claims more entries than its
+    // directory can hold, behind a comment long enough to keep the directory out of the tail
+    // window: the directory's error comes before the directory is loaded, and naming the
+    // entries asks for it.
+    let mut file = common::ZipBuilder::new("weights")
+        .add("readme.txt", b"hello")
+        .add("model.pt", &[0u8; 100])
+        .finish();
+    let eocd = file.len() - 22;
+    file[eocd + 8..eocd + 12].copy_from_slice(&[100, 0, 100, 0]);
+    file[eocd + 20..eocd + 22].copy_from_slice(&u16::MAX.to_le_bytes());
+    file.extend(std::iter::repeat_n(b'c', u16::MAX as usize));
+    let whole = Loader::new().plan("x.pt", file.as_slice()).unwrap_err();
+    let (partial, rounds, _) = plan_sparse_result(&file);
+    let partial = partial.unwrap_err();
+    assert!(
+        matches!(whole.kind(), ErrorKind::NotACheckpoint { .. }),
+        "{whole}"
+    );
+    assert!(
+        whole.to_string().contains("it holds 'weights/model.pt'"),
+        "{whole}"
+    );
+    assert_eq!(
+        partial.to_string(),
+        whole.to_string().replace("x.pt", "<sparse>")
+    );
+    assert!(
+        rounds > 1,
+        "the directory is asked for before the error is explained"
+    );
 }

@@ -226,6 +226,45 @@ fn gguf_file() {
 }
 
 #[test]
+fn compressed_and_other_foreign_files_say_what_to_do() {
+    for (name, head, want) in [
+        (
+            "model.pt.bz2",
+            &b"BZh91AY&SY\x00\x00"[..],
+            "a bzip2-compressed file: decompress it first (bunzip2)",
+        ),
+        (
+            "model.pt.xz",
+            b"\xfd7zXZ\x00\x00\x04",
+            "an xz-compressed file: decompress it first (unxz)",
+        ),
+        (
+            "model.pt.zst",
+            b"\x28\xb5\x2f\xfd\x04\x00",
+            "a zstd-compressed file: decompress it first (unzstd)",
+        ),
+        (
+            "model.7z",
+            b"7z\xbc\xaf\x27\x1c\x00\x04",
+            "a 7-Zip archive: extract it first (7z x)",
+        ),
+        (
+            "model.h5",
+            b"\x89HDF\r\n\x1a\n\x00",
+            "an HDF5 file (Keras .h5 weights?)",
+        ),
+        ("array.npy", b"\x93NUMPY\x01\x00", "a NumPy .npy array"),
+    ] {
+        let path = write(&scratch("foreign").join(name), head);
+        assert_eq!(
+            refused(&path),
+            format!("not a PyTorch checkpoint: {want}"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn onnx_file() {
     // A ModelProto as torch.onnx.export starts it: ir_version = 8 (field 1, varint),
     // producer_name = "pytorch" (field 2), producer_version = "2.15.0" (field 3), then the

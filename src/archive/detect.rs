@@ -146,9 +146,9 @@ pub fn refuse(bytes: &(impl ByteSource + ?Sized), format: Foreign) -> Result<Err
             "an ONNX model (a protobuf ModelProto): open it with onnx or onnxruntime".to_owned()
         }
         Foreign::Gzip => gzip_reason(bytes.get(0, bytes.len().min(4096))?),
-        Foreign::Bzip2 => compressed("bzip2", "bunzip2"),
-        Foreign::Xz => compressed("xz", "unxz"),
-        Foreign::Zstd => compressed("zstd", "unzstd"),
+        Foreign::Bzip2 => compressed("a bzip2", "bunzip2"),
+        Foreign::Xz => compressed("an xz", "unxz"),
+        Foreign::Zstd => compressed("a zstd", "unzstd"),
         Foreign::SevenZip => "a 7-Zip archive: extract it first (7z x)".to_owned(),
         Foreign::Hdf5 => "an HDF5 file (Keras .h5 weights?)".to_owned(),
         Foreign::Npy => "a NumPy .npy array".to_owned(),
@@ -156,8 +156,9 @@ pub fn refuse(bytes: &(impl ByteSource + ?Sized), format: Foreign) -> Result<Err
     Ok(Error::new(ErrorKind::NotACheckpoint { reason }))
 }
 
-fn compressed(name: &str, tool: &str) -> String {
-    format!("a {name}-compressed file: decompress it first ({tool})")
+/// `what`: the compressor's name with its article ("an xz").
+fn compressed(what: &str, tool: &str) -> String {
+    format!("{what}-compressed file: decompress it first ({tool})")
 }
 
 /// Looks inside a gzip stream: its stored file name, and whether a tar or a checkpoint starts it.
@@ -443,6 +444,17 @@ mod tests {
         assert_eq!(foreign(b"PK\x03\x04", 1 << 20), None);
         assert_eq!(foreign(b"", 0), None);
         assert_eq!(foreign(b"\x08", 1), None);
+    }
+
+    #[test]
+    fn onnx_needs_both_a_known_version_and_a_second_field() {
+        // `ir_version` 7 followed by a tag no ModelProto field has (field 0, field 9).
+        assert_eq!(foreign(b"\x08\x07\x00\x00", 4096), None);
+        assert_eq!(foreign(b"\x08\x07\x4a\x00", 4096), None);
+        // A known second field after a version ONNX never used (0, 21).
+        assert_eq!(foreign(b"\x08\x00\x12\x07", 4096), None);
+        assert_eq!(foreign(b"\x08\x15\x3a\x10", 4096), None);
+        assert_eq!(foreign(b"\x08\x14\x3a\x10", 4096), Some(Foreign::Onnx));
     }
 
     #[test]

@@ -132,3 +132,25 @@ pub fn sniff(data: &[u8]) -> Sniffed {
         Sniffed::Pickle
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_display_as_the_names_the_cli_and_js_api_print() {
+        for (format, name) in [
+            (Format::Zip, "zip"),
+            (Format::Legacy, "legacy"),
+            (Format::Tar, "tar"),
+            (Format::TorchScript, "torchscript"),
+            (Format::Dcp, "dcp"),
+            (Format::Safetensors, "safetensors"),
+        ] {
+            assert_eq!(format.name(), name);
+            assert_eq!(format.to_string(), name);
+        }
+        assert_eq!(ByteOrder::Little.name(), "little");
+        assert_eq!(ByteOrder::Big.name(), "big");
+    }
+}

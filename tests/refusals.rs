@@ -194,6 +194,39 @@ fn gzip_of_a_checkpoint() {
 }
 
 #[test]
+fn gzip_headers_with_every_optional_field() {
+    // RFC 1952 by hand: FEXTRA, FNAME, FCOMMENT and FHCRC, each skipped to find the stream.
+    let flags = 4 | 8 | 16 | 2;
+    let mut gz = vec![0x1f, 0x8b, 8, flags, 0, 0, 0, 0, 0, 3];
+    gz.extend_from_slice(&6u16.to_le_bytes());
+    gz.extend_from_slice(b"AP\x02\x00hi");
+    gz.extend_from_slice(b"model.pt\0");
+    gz.extend_from_slice(b"made by hand, \xff\0");
+    gz.extend_from_slice(&[0x12, 0x34]);
+    let mut deflate = flate2::write::DeflateEncoder::new(gz, flate2::Compression::default());
+    deflate.write_all(&checkpoint()).unwrap();
+    let gz = deflate.finish().unwrap();
+    assert_eq!(
+        refused(&write(&scratch("gzip_fields").join("model.pt.gz"), &gz)),
+        "not a PyTorch checkpoint: a gzip-compressed file (of 'model.pt') holding a PyTorch \
+         checkpoint: decompress it first (gunzip)"
+    );
+}
+
+#[test]
+fn gzip_of_a_zip_that_is_no_checkpoint() {
+    let zip = common::ZipBuilder::new("docs")
+        .add("readme.txt", b"hello")
+        .finish();
+    let gz = gzip(Some("docs.zip"), &zip);
+    assert_eq!(
+        refused(&write(&scratch("gzip_zip").join("docs.zip.gz"), &gz)),
+        "not a PyTorch checkpoint: a gzip-compressed file (of 'docs.zip') holding a zip \
+         archive: decompress it first (gunzip)"
+    );
+}
+
+#[test]
 fn tar_gz_of_a_checkpoint() {
     let dir = scratch("targz");
     let archive = tar(&[("run1/model.pt", &checkpoint()), ("run1/log.txt", b"ok")]);

@@ -368,9 +368,7 @@ pub fn explain_directory(names: &[String]) -> String {
             .collect()
     };
     let index = pick(&|n| n.ends_with(".index.json"));
-    let weights = pick(&|n| {
-        n == "pytorch_model.bin" || (looks_like_checkpoint(n) && !n.ends_with(".index.json"))
-    });
+    let weights = pick(&looks_like_checkpoint);
     if names.is_empty() {
         return "an empty directory".to_owned();
     }
@@ -516,5 +514,63 @@ mod tests {
             explain_directory(&names(&["notes.txt"])),
             "a directory holding no .pt, .pth, .bin, .ckpt or *.index.json file"
         );
+        // Any checkpoint-like name, in any case; three named, then a count.
+        assert_eq!(
+            explain_directory(&names(&["a.PT", "b.pth", "c.ckpt", "log.txt"])),
+            "a directory; it holds 'a.PT', 'b.pth', 'c.ckpt': load that file"
+        );
+        assert_eq!(
+            explain_directory(&names(&["a.pt", "b.bin", "c.tar", "d.pkl", "e.pt"])),
+            "a directory; it holds 'a.pt', 'b.bin', 'c.tar' and 2 more: load that file"
+        );
+    }
+
+    /// A tar header block: `name`, type flag, `size`, the ustar magic (no checksum: unchecked).
+    fn tar_header(name: &str, flag: u8, size: usize) -> Vec<u8> {
+        let mut h = vec![0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[124..136].copy_from_slice(format!("{size:011o}\0").as_bytes());
+        h[156] = flag;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h
+    }
+
+    fn tar_member(out: &mut Vec<u8>, name: &str, flag: u8, body: &[u8]) {
+        out.extend(tar_header(name, flag, body.len()));
+        out.extend_from_slice(body);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+
+    #[test]
+    fn first_tar_members_past_long_name_headers() {
+        let long = format!("{}/model.pt", "d".repeat(120));
+        // PAX extended header, after a global one of 600 bytes (two blocks).
+        let mut pax = Vec::new();
+        tar_member(&mut pax, "pax_global_header", b'g', &[b'#'; 600]);
+        let record = format!(" path={long}\n");
+        let record = format!("{}{record}", record.len() + 4);
+        tar_member(&mut pax, "PaxHeaders/model.pt", b'x', record.as_bytes());
+        tar_member(&mut pax, "short.pt", b'0', b"data");
+        assert_eq!(first_tar_member(&pax).as_deref(), Some(long.as_str()));
+        // GNU long name.
+        let mut gnu = Vec::new();
+        tar_member(
+            &mut gnu,
+            "././@LongLink",
+            b'L',
+            format!("{long}\0").as_bytes(),
+        );
+        tar_member(&mut gnu, "short.pt", b'0', b"data");
+        assert_eq!(first_tar_member(&gnu).as_deref(), Some(long.as_str()));
+        // ustar's prefix field.
+        let mut prefixed = tar_header("model.pt", b'0', 0);
+        prefixed[345..349].copy_from_slice(b"runs");
+        assert_eq!(
+            first_tar_member(&prefixed).as_deref(),
+            Some("runs/model.pt")
+        );
+        // Not ustar, or cut short.
+        assert_eq!(first_tar_member(&[0u8; 512]), None);
+        assert_eq!(first_tar_member(&gnu[..700]), None);
     }
 }

@@ -62,14 +62,6 @@ fn plain_pickle(data: &[u8], at: usize, what: &str) -> Result<(Arena, NodeId, us
     Ok((arena, root, at + len))
 }
 
-/// Whether `data` starts with the legacy stream's magic-number pickle.
-pub fn has_magic(data: &[u8]) -> bool {
-    match plain_pickle(data, 0, "magic number") {
-        Ok((arena, root, _)) => is_magic(&arena, root),
-        Err(_) => false,
-    }
-}
-
 fn is_magic(arena: &Arena, root: NodeId) -> bool {
     match arena.get(root) {
         Node::BigInt(bytes) => bigint_to_decimal(bytes) == MAGIC,
@@ -209,7 +201,6 @@ mod tests {
         let mut data = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
         data.extend_from_slice(b"\x80\x02M\xe9\x03.");
         data.extend_from_slice(b"\x80\x02}q\x00.");
-        assert!(has_magic(&data));
         assert_eq!(read_header(&data).unwrap(), data.len());
     }
 
@@ -235,5 +226,50 @@ mod tests {
             e.to_string().contains("Invalid protocol version: 1002"),
             "{e}"
         );
+        // A version past 64 bits, in Python's decimal (LONG1 of 2**64).
+        let mut data = MAGIC_PICKLE.to_vec();
+        data.extend_from_slice(b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.");
+        let e = read_header(&data).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("Invalid protocol version: 18446744073709551616"),
+            "{e}"
+        );
+    }
+
+    const MAGIC_PICKLE: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";
+
+    /// The magic and version pickles, then `sys_info`.
+    fn with_sys_info(sys_info: &[u8]) -> Vec<u8> {
+        let mut data = MAGIC_PICKLE.to_vec();
+        data.extend_from_slice(b"\x80\x02M\xe9\x03.");
+        data.extend_from_slice(sys_info);
+        data
+    }
+
+    #[test]
+    fn header_pickles_hold_plain_data_only() {
+        let e = read_header(&with_sys_info(b"\x80\x02cos\nsystem\n.")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unexpected global os.system in the legacy stream header"),
+            "{e}"
+        );
+        let e = read_header(&with_sys_info(b"\x80\x02K\x01Q.")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("unexpected persistent id in the legacy stream header"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn header_errors_give_offsets_in_the_file() {
+        // sys_info starts at byte 21; its opcode 0xff is its third byte.
+        let data = with_sys_info(b"\x80\x02\xff.");
+        assert_eq!(MAGIC_PICKLE.len() + 6, 21);
+        let e = read_header(&data).unwrap_err();
+        assert_eq!(e.offset(), Some(23), "{e}");
+        assert!(e.to_string().contains("legacy stream sys_info"), "{e}");
     }
 }

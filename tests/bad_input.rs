@@ -538,6 +538,44 @@ fn legacy_stream(main: &[u8], keys: &[&str], records: &[(u64, &[u8])]) -> Vec<u8
 }
 
 #[test]
+fn legacy_storage_keys_may_be_ints_or_bytes() {
+    // The key list is matched against the persistent ids' keys; torch 2.15 loads all three
+    // forms below (tensor([1., 2.]), weights_only=False: its weights-only unpickler refuses the
+    // protocol-0 LIST opcode this key list uses, and protocol 3's SHORT_BINBYTES).
+    let floats: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect();
+    for key_ops in [&b"K\x00"[..], b"C\x010", b"X\x01\x00\x00\x000"] {
+        let main = Pickle::new()
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"((")
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .op(key_ops)
+            .str("cpu")
+            .int(2)
+            .op(b"NtQ")
+            .int(0)
+            .ints(&[2])
+            .ints(&[1])
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")RtR")
+            .stop();
+        let mut file = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
+        file.extend_from_slice(b"\x80\x02M\xe9\x03.\x80\x02}.");
+        file.extend_from_slice(&main);
+        file.extend(Pickle::new().op(b"(").op(key_ops).op(b"l").stop());
+        file.extend_from_slice(&2u64.to_le_bytes());
+        file.extend_from_slice(&floats);
+        let ckpt = ptload::Loader::new()
+            .weights_only(false)
+            .load_bytes(file)
+            .unwrap_or_else(|e| panic!("{key_ops:?}: {e}"));
+        let (_, t) = ckpt.tensors().next().unwrap();
+        assert_eq!(t.to_contiguous_bytes().unwrap(), floats, "{key_ops:?}");
+    }
+}
+
+#[test]
 fn legacy_stream_rules() {
     let main = one_tensor("FloatStorage", 2, &[2], &[1], 0);
     let floats: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect();
@@ -573,8 +611,16 @@ fn legacy_stream_rules() {
         "{e}"
     );
     // The count is right but the bytes stop early.
-    let e = err(legacy_stream(&main, &["0"], &[(2, &floats[..5])]));
-    assert!(e.to_string().contains("truncated"), "{e}");
+    let file = legacy_stream(&main, &["0"], &[(2, &floats[..5])]);
+    let (len, start) = (file.len(), file.len() - 5);
+    let e = err(file);
+    assert_eq!(e.offset(), Some(start as u64), "{e}");
+    assert!(
+        e.to_string().ends_with(&format!(
+            "needs 8 bytes but the file ends at byte {len} (truncated?)"
+        )),
+        "{e}"
+    );
     // Not 1001.
     let mut wrong = legacy_stream(&main, &["0"], &[(2, &floats)]);
     wrong[18] = 0xea;

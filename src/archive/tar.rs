@@ -36,8 +36,9 @@ fn octal(bytes: &[u8], at: usize, what: &str) -> Result<u64> {
         // base-256: big-endian two's complement in the remaining bytes.
         let mut v: u64 = 0;
         for &b in &bytes[1..] {
+            // checked_mul, not checked_shl: a shift loses high bits without failing.
             v = v
-                .checked_shl(8)
+                .checked_mul(256)
                 .ok_or_else(|| tar_error(at, format!("{what} overflows")))?
                 | b as u64;
         }
@@ -199,6 +200,86 @@ mod tests {
         let m = members(&data).unwrap();
         assert_eq!(&data[m["a"].clone()], b"abc");
         assert_eq!(&data[m["longname"].clone()], b"z");
+    }
+
+    /// Appends a member: its header, `body`, padding to the block.
+    fn member(data: &mut Vec<u8>, h: Vec<u8>, body: &[u8]) {
+        data.extend(h);
+        data.extend_from_slice(body);
+        data.resize(data.len().div_ceil(BLOCK) * BLOCK, 0);
+    }
+
+    /// Recomputes a header's checksum after an edit.
+    fn resum(h: &mut [u8]) {
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    }
+
+    #[test]
+    fn long_names_prefixes_and_pax_sizes() {
+        let mut data = Vec::new();
+        // GNU long name for the next member.
+        member(&mut data, header("././@LongLink", 9, b'L'), b"gnu/long\0");
+        member(&mut data, header("short1", 2, b'0'), b"g1");
+        // ustar prefix.
+        let mut h = header("name", 2, b'0');
+        h[345..351].copy_from_slice(b"folder");
+        resum(&mut h);
+        member(&mut data, h, b"p1");
+        // The same prefix bytes without the ustar magic (a v7 header): no prefix.
+        let mut h = header("v7name", 2, b'0');
+        h[257..263].fill(0);
+        h[345..351].copy_from_slice(b"folder");
+        resum(&mut h);
+        member(&mut data, h, b"v7");
+        // PAX: two records, a path and a size that overrides the header's (0 here).
+        let pax = b"16 path=paxname\n10 size=3\n";
+        member(&mut data, header("PaxHeader", pax.len(), b'x'), pax);
+        member(&mut data, header("short2", 0, b'0'), b"pax");
+        data.resize(data.len() + 2 * BLOCK, 0);
+        let m = members(&data).unwrap();
+        assert_eq!(&data[m["gnu/long"].clone()], b"g1");
+        assert_eq!(&data[m["folder/name"].clone()], b"p1");
+        assert_eq!(&data[m["v7name"].clone()], b"v7");
+        assert_eq!(&data[m["paxname"].clone()], b"pax");
+        assert_eq!(m.len(), 4, "{m:?}");
+    }
+
+    #[test]
+    fn base_256_sizes() {
+        let mut h = header("big", 0, b'0');
+        h[124..136].copy_from_slice(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, 0x02]);
+        resum(&mut h);
+        let mut data = Vec::new();
+        member(&mut data, h, &[7u8; 0x102]);
+        data.resize(data.len() + 2 * BLOCK, 0);
+        assert_eq!(members(&data).unwrap()["big"], BLOCK..BLOCK + 0x102);
+        // Past 64 bits.
+        let mut h = header("big", 0, b'0');
+        h[124..136].copy_from_slice(&[0x80, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        resum(&mut h);
+        assert!(members(&h)
+            .unwrap_err()
+            .to_string()
+            .contains("size overflows"));
+    }
+
+    #[test]
+    fn malformed_pax_records_are_skipped() {
+        // Lengths too short for their own prefix, or past the header's end: the rest is
+        // ignored; records before them count.
+        assert_eq!(pax_records(b"2 ab"), vec![]);
+        assert_eq!(pax_records(b"1 "), vec![]);
+        assert_eq!(pax_records(b"99 path=x\n"), vec![]);
+        assert_eq!(
+            pax_records(b"12 path=abc\n30 size=1\n"),
+            vec![("path", "abc")]
+        );
+        assert_eq!(
+            pax_records(b"12 path=abc\n10 size=7\n"),
+            vec![("path", "abc"), ("size", "7")]
+        );
     }
 
     #[test]

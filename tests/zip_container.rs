@@ -26,6 +26,12 @@ fn err(bytes: Vec<u8>) -> String {
 /// (0xFFFFFFFF in the fixed fields), and the EOCD to defer to a zip64 EOCD, as torch's writer
 /// does past 4 GiB.
 fn to_zip64(zip: &[u8]) -> Vec<u8> {
+    to_zip64_fields(zip, [true; 3])
+}
+
+/// As [`to_zip64`], moving only the chosen fields (uncompressed size, compressed size, local
+/// header offset) into the extra field, in the spec's order; the others stay in place.
+fn to_zip64_fields(zip: &[u8], moved: [bool; 3]) -> Vec<u8> {
     let eocd = zip.len() - 22;
     let entries = u16::from_le_bytes([zip[eocd + 10], zip[eocd + 11]]);
     let cd_offset = u32::from_le_bytes(zip[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
@@ -37,16 +43,18 @@ fn to_zip64(zip: &[u8]) -> Vec<u8> {
         let size = u32::from_le_bytes(zip[pos + 24..pos + 28].try_into().unwrap()) as u64;
         let offset = u32::from_le_bytes(zip[pos + 42..pos + 46].try_into().unwrap()) as u64;
         let mut header = zip[pos..pos + 46].to_vec();
-        header[20..28].copy_from_slice(&[0xff; 8]);
-        header[42..46].copy_from_slice(&[0xff; 4]);
-        header[30..32].copy_from_slice(&28u16.to_le_bytes()); // extra length
+        let fields = [(24, size), (20, csize), (42, offset)];
+        let mut extra = Vec::new();
+        for (&(at, value), _) in fields.iter().zip(moved).filter(|(_, m)| *m) {
+            header[at..at + 4].copy_from_slice(&[0xff; 4]);
+            extra.extend_from_slice(&value.to_le_bytes());
+        }
+        header[30..32].copy_from_slice(&(4 + extra.len() as u16).to_le_bytes()); // extra length
         out.extend_from_slice(&header);
         out.extend_from_slice(&zip[pos + 46..pos + 46 + name_len]);
         out.extend_from_slice(&1u16.to_le_bytes());
-        out.extend_from_slice(&24u16.to_le_bytes());
-        for v in [size, csize, offset] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
+        out.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        out.extend_from_slice(&extra);
         pos += 46 + name_len;
     }
     let cd_size = (out.len() - cd_offset) as u64;
@@ -78,6 +86,54 @@ fn zip64_fields_are_merged_from_the_extra_field() {
     assert_eq!(path, "");
     assert_eq!(t.as_bytes().unwrap(), floats().as_slice());
     assert!(ckpt.storages[0].data.is_borrowed());
+}
+
+#[test]
+fn zip64_extra_fields_hold_only_the_fields_that_are_all_ones() {
+    // Any one field may overflow alone (a small entry past 4 GiB has only its offset there).
+    let plain = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats())]);
+    for moved in [
+        [true, false, false],
+        [false, true, false],
+        [false, false, true],
+        [true, true, false],
+        [false, true, true],
+        [true, false, true],
+    ] {
+        let ckpt = ptload::load_bytes(to_zip64_fields(&plain, moved))
+            .unwrap_or_else(|e| panic!("{moved:?}: {e}"));
+        let (_, t) = ckpt.tensors().next().unwrap();
+        assert_eq!(t.as_bytes().unwrap(), floats().as_slice(), "{moved:?}");
+    }
+}
+
+#[test]
+fn a_local_header_past_the_end_of_the_file_is_refused() {
+    // Entries far apart (≥ 64 KiB each on average), whose local headers are read, not
+    // borrowed; and the same entries close together.
+    for big in [5 << 16, 16] {
+        let data = vec![7u8; big];
+        let zip = ZipBuilder::checkpoint(&tensor_pickle(), &[("0", &floats()), ("1", &data)]);
+        let signature = 0x0201_4b50u32.to_le_bytes();
+        let pos = (0..zip.len() - 46)
+            .find(|&i| {
+                zip[i..].starts_with(&signature) && zip[i + 46..].starts_with(b"archive/version")
+            })
+            .unwrap();
+        let len = zip.len();
+        for at in [len - 29, len - 1, len] {
+            let mut bad = zip.clone();
+            bad[pos + 42..pos + 46].copy_from_slice(&(at as u32).to_le_bytes());
+            let e = ptload::load_bytes(bad).unwrap_err();
+            assert_eq!(e.offset(), Some(at as u64), "{e}");
+            assert!(
+                e.to_string().ends_with(&format!(
+                    "local file header (30 bytes) lies past the end of the file ({len} bytes)"
+                )),
+                "{big}, {at}: {e}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -124,6 +124,20 @@ impl Arena {
         Self::default()
     }
 
+    /// An empty arena with room for what a torch pickle of `input_len` bytes usually makes
+    /// (about a node per 6 bytes, a third of its bytes as text, an item per 8 bytes, a call
+    /// per 48), capped, so that a small pickle's pools never grow while it runs.
+    pub fn for_input(input_len: usize) -> Self {
+        const MAX_RESERVED: usize = 1 << 16;
+        Arena {
+            nodes: Vec::with_capacity((input_len / 6).min(MAX_RESERVED)),
+            texts: String::with_capacity((input_len / 3).min(MAX_RESERVED * 8)),
+            items: Vec::with_capacity((input_len / 8).min(MAX_RESERVED)),
+            calls: Vec::with_capacity((input_len / 48).min(MAX_RESERVED / 8)),
+            globals: Vec::with_capacity(16),
+        }
+    }
+
     /// Adds a node and returns its id.
     ///
     /// Ids are `u32`: the machine's input cap keeps the count far below that; a pickle that

@@ -22,7 +22,6 @@ use crate::source::ByteSource;
 use crate::torch::value::Segment;
 use crate::torch::{self, Dtype, StorageRef, TensorMeta, Value};
 use crate::Loader;
-use std::fmt::Write as _;
 
 impl Loader {
     /// Plans a load: reads the container's directory and pickles from `bytes`, decides every
@@ -229,7 +228,7 @@ pub(crate) fn walk_tensors<'v>(
             path.push('.');
         }
         // Written in place: no string per segment.
-        let _ = write!(path, "{segment}");
+        segment.push_to(path);
         positions.truncate(stack.len() - 1);
         positions.push(index);
         match child {

@@ -138,7 +138,7 @@ fn run_pickle(
     options: &PickleOptions,
     table: StorageTable,
 ) -> Result<(Arena, NodeId, usize, StorageTable)> {
-    let mut arena = Arena::new();
+    let mut arena = Arena::for_input(bytes.len());
     let mut table = table;
     // A torch pickle spends some 150 bytes per storage it names: room for them up front.
     table.reserve(bytes.len().min(MAX_STORAGES_RESERVED * 150) / 150);

@@ -418,6 +418,19 @@ pub(crate) enum Segment<'v> {
     Key(&'v Value),
 }
 
+impl Segment<'_> {
+    /// Appends the rendered segment to `out` (a str key without the formatting machinery).
+    pub(crate) fn push_to(self, out: &mut String) {
+        match self {
+            Segment::Key(Value::Str(s)) => out.push_str(s),
+            other => {
+                use fmt::Write;
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+}
+
 impl fmt::Display for Segment<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -83,3 +83,24 @@ fn a_100_000_deep_tree_without_limits_is_ok_or_a_clean_error_never_a_crash() {
         }
     }
 }
+
+#[test]
+fn a_deep_tree_whose_load_fails_after_parsing_is_dropped_without_recursion() {
+    // The pickle parses, then planning fails (the tensor's record is missing): the parsed
+    // tree is dropped on the error path, on a 2 MiB stack.
+    let depth = 99_990;
+    let pickle = Pickle::new()
+        .op(&vec![b']'; depth])
+        .tensor("FloatStorage", "0", 1, 0, &[1], &[1])
+        .op(&vec![b'a'; depth])
+        .stop();
+    let e = on_small_stack(move || {
+        Loader::new()
+            .limits(Limits::none())
+            .load_bytes(ZipBuilder::checkpoint(&pickle, &[]))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(e.contains("archive/data/0"), "{e}");
+}

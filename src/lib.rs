@@ -63,7 +63,10 @@
 //!   other globals as inert [`Object`]s. Unlike torch, the weights-only mode restricts globals,
 //!   not opcodes: a file torch's weights-only unpickler refuses only for an opcode outside its
 //!   subset ("Unsupported operand N": protocol 4/5 `FRAME`, `BINSTRING`, `SHORT_BINBYTES`, …)
-//!   loads here, since ptload's pickle machine executes nothing.
+//!   loads here, since ptload's pickle machine executes nothing. For the same reason the tar
+//!   format of torch ≤ 0.1 loads under weights-only when its globals are allowed, where torch
+//!   refuses every tar file ("Cannot use ``weights_only=True`` with files saved in the legacy
+//!   .tar format").
 //! - Every length, count and view is checked before use; [`Limits`] bounds memory and time.
 //! - Bad input is an [`Error`] naming the file and what is wrong, never a panic.
 

@@ -824,6 +824,20 @@ fn persistent_ids_that_name_no_storage_are_refused_by_what_is_wrong() {
     // An empty tuple.
     let e = load(Pickle::new().op(b")"));
     assert!(e.contains("unsupported persistent id"), "{e}");
+    // A 3-tuple: the tar format's module ids, meaningless in a zip file (a class the
+    // weights-only policy allows, so that the id itself is what is refused).
+    let e = load(
+        Pickle::new()
+            .op(b"(")
+            .global("collections", "OrderedDict")
+            .str("linear.py")
+            .str("class Linear: ...")
+            .op(b"t"),
+    );
+    assert!(
+        e.contains("unsupported persistent id: only ('storage', …) ids are understood"),
+        "{e}"
+    );
     // A str that is not the repr protocol 0 writes of a storage id.
     let e = load(Pickle::new().str("weights"));
     assert!(
@@ -841,4 +855,14 @@ fn persistent_ids_that_name_no_storage_are_refused_by_what_is_wrong() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("unknown storage type foo.UntypedStorage"), "{e}");
+}
+
+#[test]
+fn torchscript_classes_are_allowed_only_in_torchscript_archives() {
+    // A plain zip checkpoint naming a TorchScript class: weights-only refuses it, as torch
+    // 2.15 refuses any global off its allowlist.
+    let p = Pickle::new().global("__torch__.model", "Net").stop();
+    let e = ptload::load_bytes(ZipBuilder::checkpoint(&p, &[])).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::WeightsOnly { .. }), "{e}");
+    assert!(e.to_string().contains("__torch__.model.Net"), "{e}");
 }

@@ -99,3 +99,14 @@ fn latin1_strings_need_the_latin1_encoding() {
         "{e}"
     );
 }
+
+#[test]
+fn tar_module_ids_load_as_their_class() {
+    // `(cls, source_file, source)` persistent ids (make_formats.py, `tar/int_ids.pt`): torch
+    // 2.15 returns the class itself.
+    let ckpt = ptload::load(root().join("tests/fixtures/tar/int_ids.pt")).unwrap();
+    assert_eq!(
+        ckpt.root.get_path("module_class"),
+        Some(&ptload::Value::Global("collections.OrderedDict".into()))
+    );
+}

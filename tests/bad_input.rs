@@ -821,6 +821,18 @@ fn persistent_ids_that_name_no_storage_are_refused_by_what_is_wrong() {
         e.contains("unsupported persistent id: only ('storage', …) ids are understood"),
         "{e}"
     );
+    // A location in bytes that are not ASCII: torch's `_maybe_decode_ascii` fails on it.
+    let e = load(
+        Pickle::new()
+            .op(b"(")
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .str("0")
+            .op(b"C\x03c\xe9u")
+            .int(1)
+            .op(b"t"),
+    );
+    assert!(e.contains("storage location must be a str"), "{e}");
     // An empty tuple.
     let e = load(Pickle::new().op(b")"));
     assert!(e.contains("unsupported persistent id"), "{e}");

@@ -379,6 +379,55 @@ mod tests {
     }
 
     #[test]
+    fn strings_are_escaped_as_serde_json_escapes_them() {
+        let every: String = (0u32..0x80).filter_map(char::from_u32).collect();
+        for s in [every.as_str(), "é\u{2028}\u{ffff}😀", ""] {
+            let text = tree(&Value::Str(s.into()), &|_| None);
+            assert_eq!(text, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn mixed_keys_and_slot_states_are_valid_json() {
+        let s = |x: &str| Value::Str(x.into());
+        // A dict with a str and an int key: every key as a pair's first item.
+        let mixed = dict(
+            "dict",
+            vec![(s("a"), Value::Int(1)), (Value::Int(2), s("b"))],
+        );
+        assert_eq!(tree(&mixed, &|_| None), r#"{"__dict__":[["a",1],[2,"b"]]}"#);
+        // An object whose state is (dict, slots), and one whose state is (None, dict, dict).
+        let object = |state: Value| {
+            Value::Object(Box::new(Object {
+                class: "m.C".into(),
+                args: vec![],
+                state: Some(state),
+                list_items: vec![],
+                dict_items: vec![],
+            }))
+        };
+        let slots = object(Value::Tuple(vec![
+            dict("dict", vec![(s("x"), Value::Int(1))]),
+            dict("dict", vec![(s("y"), Value::Int(2))]),
+        ]));
+        assert_eq!(
+            tree(&slots, &|_| None),
+            r#"{"__class__":"m.C","args":[],"state":[{"x":1},{"y":2}]}"#
+        );
+        let three = object(Value::Tuple(vec![
+            Value::None,
+            dict("dict", vec![(s("x"), Value::Int(1))]),
+            Value::Int(3),
+        ]));
+        let text = tree(&three, &|_| None);
+        assert_eq!(
+            text,
+            r#"{"__class__":"m.C","args":[],"state":[null,{"x":1},3]}"#
+        );
+        serde_json::from_str::<serde_json::Value>(&text).unwrap();
+    }
+
+    #[test]
     fn a_deep_tree_is_written_without_recursion() {
         let mut v = tensor();
         for _ in 0..100_000 {

@@ -833,6 +833,18 @@ fn persistent_ids_that_name_no_storage_are_refused_by_what_is_wrong() {
             .op(b"t"),
     );
     assert!(e.contains("storage location must be a str"), "{e}");
+    // A negative element count.
+    let e = load(
+        Pickle::new()
+            .op(b"(")
+            .str("storage")
+            .global("torch", "FloatStorage")
+            .str("0")
+            .str("cpu")
+            .int(-1)
+            .op(b"t"),
+    );
+    assert!(e.contains("storage '0' has a negative size -1"), "{e}");
     // An empty tuple.
     let e = load(Pickle::new().op(b")"));
     assert!(e.contains("unsupported persistent id"), "{e}");
@@ -877,4 +889,33 @@ fn torchscript_classes_are_allowed_only_in_torchscript_archives() {
     let e = ptload::load_bytes(ZipBuilder::checkpoint(&p, &[])).unwrap_err();
     assert!(matches!(e.kind(), ErrorKind::WeightsOnly { .. }), "{e}");
     assert!(e.to_string().contains("__torch__.model.Net"), "{e}");
+}
+
+#[test]
+fn tar_entry_headers_must_be_3_tuples() {
+    // tar/checkpoint.pt with its first storage header `(key, 'cpu', FloatStorage)` made a
+    // 2-tuple (TUPLE3 → TUPLE2): the error names the member and the header pickle's offset.
+    let bytes = fixture("tar/checkpoint.pt");
+    let storages = ptload::archive::tar::members(&bytes).unwrap()["storages"].clone();
+    let at = storages.start
+        + bytes[storages.clone()]
+            .windows(16)
+            .position(|w| w == b"FloatStorage\nq\x01\x87")
+            .unwrap()
+        + 15;
+    let mut bad = bytes.clone();
+    bad[at] = 0x86;
+    let e = ptload::load_bytes(bad).unwrap_err();
+    // The count pickle `\x80\x02K\x03.` comes first; the header pickle starts after it.
+    assert_eq!(
+        &bytes[storages.start..storages.start + 5],
+        b"\x80\x02K\x03."
+    );
+    assert_eq!(e.offset(), Some(storages.start as u64 + 5), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("expected (key, location, storage type)"),
+        "{e}"
+    );
+    assert!(e.to_string().contains("storages"), "{e}");
 }

@@ -44,20 +44,27 @@ impl<'a> Member<'a> {
 
     /// The next pickle, which must be a 3-tuple (the header of each storage or tensor entry).
     fn triple(&mut self, what: &str) -> Result<(Arena, Vec<NodeId>)> {
+        let at = self.pos;
         let (arena, root) = self.pickle()?;
         match arena.tuple(root) {
             Some(fields) if fields.len() == 3 => {
                 let fields = fields.to_vec();
                 Ok((arena, fields))
             }
-            _ => Err(self.error(format!("expected {what}"))),
+            // The offset of the pickle that is no 3-tuple, not of what follows it.
+            _ => Err(self.error_at(at, format!("expected {what}"))),
         }
     }
 
     fn error(&self, message: impl Into<String>) -> Error {
+        self.error_at(self.pos, message)
+    }
+
+    /// An error at `pos` of the member (its offset in the file).
+    fn error_at(&self, pos: usize, message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Record {
             record: self.name.to_owned(),
-            offset: (self.base + self.pos) as u64,
+            offset: (self.base + pos) as u64,
             message: message.into(),
         })
     }

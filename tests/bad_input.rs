@@ -4,7 +4,7 @@ mod common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use common::{fixture, root, Pickle, ZipBuilder};
+use common::{fixture, root, tar, Pickle, ZipBuilder};
 use ptload::{ErrorKind, Loader};
 
 /// Loads `bytes` and, if that works, hashes every tensor; panics are caught and reported.
@@ -918,4 +918,115 @@ fn tar_entry_headers_must_be_3_tuples() {
         "{e}"
     );
     assert!(e.to_string().contains("storages"), "{e}");
+}
+
+/// tar/checkpoint.pt rebuilt with `member`'s bytes replaced by `edit` of them.
+fn tar_with(member: &str, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let bytes = fixture("tar/checkpoint.pt");
+    let members = ptload::archive::tar::members(&bytes).unwrap();
+    let mut parts: Vec<(&str, Vec<u8>)> = ["sys_info", "pickle", "tensors", "storages"]
+        .iter()
+        .map(|&name| (name, bytes[members[name].clone()].to_vec()))
+        .collect();
+    edit(
+        &mut parts
+            .iter_mut()
+            .find(|(name, _)| *name == member)
+            .unwrap()
+            .1,
+    );
+    let files: Vec<(&str, &[u8])> = parts.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+    tar(&files)
+}
+
+/// Where the first `pattern` starts in `data`.
+fn find(data: &[u8], pattern: &[u8]) -> usize {
+    data.windows(pattern.len())
+        .position(|w| w == pattern)
+        .unwrap()
+}
+
+#[test]
+fn tar_member_pickle_errors_give_the_member_and_its_offset_in_the_file() {
+    // The storages member's count pickle `\x80\x02K\x03.` with an opcode that does not exist.
+    let bytes = fixture("tar/checkpoint.pt");
+    let storages = ptload::archive::tar::members(&bytes).unwrap()["storages"].clone();
+    let mut bad = bytes.clone();
+    bad[storages.start + 2] = 0xff;
+    let e = ptload::load_bytes(bad).unwrap_err();
+    assert_eq!(e.offset(), Some(storages.start as u64), "{e}");
+    assert!(
+        matches!(e.kind(), ErrorKind::Record { record, .. } if record == "tar member 'storages'"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tar_storage_views_may_end_exactly_at_their_root_s_end() {
+    // The view (target, root, 6, 12) of a 24-float root, made 6 + 18 (the root's end) and
+    // 6 + 19 (one past it).
+    let view = |numel: u8| {
+        tar_with("storages", |d| {
+            let at = find(d, b"K\x06K\x0c");
+            d[at + 3] = numel;
+        })
+    };
+    let ckpt = ptload::load_bytes(view(18)).unwrap();
+    assert_eq!(ckpt.tensors().count(), 7);
+    let e = ptload::load_bytes(view(19)).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("(19 elements at 6) lies outside its root of 24 elements"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tar_counts_and_ranks_are_checked() {
+    // A negative storage count (BININT -1 for BININT1 3).
+    let bad = tar_with("storages", |d| {
+        d.splice(2..4, *b"J\xff\xff\xff\xff");
+    });
+    let e = ptload::load_bytes(bad).unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("storage count must be a non-negative int"),
+        "{e}"
+    );
+    // The first tensor (2 dimensions) said to have 1000, and -1.
+    for (ndim, want) in [(1000i32, "1000 dimensions"), (-1, "-1 dimensions")] {
+        let bad = tar_with("tensors", |d| {
+            let at = find(d, b"FloatTensor\n") + 12;
+            let at = at + find(&d[at..], b".") + 1;
+            d[at..at + 4].copy_from_slice(&ndim.to_le_bytes());
+        });
+        let e = ptload::load_bytes(bad).unwrap_err();
+        assert!(e.to_string().ends_with(want), "{e}");
+    }
+}
+
+#[test]
+fn tar_tensors_may_have_no_dimensions() {
+    // The first tensor (4 × 6 at 0 of a float storage) rewritten as a scalar at offset 5.
+    let bad = tar_with("tensors", |d| {
+        let at = find(d, b"FloatTensor\n") + 12;
+        let at = at + find(&d[at..], b".") + 1;
+        assert_eq!(d[at..at + 4], 2i32.to_le_bytes());
+        let mut scalar = vec![0u8; 8];
+        scalar.extend_from_slice(&5i64.to_le_bytes());
+        d.splice(at..at + 8 + 2 * 2 * 8 + 8, scalar);
+    });
+    let ckpt = ptload::Loader::new()
+        .weights_only(false)
+        .load_bytes(bad)
+        .unwrap();
+    let t = ckpt.tensor("weights.base").unwrap();
+    assert!(t.shape().is_empty());
+    let whole = ptload::load_bytes(fixture("tar/checkpoint.pt")).unwrap();
+    let base = whole
+        .tensor("weights.base")
+        .unwrap()
+        .to_contiguous_bytes()
+        .unwrap();
+    assert_eq!(t.to_contiguous_bytes().unwrap(), base[20..24]);
 }

@@ -993,6 +993,15 @@ fn tar_counts_and_ranks_are_checked() {
             .ends_with("storage count must be a non-negative int"),
         "{e}"
     );
+    // The fixture's tensors have up to 2 dimensions: a rank limit of 2 admits them, 1 does not.
+    let loader = |rank| {
+        ptload::Loader::new()
+            .limits(ptload::Limits::default().with_max_rank(rank))
+            .load_bytes(fixture("tar/checkpoint.pt"))
+    };
+    assert_eq!(loader(2).unwrap().tensors().count(), 7);
+    let e = loader(1).unwrap_err();
+    assert!(e.to_string().ends_with("2 dimensions"), "{e}");
     // The first tensor (2 dimensions) said to have 1000, and -1.
     for (ndim, want) in [(1000i32, "1000 dimensions"), (-1, "-1 dimensions")] {
         let bad = tar_with("tensors", |d| {

@@ -614,6 +614,58 @@ mod tests {
     }
 
     #[test]
+    fn shifting_reaches_every_storage_id() {
+        let t = |id| {
+            let mut m = meta(&[1], &[1]);
+            m.storage = Some(id);
+            Value::Tensor(Box::new(m))
+        };
+        let mut v = Value::Tuple(vec![
+            Value::Storage(0),
+            Value::Set(vec![t(1)]),
+            Value::Dict(Box::new(Dict {
+                class: "dict".into(),
+                items: vec![(Value::Storage(2), t(3))],
+                attributes: vec![("_metadata".into(), Value::Storage(4))],
+            })),
+            Value::Object(Box::new(Object {
+                class: "m.C".into(),
+                args: vec![t(5)],
+                state: Some(Value::Storage(6)),
+                list_items: vec![t(7)],
+                dict_items: vec![(Value::Storage(8), t(9))],
+            })),
+            Value::FrozenSet(vec![Value::List(vec![Value::Storage(10)])]),
+        ]);
+        v.shift_storage_ids(100);
+        let mut ids = Vec::new();
+        let mut stack = vec![&v];
+        while let Some(value) = stack.pop() {
+            match value {
+                Value::Storage(id) => ids.push(*id),
+                Value::Tensor(m) => ids.push(m.storage.unwrap()),
+                Value::List(items)
+                | Value::Tuple(items)
+                | Value::Set(items)
+                | Value::FrozenSet(items) => stack.extend(items),
+                Value::Dict(d) => {
+                    stack.extend(d.items.iter().flat_map(|(k, v)| [k, v]));
+                    stack.extend(d.attributes.iter().map(|(_, v)| v));
+                }
+                Value::Object(o) => {
+                    stack.extend(&o.args);
+                    stack.extend(o.state.as_ref());
+                    stack.extend(&o.list_items);
+                    stack.extend(o.dict_items.iter().flat_map(|(k, v)| [k, v]));
+                }
+                _ => {}
+            }
+        }
+        ids.sort();
+        assert_eq!(ids, (100..111).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn deep_trees_are_dismantled_and_shifted_without_recursion() {
         let mut v = Value::Tensor(Box::new(meta(&[1], &[1])));
         for _ in 0..200_000 {

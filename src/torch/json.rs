@@ -29,8 +29,14 @@ use super::{StorageId, Value};
 /// Python's `repr` of a `float`: the shortest digits that round-trip, in exponent form below
 /// 1e-4 and from 1e16 on (`2.5e-300`, `1e+300`), with `.0` on whole numbers; `inf`, `nan`.
 pub fn float_repr(x: f64) -> String {
-    if !x.is_finite() || x == 0.0 {
-        return Value::Float(x).to_string();
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
     }
     let sci = format!("{x:e}"); // shortest round-trip digits: "2.5e-300", "1e300"
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));

@@ -493,17 +493,8 @@ impl fmt::Display for Value {
                 Value::Bool(b) => f.write_str(if *b { "True" } else { "False" })?,
                 Value::Int(i) => write!(f, "{i}")?,
                 Value::BigInt(s) => f.write_str(s)?,
-                Value::Float(x) => {
-                    if x.is_nan() {
-                        f.write_str("nan")?
-                    } else if x.is_infinite() {
-                        f.write_str(if *x > 0.0 { "inf" } else { "-inf" })?
-                    } else if x.fract() == 0.0 && x.abs() < 1e16 {
-                        write!(f, "{x:.1}")?
-                    } else {
-                        write!(f, "{x}")?
-                    }
-                }
+                // Python's repr (`1e-05`, `1e+16`, `2.0`), as the JSON tree writes it.
+                Value::Float(x) => f.write_str(&super::json::float_repr(*x))?,
                 Value::Complex(re, im) => write!(f, "({re}{im:+}j)")?,
                 Value::Str(s) => write!(f, "{s:?}")?,
                 Value::Bytes(b) => write!(f, "b{:?}", String::from_utf8_lossy(b))?,
@@ -610,6 +601,64 @@ mod tests {
                 assert_eq!(o.child_at(i), Some(child), "{o:?} {i}");
             }
             assert_eq!(o.child_at(n), None);
+        }
+    }
+
+    #[test]
+    fn floats_display_as_python_reprs_them() {
+        // Python 3.11's repr of each.
+        for (x, want) in [
+            (0.25, "0.25"),
+            (2.0, "2.0"),
+            (1e16, "1e+16"),
+            (1e-5, "1e-05"),
+            (-0.0, "-0.0"),
+            (f64::NEG_INFINITY, "-inf"),
+        ] {
+            assert_eq!(Value::Float(x).to_string(), want);
+        }
+    }
+
+    #[test]
+    fn deep_dicts_objects_and_tensor_attributes_are_dismantled_without_recursion() {
+        const DEPTH: usize = 200_000;
+        let dict = |v: Value| {
+            Value::Dict(Box::new(Dict {
+                class: "dict".into(),
+                items: vec![(Value::Int(0), v)],
+                attributes: vec![],
+            }))
+        };
+        let object = |v: Value| {
+            Value::Object(Box::new(Object {
+                class: "m.C".into(),
+                args: vec![v],
+                state: None,
+                list_items: vec![],
+                dict_items: vec![],
+            }))
+        };
+        let with_attributes = |v: Value| {
+            let mut m = meta(&[1], &[1]);
+            m.attributes = Some(Box::new(v));
+            Value::List(vec![Value::Tensor(Box::new(m))])
+        };
+        let wraps: [&dyn Fn(Value) -> Value; 3] = [&dict, &object, &with_attributes];
+        for wrap in wraps {
+            let mut v = Value::None;
+            for _ in 0..DEPTH {
+                v = wrap(v);
+            }
+            // On a 2 MiB stack: the derived drop of any of these would overflow it.
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || {
+                    v.dismantle();
+                    assert_eq!(v, Value::None);
+                })
+                .unwrap()
+                .join()
+                .unwrap();
         }
     }
 

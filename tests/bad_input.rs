@@ -537,6 +537,28 @@ fn legacy_stream(main: &[u8], keys: &[&str], records: &[(u64, &[u8])]) -> Vec<u8
     out
 }
 
+/// `_rebuild_tensor_v2` of 2 floats whose persistent id is `('storage', FloatStorage, <key>,
+/// <location>, 2<extra>)`, the three given as opcodes (`extra`: a legacy id's sixth field).
+fn two_floats_with_pid_fields(key: &[u8], location: &[u8], extra: &[u8]) -> Vec<u8> {
+    Pickle::new()
+        .global("torch._utils", "_rebuild_tensor_v2")
+        .op(b"((")
+        .str("storage")
+        .global("torch", "FloatStorage")
+        .op(key)
+        .op(location)
+        .int(2)
+        .op(extra)
+        .op(b"tQ")
+        .int(0)
+        .ints(&[2])
+        .ints(&[1])
+        .op(b"\x89")
+        .global("collections", "OrderedDict")
+        .op(b")RtR")
+        .stop()
+}
+
 #[test]
 fn legacy_storage_keys_may_be_ints_or_bytes() {
     // The key list is matched against the persistent ids' keys; torch 2.15 loads all three
@@ -544,22 +566,8 @@ fn legacy_storage_keys_may_be_ints_or_bytes() {
     // protocol-0 LIST opcode this key list uses, and protocol 3's SHORT_BINBYTES).
     let floats: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|f| f.to_le_bytes()).collect();
     for key_ops in [&b"K\x00"[..], b"C\x010", b"X\x01\x00\x00\x000"] {
-        let main = Pickle::new()
-            .global("torch._utils", "_rebuild_tensor_v2")
-            .op(b"((")
-            .str("storage")
-            .global("torch", "FloatStorage")
-            .op(key_ops)
-            .str("cpu")
-            .int(2)
-            .op(b"NtQ")
-            .int(0)
-            .ints(&[2])
-            .ints(&[1])
-            .op(b"\x89")
-            .global("collections", "OrderedDict")
-            .op(b")RtR")
-            .stop();
+        let cpu = Pickle(Vec::new()).str("cpu").0;
+        let main = two_floats_with_pid_fields(key_ops, &cpu, b"N");
         let mut file = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
         file.extend_from_slice(b"\x80\x02M\xe9\x03.\x80\x02}.");
         file.extend_from_slice(&main);
@@ -756,22 +764,7 @@ fn legacy_storage_named_twice_with_different_sizes() {
 #[test]
 fn int_and_bytes_storage_keys_name_records_as_torch_formats_them() {
     let load = |key: &[u8], location: &[u8]| {
-        let p = Pickle::new()
-            .global("torch._utils", "_rebuild_tensor_v2")
-            .op(b"((")
-            .str("storage")
-            .global("torch", "FloatStorage")
-            .op(key)
-            .op(location)
-            .int(2)
-            .op(b"tQ")
-            .int(0)
-            .ints(&[2])
-            .ints(&[1])
-            .op(b"\x89")
-            .global("collections", "OrderedDict")
-            .op(b")RtR")
-            .stop();
+        let p = two_floats_with_pid_fields(key, location, b"");
         let floats: Vec<u8> = [1.5f32, -2.0]
             .iter()
             .flat_map(|f| f.to_le_bytes())

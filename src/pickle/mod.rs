@@ -222,3 +222,38 @@ pub fn opcode_name(op: u8) -> Option<&'static str> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(input: &[u8]) -> Result<(Arena, NodeId), PickleError> {
+        let mut arena = Arena::new();
+        let (root, _) = load_pickle(
+            input,
+            &mut arena,
+            &mut NoHooks,
+            PickleLimits::default(),
+            StringEncoding::Utf8,
+        )?;
+        Ok((arena, root))
+    }
+
+    #[test]
+    fn no_hooks_keeps_globals_as_named_and_refuses_persistent_ids() {
+        let (arena, root) = run(b"\x80\x02cmod.sub\nName\n.").unwrap();
+        assert_eq!(arena.global(root), Some(("mod.sub", "Name")));
+        let e = run(b"\x80\x02K\x01Q.").unwrap_err();
+        assert_eq!(e.message, "persistent ids are not supported here");
+    }
+
+    #[test]
+    fn sharing_beyond_the_memo_is_told_apart() {
+        let limits = PickleLimits::default();
+        // [[]] built plainly, with a memo reference, with a DUP, and with a rebound index.
+        assert!(!shares_beyond_memo(b"\x80\x02]q\x00]q\x01a.", limits));
+        assert!(!shares_beyond_memo(b"\x80\x02]q\x00h\x00a.", limits));
+        assert!(shares_beyond_memo(b"\x80\x02]2a.", limits));
+        assert!(shares_beyond_memo(b"\x80\x02]q\x00]q\x00a.", limits));
+    }
+}

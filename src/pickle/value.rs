@@ -124,13 +124,14 @@ impl Arena {
         Self::default()
     }
 
-    /// An empty arena with room for what a torch pickle of `input_len` bytes usually makes
-    /// (about a node per 6 bytes, a third of its bytes as text, an item per 8 bytes, a call
-    /// per 48), capped, so that a small pickle's pools never grow while it runs.
+    /// An empty arena whose pools have room for what a torch pickle of `input_len` bytes
+    /// usually puts in them (a third of its bytes as text, an item per 8 bytes, a call per
+    /// 48), capped, so that a small pickle's pools never grow while it runs. (The nodes are
+    /// reserved by [`super::load_pickle`].)
     pub fn for_input(input_len: usize) -> Self {
         const MAX_RESERVED: usize = 1 << 16;
         Arena {
-            nodes: Vec::with_capacity((input_len / 6).min(MAX_RESERVED)),
+            nodes: Vec::new(),
             texts: String::with_capacity((input_len / 3).min(MAX_RESERVED * 8)),
             items: Vec::with_capacity((input_len / 8).min(MAX_RESERVED)),
             calls: Vec::with_capacity((input_len / 48).min(MAX_RESERVED / 8)),

@@ -814,29 +814,22 @@ fn persistent_ids_that_name_no_storage_are_refused_by_what_is_wrong() {
         e.contains("unsupported persistent id: only ('storage', …) ids are understood"),
         "{e}"
     );
-    // A location in bytes that are not ASCII: torch's `_maybe_decode_ascii` fails on it.
-    let e = load(
+    // ('storage', FloatStorage, '0', <location opcodes>, numel).
+    let storage_id = |location: &[u8], numel: i64| {
         Pickle::new()
             .op(b"(")
             .str("storage")
             .global("torch", "FloatStorage")
             .str("0")
-            .op(b"C\x03c\xe9u")
-            .int(1)
-            .op(b"t"),
-    );
+            .op(location)
+            .int(numel)
+            .op(b"t")
+    };
+    // A location in bytes that are not ASCII: torch's `_maybe_decode_ascii` fails on it.
+    let e = load(storage_id(b"C\x03c\xe9u", 1));
     assert!(e.contains("storage location must be a str"), "{e}");
     // A negative element count.
-    let e = load(
-        Pickle::new()
-            .op(b"(")
-            .str("storage")
-            .global("torch", "FloatStorage")
-            .str("0")
-            .str("cpu")
-            .int(-1)
-            .op(b"t"),
-    );
+    let e = load(storage_id(&Pickle(Vec::new()).str("cpu").0, -1));
     assert!(e.contains("storage '0' has a negative size -1"), "{e}");
     // An empty tuple.
     let e = load(Pickle::new().op(b")"));

@@ -199,9 +199,7 @@ mod tests {
 
     #[test]
     fn header_of_a_protocol_2_stream() {
-        let mut data = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
-        data.extend_from_slice(b"\x80\x02M\xe9\x03.");
-        data.extend_from_slice(b"\x80\x02}q\x00.");
+        let data = with_sys_info(b"\x80\x02}q\x00.");
         assert_eq!(read_header(&data).unwrap(), data.len());
     }
 
@@ -220,30 +218,25 @@ mod tests {
                 .contains("Invalid magic number; corrupt file?"),
             "{e}"
         );
-        let mut data = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.".to_vec();
-        data.extend_from_slice(b"\x80\x02M\xea\x03.");
-        let e = read_header(&data).unwrap_err();
-        assert!(
-            e.to_string().contains("Invalid protocol version: 1002"),
-            "{e}"
-        );
-        // A str, as torch 2.15 prints it: without quotes.
-        let mut data = MAGIC_PICKLE.to_vec();
-        data.extend_from_slice(b"\x80\x02X\x04\x00\x00\x001001.");
-        let e = read_header(&data).unwrap_err();
-        assert!(
-            e.to_string().ends_with("Invalid protocol version: 1001"),
-            "{e}"
-        );
-        // A version past 64 bits, in Python's decimal (LONG1 of 2**64).
-        let mut data = MAGIC_PICKLE.to_vec();
-        data.extend_from_slice(b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.");
-        let e = read_header(&data).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("Invalid protocol version: 18446744073709551616"),
-            "{e}"
-        );
+        // The version as torch 2.15 prints it: an int, a str (without quotes), an int past 64
+        // bits (LONG1 of 2**64) in Python's decimal.
+        for (version, want) in [
+            (&b"\x80\x02M\xea\x03."[..], "1002"),
+            (b"\x80\x02X\x04\x00\x00\x001001.", "1001"),
+            (
+                b"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.",
+                "18446744073709551616",
+            ),
+        ] {
+            let mut data = MAGIC_PICKLE.to_vec();
+            data.extend_from_slice(version);
+            let e = read_header(&data).unwrap_err();
+            assert!(
+                e.to_string()
+                    .ends_with(&format!("Invalid protocol version: {want}")),
+                "{e}"
+            );
+        }
     }
 
     const MAGIC_PICKLE: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.";

@@ -179,9 +179,7 @@ mod tests {
         h[124..136].copy_from_slice(size.as_bytes());
         h[156] = flag;
         h[257..263].copy_from_slice(b"ustar\0");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| b as u32).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        resum(&mut h);
         h
     }
 

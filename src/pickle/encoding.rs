@@ -150,6 +150,15 @@ mod tests {
             assert_eq!(name.parse::<StringEncoding>(), Ok(want), "{name}");
             assert_eq!(want.name().parse::<StringEncoding>(), Ok(want));
         }
+        // `Display` is the canonical name.
+        for (encoding, shown) in [
+            (StringEncoding::Utf8, "utf-8"),
+            (StringEncoding::Ascii, "ascii"),
+            (StringEncoding::Latin1, "latin1"),
+            (StringEncoding::Bytes, "bytes"),
+        ] {
+            assert_eq!(encoding.to_string(), shown);
+        }
         for bad in ["", "utf-16", "cp1252", "latin"] {
             let e = bad.parse::<StringEncoding>().unwrap_err();
             assert!(e.starts_with(&format!("unknown encoding: {bad} (")), "{e}");

@@ -1037,6 +1037,54 @@ mod tests {
     }
 
     #[test]
+    fn a_length_reaching_exactly_the_end_of_the_input_is_read() {
+        // The str takes every remaining byte: it is read, and only the missing STOP is wrong.
+        for bytes in [&b"\x80\x02\x8c\x03abc"[..], b"\x80\x02C\x02\x00\x01"] {
+            let err = run(bytes).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "byte 0x{:X}: pickle data was truncated (no STOP opcode)",
+                    bytes.len()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn an_object_acting_as_a_list_keeps_its_appended_items() {
+        // pickle.dumps(L([1, 2]), protocol=2) for `class L(list)` in __main__.
+        let bytes = b"\x80\x02c__main__\nL\nq\x00)\x81q\x01(K\x01K\x02e.";
+        let (arena, root) = run(bytes).unwrap();
+        let Node::Call(call) = *arena.get(root) else {
+            panic!("{:?}", arena.get(root))
+        };
+        let items: Vec<_> = arena
+            .call(call)
+            .list_items
+            .iter()
+            .map(|&i| arena.get(i))
+            .collect();
+        assert_eq!(items, [&Node::Int(1), &Node::Int(2)]);
+    }
+
+    #[test]
+    fn pop_mark_discards_everything_above_the_mark() {
+        // 7, MARK, 1, 2, POP_MARK, STOP: 7 is what remains.
+        let (arena, root) = run(b"\x80\x02K\x07(K\x01K\x021.").unwrap();
+        assert_eq!(arena.get(root), &Node::Int(7));
+    }
+
+    #[test]
+    fn out_of_band_buffers_are_refused_by_name() {
+        let err = run(b"\x80\x05\x97.").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "byte 0x2, opcode NEXT_BUFFER: out-of-band buffers (NEXT_BUFFER) are not supported"
+        );
+    }
+
+    #[test]
     fn deep_nesting_does_not_recurse() {
         // 100 000 nested lists: ']' * n then 'a' * (n-1) then '.'
         let n = 100_000;

@@ -1085,6 +1085,18 @@ mod tests {
     }
 
     #[test]
+    fn readonly_buffer_leaves_bytes_as_they_are() {
+        // Python's load_readonly_buffer: bytes are already read-only, so the value is unchanged.
+        let (arena, root) = run(b"\x80\x05C\x01a\x98.").unwrap();
+        assert_eq!(arena.get(root), &Node::Bytes(b"a".to_vec()));
+        let err = run(b"\x80\x05\x98.").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "byte 0x2, opcode READONLY_BUFFER: unpickling stack underflow"
+        );
+    }
+
+    #[test]
     fn deep_nesting_does_not_recurse() {
         // 100 000 nested lists: ']' * n then 'a' * (n-1) then '.'
         let n = 100_000;

@@ -1097,6 +1097,104 @@ mod tests {
     }
 
     #[test]
+    fn extension_registry_opcodes_are_refused_by_name() {
+        for (bytes, name) in [
+            (&b"\x80\x02\x82\x01."[..], "EXT1"),
+            (b"\x80\x02\x83\x01\x00.", "EXT2"),
+            (b"\x80\x02\x84\x01\x00\x00\x00.", "EXT4"),
+        ] {
+            assert_eq!(
+                run(bytes).unwrap_err().to_string(),
+                format!(
+                    "byte 0x2, opcode {name}: the copyreg extension registry (EXT1/EXT2/EXT4) \
+                     is not supported"
+                )
+            );
+        }
+    }
+
+    /// The one call node a pickle made: its callable's name, kind, args and kwargs.
+    fn only_call(bytes: &[u8]) -> (String, CallKind, Vec<Node>, Option<Node>) {
+        let (arena, root) = run(bytes).unwrap();
+        let Node::Call(index) = *arena.get(root) else {
+            panic!("{:?}", arena.get(root))
+        };
+        let call = arena.call(index);
+        let (module, name) = arena.global(call.callable).unwrap();
+        let args = arena.tuple(call.args).unwrap();
+        (
+            format!("{module}.{name}"),
+            call.kind,
+            args.iter().map(|&i| arena.get(i).clone()).collect(),
+            call.kwargs.map(|k| arena.get(k).clone()),
+        )
+    }
+
+    #[test]
+    fn object_constructions_of_every_protocol_are_recorded() {
+        // NEWOBJ_EX (protocol 4): cls, args, kwargs.
+        let (class, kind, args, kwargs) = only_call(b"\x80\x04c__main__\nC\nK\x01\x85}\x92.");
+        assert_eq!((class.as_str(), kind), ("__main__.C", CallKind::NewObj));
+        assert_eq!(
+            (args, kwargs),
+            (vec![Node::Int(1)], Some(Node::Dict(Vec::new())))
+        );
+        // OBJ (protocol 1): MARK, cls, args…
+        let (class, kind, args, kwargs) = only_call(b"(c__main__\nC\nK\x01K\x02o.");
+        assert_eq!((class.as_str(), kind), ("__main__.C", CallKind::Inst));
+        assert_eq!((args, kwargs), (vec![Node::Int(1), Node::Int(2)], None));
+        // INST (protocol 0): MARK, args…, then the class on the opcode's lines.
+        let (class, kind, args, _) = only_call(b"(I1\ni__main__\nC\n.");
+        assert_eq!((class.as_str(), kind), ("__main__.C", CallKind::Inst));
+        assert_eq!(args, vec![Node::Int(1)]);
+        for (bytes, message) in [
+            (
+                &b"\x80\x04c__main__\nC\n)K\x01\x92."[..],
+                "byte 0x11, opcode NEWOBJ_EX: NEWOBJ_EX needs a tuple and a dict",
+            ),
+            (b"(o.", "byte 0x1, opcode OBJ: OBJ without a class"),
+        ] {
+            assert_eq!(run(bytes).unwrap_err().to_string(), message);
+        }
+    }
+
+    #[test]
+    fn short_tuples_take_exactly_their_items_above_the_mark() {
+        let (arena, root) = run(b"\x80\x02K\x01K\x02\x86.").unwrap();
+        let items: Vec<_> = arena
+            .tuple(root)
+            .unwrap()
+            .iter()
+            .map(|&i| arena.get(i))
+            .collect();
+        assert_eq!(items, [&Node::Int(1), &Node::Int(2)]);
+        for bytes in [&b"\x80\x02K\x01\x86."[..], b"\x80\x02K\x01(K\x02\x86."] {
+            let err = run(bytes).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "byte 0x{:X}, opcode TUPLE2: unpickling stack underflow",
+                    bytes.len() - 2
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn long4_counts_its_bytes_and_refuses_a_negative_count() {
+        // LONG4 with 0 bytes is 0 (Python's decode_long(b"")); with 2 bytes, little-endian.
+        let (arena, root) = run(b"\x80\x02\x8b\x00\x00\x00\x00.").unwrap();
+        assert_eq!(arena.get(root), &Node::Int(0));
+        let (arena, root) = run(b"\x80\x02\x8b\x02\x00\x00\x00\x00\x01.").unwrap();
+        assert_eq!(arena.get(root), &Node::Int(256));
+        let err = run(b"\x80\x02\x8b\xff\xff\xff\xff.").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "byte 0x2, opcode LONG4: LONG4 with a negative byte count"
+        );
+    }
+
+    #[test]
     fn deep_nesting_does_not_recurse() {
         // 100 000 nested lists: ']' * n then 'a' * (n-1) then '.'
         let n = 100_000;

@@ -823,25 +823,41 @@ fn parse_py_float(text: &str) -> Option<f64> {
     text.trim().parse::<f64>().ok()
 }
 
-/// Decodes protocol-0 `UNICODE` (raw-unicode-escape): `\uXXXX` and `\UXXXXXXXX` escapes,
+/// Decodes protocol-0 `UNICODE` (raw-unicode-escape), as CPython does: `\uXXXX` and
+/// `\UXXXXXXXX` escapes (only after an odd run of backslashes: `\\u0041` is kept as it is),
 /// other bytes as Latin-1.
 fn raw_unicode_escape(line: &[u8]) -> Option<String> {
     let mut out = String::with_capacity(line.len());
     let mut i = 0;
+    // Backslashes just before `i`, in a row.
+    let mut backslashes = 0usize;
     while i < line.len() {
         let b = line[i];
-        if b == b'\\' && i + 1 < line.len() && (line[i + 1] == b'u' || line[i + 1] == b'U') {
-            let n = if line[i + 1] == b'u' { 4 } else { 8 };
-            let hex = line.get(i + 2..i + 2 + n)?;
-            let code = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-            out.push(char::from_u32(code)?);
-            i += 2 + n;
+        let escape = match line.get(i + 1) {
+            Some(b'u') => 4,
+            Some(b'U') => 8,
+            _ => 0,
+        };
+        if b == b'\\' && backslashes % 2 == 0 && escape > 0 {
+            let hex = line.get(i + 2..i + 2 + escape)?;
+            out.push(char::from_u32(hex_value(hex)?)?);
+            i += 2 + escape;
+            backslashes = 0;
         } else {
+            backslashes = if b == b'\\' { backslashes + 1 } else { 0 };
             out.push(b as char);
             i += 1;
         }
     }
     Some(out)
+}
+
+/// The value of hex digits (and nothing else: no sign, no spaces), as Python's escapes read them.
+fn hex_value(digits: &[u8]) -> Option<u32> {
+    if !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    u32::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
 /// Decodes protocol-0 `STRING`: a Python 2 repr in single or double quotes, with escapes.
@@ -875,8 +891,7 @@ fn py_string_literal(line: &[u8]) -> Option<Vec<u8>> {
             b'"' => out.push(b'"'),
             b'\n' => {}
             b'x' => {
-                let hex = body.get(i..i + 2)?;
-                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                out.push(hex_value(body.get(i..i + 2)?)? as u8);
                 i += 2;
             }
             b'0'..=b'7' => {
@@ -900,6 +915,7 @@ fn py_string_literal(line: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::value::bigint_to_decimal;
     use super::super::{load_pickle, NoHooks};
     use super::*;
 
@@ -1007,9 +1023,68 @@ mod tests {
     }
 
     #[test]
-    fn py2_string_literals() {
-        assert_eq!(py_string_literal(b"'a\\x00\\n\\'b'").unwrap(), b"a\x00\n'b");
-        assert_eq!(raw_unicode_escape(b"caf\\u00e9").unwrap(), "caf\u{e9}");
+    fn protocol0_strings_decode_as_cpython_does() {
+        // Expected values: CPython 3.11, `codecs.escape_decode(body)` (what pickle's STRING
+        // opcode runs on the text between the quotes); `None` where it raises.
+        for (line, want) in [
+            (&br"'a\x00\n\'b'"[..], Some(&b"a\x00\n'b"[..])),
+            (br"'a\nb'", Some(b"a\nb")),
+            (br"'\t\r\a\b\f\v'", Some(b"\t\r\x07\x08\x0c\x0b")),
+            (br#"'\\\'\"'"#, Some(b"\\'\"")),
+            (br"'\x41\x7a'", Some(b"Az")),
+            (br"'\101\7\08\1234'", Some(b"A\x07\x008S4")),
+            (br"'\777'", Some(b"\xff")),
+            (br"'\q\z'", Some(br"\q\z")),
+            (br"'abc\\'", Some(br"abc\")),
+            (br#""dq""#, Some(b"dq")),
+            (br"''", Some(b"")),
+            (br"'\x4'", None),
+            (br"'\xzz'", None),
+            (br"'\x+f'", None),
+            (br"'abc\'", None),
+            // Not quoted alike at both ends: "the STRING opcode argument must be quoted".
+            (br#"'abc""#, None),
+            (b"abc", None),
+            (b"'", None),
+            (b"", None),
+        ] {
+            assert_eq!(
+                py_string_literal(line).as_deref(),
+                want,
+                "{}",
+                line.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn protocol0_unicode_decodes_as_cpython_does() {
+        // Expected values: CPython 3.11, `line.decode("raw-unicode-escape")`; `None` where it
+        // raises (and for lone surrogates, which a Rust string cannot hold).
+        for (line, want) in [
+            (&br"caf\u00e9"[..], Some("caf\u{e9}")),
+            (br"\U0001F600x", Some("\u{1F600}x")),
+            (br"x\u0041\u0042", Some("xAB")),
+            (br"a\b", Some(r"a\b")),
+            (br"a\\", Some(r"a\\")),
+            (br"\\u0041", Some(r"\\u0041")),
+            (br"\\\u0041", Some(r"\\A")),
+            (br"\u0041\\u0042", Some(r"A\\u0042")),
+            (b"\xe9", Some("\u{e9}")),
+            (b"", Some("")),
+            (br"\u12", None),
+            (br"\u00", None),
+            (br"\u+041", None),
+            (br"\U0011ffff", None),
+            (br"\ud800", None),
+        ] {
+            assert_eq!(
+                raw_unicode_escape(line).as_deref(),
+                want,
+                "{}",
+                line.escape_ascii()
+            );
+        }
     }
 
     #[test]
@@ -1192,6 +1267,105 @@ mod tests {
             err.to_string(),
             "byte 0x2, opcode LONG4: LONG4 with a negative byte count"
         );
+    }
+
+    #[test]
+    fn long1_ints_are_sign_extended_and_past_64_bits_kept_whole() {
+        // pickle.dumps(v, protocol=2) in CPython 3.11: LONG1 with the bytes of encode_long(v).
+        for (bytes, want) in [
+            (
+                &b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\x01."[..],
+                1i64 << 40,
+            ),
+            (b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\xff.", -(1i64 << 40)),
+            (b"\x80\x02\x8a\x06\x00\x00\x00\x00\xff\x00.", 255 << 32),
+            (b"\x80\x02\x8a\x05\x00\x00\x00\x80\x00.", 1 << 31),
+            (b"\x80\x02\x8a\x05\xff\xff\xff\x7f\xff.", -(1 << 31) - 1),
+            (
+                b"\x80\x02\x8a\x08\xff\xff\xff\xff\xff\xff\xff\x7f.",
+                i64::MAX,
+            ),
+            (
+                b"\x80\x02\x8a\x08\x00\x00\x00\x00\x00\x00\x00\x80.",
+                i64::MIN,
+            ),
+            (b"\x80\x02\x8a\x00.", 0),
+        ] {
+            let (arena, root) = run(bytes).unwrap();
+            assert_eq!(arena.get(root), &Node::Int(want), "{want}");
+        }
+        for (bytes, payload) in [
+            // 2**63 and -2**63 - 1: nine bytes.
+            (
+                &b"\x80\x02\x8a\t\x00\x00\x00\x00\x00\x00\x00\x80\x00."[..],
+                &b"\x00\x00\x00\x00\x00\x00\x00\x80\x00"[..],
+            ),
+            (
+                b"\x80\x02\x8a\t\xff\xff\xff\xff\xff\xff\xff\x7f\xff.",
+                b"\xff\xff\xff\xff\xff\xff\xff\x7f\xff",
+            ),
+        ] {
+            let (arena, root) = run(bytes).unwrap();
+            assert_eq!(arena.get(root), &Node::BigInt(payload.to_vec()));
+        }
+    }
+
+    #[test]
+    fn protocol0_ints_of_any_size() {
+        // pickle.dumps(2**70, protocol=0), and Python 2's INT/LONG lines.
+        let (arena, root) = run(b"L1180591620717411303424L\n.").unwrap();
+        let Node::BigInt(le) = arena.get(root) else {
+            panic!("{:?}", arena.get(root))
+        };
+        assert_eq!(bigint_to_decimal(le), "1180591620717411303424");
+        let (arena, root) = run(b"L-12345678901234567890123L\n.").unwrap();
+        let Node::BigInt(le) = arena.get(root) else {
+            panic!("{:?}", arena.get(root))
+        };
+        assert_eq!(bigint_to_decimal(le), "-12345678901234567890123");
+        for (bytes, want) in [
+            (&b"I-5\n."[..], -5),
+            (b"L7L\n.", 7),
+            (b"I9223372036854775807\n.", i64::MAX),
+        ] {
+            let (arena, root) = run(bytes).unwrap();
+            assert_eq!(arena.get(root), &Node::Int(want));
+        }
+        for (bytes, message) in [
+            (
+                &b"I1.5\n."[..],
+                r#"byte 0x0, opcode INT: invalid INT literal "1.5""#,
+            ),
+            (
+                b"Lx\n.",
+                r#"byte 0x0, opcode LONG: invalid LONG literal "x""#,
+            ),
+            (
+                b"Fnot\n.",
+                r#"byte 0x0, opcode FLOAT: invalid FLOAT literal "not""#,
+            ),
+        ] {
+            assert_eq!(run(bytes).unwrap_err().to_string(), message);
+        }
+    }
+
+    #[test]
+    fn protocol0_floats_read_as_python_float_does() {
+        for (bytes, want) in [
+            (&b"F2.5\n."[..], 2.5),
+            (b"F-0.0\n.", -0.0),
+            (b"F1e+16\n.", 1e16),
+            (b"Finf\n.", f64::INFINITY),
+            (b"F-inf\n.", f64::NEG_INFINITY),
+        ] {
+            let (arena, root) = run(bytes).unwrap();
+            let Node::Float(x) = *arena.get(root) else {
+                panic!("{:?}", arena.get(root))
+            };
+            assert_eq!((x, x.is_sign_negative()), (want, want.is_sign_negative()));
+        }
+        let (arena, root) = run(b"Fnan\n.").unwrap();
+        assert!(matches!(*arena.get(root), Node::Float(x) if x.is_nan()));
     }
 
     #[test]

@@ -391,6 +391,79 @@ mod tests {
         );
     }
 
+    /// A little-endian two's-complement integer that fits in 128 bits (any bytes past 16 are
+    /// sign bytes), sign-extended.
+    fn le_to_i128(le: &[u8]) -> i128 {
+        let fill = if le.last().is_some_and(|&b| b & 0x80 != 0) {
+            0xff
+        } else {
+            0
+        };
+        let (low, high) = le.split_at(le.len().min(16));
+        assert!(high.iter().all(|&b| b == fill), "{le:?}");
+        let mut bytes = [fill; 16];
+        bytes[..low.len()].copy_from_slice(low);
+        let value = i128::from_le_bytes(bytes);
+        assert_eq!(
+            value < 0,
+            fill == 0xff,
+            "{le:?}: the sign bit is past 128 bits"
+        );
+        value
+    }
+
+    #[test]
+    fn decimal_and_bigint_agree_with_i128_arithmetic() {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "127",
+            "128",
+            "-128",
+            "-129",
+            "255",
+            "256",
+            "-256",
+            "65535",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775809",
+            "18446744073709551616",
+            "-18446744073709551616",
+            "1000000000000000000000000000007",
+            "-1000000000000000000000000000007",
+            "170141183460469231731687303715884105727",
+            "-170141183460469231731687303715884105727",
+        ] {
+            let want: i128 = text.parse().unwrap();
+            let le = decimal_to_bigint(text).unwrap();
+            assert_eq!(le_to_i128(&le), want, "{text}: {le:?}");
+            assert_eq!(bigint_to_decimal(&le), text);
+            assert_eq!(bigint_to_decimal(&want.to_le_bytes()), text);
+        }
+        assert_eq!(decimal_to_bigint("+42").map(|le| le_to_i128(&le)), Some(42));
+        for bad in ["", "-", "+", "12a", "1 2", "--1", "0x10"] {
+            assert_eq!(decimal_to_bigint(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bigints_longer_than_i128_read_as_python_wrote_them() {
+        // pickle.encode_long(±2**200) in CPython 3.11: 26 bytes.
+        let mut two_200 = vec![0u8; 26];
+        two_200[25] = 0x01;
+        assert_eq!(
+            bigint_to_decimal(&two_200),
+            "1606938044258990275541962092341162602522202993782792835301376"
+        );
+        two_200[25] = 0xff;
+        assert_eq!(
+            bigint_to_decimal(&two_200),
+            "-1606938044258990275541962092341162602522202993782792835301376"
+        );
+    }
+
     #[test]
     fn bigint_decimal_round_trip() {
         for text in [

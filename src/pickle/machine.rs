@@ -1369,6 +1369,25 @@ mod tests {
     }
 
     #[test]
+    fn dict_takes_the_pairs_above_its_mark() {
+        // 9, MARK, 1, 2, 3, 4, DICT: {1: 2, 3: 4}, with 9 left below it.
+        let (arena, root) = run(b"K\x09(K\x01K\x02K\x03K\x04d.").unwrap();
+        let Node::Dict(items) = arena.get(root) else {
+            panic!("{:?}", arena.get(root))
+        };
+        let ints: Vec<_> = items
+            .iter()
+            .map(|&(k, v)| (arena.int(k), arena.int(v)))
+            .collect();
+        assert_eq!(ints, [(Some(1), Some(2)), (Some(3), Some(4))]);
+        let err = run(b"(K\x01K\x02K\x03d.").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "byte 0x7, opcode DICT: odd number of items for DICT"
+        );
+    }
+
+    #[test]
     fn deep_nesting_does_not_recurse() {
         // 100 000 nested lists: ']' * n then 'a' * (n-1) then '.'
         let n = 100_000;

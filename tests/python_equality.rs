@@ -77,3 +77,78 @@ fn dict_keys_equal_in_python_keep_the_first_key_and_the_last_value() {
         ]
     );
 }
+
+/// LONG1 of a two's-complement integer (as Python's `encode_long`, with a sign byte to spare).
+fn long1(v: i128) -> Vec<u8> {
+    let mut op = vec![0x8a, 17];
+    op.extend_from_slice(&v.to_le_bytes());
+    op.push(if v < 0 { 0xff } else { 0 });
+    op
+}
+
+#[test]
+fn ints_past_64_bits_equal_the_floats_of_their_value() {
+    // In CPython 3.11, for i, k in enumerate(keys): d[k] = i, with keys
+    // [2**63-1, 2.0**63, 2**63, -2**63, -2.0**63, 2**63-1024, 9223372036854774784.0, 2**64,
+    //  2.0**64, -2**64, -2.0**64, 2**70+1, float(2**70), 10**30] gives
+    // {9223372036854775807: 0, 9.223372036854776e+18: 2, -9223372036854775808: 4,
+    //  9223372036854774784: 6, 18446744073709551616: 8, -18446744073709551616: 10,
+    //  1180591620717411303425: 11, 1.1805916207174113e+21: 12, 10**30: 13}.
+    let two63 = 1i128 << 63;
+    let keys: Vec<Vec<u8>> = vec![
+        long1(two63 - 1),
+        float(2f64.powi(63)),
+        long1(two63),
+        long1(-two63),
+        float(-(2f64.powi(63))),
+        long1(two63 - 1024),
+        float(9_223_372_036_854_774_784.0),
+        long1(1 << 64),
+        float(2f64.powi(64)),
+        long1(-(1 << 64)),
+        float(-(2f64.powi(64))),
+        long1((1 << 70) + 1),
+        float(2f64.powi(70)),
+        long1(10i128.pow(30)),
+    ];
+    let want = [0, 2, 4, 6, 8, 10, 11, 12, 13];
+    // As the only keys (compared by scanning) and after ten others (through the hash index).
+    for padding in [0, 10] {
+        let mut p = Pickle::new().op(b"}(");
+        for i in 0..padding {
+            p = p.str(&format!("pad{i}")).int(-1);
+        }
+        for (i, key) in keys.iter().enumerate() {
+            p = p.op(key).int(i as i64);
+        }
+        let Value::Dict(d) = root_of(p.op(b"u").stop()) else {
+            panic!("not a dict")
+        };
+        let values: Vec<i64> = d.items[padding..]
+            .iter()
+            .map(|(_, v)| match v {
+                Value::Int(i) => *i,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(values, want, "padding {padding}");
+        let first_keys: Vec<String> = d.items[padding..]
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect();
+        assert_eq!(
+            first_keys,
+            [
+                "9223372036854775807",
+                "9.223372036854776e+18",
+                "-9223372036854775808",
+                "9223372036854774784",
+                "18446744073709551616",
+                "-18446744073709551616",
+                "1180591620717411303425",
+                "1.1805916207174113e+21",
+                "1000000000000000000000000000000",
+            ]
+        );
+    }
+}

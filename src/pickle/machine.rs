@@ -796,8 +796,17 @@ impl<'a, H: Hooks> Machine<'a, H> {
     }
 }
 
-/// A LONG1/LONG4 payload: an `Int` when it fits in 64 bits, else a `BigInt`.
-fn long_node(bytes: &[u8]) -> Node {
+/// A LONG1/LONG4 payload: an `Int` when its value fits in 64 bits (however many bytes encode
+/// it: Python's own `encode_long` is minimal, other picklers need not be), else a `BigInt`.
+fn long_node(mut bytes: &[u8]) -> Node {
+    // Sign bytes past the eighth add nothing to the value.
+    while let [rest @ .., below, top] = bytes {
+        let redundant = (*top == 0 && below & 0x80 == 0) || (*top == 0xff && below & 0x80 != 0);
+        if bytes.len() <= 8 || !redundant {
+            break;
+        }
+        bytes = &bytes[..rest.len() + 1];
+    }
     if bytes.is_empty() {
         return Node::Int(0);
     }
@@ -1307,6 +1316,41 @@ mod tests {
         ] {
             let (arena, root) = run(bytes).unwrap();
             assert_eq!(arena.get(root), &Node::BigInt(payload.to_vec()));
+        }
+    }
+
+    #[test]
+    fn long1_with_spare_sign_bytes_is_still_an_int() {
+        // Not what Python writes (its encode_long is minimal), but the same values to it.
+        let mut minus_2_63 = vec![0x80, 0x02, 0x8a, 17, 0, 0, 0, 0, 0, 0, 0, 0x80];
+        minus_2_63.extend([0xff; 9]);
+        minus_2_63.push(b'.');
+        for (bytes, want) in [
+            (
+                &b"\x80\x02\x8a\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff."[..],
+                Node::Int(-1),
+            ),
+            (
+                b"\x80\x02\x8a\x0a\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00.",
+                Node::Int(1),
+            ),
+            (
+                b"\x80\x02\x8a\x09\xff\xff\xff\xff\xff\xff\xff\x7f\x00.",
+                Node::Int(i64::MAX),
+            ),
+            (&minus_2_63, Node::Int(i64::MIN)),
+            // 2**63 and -2**63 - 1 need their ninth byte.
+            (
+                b"\x80\x02\x8a\x0a\x00\x00\x00\x00\x00\x00\x00\x80\x00\x00.",
+                Node::BigInt(b"\x00\x00\x00\x00\x00\x00\x00\x80\x00".to_vec()),
+            ),
+            (
+                b"\x80\x02\x8a\x09\xff\xff\xff\xff\xff\xff\xff\x7f\xff.",
+                Node::BigInt(b"\xff\xff\xff\xff\xff\xff\xff\x7f\xff".to_vec()),
+            ),
+        ] {
+            let (arena, root) = run(bytes).unwrap();
+            assert_eq!(arena.get(root), &want, "{}", bytes.escape_ascii());
         }
     }
 

@@ -44,15 +44,31 @@ impl<'v> KeyRepr<'v> {
             Value::Int(i) => KeyRepr::Int(*i),
             Value::Bool(b) => KeyRepr::Int(*b as i64),
             Value::Float(x) if x.is_nan() => return None,
-            // An integral float equals the int (-0.0 == 0.0 == 0); others compare by value.
-            Value::Float(x) if x.fract() == 0.0 && x.abs() < 9.2e18 => KeyRepr::Int(*x as i64),
+            // An integral float equals the int (-0.0 == 0.0 == 0): within i64 (where `as` is
+            // exact) as an `Int`; past it (every float there is integral) as the float, which
+            // is also what an equal big int becomes. Others compare by value.
+            Value::Float(x) if x.fract() == 0.0 && (-I64_END..I64_END).contains(x) => {
+                KeyRepr::Int(*x as i64)
+            }
             Value::Float(x) => KeyRepr::Float(x.to_bits()),
-            Value::BigInt(s) => KeyRepr::BigInt(s),
+            Value::BigInt(s) => match exact_float(s) {
+                Some(x) => KeyRepr::Float(x.to_bits()),
+                None => KeyRepr::BigInt(s),
+            },
             Value::Str(s) => KeyRepr::Str(s),
             Value::Bytes(b) => KeyRepr::Bytes(b),
             _ => return None,
         })
     }
+}
+
+/// 2**63: the floats in `-I64_END..I64_END` convert to `i64` exactly.
+const I64_END: f64 = 9_223_372_036_854_775_808.0;
+
+/// The float equal to a big int's decimal text, if one is (`2**64` is `2.0**64`).
+fn exact_float(decimal: &str) -> Option<f64> {
+    let x: f64 = decimal.parse().ok()?;
+    (x.is_finite() && format!("{x:.0}") == decimal).then_some(x)
 }
 
 /// Finds, among the items kept so far, the one a new key equals as Python compares them: one

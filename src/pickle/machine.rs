@@ -1043,6 +1043,8 @@ mod tests {
             (br"'\x41\x7a'", Some(b"Az")),
             (br"'\101\7\08\1234'", Some(b"A\x07\x008S4")),
             (br"'\777'", Some(b"\xff")),
+            (br"'\7'", Some(b"\x07")),
+            (br"'a\12'", Some(b"a\n")),
             (br"'\q\z'", Some(br"\q\z")),
             (br"'abc\\'", Some(br"abc\")),
             (br#""dq""#, Some(b"dq")),

@@ -381,6 +381,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lengths_of_arenas_and_spans() {
+        let mut arena = Arena::new();
+        assert!(arena.is_empty());
+        let node = arena.str_node("héllo");
+        let Node::Str(span) = node else { panic!() };
+        assert_eq!((span.len(), span.is_empty()), (6, false), "bytes of UTF-8");
+        arena.push(node);
+        let Node::Tuple(empty) = arena.tuple_node(&[]) else {
+            panic!()
+        };
+        assert_eq!((empty.len(), empty.is_empty()), (0, true));
+        let Node::Tuple(pair) = arena.tuple_node(&[0, 0]) else {
+            panic!()
+        };
+        assert_eq!((pair.len(), pair.is_empty()), (2, false));
+        assert_eq!((arena.len(), arena.is_empty()), (1, false));
+    }
+
+    #[test]
+    fn accessors_take_what_python_would() {
+        let mut arena = Arena::new();
+        let one = arena.push(Node::Int(1));
+        let yes = arena.push(Node::Bool(true));
+        let no = arena.push(Node::Bool(false));
+        let text = arena.str_node("s");
+        let text = arena.push(text);
+        let list = arena.push(Node::List(vec![one, yes]));
+        let tuple = arena.tuple_node(&[yes, one]);
+        let tuple = arena.push(tuple);
+        // A bool is an int (`int(True) == 1`); a str is not.
+        assert_eq!(
+            [one, yes, no, text].map(|id| arena.int(id)),
+            [Some(1), Some(1), Some(0), None]
+        );
+        // Lists and tuples are sequences (iterated alike); a str is not one here.
+        assert_eq!(arena.sequence(list), Some(&[one, yes][..]));
+        assert_eq!(arena.sequence(tuple), Some(&[yes, one][..]));
+        assert_eq!(arena.sequence(text), None);
+        assert_eq!(arena.tuple(tuple), Some(&[yes, one][..]));
+        assert_eq!(arena.tuple(list), None);
+        assert_eq!((arena.str(text), arena.str(one)), (Some("s"), None));
+    }
+
+    #[test]
     fn nodes_stay_small() {
         // The arena holds a node per value: a wide variant inline (two `String`s) would make
         // every node of every pickle wider.

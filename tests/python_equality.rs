@@ -90,10 +90,10 @@ fn long1(v: i128) -> Vec<u8> {
 fn ints_past_64_bits_equal_the_floats_of_their_value() {
     // In CPython 3.11, for i, k in enumerate(keys): d[k] = i, with keys
     // [2**63-1, 2.0**63, 2**63, -2**63, -2.0**63, 2**63-1024, 9223372036854774784.0, 2**64,
-    //  2.0**64, -2**64, -2.0**64, 2**70+1, float(2**70), 10**30] gives
+    //  2.0**64, -2**64, -2.0**64, 2**70+1, float(2**70), 10**30, 10**30] gives
     // {9223372036854775807: 0, 9.223372036854776e+18: 2, -9223372036854775808: 4,
     //  9223372036854774784: 6, 18446744073709551616: 8, -18446744073709551616: 10,
-    //  1180591620717411303425: 11, 1.1805916207174113e+21: 12, 10**30: 13}.
+    //  1180591620717411303425: 11, 1.1805916207174113e+21: 12, 10**30: 14}.
     let two63 = 1i128 << 63;
     let keys: Vec<Vec<u8>> = vec![
         long1(two63 - 1),
@@ -110,8 +110,9 @@ fn ints_past_64_bits_equal_the_floats_of_their_value() {
         long1((1 << 70) + 1),
         float(2f64.powi(70)),
         long1(10i128.pow(30)),
+        long1(10i128.pow(30)),
     ];
-    let want = [0, 2, 4, 6, 8, 10, 11, 12, 13];
+    let want = [0, 2, 4, 6, 8, 10, 11, 12, 14];
     // As the only keys (compared by scanning) and after ten others (through the hash index).
     for padding in [0, 10] {
         let mut p = Pickle::new().op(b"}(");
@@ -151,4 +152,28 @@ fn ints_past_64_bits_equal_the_floats_of_their_value() {
             ]
         );
     }
+}
+
+#[test]
+fn bytes_keys_equal_bytes_only() {
+    // {b'a': 1, b'a': 2, 'a': 3} is {b'a': 2, 'a': 3} in Python (bytes never equal a str).
+    let p = Pickle::new()
+        .op(b"}(C\x01a")
+        .int(1)
+        .op(b"C\x01a")
+        .int(2)
+        .str("a")
+        .int(3)
+        .op(b"u")
+        .stop();
+    let Value::Dict(d) = root_of(p) else {
+        panic!("not a dict")
+    };
+    assert_eq!(
+        d.items,
+        vec![
+            (Value::Bytes(b"a".to_vec()), Value::Int(2)),
+            (Value::Str("a".into()), Value::Int(3)),
+        ]
+    );
 }

@@ -74,9 +74,10 @@ fn exact_float(decimal: &str) -> Option<f64> {
 /// Finds, among the items kept so far, the one a new key equals as Python compares them: one
 /// hash lookup per item, and no copy of any key. The few items of a small dict (most of them:
 /// a module's `{'version': 1}`) are scanned instead, with no table built.
+/// (`S` is the hasher of keys; tests choose one that makes every hash collide.)
 #[derive(Default)]
-struct EqualIndex {
-    hasher: foldhash::fast::RandomState,
+struct EqualIndex<S = foldhash::fast::RandomState> {
+    hasher: S,
     /// A key's hash → the position of the first kept item with that hash.
     first: foldhash::HashMap<u64, usize>,
     /// How many kept items `first` has seen.
@@ -86,11 +87,10 @@ struct EqualIndex {
 /// Up to this many kept items, [`EqualIndex`] scans them.
 const SCANNED_KEYS: usize = 8;
 
-impl EqualIndex {
+impl<S: std::hash::BuildHasher> EqualIndex<S> {
     /// The position in `kept` of an item whose key (`key_of`) equals `key`. Items are only
     /// ever added to the end of `kept`.
     fn find<T>(&mut self, kept: &[T], key_of: fn(&T) -> &Value, key: &Value) -> Option<usize> {
-        use std::hash::BuildHasher;
         let repr = KeyRepr::of(key)?;
         let equal = |item: &T| KeyRepr::of(key_of(item)) == Some(repr);
         if kept.len() <= SCANNED_KEYS {
@@ -116,7 +116,7 @@ impl EqualIndex {
 /// A set's members with Python's rule: a member equal to an earlier one is dropped (the first
 /// is kept, so `{1, True}` is `{1}`).
 fn distinct(items: Vec<Value>) -> Vec<Value> {
-    let mut index = EqualIndex::default();
+    let mut index: EqualIndex = EqualIndex::default();
     let mut kept = Vec::with_capacity(items.len());
     for item in items {
         if index.find(&kept, |v| v, &item).is_none() {
@@ -306,7 +306,7 @@ impl<'a> Interpreter<'a> {
     /// keys are kept apart. Linear: one hash lookup per item.
     fn pairs(&mut self, items: &[(NodeId, NodeId)], depth: usize) -> Result<Vec<(Value, Value)>> {
         let mut out: Vec<(Value, Value)> = Vec::with_capacity(items.len());
-        let mut index = EqualIndex::default();
+        let mut index: EqualIndex = EqualIndex::default();
         for &(k, v) in items {
             let key = self.value(k, depth + 1)?;
             self.path.push(Step::Key(k));
@@ -911,5 +911,48 @@ pub fn view_bounds_error(meta: &TensorMeta, storage_bytes: u64) -> Option<String
             meta.storage_offset,
             required.map_or_else(|| "more than 2^64".to_string(), |b| b.to_string()),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hasher under which every key has one hash: every lookup past the scanned few is a
+    /// collision.
+    #[derive(Default)]
+    struct OneHash;
+
+    impl std::hash::BuildHasher for OneHash {
+        type Hasher = OneHasher;
+        fn build_hasher(&self) -> OneHasher {
+            OneHasher
+        }
+    }
+
+    struct OneHasher;
+
+    impl std::hash::Hasher for OneHasher {
+        fn finish(&self) -> u64 {
+            7
+        }
+        fn write(&mut self, _: &[u8]) {}
+    }
+
+    #[test]
+    fn keys_with_one_hash_are_still_told_apart() {
+        let mut index = EqualIndex::<OneHash>::default();
+        let mut kept: Vec<Value> = Vec::new();
+        for i in 0..20 {
+            // Each new key is found in none of the kept ones, then found where it was kept.
+            let key = Value::Int(i);
+            assert_eq!(index.find(&kept, |v| v, &key), None, "{i}");
+            kept.push(key);
+            for (at, earlier) in kept.iter().enumerate() {
+                assert_eq!(index.find(&kept, |v| v, earlier), Some(at), "{i}");
+            }
+        }
+        assert_eq!(index.find(&kept, |v| v, &Value::Float(5.0)), Some(5));
+        assert_eq!(index.find(&kept, |v| v, &Value::Bool(true)), Some(1));
     }
 }

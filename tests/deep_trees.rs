@@ -104,3 +104,43 @@ fn a_deep_tree_whose_load_fails_after_parsing_is_dropped_without_recursion() {
     });
     assert!(e.contains("archive/data/0"), "{e}");
 }
+
+/// The deepest `make(n)` that loads under `max_depth` 10.
+fn deepest_loading(make: impl Fn(usize) -> Pickle) -> usize {
+    let loads = |n| {
+        Loader::new()
+            .limits(Limits::default().with_max_depth(10))
+            .load_bytes(ZipBuilder::checkpoint(&make(n).stop(), &[]))
+            .is_ok()
+    };
+    assert!(loads(1) && !loads(30));
+    (1..30).take_while(|&n| loads(n)).last().unwrap()
+}
+
+/// `n` tuples around `None`: `((None,),)` for 2.
+fn nested_tuples(p: Pickle, n: usize) -> Pickle {
+    p.op(b"N").op(&vec![0x85; n])
+}
+
+#[test]
+fn dict_keys_and_values_count_toward_max_depth_as_list_items_do() {
+    // [[…[None]…]] and {'a': {'a': … None}} nest alike.
+    let lists = deepest_loading(|n| Pickle::new().op(&vec![b']'; n]).op(b"N").op(&vec![b'a'; n]));
+    let dicts = deepest_loading(|n| {
+        let mut p = Pickle::new();
+        for _ in 0..n {
+            p = p.op(b"}").str("a");
+        }
+        p.op(b"N").op(&vec![b's'; n])
+    });
+    assert_eq!(dicts, lists);
+    // [(((None,),),)] and {(((None,),),): None}: a key is as deep as an item.
+    let in_list = deepest_loading(|n| nested_tuples(Pickle::new().op(b"]"), n).op(b"a"));
+    let as_key = deepest_loading(|n| nested_tuples(Pickle::new().op(b"}"), n).op(b"Ns"));
+    assert_eq!(as_key, in_list);
+    assert_eq!(
+        in_list + 1,
+        lists,
+        "a list around tuples is one level of them"
+    );
+}

@@ -1,6 +1,8 @@
 //! What the rebuild functions record beyond the view: `requires_grad` of plain and meta
 //! tensors (hand-made pickles, torch's argument order) and the quantizer parameters of
-//! quantized tensors (real torch 2.15, `tests/fixtures/make.py`'s `make_quantized`).
+//! quantized tensors (real torch 2.15, `tests/fixtures/make.py`'s `make_quantized`); and the
+//! other calls given a meaning (`Parameter(t)`, `complex`, `_get_layout`, TorchScript's typed
+//! lists) or refused by name (the tensor kinds ptload does not build).
 
 mod common;
 
@@ -195,4 +197,140 @@ fn calls_unlike_torch_s_take_the_general_path_and_its_errors() {
         e.contains("a call whose callable is a int, not a global"),
         "{e}"
     );
+}
+
+/// `_rebuild_tensor_v2(storage, 0, (2,), (1,), False, OrderedDict())`, without `STOP`.
+fn plain_tensor(p: Pickle) -> Pickle {
+    p.global("torch._utils", "_rebuild_tensor_v2")
+        .op(b"(")
+        .storage("FloatStorage", "0", 2)
+        .int(0)
+        .ints(&[2])
+        .ints(&[1])
+        .op(b"\x89")
+        .global("collections", "OrderedDict")
+        .op(b")R")
+        .op(b"tR")
+}
+
+#[test]
+fn calling_parameter_makes_a_parameter() {
+    // torch.nn.Parameter(t) and Parameter(t, False): requires_grad defaults to True.
+    for (flag, want) in [(&b""[..], true), (b"\x88", true), (b"\x89", false)] {
+        let p = plain_tensor(
+            Pickle::new()
+                .global("torch.nn.parameter", "Parameter")
+                .op(b"("),
+        )
+        .op(flag)
+        .op(b"tR")
+        .stop();
+        let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(&p, &[("0", &[0u8; 8])])).unwrap();
+        let t = ckpt.tensor("").unwrap();
+        assert_eq!(
+            (t.meta().kind, t.requires_grad()),
+            (ptload::torch::TensorKind::Parameter, want)
+        );
+    }
+}
+
+fn root_of(p: Pickle, weights_only: bool) -> Result<Value, String> {
+    ptload::Loader::new()
+        .weights_only(weights_only)
+        .load_bytes(ZipBuilder::checkpoint(&p.stop(), &[]))
+        .map(|c| c.root.clone())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn builtins_and_layouts_become_values() {
+    let call = |module: &str, name: &str, args: &[u8]| {
+        root_of(
+            Pickle::new()
+                .global(module, name)
+                .op(b"(")
+                .op(args)
+                .op(b"tR"),
+            true,
+        )
+    };
+    // complex(1, 2) == (1+2j), complex(1.5) == (1.5+0j), complex() == 0j in Python.
+    let one_two = call("builtins", "complex", b"K\x01K\x02");
+    assert_eq!(one_two, Ok(Value::Complex(1.0, 2.0)));
+    let real = call("builtins", "complex", b"G\x3f\xf8\x00\x00\x00\x00\x00\x00");
+    assert_eq!(real, Ok(Value::Complex(1.5, 0.0)));
+    assert_eq!(
+        call("builtins", "complex", b""),
+        Ok(Value::Complex(0.0, 0.0))
+    );
+    let e = call("builtins", "complex", b"X\x01\x00\x00\x00a").unwrap_err();
+    assert!(
+        e.contains("unexpected arguments for builtins.complex"),
+        "{e}"
+    );
+    // What sparse tensors pickle for their layout: the layout object, by name.
+    let layout = call(
+        "torch.serialization",
+        "_get_layout",
+        b"X\x10\x00\x00\x00torch.sparse_coo",
+    );
+    assert_eq!(layout, Ok(Value::Global("torch.sparse_coo".into())));
+    let e = call("torch.serialization", "_get_layout", b"K\x01").unwrap_err();
+    assert!(
+        e.contains("unexpected arguments for torch.serialization._get_layout"),
+        "{e}"
+    );
+}
+
+#[test]
+fn torchscript_typed_lists_are_their_argument() {
+    // torch.jit._pickle.build_intlist([1, 2]) is the list [1, 2] (outside a TorchScript
+    // archive, with other globals allowed).
+    for name in ["build_intlist", "build_doublelist", "restore_type_tag"] {
+        let p = Pickle::new()
+            .global("torch.jit._pickle", name)
+            .op(b"(](K\x01K\x02etR");
+        assert_eq!(
+            root_of(p, false),
+            Ok(Value::List(vec![Value::Int(1), Value::Int(2)])),
+            "{name}"
+        );
+    }
+    let p = Pickle::new()
+        .global("torch.jit._pickle", "build_intlist")
+        .op(b")R");
+    let e = root_of(p, false).unwrap_err();
+    assert!(
+        e.contains("unexpected arguments for torch.jit._pickle.build_intlist"),
+        "{e}"
+    );
+}
+
+#[test]
+fn tensor_kinds_ptload_does_not_build_are_refused_by_name() {
+    for name in [
+        "_rebuild_sparse_tensor",
+        "_rebuild_nested_tensor",
+        "_rebuild_wrapper_subclass",
+        "_rebuild_device_tensor_from_numpy",
+        "_rebuild_device_tensor_from_cpu_tensor",
+        "_rebuild_xla_tensor",
+    ] {
+        // Under weights-only, torch allows all but the nested and XLA ones (refused earlier,
+        // as globals outside the allowlist).
+        let allowed = !matches!(name, "_rebuild_nested_tensor" | "_rebuild_xla_tensor");
+        for weights_only in [false, true].into_iter().filter(|&w| !w || allowed) {
+            let p = Pickle::new()
+                .op(b"}X\x01\x00\x00\x00w")
+                .global("torch._utils", name)
+                .op(b")Rs");
+            let e = root_of(p, weights_only).unwrap_err();
+            assert!(
+                e.contains(&format!(
+                    "tensor 'w' is built by torch._utils.{name}, which ptload does not support yet"
+                )),
+                "{e}"
+            );
+        }
+    }
 }

@@ -334,3 +334,28 @@ fn tensor_kinds_ptload_does_not_build_are_refused_by_name() {
         }
     }
 }
+
+#[test]
+fn bytes_and_bytearrays_as_python_pickles_them() {
+    // pickle.dumps(x, protocol) in CPython 3.11: protocol 2 spells bytes as
+    // _codecs.encode(text, 'latin1') and bytearray() as a call with no arguments.
+    for (pickle, want) in [
+        (
+            &b"\x80\x02c_codecs\nencode\nq\x00X\x03\x00\x00\x00\xc3\xa9aq\x01X\x06\x00\x00\x00latin1q\x02\x86q\x03Rq\x04."[..],
+            Value::Bytes(b"\xe9a".to_vec()),
+        ),
+        (
+            b"\x80\x02c__builtin__\nbytearray\nq\x00c_codecs\nencode\nq\x01X\x03\x00\x00\x00\xc3\xa9aq\x02X\x06\x00\x00\x00latin1q\x03\x86q\x04Rq\x05\x85q\x06Rq\x07.",
+            Value::ByteArray(b"\xe9a".to_vec()),
+        ),
+        (b"\x80\x02c__builtin__\nbytearray\nq\x00)Rq\x01.", Value::ByteArray(Vec::new())),
+        (
+            b"\x80\x03cbuiltins\nbytearray\nq\x00C\x02abq\x01\x85q\x02Rq\x03.",
+            Value::ByteArray(b"ab".to_vec()),
+        ),
+    ] {
+        let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(pickle, &[]))
+            .unwrap_or_else(|e| panic!("{}: {e}", pickle.escape_ascii()));
+        assert_eq!(ckpt.root, want);
+    }
+}

@@ -144,3 +144,74 @@ fn dict_keys_and_values_count_toward_max_depth_as_list_items_do() {
         "a list around tuples is one level of them"
     );
 }
+
+/// `[[…[None]…]]`, `n` lists deep.
+fn nested_lists_around_none(p: Pickle, n: usize) -> Pickle {
+    p.op(&vec![b']'; n]).op(b"N").op(&vec![b'a'; n])
+}
+
+/// The deepest `make(n)` that loads under `max_depth` 10, other globals allowed.
+fn deepest_loading_any_global(make: impl Fn(usize) -> Pickle) -> usize {
+    let loads = |n| {
+        Loader::new()
+            .weights_only(false)
+            .limits(Limits::default().with_max_depth(10))
+            .load_bytes(ZipBuilder::checkpoint(&make(n).stop(), &[]))
+            .is_ok()
+    };
+    assert!(loads(3) && !loads(30));
+    (3..30).take_while(|&n| loads(n)).last().unwrap()
+}
+
+#[test]
+fn object_states_and_tensor_subclass_parts_count_toward_max_depth() {
+    // [state] and an object whose BUILD state is `state`: the state is one level down in both.
+    let in_list = deepest_loading_any_global(|n| nested_lists_around_none(Pickle::new(), n + 1));
+    let object = deepest_loading_any_global(|n| {
+        nested_lists_around_none(Pickle::new().global("__main__", "C").op(b")\x81"), n).op(b"b")
+    });
+    assert_eq!(object, in_list);
+    // _rebuild_from_type_v2(_rebuild_tensor_v2, new_type, args, state), with `state` (then
+    // `new_type`) nested: each is one level below the call, as an item of a list is.
+    let from_type = |n: usize, nested_state: bool| {
+        let p = Pickle::new()
+            .global("torch._tensor", "_rebuild_from_type_v2")
+            .op(b"(")
+            .global("torch._utils", "_rebuild_tensor_v2");
+        let p = if nested_state {
+            p.global("torch", "Tensor")
+        } else {
+            nested_lists_around_none(p, n)
+        };
+        let p = p
+            .op(b"(")
+            .storage("FloatStorage", "0", 2)
+            .int(0)
+            .ints(&[2])
+            .ints(&[1])
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")Rt");
+        let p = if nested_state {
+            nested_lists_around_none(p, n)
+        } else {
+            p.op(b"}")
+        };
+        p.op(b"tR")
+    };
+    for nested_state in [true, false] {
+        let loads = |n: usize| {
+            Loader::new()
+                .weights_only(false)
+                .limits(Limits::default().with_max_depth(10))
+                .load_bytes(ZipBuilder::checkpoint(
+                    &from_type(n, nested_state).stop(),
+                    &[("0", &[0u8; 8])],
+                ))
+                .is_ok()
+        };
+        assert!(loads(3) && !loads(30));
+        let deepest = (3..30).take_while(|&n| loads(n)).last().unwrap();
+        assert_eq!(deepest, in_list, "nested state: {nested_state}");
+    }
+}

@@ -349,6 +349,14 @@ fn bytes_and_bytearrays_as_python_pickles_them() {
             Value::ByteArray(b"\xe9a".to_vec()),
         ),
         (b"\x80\x02c__builtin__\nbytearray\nq\x00)Rq\x01.", Value::ByteArray(Vec::new())),
+        // Python 2.7's bytearray.__reduce__ gives (bytearray, (u'\xe9a', 'latin-1')); Python 3
+        // loads its pickle as bytearray(b'\xe9a').
+        (
+            b"c__builtin__\nbytearray\n(V\xe9a\nVlatin-1\ntR.",
+            Value::ByteArray(b"\xe9a".to_vec()),
+        ),
+        // _codecs.encode('\xe9') is UTF-8: b'\xc3\xa9'.
+        (b"c_codecs\nencode\n(V\xe9\ntR.", Value::Bytes(b"\xc3\xa9".to_vec())),
         (
             b"\x80\x03cbuiltins\nbytearray\nq\x00C\x02abq\x01\x85q\x02Rq\x03.",
             Value::ByteArray(b"ab".to_vec()),

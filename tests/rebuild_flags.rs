@@ -156,16 +156,20 @@ fn plain_and_general_rebuilds_agree() {
             .unwrap()
     };
     assert_eq!(shallowest(false), shallowest(true));
-    let at = smallest(false) - 1;
-    let limits = ptload::Limits::default().with_max_values(at);
-    assert_eq!(
-        load(&tensor(1, false, false), limits)
-            .unwrap_err()
-            .to_string(),
-        load(&tensor(1, true, false), limits)
-            .unwrap_err()
-            .to_string()
-    );
+    // And every smaller limit fails at the same value with the same error, wherever in the
+    // tensor's arguments it is reached.
+    for at in 1..smallest(false) {
+        let limits = ptload::Limits::default().with_max_values(at);
+        assert_eq!(
+            load(&tensor(1, false, false), limits)
+                .unwrap_err()
+                .to_string(),
+            load(&tensor(1, true, false), limits)
+                .unwrap_err()
+                .to_string(),
+            "max_values {at}"
+        );
+    }
 }
 
 /// What the plain path must leave to the general one: its errors, in its words.

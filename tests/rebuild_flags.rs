@@ -371,3 +371,82 @@ fn bytes_and_bytearrays_as_python_pickles_them() {
         assert_eq!(ckpt.root, want);
     }
 }
+
+/// A list of `count` `_rebuild_tensor_v2` calls of rank `rank` (sizes and strides as tuples,
+/// as torch writes them, or as lists, which take the general path), each with `hooks` as its
+/// backward hooks.
+fn tensors(count: usize, rank: usize, list_dims: bool, hooks: &[u8]) -> Vec<u8> {
+    let dims = |p: Pickle| {
+        let ones = vec![1; rank];
+        if list_dims {
+            let mut p = p.op(b"](");
+            for &v in &ones {
+                p = p.int(v);
+            }
+            p.op(b"e")
+        } else {
+            p.ints(&ones)
+        }
+    };
+    let mut p = Pickle::new().op(b"](");
+    for _ in 0..count {
+        p = p
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"(")
+            .storage("FloatStorage", "0", 6)
+            .int(0);
+        p = dims(dims(p)).op(b"\x89").op(hooks).op(b"tR");
+    }
+    p.op(b"e").stop()
+}
+
+#[test]
+fn plain_and_general_rebuilds_count_alike_for_any_rank_count_and_hooks() {
+    let load = |pickle: &[u8], limits: ptload::Limits| {
+        let bytes = ZipBuilder::checkpoint(pickle, &[("0", &[0u8; 24])]);
+        ptload::Loader::new().limits(limits).load_bytes(bytes)
+    };
+    // The smallest limit that loads, with either spelling.
+    let smallest = |count, rank, hooks: &[u8], limit: fn(u64) -> ptload::Limits| {
+        let at = |list_dims| {
+            (1..400)
+                .find(|&n| load(&tensors(count, rank, list_dims, hooks), limit(n)).is_ok())
+                .unwrap()
+        };
+        (at(false), at(true))
+    };
+    let values = |n| ptload::Limits::default().with_max_values(n);
+    let depth = |n| ptload::Limits::default().with_max_depth(n);
+    let empty_ordered_dict = b"ccollections\nOrderedDict\n)R";
+    // [[[None]]] as hooks: converted, so its depth and values count.
+    let nested_hooks = b"]]]Naaa";
+    for (count, rank, hooks) in [
+        (4, 1, &empty_ordered_dict[..]),
+        (4, 3, empty_ordered_dict),
+        (1, 2, nested_hooks),
+        (3, 1, nested_hooks),
+    ] {
+        let (plain, general) = smallest(count, rank, hooks, values);
+        assert_eq!(plain, general, "max_values: {count} × rank {rank}");
+        let (plain, general) = smallest(count, rank, hooks, depth);
+        assert_eq!(plain, general, "max_depth: {count} × rank {rank}");
+    }
+    // An empty call other than OrderedDict() as hooks is converted, with its errors.
+    let size_hooks = b"ctorch\nSize\n)R";
+    let errors: Vec<String> = [false, true]
+        .map(|list_dims| {
+            load(
+                &tensors(1, 1, list_dims, size_hooks),
+                ptload::Limits::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        })
+        .into();
+    assert!(
+        errors[0].contains("torch.Size needs a tuple"),
+        "{}",
+        errors[0]
+    );
+    assert_eq!(errors[0], errors[1]);
+}

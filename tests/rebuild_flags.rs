@@ -417,6 +417,7 @@ fn plain_and_general_rebuilds_count_alike_for_any_rank_count_and_hooks() {
     };
     let values = |n| ptload::Limits::default().with_max_values(n);
     let depth = |n| ptload::Limits::default().with_max_depth(n);
+    let rank_limit = |n| ptload::Limits::default().with_max_rank(n);
     let empty_ordered_dict = b"ccollections\nOrderedDict\n)R";
     // [[[None]]] as hooks: converted, so its depth and values count.
     let nested_hooks = b"]]]Naaa";
@@ -430,6 +431,13 @@ fn plain_and_general_rebuilds_count_alike_for_any_rank_count_and_hooks() {
         assert_eq!(plain, general, "max_values: {count} × rank {rank}");
         let (plain, general) = smallest(count, rank, hooks, depth);
         assert_eq!(plain, general, "max_depth: {count} × rank {rank}");
+        // max_rank is inclusive on both paths.
+        let ranks = smallest(count, rank, hooks, rank_limit);
+        assert_eq!(
+            ranks,
+            (rank as u64, rank as u64),
+            "max_rank: {count} × rank {rank}"
+        );
     }
     // An empty call other than OrderedDict() as hooks is converted, with its errors.
     let size_hooks = b"ctorch\nSize\n)R";
@@ -449,4 +457,30 @@ fn plain_and_general_rebuilds_count_alike_for_any_rank_count_and_hooks() {
         errors[0]
     );
     assert_eq!(errors[0], errors[1]);
+}
+
+#[test]
+fn rebuild_tensor_v3_takes_its_dtype_and_metadata() {
+    // _rebuild_tensor_v3(storage, 0, (2,), (1,), False, OrderedDict(), dtype[, metadata]), the
+    // argument order of torch's Tensor.__reduce_ex__; metadata sets the neg bit.
+    for (metadata, neg) in [(&b""[..], false), (b"}X\x03\x00\x00\x00neg\x88s", true)] {
+        let p = Pickle::new()
+            .global("torch._utils", "_rebuild_tensor_v3")
+            .op(b"(")
+            .storage("FloatStorage", "0", 2)
+            .int(0)
+            .ints(&[2])
+            .ints(&[1])
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")R")
+            .global("torch", "int32")
+            .op(metadata)
+            .op(b"tR")
+            .stop();
+        let ckpt = ptload::load_bytes(ZipBuilder::checkpoint(&p, &[("0", &[0u8; 8])]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = ckpt.tensor("").unwrap();
+        assert_eq!((t.dtype(), t.meta().neg), (ptload::Dtype::Int32, neg));
+    }
 }

@@ -484,3 +484,52 @@ fn rebuild_tensor_v3_takes_its_dtype_and_metadata() {
         assert_eq!((t.dtype(), t.meta().neg), (ptload::Dtype::Int32, neg));
     }
 }
+
+#[test]
+fn tensor_subclasses_keep_their_class_and_a_state_that_is_not_empty() {
+    // _rebuild_from_type_v2(_rebuild_tensor_v2, new_type, args, state), as torch writes a
+    // tensor subclass or a tensor with Python attributes.
+    let from_type = |module: &str, class: &str, state: &[u8]| {
+        let p = Pickle::new()
+            .global("torch._tensor", "_rebuild_from_type_v2")
+            .op(b"(")
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .global(module, class)
+            .op(b"(")
+            .storage("FloatStorage", "0", 2)
+            .int(0)
+            .ints(&[2])
+            .ints(&[1])
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")Rt")
+            .op(state)
+            .op(b"tR")
+            .stop();
+        let ckpt = ptload::Loader::new()
+            .weights_only(false)
+            .load_bytes(ZipBuilder::checkpoint(&p, &[("0", &[0u8; 8])]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let t = ckpt.tensor("").unwrap();
+        t.meta().attributes.as_deref().map(|a| a.to_string())
+    };
+    // Empty states (None, {}, ({}, None)) leave a plain tensor without attributes.
+    for state in [&b"N"[..], b"}", b"}N\x86"] {
+        assert_eq!(from_type("torch", "Tensor", state), None, "{state:?}");
+        assert_eq!(from_type("torch.nn.parameter", "Parameter", state), None);
+    }
+    let foo = b"}X\x03\x00\x00\x00fooK\x01s";
+    assert_eq!(
+        from_type("torch", "Tensor", foo),
+        Some(r#"{"foo": 1}"#.into())
+    );
+    // A subclass is named by a `__class__` attribute, unless its state already holds some.
+    assert_eq!(
+        from_type("__main__", "Sub", b"N"),
+        Some(r#"{"__class__": __main__.Sub}"#.into())
+    );
+    assert_eq!(
+        from_type("__main__", "Sub", foo),
+        Some(r#"{"foo": 1}"#.into())
+    );
+}

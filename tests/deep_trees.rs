@@ -183,15 +183,7 @@ fn object_states_and_tensor_subclass_parts_count_toward_max_depth() {
         } else {
             nested_lists_around_none(p, n)
         };
-        let p = p
-            .op(b"(")
-            .storage("FloatStorage", "0", 2)
-            .int(0)
-            .ints(&[2])
-            .ints(&[1])
-            .op(b"\x89")
-            .global("collections", "OrderedDict")
-            .op(b")Rt");
+        let p = p.op(b"(").plain_v2_args().op(b"t");
         let p = if nested_state {
             nested_lists_around_none(p, n)
         } else {

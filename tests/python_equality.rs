@@ -13,6 +13,14 @@ fn root_of(pickle: Vec<u8>) -> Value {
     ckpt.root.clone()
 }
 
+/// The items of the dict a pickle makes.
+fn dict_items(pickle: Vec<u8>) -> Vec<(Value, Value)> {
+    match root_of(pickle) {
+        Value::Dict(d) => d.items,
+        other => panic!("not a dict: {other}"),
+    }
+}
+
 fn float(x: f64) -> Vec<u8> {
     let mut op = vec![b'G'];
     op.extend_from_slice(&x.to_be_bytes());
@@ -66,11 +74,8 @@ fn dict_keys_equal_in_python_keep_the_first_key_and_the_last_value() {
         .str("e")
         .op(b"u")
         .stop();
-    let Value::Dict(d) = root_of(p) else {
-        panic!("not a dict")
-    };
     assert_eq!(
-        d.items,
+        dict_items(p),
         vec![
             (Value::Int(1), Value::Str("c".into())),
             (Value::Float(2.5), Value::Str("e".into())),
@@ -122,10 +127,8 @@ fn ints_past_64_bits_equal_the_floats_of_their_value() {
         for (i, key) in keys.iter().enumerate() {
             p = p.op(key).int(i as i64);
         }
-        let Value::Dict(d) = root_of(p.op(b"u").stop()) else {
-            panic!("not a dict")
-        };
-        let values: Vec<i64> = d.items[padding..]
+        let items = dict_items(p.op(b"u").stop());
+        let values: Vec<i64> = items[padding..]
             .iter()
             .map(|(_, v)| match v {
                 Value::Int(i) => *i,
@@ -133,7 +136,7 @@ fn ints_past_64_bits_equal_the_floats_of_their_value() {
             })
             .collect();
         assert_eq!(values, want, "padding {padding}");
-        let first_keys: Vec<String> = d.items[padding..]
+        let first_keys: Vec<String> = items[padding..]
             .iter()
             .map(|(k, _)| k.to_string())
             .collect();
@@ -166,11 +169,8 @@ fn bytes_keys_equal_bytes_only() {
         .int(3)
         .op(b"u")
         .stop();
-    let Value::Dict(d) = root_of(p) else {
-        panic!("not a dict")
-    };
     assert_eq!(
-        d.items,
+        dict_items(p),
         vec![
             (Value::Bytes(b"a".to_vec()), Value::Int(2)),
             (Value::Str("a".into()), Value::Int(3)),

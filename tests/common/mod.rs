@@ -280,6 +280,17 @@ impl Pickle {
         }
         self.op(b"t")
     }
+    /// The six arguments torch writes for `_rebuild_tensor_v2` of the 2-float storage `0`:
+    /// `storage, 0, (2,), (1,), False, OrderedDict()`, in a tuple the caller opens and closes.
+    pub fn plain_v2_args(self) -> Self {
+        self.storage("FloatStorage", "0", 2)
+            .int(0)
+            .ints(&[2])
+            .ints(&[1])
+            .op(b"\x89")
+            .global("collections", "OrderedDict")
+            .op(b")R")
+    }
     /// `('storage', torch.<class>, key, 'cpu', numel)` as a BINPERSID.
     pub fn storage(self, class: &str, key: &str, numel: i64) -> Self {
         self.storage_at(class, key, "cpu", numel)

@@ -516,3 +516,92 @@ fn tensor_subclasses_keep_their_class_and_a_state_that_is_not_empty() {
         Some(r#"{"foo": 1}"#.into())
     );
 }
+
+#[test]
+fn only_floating_point_and_complex_tensors_may_require_gradients() {
+    // torch 2.15 refuses the rest in the words of the call that sets the flag: the
+    // rebuild functions' `requires_grad` setter ("only …"), Parameter and
+    // _rebuild_meta_tensor_no_storage's empty_strided ("Only …").
+    // Two elements of `element_size` bytes in storage "0".
+    let load_sized = |p: Pickle, element_size: usize| {
+        ptload::load_bytes(ZipBuilder::checkpoint(
+            &p.stop(),
+            &[("0", &vec![0u8; 2 * element_size])],
+        ))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let load = |p: Pickle| load_sized(p, 8);
+    let v2 = |p: Pickle, class: &str, flag: &[u8], list_dims: bool| {
+        let p = p
+            .global("torch._utils", "_rebuild_tensor_v2")
+            .op(b"(")
+            .storage(class, "0", 2)
+            .int(0);
+        let p = if list_dims {
+            p.op(b"](K\x02e](K\x01e")
+        } else {
+            p.ints(&[2]).ints(&[1])
+        };
+        p.op(flag).global("collections", "OrderedDict").op(b")RtR")
+    };
+    let setter =
+        "tensor '<root>': only Tensors of floating point and complex dtype can require gradients";
+    let constructor =
+        "tensor '<root>': Only Tensors of floating point and complex dtype can require gradients";
+    for list_dims in [false, true] {
+        for (class, size) in [
+            ("FloatStorage", 4),
+            ("HalfStorage", 2),
+            ("BFloat16Storage", 2),
+            ("ComplexFloatStorage", 8),
+        ] {
+            let p = v2(Pickle::new(), class, b"\x88", list_dims);
+            assert_eq!(load_sized(p, size), Ok(()), "{class}");
+        }
+        for (class, size) in [("LongStorage", 8), ("BoolStorage", 1), ("ByteStorage", 1)] {
+            let e = load_sized(v2(Pickle::new(), class, b"\x88", list_dims), size).unwrap_err();
+            assert!(e.ends_with(setter), "{class}: {e}");
+            let p = v2(Pickle::new(), class, b"\x89", list_dims);
+            assert_eq!(load_sized(p, size), Ok(()), "{class}");
+        }
+    }
+    // _rebuild_parameter(int tensor, True, OrderedDict()).
+    let p = Pickle::new()
+        .global("torch._utils", "_rebuild_parameter")
+        .op(b"(");
+    let p = v2(p, "LongStorage", b"\x89", false)
+        .op(b"\x88")
+        .global("collections", "OrderedDict")
+        .op(b")RtR");
+    assert!(load(p).unwrap_err().ends_with(constructor));
+    // _rebuild_meta_tensor_no_storage(torch.int64, (2,), (1,), True).
+    let meta = |dtype: &str| {
+        Pickle::new()
+            .global("torch._utils", "_rebuild_meta_tensor_no_storage")
+            .op(b"(")
+            .global("torch", dtype)
+            .ints(&[2])
+            .ints(&[1])
+            .op(b"\x88tR")
+    };
+    assert_eq!(load(meta("float8_e4m3fn")), Ok(()));
+    assert!(load(meta("int64")).unwrap_err().ends_with(constructor));
+    // _rebuild_qtensor(storage, 0, (2,), (1,), (per_tensor_affine, 0.1, 0), True, OrderedDict()).
+    let q = Pickle::new()
+        .global("torch._utils", "_rebuild_qtensor")
+        .op(b"(")
+        .storage("QInt8Storage", "0", 2)
+        .int(0)
+        .ints(&[2])
+        .ints(&[1])
+        .op(b"(")
+        .global("torch", "per_tensor_affine")
+        .op(b"G\x3f\xb9\x99\x99\x99\x99\x99\x9a")
+        .int(0)
+        .op(b"t\x88")
+        .global("collections", "OrderedDict")
+        .op(b")RtR");
+    let e = load_sized(q, 1).unwrap_err();
+    assert!(e.ends_with(setter), "{e}");
+}

@@ -147,6 +147,26 @@ impl Dtype {
         )
     }
 
+    /// Whether a tensor of this dtype may require gradients: torch's floating-point and complex
+    /// types (float8 and float4 included, as torch 2.15 allows `requires_grad_()` on them).
+    pub fn can_require_grad(self) -> bool {
+        use Dtype::*;
+        self.is_complex()
+            || matches!(
+                self,
+                Float64
+                    | Float32
+                    | Float16
+                    | BFloat16
+                    | Float8E4M3Fn
+                    | Float8E5M2
+                    | Float8E4M3FnUz
+                    | Float8E5M2FnUz
+                    | Float8E8M0Fnu
+                    | Float4E2M1FnX2
+            )
+    }
+
     /// Whether the dtype is one of torch's quantized types.
     pub fn is_quantized(self) -> bool {
         use Dtype::*;

@@ -224,6 +224,19 @@ impl<'a> Interpreter<'a> {
         }
     }
 
+    /// torch refuses `requires_grad` on a tensor that cannot have gradients, in the words of the
+    /// call that sets it: the `requires_grad` setter of the rebuild functions (`only …`), or
+    /// `Parameter` and `empty_strided` (`Only …`).
+    fn check_requires_grad(&self, meta: &TensorMeta, setter: bool) -> Result<()> {
+        if !meta.requires_grad || meta.dtype.can_require_grad() {
+            return Ok(());
+        }
+        Err(self.tensor_error(format!(
+            "{} Tensors of floating point and complex dtype can require gradients",
+            if setter { "only" } else { "Only" }
+        )))
+    }
+
     fn tensor_error(&self, message: impl std::fmt::Display) -> Error {
         Error::invalid_tensor(format!("tensor '{}': {message}", self.here()))
             .for_tensor(self.path_text())
@@ -652,6 +665,7 @@ impl<'a> Interpreter<'a> {
             ..TensorMeta::view(Some(view.id), view.dtype, shape, stride, int(args[1]))
         };
         self.check_bounds(&meta, view.id)?;
+        self.check_requires_grad(&meta, true)?;
         Ok(Value::Tensor(Box::new(meta)))
     }
 
@@ -777,6 +791,7 @@ impl<'a> Interpreter<'a> {
             ..TensorMeta::view(Some(view.id), dtype, shape, stride, offset)
         };
         self.check_bounds(&meta, view.id)?;
+        self.check_requires_grad(&meta, true)?;
         Ok(Value::Tensor(Box::new(meta)))
     }
 
@@ -800,6 +815,7 @@ impl<'a> Interpreter<'a> {
         };
         meta.kind = TensorKind::Parameter;
         meta.requires_grad = matches!(requires_grad, Some(Value::Bool(true)));
+        self.check_requires_grad(&meta, false)?;
         if let Some(state) = state.filter(|s| !is_empty_state(s)) {
             meta.attributes = Some(Box::new(state));
         }
@@ -857,10 +873,12 @@ impl<'a> Interpreter<'a> {
         if shape.len() != stride.len() {
             return Err(self.tensor_error("size and stride differ in length"));
         }
-        Ok(Value::Tensor(Box::new(TensorMeta {
+        let meta = TensorMeta {
             requires_grad: matches!(requires_grad, Value::Bool(true)),
             ..TensorMeta::view(None, dtype, shape, stride, 0)
-        })))
+        };
+        self.check_requires_grad(&meta, false)?;
+        Ok(Value::Tensor(Box::new(meta)))
     }
 }
 

@@ -49,6 +49,9 @@
 //!
 //! - under weights-only (the default): any global outside torch's allowlist, with torch's
 //!   message (`posix.system`, `argparse.Namespace`, `__main__.Net`, …);
+//! - a tensor whose dtype cannot have gradients (int, bool, quantized) saved with
+//!   `requires_grad=True`, with torch's message ("only Tensors of floating point and complex
+//!   dtype can require gradients");
 //! - sparse, nested and wrapper-subclass tensors (named in the error), out-of-band buffers,
 //!   the copyreg extension registry;
 //! - files of other formats, named in [`ErrorKind::NotACheckpoint`] (`archive/detect.rs`):

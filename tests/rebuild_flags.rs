@@ -34,22 +34,16 @@ fn quantized_tensors_keep_their_quantizer() {
 #[test]
 fn requires_grad_is_kept() {
     // _rebuild_tensor_v2(storage, 0, (2,), (1,), requires_grad, OrderedDict())
-    let tensor = |flag: &[u8]| {
+    let tensor = |requires_grad: bool| {
         Pickle::new()
             .global("torch._utils", "_rebuild_tensor_v2")
             .op(b"(")
-            .storage("FloatStorage", "0", 2)
-            .int(0)
-            .ints(&[2])
-            .ints(&[1])
-            .op(flag)
-            .global("collections", "OrderedDict")
-            .op(b")R")
+            .v2_args("FloatStorage", requires_grad)
             .op(b"tR")
             .stop()
     };
-    for (flag, want) in [(b"\x88", true), (b"\x89", false)] {
-        let bytes = ZipBuilder::checkpoint(&tensor(flag), &[("0", &[0u8; 8])]);
+    for want in [true, false] {
+        let bytes = ZipBuilder::checkpoint(&tensor(want), &[("0", &[0u8; 8])]);
         let ckpt = ptload::load_bytes(bytes).unwrap();
         assert_eq!(ckpt.tensor("").unwrap().requires_grad(), want);
     }
@@ -532,18 +526,20 @@ fn only_floating_point_and_complex_tensors_may_require_gradients() {
         .map_err(|e| e.to_string())
     };
     let load = |p: Pickle| load_sized(p, 8);
-    let v2 = |p: Pickle, class: &str, flag: &[u8], list_dims: bool| {
-        let p = p
-            .global("torch._utils", "_rebuild_tensor_v2")
-            .op(b"(")
-            .storage(class, "0", 2)
-            .int(0);
+    // As torch writes it, or with sizes and strides as lists (the general path).
+    let v2 = |p: Pickle, class: &str, requires_grad: bool, list_dims: bool| {
+        let p = p.global("torch._utils", "_rebuild_tensor_v2").op(b"(");
         let p = if list_dims {
-            p.op(b"](K\x02e](K\x01e")
+            p.storage(class, "0", 2)
+                .int(0)
+                .op(b"](K\x02e](K\x01e")
+                .op(if requires_grad { b"\x88" } else { b"\x89" })
+                .global("collections", "OrderedDict")
+                .op(b")R")
         } else {
-            p.ints(&[2]).ints(&[1])
+            p.v2_args(class, requires_grad)
         };
-        p.op(flag).global("collections", "OrderedDict").op(b")RtR")
+        p.op(b"tR")
     };
     let setter =
         "tensor '<root>': only Tensors of floating point and complex dtype can require gradients";
@@ -556,13 +552,13 @@ fn only_floating_point_and_complex_tensors_may_require_gradients() {
             ("BFloat16Storage", 2),
             ("ComplexFloatStorage", 8),
         ] {
-            let p = v2(Pickle::new(), class, b"\x88", list_dims);
+            let p = v2(Pickle::new(), class, true, list_dims);
             assert_eq!(load_sized(p, size), Ok(()), "{class}");
         }
         for (class, size) in [("LongStorage", 8), ("BoolStorage", 1), ("ByteStorage", 1)] {
-            let e = load_sized(v2(Pickle::new(), class, b"\x88", list_dims), size).unwrap_err();
+            let e = load_sized(v2(Pickle::new(), class, true, list_dims), size).unwrap_err();
             assert!(e.ends_with(setter), "{class}: {e}");
-            let p = v2(Pickle::new(), class, b"\x89", list_dims);
+            let p = v2(Pickle::new(), class, false, list_dims);
             assert_eq!(load_sized(p, size), Ok(()), "{class}");
         }
     }
@@ -570,7 +566,7 @@ fn only_floating_point_and_complex_tensors_may_require_gradients() {
     let p = Pickle::new()
         .global("torch._utils", "_rebuild_parameter")
         .op(b"(");
-    let p = v2(p, "LongStorage", b"\x89", false)
+    let p = v2(p, "LongStorage", false, false)
         .op(b"\x88")
         .global("collections", "OrderedDict")
         .op(b")RtR");

@@ -280,16 +280,21 @@ impl Pickle {
         }
         self.op(b"t")
     }
-    /// The six arguments torch writes for `_rebuild_tensor_v2` of the 2-float storage `0`:
-    /// `storage, 0, (2,), (1,), False, OrderedDict()`, in a tuple the caller opens and closes.
-    pub fn plain_v2_args(self) -> Self {
-        self.storage("FloatStorage", "0", 2)
+    /// The six arguments torch writes for `_rebuild_tensor_v2` of a 2-element storage `0` of
+    /// `class`: `storage, 0, (2,), (1,), requires_grad, OrderedDict()`, in a tuple the caller
+    /// opens and closes.
+    pub fn v2_args(self, class: &str, requires_grad: bool) -> Self {
+        self.storage(class, "0", 2)
             .int(0)
             .ints(&[2])
             .ints(&[1])
-            .op(b"\x89")
+            .op(if requires_grad { b"\x88" } else { b"\x89" })
             .global("collections", "OrderedDict")
             .op(b")R")
+    }
+    /// [`Pickle::v2_args`] of a float storage, without gradients.
+    pub fn plain_v2_args(self) -> Self {
+        self.v2_args("FloatStorage", false)
     }
     /// `('storage', torch.<class>, key, 'cpu', numel)` as a BINPERSID.
     pub fn storage(self, class: &str, key: &str, numel: i64) -> Self {

@@ -89,6 +89,8 @@ pub mod location;
 pub mod pickle;
 pub mod place;
 pub mod plan;
+#[cfg(all(unix, feature = "mmap"))]
+pub mod read_ahead;
 pub mod source;
 pub mod torch;
 #[cfg(all(feature = "wasm", target_arch = "wasm32"))]

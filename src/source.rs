@@ -253,6 +253,23 @@ pub trait ByteSource {
         buf.copy_from_slice(self.get(offset, buf.len() as u64)?);
         Ok(())
     }
+
+    /// Whether [`read_small_ahead`](ByteSource::read_small_ahead) can read on a helper thread.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
+    /// Starts [`read_small`](ByteSource::read_small)s of `N` bytes at each of `offsets` on a
+    /// helper thread, for the caller to collect later; `None` (the default) where the source
+    /// has no file to read from or no helper, and the caller reads for itself.
+    #[cfg(all(unix, feature = "mmap"))]
+    fn read_small_ahead<const N: usize>(
+        &self,
+        offsets: Vec<u64>,
+    ) -> Option<crate::read_ahead::ReadAhead<N>> {
+        let _ = offsets;
+        None
+    }
 }
 
 fn past_the_end(offset: u64, len: u64, total: u64) -> Error {
@@ -320,6 +337,21 @@ impl ByteSource for Source {
 
     fn get(&self, offset: u64, len: u64) -> Result<&[u8]> {
         ByteSource::get(self.bytes(), offset, len)
+    }
+
+    fn reads_ahead(&self) -> bool {
+        #[cfg(all(unix, feature = "mmap"))]
+        return self.file.is_some();
+        #[cfg(not(all(unix, feature = "mmap")))]
+        false
+    }
+
+    #[cfg(all(unix, feature = "mmap"))]
+    fn read_small_ahead<const N: usize>(
+        &self,
+        offsets: Vec<u64>,
+    ) -> Option<crate::read_ahead::ReadAhead<N>> {
+        crate::read_ahead::start(self.file.clone()?, offsets)
     }
 }
 

@@ -599,3 +599,133 @@ fn local_headers_far_apart_are_read_from_the_file_and_load_the_same() {
         from_memory
     );
 }
+
+/// 40 tensors of 80 KiB each: enough records far enough apart that a mapped file's storage
+/// headers are read on the helper thread while the pickle is parsed.
+fn many_far_apart() -> (ptload::Checkpoint, Vec<Vec<u8>>) {
+    let tensors: Vec<Vec<u8>> = (0..40u8)
+        .map(|seed| (0..80 << 10).map(|i| (i as u8) ^ seed).collect())
+        .collect();
+    let ckpt = ptload::Checkpoint::from_tensors(
+        tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    format!("t{i}"),
+                    ptload::Dtype::UInt8,
+                    vec![80 << 10],
+                    t.clone(),
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+    (ckpt, tensors)
+}
+
+/// The offset of the local header of the record whose data starts at `data_offset`.
+fn local_header_before(bytes: &[u8], data_offset: u64) -> usize {
+    bytes[..data_offset as usize]
+        .windows(4)
+        .rposition(|w| w == b"PK\x03\x04")
+        .unwrap()
+}
+
+#[test]
+fn storage_headers_read_on_a_helper_load_the_same_as_in_turn() {
+    let (ckpt, tensors) = many_far_apart();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pt");
+    ptload::save(&ckpt, &path).unwrap();
+    let source = ptload::Source::open(&path).unwrap();
+    // From a file, the storage records wait for their headers; the others are ready at once.
+    let (mut deferred_dir, deferred) =
+        ptload::archive::ZipDirectory::parse_deferring(&source).unwrap();
+    assert!(!deferred.is_empty());
+    assert_eq!(
+        deferred_dir.record("data/7").unwrap().data_offset,
+        u64::MAX,
+        "not located before finish"
+    );
+    let serial = ptload::archive::ZipDirectory::parse(&source).unwrap();
+    assert_eq!(
+        deferred_dir.record("data.pkl"),
+        serial.record("data.pkl"),
+        "the pickle's record is ready at once"
+    );
+    deferred_dir.finish(&source, deferred).unwrap();
+    assert_eq!(deferred_dir.records(), serial.records());
+    // From memory there is no helper: nothing waits.
+    let bytes = std::fs::read(&path).unwrap();
+    let (in_memory, none) = ptload::archive::ZipDirectory::parse_deferring(&bytes[..]).unwrap();
+    assert!(none.is_empty());
+    assert_eq!(in_memory.records(), serial.records());
+
+    let from_file = ptload::load(&path).unwrap();
+    for (i, want) in tensors.iter().enumerate() {
+        let t = from_file.tensor(&format!("t{i}")).unwrap();
+        assert!(t.as_bytes().unwrap() == want.as_slice(), "t{i}");
+    }
+}
+
+#[test]
+fn a_broken_storage_header_read_on_a_helper_is_reported_before_later_errors() {
+    let (ckpt, _) = many_far_apart();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pt");
+    ptload::save(&ckpt, &path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    let directory = ptload::archive::ZipDirectory::parse(&good[..]).unwrap();
+    let header = local_header_before(&good, directory.record("data/20").unwrap().data_offset);
+    let pickle = directory.record("data.pkl").unwrap().data_offset as usize;
+    let check = |bytes: Vec<u8>, expected: &str| {
+        std::fs::write(&path, &bytes).unwrap();
+        let from_file = ptload::load(&path).unwrap_err().to_string();
+        let from_memory = ptload::load_bytes(bytes).unwrap_err().to_string();
+        assert!(from_file.contains(expected), "{from_file}");
+        assert_eq!(
+            from_file.replace(&path.display().to_string(), "<memory>"),
+            from_memory
+        );
+    };
+    // The header alone.
+    let mut broken = good.clone();
+    broken[header] = b'Q';
+    check(broken.clone(), "wrong magic for local file header");
+    // With a broken pickle too: the header (read first by torch) is still what is reported.
+    broken[pickle] = 0xff;
+    check(broken, "wrong magic for local file header");
+    // The pickle alone is reported as such.
+    let mut broken = good.clone();
+    broken[pickle] = 0xff;
+    check(broken, "data.pkl");
+    // The last storage's header, stretched so that its data runs past the end of the file.
+    let last_header = local_header_before(&good, directory.record("data/39").unwrap().data_offset);
+    let mut broken = good.clone();
+    broken[last_header + 28..last_header + 30].copy_from_slice(&u16::MAX.to_le_bytes());
+    check(
+        broken,
+        "entry 'archive/data/39': 81920 bytes of data at offset",
+    );
+    // A later error in the central directory comes after an earlier broken header, as when the
+    // headers are read in turn.
+    let mut broken = good.clone();
+    broken[header] = b'Q';
+    let eocd = broken.len() - 22;
+    let cd_offset = u32::from_le_bytes(broken[eocd + 16..eocd + 20].try_into().unwrap()) as usize;
+    let mut pos = cd_offset;
+    let mut last = pos;
+    while broken[pos..pos + 4] == *b"PK\x01\x02" {
+        last = pos;
+        let name = u16::from_le_bytes([broken[pos + 28], broken[pos + 29]]) as usize;
+        let extra = u16::from_le_bytes([broken[pos + 30], broken[pos + 31]]) as usize;
+        let comment = u16::from_le_bytes([broken[pos + 32], broken[pos + 33]]) as usize;
+        pos += 46 + name + extra + comment;
+    }
+    // The last entry (`version`) compressed with method 12 (bzip2).
+    broken[last + 10..last + 12].copy_from_slice(&12u16.to_le_bytes());
+    check(broken.clone(), "wrong magic for local file header");
+    broken[header] = b'P';
+    check(broken, "compression method 12");
+}

@@ -25,7 +25,7 @@ pub mod zip_spec;
 use std::fmt;
 
 #[doc(hidden)]
-pub use self::zip::{Method, ZipDirectory};
+pub use self::zip::{DeferredHeaders, Method, ZipDirectory};
 
 /// The container a checkpoint uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

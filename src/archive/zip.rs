@@ -30,6 +30,14 @@ const MAX_DEFLATE_RATIO: u64 = 1032;
 /// borrowed ([`ByteSource::read_small`]).
 const LOCAL_HEADERS_READ_FROM_SPACING: u64 = 64 << 10;
 
+/// How many tensor records' local headers are worth a trip to the helper thread
+/// ([`ZipDirectory::parse_deferring`]): fewer are read in place, in a few microseconds.
+#[cfg_attr(not(all(unix, feature = "mmap")), allow(dead_code))]
+const MIN_DEFERRED: usize = 32;
+
+/// A record's data offset before its local header is read.
+const NOT_LOCATED: u64 = u64::MAX;
+
 /// Compression methods torch's reader accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
@@ -51,6 +59,121 @@ pub struct ZipDirectory {
     hasher: foldhash::fast::RandomState,
 }
 
+/// Tensor records whose local headers are read on a helper thread while the caller goes on
+/// (from [`ZipDirectory::parse_deferring`]); [`ZipDirectory::finish`] fills in their data
+/// offsets.
+#[derive(Debug, Default)]
+#[must_use = "the deferred records have no data offset until `ZipDirectory::finish`"]
+pub struct DeferredHeaders {
+    /// In directory order.
+    entries: Vec<Deferred>,
+    #[cfg(all(unix, feature = "mmap"))]
+    reads: Option<crate::read_ahead::ReadAhead<{ LocalHeader::SIZE }>>,
+}
+
+#[derive(Debug)]
+struct Deferred {
+    /// Index in the directory's records.
+    record: usize,
+    local_header_offset: u64,
+    stored_len: u64,
+    name: std::sync::Arc<str>,
+}
+
+impl DeferredHeaders {
+    /// Whether any record waits for its local header.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Starts reading the headers on the helper thread, or reads them now into `records` when
+    /// they are few or `data` has no helper.
+    fn start(&mut self, records: &mut [Record], data: &(impl ByteSource + ?Sized)) -> Result<()> {
+        #[cfg(all(unix, feature = "mmap"))]
+        if self.entries.len() >= MIN_DEFERRED {
+            let offsets = self.entries.iter().map(|e| e.local_header_offset).collect();
+            self.reads = data.read_small_ahead(offsets);
+            if self.reads.is_some() {
+                return Ok(());
+            }
+        }
+        std::mem::take(self).resolve(records, data)
+    }
+
+    /// Locates every deferred record, with the headers read ahead where there are some: the
+    /// first error in directory order, as if each had been read in turn.
+    fn resolve(self, records: &mut [Record], data: &(impl ByteSource + ?Sized)) -> Result<()> {
+        #[cfg(all(unix, feature = "mmap"))]
+        let read = self.reads.map(|reads| reads.wait());
+        #[cfg(not(all(unix, feature = "mmap")))]
+        let read: Option<Vec<Option<[u8; LocalHeader::SIZE]>>> = None;
+        for (i, entry) in self.entries.iter().enumerate() {
+            let head = read.as_ref().and_then(|r| r.get(i)?.as_ref());
+            let data_offset = locate(
+                data,
+                entry.local_header_offset,
+                entry.stored_len,
+                &entry.name,
+                head,
+            )?;
+            if let Some(record) = records.get_mut(entry.record) {
+                record.data_offset = data_offset;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The data offset of the entry whose local header lies at `local_header_offset`, read from
+/// `head` when it was read beforehand (else read, not borrowed: headers worth deferring lie far
+/// apart), checked to leave room for its `stored_len` bytes.
+fn locate(
+    data: &(impl ByteSource + ?Sized),
+    local_header_offset: u64,
+    stored_len: u64,
+    name: &str,
+    head: Option<&[u8; LocalHeader::SIZE]>,
+) -> Result<u64> {
+    let local = match head {
+        Some(head) => LocalHeader::from_bytes(head, local_header_offset)?,
+        None => LocalHeader::parse(data, local_header_offset, true)?,
+    };
+    within_file(
+        data,
+        local_header_offset,
+        local.data_offset(local_header_offset),
+        stored_len,
+        name,
+    )
+}
+
+/// `data_offset`, unless `stored_len` bytes from it run past the end of the file.
+fn within_file(
+    data: &(impl ByteSource + ?Sized),
+    local_header_offset: u64,
+    data_offset: u64,
+    stored_len: u64,
+    name: &str,
+) -> Result<u64> {
+    let data_end = data_offset.checked_add(stored_len);
+    if data_end.is_none_or(|end| end > data.len()) {
+        return Err(Error::zip(
+            local_header_offset,
+            format!(
+                "entry '{name}': {stored_len} bytes of data at offset {data_offset} run past the end of the file ({} bytes)",
+                data.len()
+            ),
+        ));
+    }
+    Ok(data_offset)
+}
+
+/// Whether a record (named relative to the folder) holds a tensor's storage: `data/…`, and
+/// TorchScript's `constants/…`.
+fn is_storage_record(relative: &str) -> bool {
+    relative.starts_with("data/") || relative.starts_with("constants/")
+}
+
 /// The name of `record` relative to a folder of `prefix_len` bytes (and its `/`).
 fn relative_name(record: &Record, prefix_len: usize) -> &str {
     record.name.get(prefix_len + 1..).unwrap_or_default()
@@ -59,6 +182,37 @@ fn relative_name(record: &Record, prefix_len: usize) -> &str {
 impl ZipDirectory {
     /// Reads the directory of the zip file `data`.
     pub fn parse(data: &(impl ByteSource + ?Sized)) -> Result<ZipDirectory> {
+        let (mut directory, deferred) = Self::parse_with(data, false)?;
+        directory.finish(data, deferred)?;
+        Ok(directory)
+    }
+
+    /// [`parse`](Self::parse), except that in a file of big tensors (records far apart) whose
+    /// source can read on a helper thread ([`ByteSource::read_small_ahead`]), the local headers
+    /// of the storage records (`data/…`, `constants/…`) are read there while the caller goes
+    /// on (parsing the pickle): those records have no data offset until
+    /// [`finish`](Self::finish). Every other record is ready. An error in the directory comes
+    /// after any error of a deferred header before it, as with `parse`.
+    pub fn parse_deferring(
+        data: &(impl ByteSource + ?Sized),
+    ) -> Result<(ZipDirectory, DeferredHeaders)> {
+        Self::parse_with(data, true)
+    }
+
+    /// Fills in the data offsets of the records `deferred` left, checking each as
+    /// [`parse`](Self::parse) does; the first error in directory order.
+    pub fn finish(
+        &mut self,
+        data: &(impl ByteSource + ?Sized),
+        deferred: DeferredHeaders,
+    ) -> Result<()> {
+        deferred.resolve(&mut self.records, data)
+    }
+
+    fn parse_with(
+        data: &(impl ByteSource + ?Sized),
+        defer: bool,
+    ) -> Result<(ZipDirectory, DeferredHeaders)> {
         let EndRecords {
             eocd_offset,
             entries,
@@ -97,6 +251,8 @@ impl ZipDirectory {
         // fault) are read, not borrowed from a mapping: a file of big tensors would otherwise
         // fault once per tensor.
         let far_apart = data.len() / entries >= LOCAL_HEADERS_READ_FROM_SPACING;
+        let defer = defer && far_apart && data.reads_ahead();
+        let mut deferred = DeferredHeaders::default();
         // A partial source: an error found past a missing local header waits until that header
         // is loaded, so that the error reported is the first one, as with the whole file.
         let mut walk = || -> Result<()> {
@@ -148,30 +304,36 @@ impl ZipDirectory {
                         ),
                     ));
                 }
-                // Local headers are needed for their lengths only; collect the missing ones so that a
-                // partial source loads them all in one round.
-                let local = match LocalHeader::parse(data, header.local_header_offset, far_apart) {
-                    Ok(local) => local,
-                    Err(e) => match e.kind() {
-                        ErrorKind::NeedBytes { ranges } => {
-                            missing.extend_from_slice(ranges);
-                            continue;
-                        }
-                        _ => return Err(e),
-                    },
-                };
-                let data_offset = local.data_offset(header.local_header_offset);
-                let data_end = data_offset.checked_add(header.compressed_size);
-                if data_end.is_none_or(|end| end > data.len()) {
-                    return Err(Error::zip(
-                    header.local_header_offset,
-                    format!(
-                        "entry '{name}': {} bytes of data at offset {data_offset} run past the end of the file ({} bytes)",
+                let data_offset = if defer && is_storage_record(relative) {
+                    deferred.entries.push(Deferred {
+                        record: records.len(),
+                        local_header_offset: header.local_header_offset,
+                        stored_len: header.compressed_size,
+                        name: name.clone(),
+                    });
+                    NOT_LOCATED
+                } else {
+                    // Local headers are needed for their lengths only; collect the missing ones
+                    // so that a partial source loads them all in one round.
+                    let local =
+                        match LocalHeader::parse(data, header.local_header_offset, far_apart) {
+                            Ok(local) => local,
+                            Err(e) => match e.kind() {
+                                ErrorKind::NeedBytes { ranges } => {
+                                    missing.extend_from_slice(ranges);
+                                    continue;
+                                }
+                                _ => return Err(e),
+                            },
+                        };
+                    within_file(
+                        data,
+                        header.local_header_offset,
+                        local.data_offset(header.local_header_offset),
                         header.compressed_size,
-                        data.len()
-                    ),
-                ));
-                }
+                        &name,
+                    )?
+                };
                 // Two entries under one name are ambiguous (readers differ on which one wins): refused.
                 let skip = prefix.len();
                 let entry = by_name.entry(
@@ -201,6 +363,8 @@ impl ZipDirectory {
             Ok(())
         };
         if let Err(e) = walk() {
+            // A deferred header before the failing entry would have failed first.
+            std::mem::take(&mut deferred).resolve(&mut records, data)?;
             if missing.is_empty() || matches!(e.kind(), ErrorKind::NeedBytes { .. }) {
                 return Err(e);
             }
@@ -208,12 +372,14 @@ impl ZipDirectory {
         if !missing.is_empty() {
             return Err(Error::new(ErrorKind::NeedBytes { ranges: missing }));
         }
-        Ok(ZipDirectory {
+        deferred.start(&mut records, data)?;
+        let directory = ZipDirectory {
             prefix: prefix.unwrap_or_default(),
             records,
             by_name,
             hasher,
-        })
+        };
+        Ok((directory, deferred))
     }
 
     /// The record named `name` relative to the folder (`data.pkl`, `data/0`), if present.

@@ -349,7 +349,7 @@ impl LocalHeader {
         let fits = offset
             .checked_add(Self::SIZE as u64)
             .is_some_and(|end| end <= data.len());
-        let mut f = if read && fits {
+        let f = if read && fits {
             data.read_small(offset, &mut head)?;
             Fields {
                 bytes: &head,
@@ -358,6 +358,21 @@ impl LocalHeader {
         } else {
             fixed(data, offset, Self::SIZE, "local file header")?
         };
+        Self::from_fields(f, offset)
+    }
+
+    /// Parses the header at `offset` from its bytes, read beforehand.
+    pub fn from_bytes(head: &[u8; Self::SIZE], offset: u64) -> Result<LocalHeader> {
+        Self::from_fields(
+            Fields {
+                bytes: head,
+                pos: 0,
+            },
+            offset,
+        )
+    }
+
+    fn from_fields(mut f: Fields<'_>, offset: u64) -> Result<LocalHeader> {
         magic(&mut f, LOCAL_HEADER_MAGIC, offset, "local file header")?;
         f.pos = 26;
         let name_len = f.u16();
@@ -382,11 +397,27 @@ mod tests {
     fn wrong_magic_is_named() {
         let err = LocalHeader::parse(&[0u8; 40][..], 4, false).unwrap_err();
         let read = LocalHeader::parse(&[0u8; 40][..], 4, true).unwrap_err();
+        let from_bytes = LocalHeader::from_bytes(&[0u8; 30], 4).unwrap_err();
         assert_eq!(read.to_string(), err.to_string());
+        assert_eq!(from_bytes.to_string(), err.to_string());
         assert_eq!(
             err.to_string(),
             "zip container, byte 0x4: wrong magic for local file header: expected 0x04034B50, found 0x00000000"
         );
+    }
+
+    #[test]
+    fn from_bytes_reads_the_lengths() {
+        let mut head = [0u8; 30];
+        head[..4].copy_from_slice(&LOCAL_HEADER_MAGIC.to_le_bytes());
+        head[26..28].copy_from_slice(&12u16.to_le_bytes());
+        head[28..30].copy_from_slice(&52u16.to_le_bytes());
+        let header = LocalHeader::from_bytes(&head, 100).unwrap();
+        assert_eq!((header.name_len, header.extra_len), (12, 52));
+        assert_eq!(header.data_offset(100), 100 + 30 + 12 + 52);
+        let mut data = vec![0u8; 100];
+        data.extend_from_slice(&head);
+        assert_eq!(LocalHeader::parse(&data[..], 100, true).unwrap(), header);
     }
 
     #[test]

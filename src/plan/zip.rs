@@ -12,7 +12,42 @@ use super::{catching_panics, require_all, Plan};
 
 impl Loader {
     pub(super) fn plan_zip(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
-        let dir = ZipDirectory::parse(bytes)?;
+        // The storages' local headers are read on a helper while the pickles are parsed; an
+        // error in them comes first, as it would had they been read first.
+        let (mut dir, deferred) = ZipDirectory::parse_deferring(bytes)?;
+        let parsed = self.parse_zip_pickles(&dir, bytes);
+        dir.finish(bytes, deferred)?;
+        let (parsed, constants, format, byte_order) = parsed?;
+        let data_storages = parsed.storages.len() - constants.as_ref().map_or(0, |c| c.1);
+        let constants = constants.map(|c| c.0);
+        let mut name = String::new();
+        self.finish_plan(parsed, constants, format, byte_order, |id, storage| {
+            let folder = if id < data_storages {
+                "data/"
+            } else {
+                "constants/"
+            };
+            name.clear();
+            name.push_str(folder);
+            name.push_str(&storage.key);
+            Ok(dir.require(&name)?.clone())
+        })
+    }
+
+    /// The small records of a zip checkpoint (`version`, `byteorder`) and its pickles: the
+    /// parsed `data.pkl` with `constants.pkl`'s storages appended, and TorchScript's constants
+    /// with the count of their storages.
+    #[allow(clippy::type_complexity)]
+    fn parse_zip_pickles(
+        &self,
+        dir: &ZipDirectory,
+        bytes: &(impl ByteSource + ?Sized),
+    ) -> Result<(
+        torch::Parsed,
+        Option<(torch::Value, usize)>,
+        Format,
+        archive::ByteOrder,
+    )> {
         let torchscript = dir.record("constants.pkl").is_some();
         // The small records, all at once (a partial source loads them in one round).
         let small: Vec<&archive::Record> = [
@@ -39,34 +74,27 @@ impl Loader {
         let byte_order = dir.byte_order(bytes)?;
         let mut options = self.pickle_options();
         options.torchscript = torchscript;
-        let mut parsed = self.parse_record(&dir, bytes, "data.pkl", &options)?;
+        let mut parsed = self.parse_record(dir, bytes, "data.pkl", &options)?;
         // TorchScript: tensors of constants.pkl live under `constants/`; their storages follow
         // data.pkl's, and the constants tuple is listed after the module tree.
         let data_storages = parsed.storages.len();
         let mut constants = None;
         if torchscript {
-            let mut extra = self.parse_record(&dir, bytes, "constants.pkl", &options)?;
+            let mut extra = self.parse_record(dir, bytes, "constants.pkl", &options)?;
             extra.root.shift_storage_ids(data_storages);
+            let count = extra.storages.len();
             parsed.storages.append(&mut extra.storages);
-            constants = Some(std::mem::replace(&mut extra.root, torch::Value::None));
+            constants = Some((
+                std::mem::replace(&mut extra.root, torch::Value::None),
+                count,
+            ));
         }
         let format = if torchscript {
             Format::TorchScript
         } else {
             Format::Zip
         };
-        let mut name = String::new();
-        self.finish_plan(parsed, constants, format, byte_order, |id, storage| {
-            let folder = if id < data_storages {
-                "data/"
-            } else {
-                "constants/"
-            };
-            name.clear();
-            name.push_str(folder);
-            name.push_str(&storage.key);
-            Ok(dir.require(&name)?.clone())
-        })
+        Ok((parsed, constants, format, byte_order))
     }
 
     /// Plans a zip checkpoint read as a stream, in file order: from `data.pkl` (the first

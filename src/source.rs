@@ -8,6 +8,11 @@ use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// Files up to this size are read whole rather than mapped: one read of 64 KiB costs less than
+/// mapping, faulting in (each fault maps 64 KiB) and unmapping.
+#[cfg(all(not(target_arch = "wasm32"), feature = "mmap"))]
+const READ_RATHER_THAN_MAP: u64 = 64 << 10;
+
 /// Shared, immutable bytes: an mmap, a `Vec<u8>`, an `Arc<[u8]>`, a `&'static [u8]`, …
 pub type SharedBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
@@ -74,7 +79,7 @@ impl Source {
             return Ok(Some(Source::from_bytes(name, Vec::new())));
         }
         #[cfg(feature = "mmap")]
-        {
+        if len > READ_RATHER_THAN_MAP {
             // The length is the one just read: no second `fstat`.
             let len = usize::try_from(len).map_err(|_| {
                 crate::Error::from(std::io::Error::other("the file is too large to map"))
@@ -92,13 +97,13 @@ impl Source {
                 ..Source::from_bytes(name, map)
             }));
             #[cfg(not(unix))]
-            Ok(Some(Source::from_bytes(name, map)))
+            return Ok(Some(Source::from_bytes(name, map)));
         }
-        #[cfg(not(feature = "mmap"))]
+        // A small file (or no `mmap` feature): read whole.
         {
-            let mut file = file;
-            let mut bytes = Vec::with_capacity(len as usize);
-            std::io::Read::read_to_end(&mut file, &mut bytes)
+            // One read of the length just read (`read_to_end` would read in growing pieces).
+            let mut bytes = vec![0u8; len as usize];
+            std::io::Read::read_exact(&mut &file, &mut bytes)
                 .map_err(|e| crate::Error::from(e).in_file(&name))?;
             Ok(Some(Source::from_bytes(name, bytes)))
         }
@@ -352,6 +357,105 @@ impl ByteSource for Source {
         offsets: Vec<u64>,
     ) -> Option<crate::read_ahead::ReadAhead<N>> {
         crate::read_ahead::start(self.file.clone()?, offsets)
+    }
+}
+
+/// A source with a few of its ranges read into memory beforehand, in one read each: the
+/// metadata of a mapped file (its zip directory, its pickles), which would otherwise be
+/// faulted in page by page. On a VM a page fault costs several microseconds (and unmapping
+/// the pages it mapped a few more); a read of tens of KiB costs about one. Every other range
+/// is the source's own.
+#[derive(Debug)]
+pub struct Preloaded<'a, S: ?Sized> {
+    source: &'a S,
+    /// `(offset, bytes)`, few.
+    windows: Vec<(u64, Vec<u8>)>,
+}
+
+impl<'a, S: ByteSource + ?Sized> Preloaded<'a, S> {
+    /// `source` with nothing read yet.
+    pub fn new(source: &'a S) -> Self {
+        Preloaded {
+            source,
+            windows: Vec::new(),
+        }
+    }
+
+    /// Reads `[offset, offset + len)` into memory, when the source reads rather than maps
+    /// ([`ByteSource::reads_ahead`]), the range lies in the file and is at most `max_len`
+    /// bytes; otherwise the range stays the source's.
+    pub fn read(&mut self, offset: u64, len: u64, max_len: u64) {
+        let fits = offset.checked_add(len).is_some_and(|end| end <= self.len());
+        if !self.source.reads_ahead() || !fits || len > max_len || len == 0 {
+            return;
+        }
+        let mut bytes = vec![0u8; len as usize];
+        // A failed read leaves the range to the source, which reports.
+        if self.source.read_small(offset, &mut bytes).is_ok() {
+            self.windows.push((offset, bytes));
+        }
+    }
+
+    /// [`read`](Self::read)s each of `ranges` (`(offset, len)`), those less than `max_gap`
+    /// bytes apart in one read.
+    pub fn read_all(&mut self, mut ranges: Vec<(u64, u64)>, max_gap: u64, max_len: u64) {
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for (offset, len) in ranges {
+            let end = offset.saturating_add(len);
+            match merged.last_mut() {
+                Some((_, last_end)) if offset <= last_end.saturating_add(max_gap) => {
+                    *last_end = end.max(*last_end);
+                }
+                _ => merged.push((offset, end)),
+            }
+        }
+        for (start, end) in merged {
+            self.read(start, end - start, max_len);
+        }
+    }
+
+    fn window(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        self.windows.iter().find_map(|(start, bytes)| {
+            let from = offset.checked_sub(*start)?;
+            (end - start <= bytes.len() as u64).then(|| &bytes[from as usize..(end - start) as usize])
+        })
+    }
+}
+
+impl<S: ByteSource + ?Sized> ByteSource for Preloaded<'_, S> {
+    fn len(&self) -> u64 {
+        self.source.len()
+    }
+
+    fn get(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        match self.window(offset, len) {
+            Some(bytes) => Ok(bytes),
+            None => self.source.get(offset, len),
+        }
+    }
+
+    fn read_small(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match self.window(offset, buf.len() as u64) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => self.source.read_small(offset, buf),
+        }
+    }
+
+    fn reads_ahead(&self) -> bool {
+        self.source.reads_ahead()
+    }
+
+    #[cfg(all(unix, feature = "mmap"))]
+    fn read_small_ahead<const N: usize>(
+        &self,
+        offsets: Vec<u64>,
+    ) -> Option<crate::read_ahead::ReadAhead<N>> {
+        self.source.read_small_ahead(offsets)
     }
 }
 

@@ -18,7 +18,7 @@ mod zip;
 use crate::archive::{self, ByteOrder, Format, Sniffed};
 use crate::error::{Error, ErrorKind, Result};
 use crate::location::{Device, StorageInfo};
-use crate::source::ByteSource;
+use crate::source::{ByteSource, Preloaded};
 use crate::torch::value::Segment;
 use crate::torch::{self, Dtype, StorageRef, TensorMeta, Value};
 use crate::Loader;
@@ -42,7 +42,10 @@ impl Loader {
                 reason: "the file is empty".into(),
             }));
         }
-        let head = bytes.get(0, len.min(262))?;
+        // Read, not faulted in, from a mapped file (see `Preloaded`).
+        let mut first_bytes = Preloaded::new(bytes);
+        first_bytes.read(0, len.min(262), 262);
+        let head = first_bytes.get(0, len.min(262))?;
         // Files that are no torch archive say what they are (archive/detect.rs).
         match archive::sniff(head) {
             Sniffed::Zip => self

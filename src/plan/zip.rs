@@ -4,18 +4,45 @@
 
 use crate::archive::{self, Format, ZipDirectory};
 use crate::error::{Error, Result};
-use crate::source::ByteSource;
+use crate::source::{ByteSource, Preloaded};
 use crate::torch;
 use crate::Loader;
 
 use super::{catching_panics, require_all, Plan};
+
+/// The records read before any storage: the format's version, the byte order, the pickles.
+const SMALL_RECORDS: [&str; 5] = [
+    "version",
+    ".data/version",
+    "byteorder",
+    "data.pkl",
+    "constants.pkl",
+];
+
+/// Small records this close are read together (torch writes `byteorder` right after
+/// `data.pkl`).
+const SMALL_RECORDS_GAP: u64 = 4 << 10;
+
+/// The most bytes of small records read at once rather than borrowed from a mapped file: past
+/// that, faulting the pages in costs no more than reading them.
+const MAX_SMALL_READ: u64 = 4 << 20;
 
 impl Loader {
     pub(super) fn plan_zip(&self, bytes: &(impl ByteSource + ?Sized)) -> Result<Plan> {
         // The storages' local headers are read on a helper while the pickles are parsed; an
         // error in them comes first, as it would had they been read first.
         let (mut dir, deferred) = ZipDirectory::parse_deferring(bytes)?;
-        let parsed = self.parse_zip_pickles(&dir, bytes);
+        // A mapped file's small records are read (those near each other at once), not faulted
+        // in page by page.
+        let mut small = Preloaded::new(bytes);
+        let ranges = SMALL_RECORDS
+            .iter()
+            .filter_map(|name| dir.record(name))
+            .filter(|r| r.stored_len <= self.limits.max_pickle_bytes)
+            .map(|r| (r.data_offset, r.stored_len))
+            .collect();
+        small.read_all(ranges, SMALL_RECORDS_GAP, MAX_SMALL_READ);
+        let parsed = self.parse_zip_pickles(&dir, &small);
         dir.finish(bytes, deferred)?;
         let (parsed, constants, format, byte_order) = parsed?;
         let data_storages = parsed.storages.len() - constants.as_ref().map_or(0, |c| c.1);
@@ -50,14 +77,8 @@ impl Loader {
     )> {
         let torchscript = dir.record("constants.pkl").is_some();
         // The small records, all at once (a partial source loads them in one round).
-        let small: Vec<&archive::Record> = [
-            "version",
-            ".data/version",
-            "byteorder",
-            "data.pkl",
-            "constants.pkl",
-        ]
-        .iter()
+        let small: Vec<&archive::Record> = SMALL_RECORDS
+            .iter()
         .filter_map(|name| dir.record(name))
         .collect();
         for record in &small {

@@ -259,9 +259,18 @@ pub trait ByteSource {
         Ok(())
     }
 
-    /// Whether [`read_small_ahead`](ByteSource::read_small_ahead) can read on a helper thread.
+    /// Whether [`read_small_ahead`](ByteSource::read_small_ahead) can read on a helper thread
+    /// (a mapped file, whose pages are better read than faulted in).
     fn reads_ahead(&self) -> bool {
         false
+    }
+
+    /// Whether the bytes `[offset, offset + len)` are in memory already, so that borrowing them
+    /// costs no page fault: everywhere but in a mapped file, outside what was read of it
+    /// ([`Preloaded`]).
+    fn in_memory(&self, offset: u64, len: u64) -> bool {
+        let _ = (offset, len);
+        !self.reads_ahead()
     }
 
     /// Starts [`read_small`](ByteSource::read_small)s of `N` bytes at each of `offsets` on a
@@ -386,7 +395,7 @@ impl<'a, S: ByteSource + ?Sized> Preloaded<'a, S> {
     /// bytes; otherwise the range stays the source's.
     pub fn read(&mut self, offset: u64, len: u64, max_len: u64) {
         let fits = offset.checked_add(len).is_some_and(|end| end <= self.len());
-        if !self.source.reads_ahead() || !fits || len > max_len || len == 0 {
+        if !fits || len > max_len || len == 0 || self.in_memory(offset, len) {
             return;
         }
         let mut bytes = vec![0u8; len as usize];
@@ -419,7 +428,8 @@ impl<'a, S: ByteSource + ?Sized> Preloaded<'a, S> {
         let end = offset.checked_add(len)?;
         self.windows.iter().find_map(|(start, bytes)| {
             let from = offset.checked_sub(*start)?;
-            (end - start <= bytes.len() as u64).then(|| &bytes[from as usize..(end - start) as usize])
+            (end - start <= bytes.len() as u64)
+                .then(|| &bytes[from as usize..(end - start) as usize])
         })
     }
 }
@@ -448,6 +458,10 @@ impl<S: ByteSource + ?Sized> ByteSource for Preloaded<'_, S> {
 
     fn reads_ahead(&self) -> bool {
         self.source.reads_ahead()
+    }
+
+    fn in_memory(&self, offset: u64, len: u64) -> bool {
+        self.window(offset, len).is_some() || self.source.in_memory(offset, len)
     }
 
     #[cfg(all(unix, feature = "mmap"))]

@@ -23,6 +23,14 @@ use crate::torch::value::Segment;
 use crate::torch::{self, Dtype, StorageRef, TensorMeta, Value};
 use crate::Loader;
 
+/// How much of a mapped file's start is read at once before planning: the sniffed head, and
+/// a zip file's first records (`data.pkl` of a few hundred tensors, `byteorder`).
+const HEAD_READ: u64 = 32 << 10;
+
+/// How much of a mapped zip file's end is read at once: the end records, the directory of a
+/// few hundred entries and the records before it.
+const TAIL_READ: u64 = 32 << 10;
+
 impl Loader {
     /// Plans a load: reads the container's directory and pickles from `bytes`, decides every
     /// storage's device, and says where each storage's bytes lie — reading no tensor byte.
@@ -42,15 +50,20 @@ impl Loader {
                 reason: "the file is empty".into(),
             }));
         }
-        // Read, not faulted in, from a mapped file (see `Preloaded`).
-        let mut first_bytes = Preloaded::new(bytes);
-        first_bytes.read(0, len.min(262), 262);
-        let head = first_bytes.get(0, len.min(262))?;
+        // A mapped file's first and last bytes are read, not faulted in (see `Preloaded`): the
+        // head for sniffing, and in a zip file the first records (`data.pkl`, `byteorder`),
+        // the directory and the records just before it (`version`).
+        let mut known = Preloaded::new(bytes);
+        known.read(0, len.min(HEAD_READ), HEAD_READ);
+        let head = known.get(0, len.min(262))?;
         // Files that are no torch archive say what they are (archive/detect.rs).
         match archive::sniff(head) {
-            Sniffed::Zip => self
-                .plan_zip(bytes)
-                .map_err(|e| archive::detect::zip_error(bytes, e)),
+            Sniffed::Zip => {
+                let tail = len.min(TAIL_READ);
+                known.read(len - tail, tail, TAIL_READ);
+                self.plan_zip(&known)
+                    .map_err(|e| archive::detect::zip_error(bytes, e))
+            }
             Sniffed::Tar => {
                 let data = bytes.get(0, len)?;
                 self.plan_tar(data)

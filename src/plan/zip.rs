@@ -79,8 +79,8 @@ impl Loader {
         // The small records, all at once (a partial source loads them in one round).
         let small: Vec<&archive::Record> = SMALL_RECORDS
             .iter()
-        .filter_map(|name| dir.record(name))
-        .collect();
+            .filter_map(|name| dir.record(name))
+            .collect();
         for record in &small {
             if record.stored_len > self.limits.max_pickle_bytes {
                 return Err(Error::limit(

@@ -395,7 +395,7 @@ impl DcpFolder {
             ))
             .in_file(&name));
         }
-        if meta.dtype != dtype || meta.shape != chunk.sizes {
+        if meta.dtype != dtype || meta.shape[..] != chunk.sizes[..] {
             return Err(wrong(format!(
                 "the .metadata declares a {} chunk of size {:?}, the item holds a {} tensor of size {:?}",
                 dtype, chunk.sizes, meta.dtype, meta.shape
@@ -408,7 +408,7 @@ impl DcpFolder {
             .in_file(&name));
         }
         Ok(ChunkView {
-            stride: meta.stride.clone(),
+            stride: meta.stride.to_vec(),
             storage_offset: meta.storage_offset,
             data_offset: item.offset + record.data_offset,
             element_size: dtype.element_size() as u64,

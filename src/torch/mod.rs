@@ -18,7 +18,7 @@ pub mod value;
 pub use dtype::Dtype;
 #[doc(hidden)]
 pub use storage::{StorageRef, StorageTable};
-pub use value::{Dict, Object, StorageId, TensorKind, TensorMeta, Value};
+pub use value::{Dict, Dims, Object, StorageId, TensorKind, TensorMeta, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pickle::{self, Arena, Hooks, NodeId, PickleLimits, StringEncoding};

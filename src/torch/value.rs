@@ -21,6 +21,11 @@ pub enum TensorKind {
     Parameter,
 }
 
+/// A shape or a stride: up to four dimensions inline (no allocation of their own), more on the
+/// heap. It derefs to `[u64]`; build one from a `Vec<u64>`, a slice or an iterator
+/// (`Dims::from_slice(&[2, 3])`, `vec.into()`, `iter.collect()`).
+pub type Dims = smallvec::SmallVec<[u64; 4]>;
+
 /// Everything about a tensor except its bytes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorMeta {
@@ -29,9 +34,9 @@ pub struct TensorMeta {
     /// Element type.
     pub dtype: Dtype,
     /// Size of each dimension.
-    pub shape: Vec<u64>,
+    pub shape: Dims,
     /// Stride of each dimension, in elements.
-    pub stride: Vec<u64>,
+    pub stride: Dims,
     /// Offset of the first element in the storage, in elements of `dtype`.
     pub storage_offset: u64,
     /// `requires_grad` as saved.
@@ -54,15 +59,15 @@ impl TensorMeta {
     pub fn view(
         storage: Option<StorageId>,
         dtype: Dtype,
-        shape: Vec<u64>,
-        stride: Vec<u64>,
+        shape: impl Into<Dims>,
+        stride: impl Into<Dims>,
         storage_offset: u64,
     ) -> Self {
         TensorMeta {
             storage,
             dtype,
-            shape,
-            stride,
+            shape: shape.into(),
+            stride: stride.into(),
             storage_offset,
             requires_grad: false,
             conj: false,

@@ -198,8 +198,8 @@ mod tests {
         let options = crate::Loader::new().pickle_options();
         let parsed = crate::torch::parse_pickle(&bytes, "data.pkl", &options).unwrap();
         let t = parsed.root.get_path("w").unwrap().as_tensor().unwrap();
-        assert_eq!(t.shape, [2, 3]);
-        assert_eq!(t.stride, [3, 1]);
+        assert_eq!(t.shape[..], [2, 3]);
+        assert_eq!(t.stride[..], [3, 1]);
         assert_eq!(parsed.storages[0].key, "0");
     }
 }

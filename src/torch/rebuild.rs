@@ -19,7 +19,7 @@
 //! within its storage, with checked arithmetic, before it is accepted.
 
 use super::storage::StorageRef;
-use super::value::{Dict, Object, StorageId, TensorKind, TensorMeta, Value};
+use super::value::{Dict, Dims, Object, StorageId, TensorKind, TensorMeta, Value};
 use super::Dtype;
 use crate::error::{Error, Result};
 use crate::pickle::value::bigint_to_decimal;
@@ -640,7 +640,7 @@ impl<'a> Interpreter<'a> {
                 _ => 0,
             }
         });
-        let dims = |id: NodeId| -> Vec<u64> {
+        let dims = |id: NodeId| -> Dims {
             arena
                 .tuple(id)
                 .unwrap_or_default()
@@ -682,7 +682,7 @@ impl<'a> Interpreter<'a> {
         }
     }
 
-    fn dims(&self, v: &Value, what: &str) -> Result<Vec<u64>> {
+    fn dims(&self, v: &Value, what: &str) -> Result<Dims> {
         let items = match v {
             Value::Tuple(items) | Value::List(items) => items,
             other => {

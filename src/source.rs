@@ -102,8 +102,7 @@ impl Source {
         // A small file (or no `mmap` feature): read whole.
         {
             // One read of the length just read (`read_to_end` would read in growing pieces).
-            let mut bytes = vec![0u8; len as usize];
-            std::io::Read::read_exact(&mut &file, &mut bytes)
+            let bytes = read_vec_at(&file, 0, len as usize)
                 .map_err(|e| crate::Error::from(e).in_file(&name))?;
             Ok(Some(Source::from_bytes(name, bytes)))
         }
@@ -122,6 +121,62 @@ impl Source {
     /// The shared handle, for storages that borrow from it.
     pub fn shared(&self) -> &SharedBytes {
         &self.bytes
+    }
+}
+
+/// Reads `len` bytes at `offset` of `file` into a new vector. On Linux the vector is not
+/// zeroed first: `pread` writes straight into its spare room (a read of 32 KiB would
+/// otherwise also write 32 KiB of zeros).
+#[cfg(not(target_arch = "wasm32"))]
+fn read_vec_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        let mut bytes: Vec<u8> = Vec::with_capacity(len);
+        let mut done = 0;
+        while done < len {
+            let at = offset
+                .checked_add(done as u64)
+                .and_then(|at| libc::off_t::try_from(at).ok())
+                .ok_or_else(|| std::io::Error::other("read offset out of range"))?;
+            // SAFETY: `pread` writes at most `len - done` bytes into the vector's spare room
+            // from `done` on, all within the `len` bytes `with_capacity` allocated.
+            let read = unsafe {
+                libc::pread(
+                    file.as_raw_fd(),
+                    bytes.as_mut_ptr().add(done).cast(),
+                    len - done,
+                    at,
+                )
+            };
+            match read {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n if n < 0 => {
+                    let error = std::io::Error::last_os_error();
+                    if error.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+                n => done += n as usize,
+            }
+        }
+        // SAFETY: `pread` wrote all `len` bytes above.
+        unsafe { bytes.set_len(len) };
+        Ok(bytes)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let mut bytes = vec![0u8; len];
+        #[cfg(unix)]
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, offset)?;
+        #[cfg(not(unix))]
+        {
+            use std::io::{Read, Seek};
+            let mut file = file;
+            file.seek(std::io::SeekFrom::Start(offset))?;
+            file.read_exact(&mut bytes)?;
+        }
+        Ok(bytes)
     }
 }
 
@@ -259,6 +314,13 @@ pub trait ByteSource {
         Ok(())
     }
 
+    /// [`read_small`](ByteSource::read_small) into a new vector of `len` bytes.
+    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; len];
+        self.read_small(offset, &mut bytes)?;
+        Ok(bytes)
+    }
+
     /// Whether [`read_small_ahead`](ByteSource::read_small_ahead) can read on a helper thread
     /// (a mapped file, whose pages are better read than faulted in).
     fn reads_ahead(&self) -> bool {
@@ -353,6 +415,20 @@ impl ByteSource for Source {
         ByteSource::get(self.bytes(), offset, len)
     }
 
+    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        #[cfg(all(unix, feature = "mmap"))]
+        if let Some(file) = &self.file {
+            let fits = offset
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= self.len());
+            // A failed or short read falls back on the mapping, which then reports.
+            if let (true, Ok(bytes)) = (fits, read_vec_at(file, offset, len)) {
+                return Ok(bytes);
+            }
+        }
+        Ok(self.get(offset, len as u64)?.to_vec())
+    }
+
     fn reads_ahead(&self) -> bool {
         #[cfg(all(unix, feature = "mmap"))]
         return self.file.is_some();
@@ -398,9 +474,8 @@ impl<'a, S: ByteSource + ?Sized> Preloaded<'a, S> {
         if !fits || len > max_len || len == 0 || self.in_memory(offset, len) {
             return;
         }
-        let mut bytes = vec![0u8; len as usize];
         // A failed read leaves the range to the source, which reports.
-        if self.source.read_small(offset, &mut bytes).is_ok() {
+        if let Ok(bytes) = self.source.read_vec(offset, len as usize) {
             self.windows.push((offset, bytes));
         }
     }
@@ -453,6 +528,13 @@ impl<S: ByteSource + ?Sized> ByteSource for Preloaded<'_, S> {
                 Ok(())
             }
             None => self.source.read_small(offset, buf),
+        }
+    }
+
+    fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        match self.window(offset, len as u64) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => self.source.read_vec(offset, len),
         }
     }
 
@@ -523,5 +605,105 @@ impl ByteSource for SparseBytes {
         Err(Error::new(ErrorKind::NeedBytes {
             ranges: vec![(offset, len)],
         }))
+    }
+}
+
+#[cfg(all(test, unix, feature = "mmap"))]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A mapped file of 100 KiB whose byte `i` is `i % 251`, and its bytes.
+    fn mapped() -> (tempfile::NamedTempFile, Source, Vec<u8>) {
+        let bytes: Vec<u8> = (0..100 << 10).map(|i| (i % 251) as u8).collect();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&bytes).unwrap();
+        let source = Source::open(file.path()).unwrap();
+        assert!(source.reads_ahead(), "a file over 64 KiB is mapped");
+        (file, source, bytes)
+    }
+
+    #[test]
+    fn small_files_are_read_and_big_ones_mapped() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(&[7u8; 64 << 10]).unwrap();
+        let source = Source::open(file.path()).unwrap();
+        assert!(!source.reads_ahead());
+        assert!(source.in_memory(0, 64 << 10));
+        assert_eq!(source.bytes(), &[7u8; 64 << 10][..]);
+        let (_file, mapped, bytes) = mapped();
+        assert!(!mapped.in_memory(0, 1));
+        assert_eq!(mapped.bytes(), &bytes[..]);
+    }
+
+    #[test]
+    fn preloaded_windows_answer_for_the_source() {
+        let (_file, source, bytes) = mapped();
+        let mut known = Preloaded::new(&source);
+        known.read(1000, 3000, 4096);
+        // Too long, empty, past the end: left to the source.
+        known.read(10_000, 5000, 4096);
+        known.read(20_000, 0, 4096);
+        known.read((100 << 10) - 10, 11, 4096);
+        assert!(known.in_memory(1000, 3000));
+        assert!(known.in_memory(1500, 100));
+        assert!(!known.in_memory(999, 2));
+        assert!(!known.in_memory(3999, 2), "straddles the window's end");
+        assert!(!known.in_memory(10_000, 1));
+        assert!(!known.in_memory(20_000, 1));
+        // Inside, straddling or outside the window, the bytes are the file's.
+        for (offset, len) in [(1000, 3000), (1200, 7), (3990, 20), (50_000, 64)] {
+            let want = &bytes[offset as usize..(offset + len) as usize];
+            assert_eq!(known.get(offset, len).unwrap(), want, "{offset}+{len}");
+            let mut buf = vec![0u8; len as usize];
+            known.read_small(offset, &mut buf).unwrap();
+            assert_eq!(buf, want, "{offset}+{len}");
+            assert_eq!(known.read_vec(offset, len as usize).unwrap(), want);
+        }
+        assert!(known.get((100 << 10) - 10, 11).is_err());
+        // A window over a window: the outer one reads nothing the inner one holds.
+        let mut outer = Preloaded::new(&known);
+        outer.read(1500, 100, 4096);
+        assert!(outer.windows.is_empty());
+        outer.read(5000, 100, 4096);
+        assert_eq!(outer.windows.len(), 1);
+        assert!(outer.in_memory(1000, 10) && outer.in_memory(5000, 100));
+    }
+
+    #[test]
+    fn preloaded_reads_near_ranges_at_once() {
+        let (_file, source, bytes) = mapped();
+        let mut known = Preloaded::new(&source);
+        // Out of order; the first two 100 bytes apart, the third far away.
+        known.read_all(vec![(5000, 10), (30_000, 5), (4800, 100)], 1000, 4096);
+        assert_eq!(known.windows.len(), 2);
+        assert!(known.in_memory(4800, 210), "the gap between the first two is read too");
+        assert!(known.in_memory(30_000, 5));
+        assert!(!known.in_memory(5010, 1000));
+        assert_eq!(known.get(4900, 110).unwrap(), &bytes[4900..5010]);
+        // Merged past `max_len`: left to the source.
+        let mut capped = Preloaded::new(&source);
+        capped.read_all(vec![(0, 100), (200, 100)], 1000, 250);
+        assert!(capped.windows.is_empty());
+    }
+
+    #[test]
+    fn a_source_in_memory_is_never_read_again() {
+        let bytes: Vec<u8> = (0..200u8).collect();
+        let mut known = Preloaded::new(&bytes[..]);
+        known.read(0, 100, 4096);
+        assert!(known.windows.is_empty());
+        assert!(known.in_memory(150, 50));
+        assert_eq!(known.get(10, 5).unwrap(), &bytes[10..15]);
+    }
+
+    #[test]
+    fn read_vec_at_reads_exactly_and_refuses_short_reads() {
+        let (file, _, bytes) = mapped();
+        let file = std::fs::File::open(file.path()).unwrap();
+        assert_eq!(read_vec_at(&file, 77, 5000).unwrap(), &bytes[77..5077]);
+        assert_eq!(read_vec_at(&file, 0, 0).unwrap(), Vec::<u8>::new());
+        let short = read_vec_at(&file, (100 << 10) - 4, 8).unwrap_err();
+        assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 }

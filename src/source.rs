@@ -677,7 +677,10 @@ mod tests {
         // Out of order; the first two 100 bytes apart, the third far away.
         known.read_all(vec![(5000, 10), (30_000, 5), (4800, 100)], 1000, 4096);
         assert_eq!(known.windows.len(), 2);
-        assert!(known.in_memory(4800, 210), "the gap between the first two is read too");
+        assert!(
+            known.in_memory(4800, 210),
+            "the gap between the first two is read too"
+        );
         assert!(known.in_memory(30_000, 5));
         assert!(!known.in_memory(5010, 1000));
         assert_eq!(known.get(4900, 110).unwrap(), &bytes[4900..5010]);

@@ -276,6 +276,9 @@ impl ZipDirectory {
         let far_apart = data.len() / entries >= LOCAL_HEADERS_READ_FROM_SPACING;
         let defer = defer && far_apart && data.reads_ahead();
         let mut deferred = DeferredHeaders::default();
+        if defer {
+            deferred.entries.reserve(entries as usize);
+        }
         // A partial source: an error found past a missing local header waits until that header
         // is loaded, so that the error reported is the first one, as with the whole file.
         let mut walk = || -> Result<()> {

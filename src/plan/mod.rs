@@ -138,9 +138,9 @@ impl Loader {
         if self.map_location.is_meta() {
             return Ok(vec![Device::Meta; storages.len()]);
         }
-        storages
-            .iter()
-            .map(|s| {
+        let mut devices = Vec::with_capacity(storages.len());
+        for s in storages {
+            devices.push({
                 let device = match self.map_location.resolve_saved(&s.location) {
                     Some(device) => device?,
                     // A callback sees the whole storage.
@@ -151,9 +151,10 @@ impl Loader {
                         location: s.location.clone(),
                     })?,
                 };
-                self.check_device(&device)
-            })
-            .collect()
+                self.check_device(&device)?
+            });
+        }
+        Ok(devices)
     }
 
     /// Whether `device` can be placed onto: the host and meta always; others when a

@@ -216,6 +216,9 @@ impl StorageTable {
     pub fn reserve(&mut self, additional: usize) {
         self.storages.reserve(additional);
         self.externals.reserve(additional);
+        let (storages, hasher) = (&self.storages, &self.hasher);
+        self.by_key
+            .reserve(additional, |&id| hasher.hash_one(&storages[id].key));
     }
 
     /// Registers an external object and returns the node that stands for it.

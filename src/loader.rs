@@ -335,7 +335,10 @@ impl Loader {
     }
 
     /// Loads a checkpoint file, memory-mapped (with the `mmap` feature, on by default): CPU
-    /// storages borrow from the map.
+    /// storages borrow from the map. A file of at most 64 KiB is read whole instead (one read
+    /// costs less than mapping it and faulting it in). A mapped file's metadata is read, not
+    /// faulted in, and the local headers of its storage records, when they lie far apart, are
+    /// read on a helper thread while the pickle is parsed ([`crate::read_ahead`]).
     ///
     /// The file must not change while the checkpoint is alive: CPU tensors read the map, so
     /// another process truncating or rewriting the file changes their bytes, or ends the

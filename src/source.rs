@@ -641,6 +641,11 @@ mod tests {
         let (_file, source, bytes) = mapped();
         let mut known = Preloaded::new(&source);
         known.read(1000, 3000, 4096);
+        known.read(60_000, 4096, 4096);
+        assert!(
+            known.in_memory(60_000, 4096),
+            "exactly `max_len` bytes are read"
+        );
         // Too long, empty, past the end: left to the source.
         known.read(10_000, 5000, 4096);
         known.read(20_000, 0, 4096);
@@ -708,5 +713,9 @@ mod tests {
         assert_eq!(read_vec_at(&file, 0, 0).unwrap(), Vec::<u8>::new());
         let short = read_vec_at(&file, (100 << 10) - 4, 8).unwrap_err();
         assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
+        // A failed read is an error, not bytes (a directory opens, but reads fail: EISDIR).
+        let folder = std::fs::File::open(tempfile::tempdir().unwrap().path()).unwrap();
+        let failed = read_vec_at(&folder, 0, 16).unwrap_err();
+        assert_eq!(failed.kind(), std::io::ErrorKind::IsADirectory);
     }
 }

@@ -643,6 +643,10 @@ fn storage_headers_read_on_a_helper_load_the_same_as_in_turn() {
     let (mut deferred_dir, deferred) =
         ptload::archive::ZipDirectory::parse_deferring(&source).unwrap();
     assert!(!deferred.is_empty());
+    assert!(
+        deferred.is_reading_ahead(),
+        "40 headers go to the helper thread"
+    );
     assert_eq!(
         deferred_dir.record("data/7").unwrap().data_offset,
         u64::MAX,
@@ -728,4 +732,182 @@ fn a_broken_storage_header_read_on_a_helper_is_reported_before_later_errors() {
     check(broken.clone(), "wrong magic for local file header");
     broken[header] = b'P';
     check(broken, "compression method 12");
+}
+
+/// A file in memory that behaves like a mapped one (`reads_ahead`): it counts the bytes
+/// borrowed from it (each a page fault in a real map) and the reads made of it.
+struct CountingMap {
+    bytes: Vec<u8>,
+    borrowed: std::cell::RefCell<Vec<(u64, u64)>>,
+    reads: std::cell::RefCell<Vec<(u64, u64)>>,
+}
+
+impl CountingMap {
+    fn new(bytes: Vec<u8>) -> Self {
+        CountingMap {
+            bytes,
+            borrowed: Default::default(),
+            reads: Default::default(),
+        }
+    }
+}
+
+impl ptload::source::ByteSource for CountingMap {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn get(&self, offset: u64, len: u64) -> ptload::Result<&[u8]> {
+        self.borrowed.borrow_mut().push((offset, len));
+        ptload::source::ByteSource::get(&self.bytes[..], offset, len)
+    }
+
+    fn read_small(&self, offset: u64, buf: &mut [u8]) -> ptload::Result<()> {
+        self.reads.borrow_mut().push((offset, buf.len() as u64));
+        let bytes = ptload::source::ByteSource::get(&self.bytes[..], offset, buf.len() as u64)?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn reads_ahead(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn planning_a_mapped_file_reads_its_metadata_in_two_reads_and_borrows_none() {
+    let (ckpt, _) = many_far_apart();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pt");
+    ptload::save(&ckpt, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len() as u64;
+    let map = CountingMap::new(bytes);
+    let plan = ptload::Loader::new().plan("many.pt", &map).unwrap();
+    let from_memory = ptload::Loader::new()
+        .plan("many.pt", &std::fs::read(&path).unwrap()[..])
+        .unwrap();
+    assert_eq!(plan.storages.len(), 40);
+    for (a, b) in plan.storages.iter().zip(&from_memory.storages) {
+        assert_eq!(a.record, b.record);
+    }
+    // Not one byte borrowed from the map: nothing faulted in.
+    assert_eq!(*map.borrowed.borrow(), vec![]);
+    // The first and last 32 KiB (sniffing, data.pkl, byteorder, the first storage's local
+    // header; the directory, version), then the 30-byte local header of each other storage
+    // record (this source has no helper thread), in directory order.
+    let reads = map.reads.borrow();
+    assert_eq!(reads[..2], [(0, 32 << 10), (len - (32 << 10), 32 << 10)]);
+    let headers: Vec<u64> = plan.storages[1..]
+        .iter()
+        .map(|s| local_header_before(&map.bytes, s.record.as_ref().unwrap().data_offset) as u64)
+        .collect();
+    assert!(headers
+        .iter()
+        .all(|&h| h >= 32 << 10 && h < len - (32 << 10)));
+    assert_eq!(
+        reads[2..],
+        headers.iter().map(|&h| (h, 30)).collect::<Vec<_>>()[..]
+    );
+}
+
+#[test]
+fn the_directory_of_a_mapped_file_is_read_in_two_reads() {
+    let (ckpt, _) = many_far_apart();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pt");
+    ptload::save(&ckpt, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let len = bytes.len() as u64;
+    let map = CountingMap::new(bytes);
+    let (mut directory, deferred) = ptload::archive::ZipDirectory::parse_deferring(&map).unwrap();
+    // No helper for this source: the storage headers were read at once.
+    assert!(deferred.is_empty() && !deferred.is_reading_ahead());
+    directory.finish(&map, deferred).unwrap();
+    let serial = ptload::archive::ZipDirectory::parse(&map.bytes[..]).unwrap();
+    assert_eq!(directory.records(), serial.records());
+    assert_eq!(*map.borrowed.borrow(), vec![]);
+    // The end records (EOCD, zip64 locator, zip64 EOCD: 98 bytes), then the whole directory.
+    let eocd = len as usize - 22;
+    let cd_size = u32::from_le_bytes(map.bytes[eocd + 12..eocd + 16].try_into().unwrap()) as u64;
+    let cd_offset = u32::from_le_bytes(map.bytes[eocd + 16..eocd + 20].try_into().unwrap()) as u64;
+    let reads = map.reads.borrow();
+    assert_eq!(reads[..2], [(len - 98, 98), (cd_offset, cd_size)]);
+    // Then every record's local header, read (they lie far apart), not borrowed.
+    assert!(reads[2..].iter().all(|&(_, n)| n == 30), "{reads:?}");
+    assert_eq!(reads.len(), 2 + directory.records().len());
+}
+
+/// 500 tensors of 4 floats: a `data.pkl` larger than the 32 KiB read with the file's head.
+fn big_pickle_file() -> Vec<u8> {
+    let ckpt = ptload::Checkpoint::from_tensors(
+        (0..500)
+            .map(|i| {
+                let bytes: Vec<u8> = (0..16).map(|b| (b + i) as u8).collect();
+                (
+                    format!("layer{i}.weight"),
+                    ptload::Dtype::Float32,
+                    vec![4],
+                    bytes,
+                )
+            })
+            .collect(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pt");
+    ptload::save(&ckpt, &path).unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn a_pickle_past_the_first_read_is_read_too_not_borrowed() {
+    let bytes = big_pickle_file();
+    let directory = ptload::archive::ZipDirectory::parse(&bytes[..]).unwrap();
+    let pickle = directory.record("data.pkl").unwrap().clone();
+    assert!(pickle.data_offset + pickle.stored_len > 32 << 10);
+    let map = CountingMap::new(bytes);
+    let plan = ptload::Loader::new().plan("many.pt", &map).unwrap();
+    assert_eq!(plan.storages.len(), 500);
+    // Only local headers are borrowed (records this close together lie on pages a map faults
+    // in anyway); nothing of the pickle.
+    let end = pickle.data_offset + pickle.stored_len;
+    for &(offset, len) in map.borrowed.borrow().iter() {
+        assert_eq!(len, 30);
+        assert!(
+            offset + len <= pickle.data_offset || offset >= end,
+            "{offset}"
+        );
+    }
+    // data.pkl is read whole (with `byteorder` after it) in one read.
+    let reads = map.reads.borrow();
+    assert!(
+        reads
+            .iter()
+            .any(|&(offset, len)| offset == pickle.data_offset
+                && len >= pickle.stored_len
+                && len < pickle.stored_len + 4096),
+        "{reads:?}"
+    );
+}
+
+#[test]
+fn max_pickle_bytes_admits_a_pickle_of_exactly_that_size() {
+    let bytes = big_pickle_file();
+    let directory = ptload::archive::ZipDirectory::parse(&bytes[..]).unwrap();
+    let size = directory.record("data.pkl").unwrap().stored_len;
+    let load = |max: u64| {
+        ptload::Loader::new()
+            .limits(ptload::Limits::default().with_max_pickle_bytes(max))
+            .load_bytes(bytes.clone())
+    };
+    assert_eq!(load(size).unwrap().tensors().count(), 500);
+    let e = load(size - 1).unwrap_err().to_string();
+    assert!(
+        e.contains(&format!(
+            "limit max_pickle_bytes exceeded: {size} > {}",
+            size - 1
+        )),
+        "{e}"
+    );
 }

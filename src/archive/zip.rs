@@ -90,6 +90,15 @@ impl DeferredHeaders {
         self.entries.is_empty()
     }
 
+    /// Whether the headers are being read on the helper thread (rather than when
+    /// [`ZipDirectory::finish`] comes).
+    pub fn is_reading_ahead(&self) -> bool {
+        #[cfg(all(unix, feature = "mmap"))]
+        return self.reads.is_some();
+        #[cfg(not(all(unix, feature = "mmap")))]
+        false
+    }
+
     /// Starts reading the headers on the helper thread, or reads them now into `records` when
     /// they are few or `data` has no helper.
     fn start(&mut self, records: &mut [Record], data: &(impl ByteSource + ?Sized)) -> Result<()> {

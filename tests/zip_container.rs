@@ -581,11 +581,7 @@ fn local_headers_far_apart_are_read_from_the_file_and_load_the_same() {
     let mut bytes = std::fs::read(&path).unwrap();
     let directory = ptload::archive::ZipDirectory::parse(&bytes[..]).unwrap();
     let record = directory.record("data/1").unwrap();
-    let data_offset = record.data_offset as usize;
-    let header = bytes[..data_offset]
-        .windows(4)
-        .rposition(|w| w == b"PK\x03\x04")
-        .unwrap();
+    let header = local_header_before(&bytes, record.data_offset);
     bytes[header] = b'Q';
     std::fs::write(&path, &bytes).unwrap();
     let from_file = ptload::load(&path).unwrap_err().to_string();
@@ -624,6 +620,14 @@ fn many_far_apart() -> (ptload::Checkpoint, Vec<Vec<u8>>) {
     (ckpt, tensors)
 }
 
+/// `ckpt` saved as `many.pt` in a new temporary folder (gone with the first value).
+fn saved(ckpt: &ptload::Checkpoint) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("many.pt");
+    ptload::save(ckpt, &path).unwrap();
+    (dir, path)
+}
+
 /// The offset of the local header of the record whose data starts at `data_offset`.
 fn local_header_before(bytes: &[u8], data_offset: u64) -> usize {
     bytes[..data_offset as usize]
@@ -635,9 +639,7 @@ fn local_header_before(bytes: &[u8], data_offset: u64) -> usize {
 #[test]
 fn storage_headers_read_on_a_helper_load_the_same_as_in_turn() {
     let (ckpt, tensors) = many_far_apart();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("many.pt");
-    ptload::save(&ckpt, &path).unwrap();
+    let (_dir, path) = saved(&ckpt);
     let source = ptload::Source::open(&path).unwrap();
     // From a file, the storage records wait for their headers; the others are ready at once.
     let (mut deferred_dir, deferred) =
@@ -676,9 +678,7 @@ fn storage_headers_read_on_a_helper_load_the_same_as_in_turn() {
 #[test]
 fn a_broken_storage_header_read_on_a_helper_is_reported_before_later_errors() {
     let (ckpt, _) = many_far_apart();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("many.pt");
-    ptload::save(&ckpt, &path).unwrap();
+    let (_dir, path) = saved(&ckpt);
     let good = std::fs::read(&path).unwrap();
     let directory = ptload::archive::ZipDirectory::parse(&good[..]).unwrap();
     let header = local_header_before(&good, directory.record("data/20").unwrap().data_offset);
@@ -777,9 +777,7 @@ impl ptload::source::ByteSource for CountingMap {
 #[test]
 fn planning_a_mapped_file_reads_its_metadata_in_two_reads_and_borrows_none() {
     let (ckpt, _) = many_far_apart();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("many.pt");
-    ptload::save(&ckpt, &path).unwrap();
+    let (_dir, path) = saved(&ckpt);
     let bytes = std::fs::read(&path).unwrap();
     let len = bytes.len() as u64;
     let map = CountingMap::new(bytes);
@@ -814,9 +812,7 @@ fn planning_a_mapped_file_reads_its_metadata_in_two_reads_and_borrows_none() {
 #[test]
 fn the_directory_of_a_mapped_file_is_read_in_two_reads() {
     let (ckpt, _) = many_far_apart();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("many.pt");
-    ptload::save(&ckpt, &path).unwrap();
+    let (_dir, path) = saved(&ckpt);
     let bytes = std::fs::read(&path).unwrap();
     let len = bytes.len() as u64;
     let map = CountingMap::new(bytes);
@@ -854,9 +850,7 @@ fn big_pickle_file() -> Vec<u8> {
             .collect(),
     )
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("many.pt");
-    ptload::save(&ckpt, &path).unwrap();
+    let (_dir, path) = saved(&ckpt);
     std::fs::read(&path).unwrap()
 }
 

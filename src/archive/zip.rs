@@ -233,16 +233,17 @@ impl ZipDirectory {
             let end_len = (Eocd::SIZE + Eocd64Locator::SIZE + Eocd64::SIZE) as u64;
             let len = data.len();
             window.read(len.saturating_sub(end_len), len.min(end_len), end_len);
-            if let Ok(end) = end_records(&window) {
-                window.read(end.cd_offset, end.cd_size, MAX_DIRECTORY_READ);
-            }
-            return Self::walk(&window, defer);
+            let end = end_records(&window)?;
+            window.read(end.cd_offset, end.cd_size, MAX_DIRECTORY_READ);
+            return Self::walk(&window, end, defer);
         }
-        Self::walk(data, defer)
+        Self::walk(data, end_records(data)?, defer)
     }
 
+    /// The directory the end records `end` of `data` describe.
     fn walk(
         data: &(impl ByteSource + ?Sized),
+        end: EndRecords,
         defer: bool,
     ) -> Result<(ZipDirectory, DeferredHeaders)> {
         let EndRecords {
@@ -250,7 +251,7 @@ impl ZipDirectory {
             entries,
             cd_size,
             cd_offset,
-        } = end_records(data)?;
+        } = end;
         let cd_end = cd_offset.checked_add(cd_size);
         if cd_end.is_none_or(|end| end > data.len()) {
             return Err(Error::zip(

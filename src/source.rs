@@ -122,6 +122,16 @@ impl Source {
     pub fn shared(&self) -> &SharedBytes {
         &self.bytes
     }
+
+    /// The mapped file, to read `[offset, offset + len)` from, when there is one and the range
+    /// lies in it.
+    #[cfg(all(unix, feature = "mmap"))]
+    fn file_for(&self, offset: u64, len: usize) -> Option<&std::fs::File> {
+        let fits = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= ByteSource::len(self));
+        self.file.as_deref().filter(|_| fits)
+    }
 }
 
 /// Reads `len` bytes at `offset` of `file` into a new vector. On Linux the vector is not
@@ -398,13 +408,10 @@ impl ByteSource for Source {
 
     fn read_small(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         #[cfg(all(unix, feature = "mmap"))]
-        if let Some(file) = &self.file {
+        if let Some(file) = self.file_for(offset, buf.len()) {
             use std::os::unix::fs::FileExt;
-            let fits = offset
-                .checked_add(buf.len() as u64)
-                .is_some_and(|end| end <= self.len());
             // A failed or short read falls back on the mapping, which then reports.
-            if fits && file.read_exact_at(buf, offset).is_ok() {
+            if file.read_exact_at(buf, offset).is_ok() {
                 return Ok(());
             }
         }
@@ -417,12 +424,9 @@ impl ByteSource for Source {
 
     fn read_vec(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         #[cfg(all(unix, feature = "mmap"))]
-        if let Some(file) = &self.file {
-            let fits = offset
-                .checked_add(len as u64)
-                .is_some_and(|end| end <= self.len());
+        if let Some(file) = self.file_for(offset, len) {
             // A failed or short read falls back on the mapping, which then reports.
-            if let (true, Ok(bytes)) = (fits, read_vec_at(file, offset, len)) {
+            if let Ok(bytes) = read_vec_at(file, offset, len) {
                 return Ok(bytes);
             }
         }

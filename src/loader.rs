@@ -515,7 +515,7 @@ impl Loader {
 #[derive(Debug)]
 pub struct Storage {
     /// Its key in the file.
-    pub key: String,
+    pub key: crate::StorageKey,
     /// Its dtype (uint8 for untyped storages).
     pub dtype: Dtype,
     /// Elements of `dtype`.

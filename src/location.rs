@@ -132,7 +132,7 @@ impl std::str::FromStr for Device {
 #[derive(Clone, Debug)]
 pub struct StorageInfo {
     /// The storage's key in the file.
-    pub key: String,
+    pub key: crate::StorageKey,
     /// Its dtype (uint8 for untyped storages).
     pub dtype: Dtype,
     /// Its size in bytes.

@@ -905,3 +905,30 @@ fn max_pickle_bytes_admits_a_pickle_of_exactly_that_size() {
         "{e}"
     );
 }
+
+#[test]
+fn a_directory_keeps_its_names_in_one_buffer() {
+    // Each record's name is a slice of one buffer holding them all in directory order (one
+    // allocation for the directory, none per record), read as the directory spells them.
+    let bytes = std::fs::read("examples/tiny_convnet.pt").unwrap();
+    let directory = ptload::archive::ZipDirectory::parse(&bytes[..]).unwrap();
+    let spelled = ptload::archive::zip::entry_names(&bytes[..], 1000).unwrap();
+    let names: Vec<&str> = directory
+        .records()
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(names, spelled);
+    assert!(names.len() > 20);
+    for pair in names.windows(2) {
+        let after_first = pair[0].as_ptr() as usize + pair[0].len();
+        assert_eq!(after_first, pair[1].as_ptr() as usize, "{pair:?}");
+    }
+    // A copy of a record (a plan's) shares the name, too.
+    let record = directory.record("data.pkl").unwrap().clone();
+    assert_eq!(record.name, "tiny_convnet/data.pkl");
+    assert_eq!(
+        record.name.as_ptr(),
+        directory.record("data.pkl").unwrap().name.as_ptr()
+    );
+}

@@ -98,7 +98,7 @@ impl ByteOrder {
 pub struct Record {
     /// Full name inside the container (`archive/data/0`), shared by every copy of the record
     /// (a plan's copy costs no allocation).
-    pub name: std::sync::Arc<str>,
+    pub name: RecordName,
     /// Absolute offset of the (possibly compressed) data.
     pub data_offset: u64,
     /// Bytes the data occupies in the file.
@@ -107,6 +107,101 @@ pub struct Record {
     pub size: u64,
     /// How the bytes are encoded.
     pub method: Method,
+}
+
+/// A record's name: a slice of one buffer that every name of a directory shares, so that a
+/// directory of many records allocates its names once, and a copy of a name costs no
+/// allocation. It derefs to `str`.
+#[derive(Clone)]
+pub struct RecordName {
+    /// The buffer (a zip directory's names, one after another; or this name alone).
+    all: std::sync::Arc<str>,
+    /// Where the name lies in `all`.
+    start: usize,
+    end: usize,
+}
+
+impl RecordName {
+    /// The name `range` of `all` (`None` when it is not a range of whole characters of it).
+    pub fn in_shared(all: &std::sync::Arc<str>, range: std::ops::Range<usize>) -> Option<Self> {
+        all.get(range.clone())?;
+        Some(RecordName {
+            all: all.clone(),
+            start: range.start,
+            end: range.end,
+        })
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        self.all.get(self.start..self.end).unwrap_or_default()
+    }
+}
+
+impl std::ops::Deref for RecordName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for RecordName {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<&str> for RecordName {
+    fn from(name: &str) -> Self {
+        RecordName {
+            all: name.into(),
+            start: 0,
+            end: name.len(),
+        }
+    }
+}
+
+impl From<String> for RecordName {
+    fn from(name: String) -> Self {
+        let end = name.len();
+        RecordName {
+            all: name.into(),
+            start: 0,
+            end,
+        }
+    }
+}
+
+impl PartialEq for RecordName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RecordName {}
+
+impl PartialEq<str> for RecordName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for RecordName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Debug for RecordName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for RecordName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What the first bytes of a file say it is.
@@ -152,5 +247,34 @@ mod tests {
         }
         assert_eq!(ByteOrder::Little.name(), "little");
         assert_eq!(ByteOrder::Big.name(), "big");
+    }
+
+    #[test]
+    fn a_record_name_is_its_slice_of_the_shared_names() {
+        let all: std::sync::Arc<str> = "archive/data.pklarchive/data/0".into();
+        let pickle = RecordName::in_shared(&all, 0..16).unwrap();
+        let data = RecordName::in_shared(&all, 16..30).unwrap();
+        assert_eq!(pickle.as_str(), "archive/data.pkl");
+        assert_eq!(&*data, "archive/data/0");
+        assert_eq!(data.as_ref() as &str, "archive/data/0");
+        assert_eq!(data.to_string(), "archive/data/0");
+        assert_eq!(format!("{data:?}"), "\"archive/data/0\"");
+        // Equal by text, wherever the text lies.
+        assert_eq!(data, RecordName::from("archive/data/0"));
+        assert_eq!(data, RecordName::from(String::from("archive/data/0")));
+        assert_ne!(data, pickle);
+        assert!(data == *"archive/data/0" && data == "archive/data/0");
+        assert!(data != "archive/data/1");
+        // No copy of the text: both share the one buffer.
+        assert!(std::sync::Arc::ptr_eq(&pickle.all, &data.all));
+        assert!(std::sync::Arc::ptr_eq(&data.clone().all, &all));
+        // A range outside the buffer, or not on character boundaries, names nothing.
+        assert!(RecordName::in_shared(&all, 16..31).is_none());
+        let accented: std::sync::Arc<str> = "é".into();
+        assert!(RecordName::in_shared(&accented, 0..1).is_none());
+        assert_eq!(
+            RecordName::in_shared(&accented, 0..2).unwrap().as_str(),
+            "é"
+        );
     }
 }

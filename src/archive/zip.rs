@@ -18,7 +18,7 @@ use std::hash::BuildHasher;
 use std::io::Read;
 
 use super::zip_spec::{CentralHeader, Eocd, Eocd64, Eocd64Locator, LocalHeader, EOCD_MAGIC};
-use super::{ByteOrder, Record};
+use super::{ByteOrder, Record, RecordName};
 use crate::error::{Error, ErrorKind, Result};
 use crate::source::{ByteSource, Preloaded};
 
@@ -57,6 +57,8 @@ pub struct ZipDirectory {
     /// The archive folder (`archive`, `model.v1`, …).
     pub prefix: String,
     records: Vec<Record>,
+    /// Every record's name, one after another (the records' names are slices of it).
+    names: std::sync::Arc<str>,
     /// Indices into `records`, found by the name relative to the folder (a slice of the
     /// record's own name: no second copy of any name).
     by_name: hashbrown::HashTable<usize>,
@@ -81,7 +83,8 @@ struct Deferred {
     record: usize,
     local_header_offset: u64,
     stored_len: u64,
-    name: std::sync::Arc<str>,
+    /// Where its name lies in the directory's names.
+    name: std::ops::Range<usize>,
 }
 
 impl DeferredHeaders {
@@ -101,7 +104,12 @@ impl DeferredHeaders {
 
     /// Starts reading the headers on the helper thread, or reads them now into `records` when
     /// they are few or `data` has no helper.
-    fn start(&mut self, records: &mut [Record], data: &(impl ByteSource + ?Sized)) -> Result<()> {
+    fn start(
+        &mut self,
+        records: &mut [Record],
+        names: &str,
+        data: &(impl ByteSource + ?Sized),
+    ) -> Result<()> {
         #[cfg(all(unix, feature = "mmap"))]
         if self.entries.len() >= MIN_DEFERRED {
             let offsets = self.entries.iter().map(|e| e.local_header_offset).collect();
@@ -110,12 +118,17 @@ impl DeferredHeaders {
                 return Ok(());
             }
         }
-        std::mem::take(self).resolve(records, data)
+        std::mem::take(self).resolve(records, names, data)
     }
 
     /// Locates every deferred record, with the headers read ahead where there are some: the
     /// first error in directory order, as if each had been read in turn.
-    fn resolve(self, records: &mut [Record], data: &(impl ByteSource + ?Sized)) -> Result<()> {
+    fn resolve(
+        self,
+        records: &mut [Record],
+        names: &str,
+        data: &(impl ByteSource + ?Sized),
+    ) -> Result<()> {
         #[cfg(all(unix, feature = "mmap"))]
         let read = self.reads.map(|reads| reads.wait());
         #[cfg(not(all(unix, feature = "mmap")))]
@@ -126,7 +139,7 @@ impl DeferredHeaders {
                 data,
                 entry.local_header_offset,
                 entry.stored_len,
-                &entry.name,
+                names.get(entry.name.clone()).unwrap_or_default(),
                 head,
             )?;
             if let Some(record) = records.get_mut(entry.record) {
@@ -192,6 +205,14 @@ fn relative_name(record: &Record, prefix_len: usize) -> &str {
     record.name.get(prefix_len + 1..).unwrap_or_default()
 }
 
+/// [`relative_name`] while the directory is walked: the record's name is still a range of
+/// `names`, the names read so far.
+fn pending_relative_name<'n>(names: &'n str, record: &Record, prefix_len: usize) -> &'n str {
+    names
+        .get(record.name.start + prefix_len + 1..record.name.end)
+        .unwrap_or_default()
+}
+
 impl ZipDirectory {
     /// Reads the directory of the zip file `data`.
     pub fn parse(data: &(impl ByteSource + ?Sized)) -> Result<ZipDirectory> {
@@ -219,7 +240,7 @@ impl ZipDirectory {
         data: &(impl ByteSource + ?Sized),
         deferred: DeferredHeaders,
     ) -> Result<()> {
-        deferred.resolve(&mut self.records, data)
+        deferred.resolve(&mut self.records, &self.names, data)
     }
 
     fn parse_with(
@@ -273,12 +294,16 @@ impl ZipDirectory {
         }
 
         // The whole directory at once (a partial source loads it in one round).
-        data.get(cd_offset, cd_size)?;
+        let directory = data.get(cd_offset, cd_size)?;
         let mut records = Vec::with_capacity(entries as usize);
         let mut missing = Vec::new();
         let mut by_name = hashbrown::HashTable::with_capacity(entries as usize);
         let hasher = foldhash::fast::RandomState::default();
         let mut prefix: Option<String> = None;
+        // The names, one after another, in one allocation: a record's name is a slice of it
+        // (`RecordName`), set once the walk is done.
+        let mut names = String::with_capacity(cd_size.min(MAX_DIRECTORY_READ) as usize);
+        let pending: std::sync::Arc<str> = std::sync::Arc::from("");
         let mut pos = cd_offset;
         // Local headers more than a page fault's reach apart (Linux maps 64 KiB around each
         // fault) are read, not borrowed from a mapping: a file of big tensors would otherwise
@@ -293,14 +318,24 @@ impl ZipDirectory {
         // is loaded, so that the error reported is the first one, as with the whole file.
         let mut walk = || -> Result<()> {
             for _ in 0..entries {
-                let header = CentralHeader::parse(data, pos)?;
+                // From the directory's bytes at hand; a header that runs past them (or fails)
+                // is parsed from the file, which reports as ever.
+                let header = match usize::try_from(pos - cd_offset)
+                    .ok()
+                    .and_then(|at| CentralHeader::parse_in(directory, at, cd_offset))
+                {
+                    Some(header) => header,
+                    None => CentralHeader::parse(data, pos)?,
+                };
                 let header_offset = pos;
                 pos += header.total_len as u64;
                 // UTF-8 checked first: the lossy conversion is several times slower.
-                let name: std::sync::Arc<str> = match std::str::from_utf8(header.name) {
-                    Ok(name) => name.into(),
-                    Err(_) => String::from_utf8_lossy(header.name).into(),
+                let start = names.len();
+                match std::str::from_utf8(header.name) {
+                    Ok(name) => names.push_str(name),
+                    Err(_) => names.push_str(&String::from_utf8_lossy(header.name)),
                 };
+                let name = &names[start..];
                 let prefix = prefix.get_or_insert_with(|| {
                     name.split_once('/')
                         .map(|(p, _)| p.to_owned())
@@ -345,7 +380,7 @@ impl ZipDirectory {
                         record: records.len(),
                         local_header_offset: header.local_header_offset,
                         stored_len: header.compressed_size,
-                        name: name.clone(),
+                        name: start..names.len(),
                     });
                     NOT_LOCATED
                 } else {
@@ -367,15 +402,15 @@ impl ZipDirectory {
                         header.local_header_offset,
                         local.data_offset(header.local_header_offset),
                         header.compressed_size,
-                        &name,
+                        name,
                     )?
                 };
                 // Two entries under one name are ambiguous (readers differ on which one wins): refused.
                 let skip = prefix.len();
                 let entry = by_name.entry(
                     hasher.hash_one(relative),
-                    |&i| relative_name(&records[i], skip) == relative,
-                    |&i| hasher.hash_one(relative_name(&records[i], skip)),
+                    |&i| pending_relative_name(&names, &records[i], skip) == relative,
+                    |&i| hasher.hash_one(pending_relative_name(&names, &records[i], skip)),
                 );
                 match entry {
                     hashbrown::hash_table::Entry::Occupied(_) => {
@@ -389,7 +424,11 @@ impl ZipDirectory {
                     }
                 }
                 records.push(Record {
-                    name,
+                    name: RecordName {
+                        all: pending.clone(),
+                        start,
+                        end: names.len(),
+                    },
                     data_offset,
                     stored_len: header.compressed_size,
                     size: header.size,
@@ -398,9 +437,14 @@ impl ZipDirectory {
             }
             Ok(())
         };
-        if let Err(e) = walk() {
+        let walked = walk();
+        let names: std::sync::Arc<str> = names.into();
+        for record in &mut records {
+            record.name.all = names.clone();
+        }
+        if let Err(e) = walked {
             // A deferred header before the failing entry would have failed first.
-            std::mem::take(&mut deferred).resolve(&mut records, data)?;
+            std::mem::take(&mut deferred).resolve(&mut records, &names, data)?;
             if missing.is_empty() || matches!(e.kind(), ErrorKind::NeedBytes { .. }) {
                 return Err(e);
             }
@@ -408,10 +452,11 @@ impl ZipDirectory {
         if !missing.is_empty() {
             return Err(Error::new(ErrorKind::NeedBytes { ranges: missing }));
         }
-        deferred.start(&mut records, data)?;
+        deferred.start(&mut records, &names, data)?;
         let directory = ZipDirectory {
             prefix: prefix.unwrap_or_default(),
             records,
+            names,
             by_name,
             hasher,
         };

@@ -228,13 +228,55 @@ impl<'a> CentralHeader<'a> {
     /// Parses the header at `offset`, applying the zip64 extra field (0x0001) to the fields
     /// that hold all-ones, in APPNOTE order (size, compressed size, header offset).
     pub fn parse(data: &'a (impl ByteSource + ?Sized), offset: u64) -> Result<CentralHeader<'a>> {
-        let mut f = fixed(data, offset, Self::SIZE, "central directory header")?;
+        let fixed_part = fixed(data, offset, Self::SIZE, "central directory header")?;
+        let var_len = Self::variable_len(fixed_part.bytes, offset)?;
+        let var = fixed(
+            data,
+            offset + Self::SIZE as u64,
+            var_len,
+            "central directory name and extra",
+        )?;
+        Self::from_parts(fixed_part.bytes, var.bytes, offset)
+    }
+
+    /// [`parse`](Self::parse) of the header at `at` in `directory` (bytes that start at file
+    /// offset `base`), when it lies wholly within them and parses; `None` otherwise, and
+    /// `parse` on the whole file says why. (The walk of a directory reads each header from the
+    /// directory's bytes at hand, without asking the source twice per header.)
+    pub fn parse_in(directory: &'a [u8], at: usize, base: u64) -> Option<CentralHeader<'a>> {
+        let offset = base.checked_add(at as u64)?;
+        let var_at = at.checked_add(Self::SIZE)?;
+        let fixed_part = directory.get(at..var_at)?;
+        let var_len = Self::variable_len(fixed_part, offset).ok()?;
+        let var = directory.get(var_at..var_at.checked_add(var_len)?)?;
+        Self::from_parts(fixed_part, var, offset).ok()
+    }
+
+    /// Checks the magic of the fixed part; the length of the name, extra and comment after it.
+    fn variable_len(fixed_part: &[u8], offset: u64) -> Result<usize> {
+        let mut f = Fields {
+            bytes: fixed_part,
+            pos: 0,
+        };
         magic(
             &mut f,
             CENTRAL_HEADER_MAGIC,
             offset,
             "central directory header",
         )?;
+        f.pos = 28;
+        let name_len = f.u16() as usize;
+        let extra_len = f.u16() as usize;
+        let comment_len = f.u16() as usize;
+        Ok(name_len + extra_len + comment_len)
+    }
+
+    /// The header from its fixed part (magic checked) and the variable part after it.
+    fn from_parts(fixed_part: &[u8], var: &'a [u8], offset: u64) -> Result<CentralHeader<'a>> {
+        let mut f = Fields {
+            bytes: fixed_part,
+            pos: 4,
+        };
         let _made_by = f.u16();
         let _needed = f.u16();
         let flags = f.u16();
@@ -246,20 +288,14 @@ impl<'a> CentralHeader<'a> {
         let size32 = f.u32();
         let name_len = f.u16() as usize;
         let extra_len = f.u16() as usize;
-        let comment_len = f.u16() as usize;
+        let _comment_len = f.u16() as usize;
         let _disk = f.u16();
         let _internal = f.u16();
         let _external = f.u32();
         let offset32 = f.u32();
-        let var_len = name_len + extra_len + comment_len;
-        let var = fixed(
-            data,
-            offset + Self::SIZE as u64,
-            var_len,
-            "central directory name and extra",
-        )?;
-        let name = &var.bytes[..name_len];
-        let extra = &var.bytes[name_len..name_len + extra_len];
+        let var_len = var.len();
+        let name = &var[..name_len];
+        let extra = &var[name_len..name_len + extra_len];
 
         let mut header = CentralHeader {
             flags,
@@ -427,6 +463,72 @@ mod tests {
             err.to_string().contains("past the end of the file"),
             "{err}"
         );
+    }
+
+    /// A central header for `name` (with `extra` and a 3-byte comment), sizes and offset as
+    /// given.
+    fn central(name: &[u8], extra: &[u8], sizes: [u32; 3]) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&CENTRAL_HEADER_MAGIC.to_le_bytes());
+        h.extend_from_slice(&[20, 0, 20, 0, 8, 0, 0, 0, 1, 2, 3, 4]); // made by, needed, flags, method, time, date
+        h.extend_from_slice(&0xDEAD_BEEFu32.to_le_bytes()); // crc
+        h.extend_from_slice(&sizes[0].to_le_bytes()); // compressed
+        h.extend_from_slice(&sizes[1].to_le_bytes()); // size
+        h.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        h.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        h.extend_from_slice(&3u16.to_le_bytes());
+        h.extend_from_slice(&[0; 8]); // disk, internal, external
+        h.extend_from_slice(&sizes[2].to_le_bytes()); // local header offset
+        h.extend_from_slice(name);
+        h.extend_from_slice(extra);
+        h.extend_from_slice(b"abc");
+        h
+    }
+
+    #[test]
+    fn a_header_parsed_in_the_directory_is_the_header_parsed_from_the_file() {
+        let zip64: Vec<u8> = [1u16.to_le_bytes(), 16u16.to_le_bytes()]
+            .concat()
+            .into_iter()
+            .chain(7u64.to_le_bytes())
+            .chain(9u64.to_le_bytes())
+            .collect();
+        let first = central(b"archive/data.pkl", &[], [10, 12, 0]);
+        let second = central(b"archive/data/0", &zip64, [u32::MAX, u32::MAX, 64]);
+        let base = 1000u64;
+        let mut file = vec![0u8; base as usize];
+        file.extend_from_slice(&first);
+        file.extend_from_slice(&second);
+        let directory = &file[base as usize..];
+        for (at, len) in [(0, first.len()), (first.len(), second.len())] {
+            let inside = CentralHeader::parse_in(directory, at, base).unwrap();
+            let parsed = CentralHeader::parse(&file[..], base + at as u64).unwrap();
+            assert_eq!(inside, parsed);
+            assert_eq!(inside.total_len, len);
+        }
+        let second = CentralHeader::parse_in(directory, first.len(), base).unwrap();
+        assert_eq!((second.compressed_size, second.size), (9, 7));
+        assert_eq!(
+            (second.local_header_offset, second.crc32),
+            (64, 0xDEAD_BEEF)
+        );
+        assert_eq!((second.flags, second.method), (8, 0));
+        assert_eq!(second.name, b"archive/data/0");
+        // A header running one byte past the directory's bytes (its comment, or its fixed
+        // part) is not parsed there.
+        let short = &directory[..directory.len() - 1];
+        assert!(CentralHeader::parse_in(short, first.len(), base).is_none());
+        assert!(CentralHeader::parse_in(directory, directory.len() - 45, base).is_none());
+        assert!(CentralHeader::parse_in(directory, directory.len(), base).is_none());
+        // Nor is one that fails to parse: the file says why.
+        let mut broken = file.clone();
+        broken[base as usize] = b'Q';
+        assert!(CentralHeader::parse_in(&broken[base as usize..], 0, base).is_none());
+        let why = CentralHeader::parse(&broken[..], base).unwrap_err();
+        assert!(why.to_string().contains("byte 0x3E8: wrong magic"), "{why}");
+        let no_zip64 = central(b"archive/data/1", &[], [u32::MAX, 4, 0]);
+        assert!(CentralHeader::parse_in(&no_zip64, 0, 0).is_none());
+        assert!(CentralHeader::parse(&no_zip64[..], 0).is_err());
     }
 
     #[test]

@@ -151,7 +151,7 @@ fn json_report(ckpt: &Checkpoint, digests: Option<&Digester>) -> ptload::Result<
             "shape": t.shape(),
             "stride": t.stride(),
             "storage_offset": t.storage_offset(),
-            "storage": t.storage().map(|s| Json::from(s.key.clone())).unwrap_or(Json::Null),
+            "storage": t.storage().map(|s| Json::from(s.key.as_str())).unwrap_or(Json::Null),
             "device": t.device().to_string(),
             "requires_grad": t.requires_grad(),
         });

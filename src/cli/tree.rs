@@ -525,7 +525,7 @@ pub fn text(ckpt: &Checkpoint, options: &TextOptions) -> ptload::Result<String> 
 /// The `root` field of `--json`: the tree as JSON text ([`ptload::torch::json`]).
 pub fn json(ckpt: &Checkpoint) -> String {
     ptload::torch::json::tree(&ckpt.root, &|id| {
-        ckpt.storages.get(id).map(|s| s.key.clone())
+        ckpt.storages.get(id).map(|s| s.key.to_string())
     })
 }
 

@@ -458,7 +458,7 @@ impl DcpFolder {
                 EntryKind::Tensor { dtype, shape, .. } => Some((
                     e,
                     StorageRef {
-                        key: e.fqn.clone(),
+                        key: e.fqn.as_str().into(),
                         dtype: *dtype,
                         numel: shape.iter().product(),
                         location: "cpu".into(),

@@ -6,7 +6,7 @@
 //! [`Arena`]. Every length the input declares is checked against the bytes that remain before
 //! anything is allocated, so memory stays proportional to the input.
 
-use super::value::{decimal_to_bigint, Arena, Call, CallKind, Node, NodeId, Span};
+use super::value::{decimal_to_bigint, Arena, Call, CallKind, DictItems, Node, NodeId, Span};
 use super::{opcode_name, Hooks, LimitHit, PickleError, PickleLimits, StringEncoding};
 
 /// Runs one pickle to its `STOP` and returns the id of the result.
@@ -214,6 +214,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
         std::str::from_utf8(line).map_err(|_| self.err("a text argument is not valid UTF-8"))
     }
 
+    #[inline(always)]
     fn push_node(&mut self, node: Node) -> Result<()> {
         if self.arena.len() >= self.limits.max_nodes {
             return Err(self.limit_err(
@@ -300,6 +301,17 @@ impl<'a, H: Hooks> Machine<'a, H> {
 
     fn memo_put(&mut self, index: u64) -> Result<()> {
         let top = self.top()?;
+        // Picklers number entries 0, 1, 2, …: the next dense index, while nothing is sparse,
+        // is new and goes straight to the end.
+        let memo = &mut self.memo;
+        if index == memo.dense.len() as u64
+            && memo.sparse.is_empty()
+            && memo.len < self.limits.max_memo
+        {
+            memo.dense.push(top);
+            memo.len += 1;
+            return Ok(());
+        }
         if self.memo.get(index).is_none() && self.memo.len() >= self.limits.max_memo {
             return Err(self.limit_err(
                 "max_memo_entries",
@@ -584,7 +596,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     let items = self.pop_mark()?;
                     self.push_node(Node::List(items))?
                 }
-                b'}' => self.push_node(Node::Dict(Vec::new()))?,
+                b'}' => self.push_node(Node::Dict(DictItems::new()))?,
                 b'd' => {
                     let at = self.pop_mark_at()?;
                     if (self.stack.len() - at) % 2 != 0 {
@@ -1223,7 +1235,7 @@ mod tests {
         assert_eq!((class.as_str(), kind), ("__main__.C", CallKind::NewObj));
         assert_eq!(
             (args, kwargs),
-            (vec![Node::Int(1)], Some(Node::Dict(Vec::new())))
+            (vec![Node::Int(1)], Some(Node::Dict(DictItems::new())))
         );
         // OBJ (protocol 1): MARK, cls, args…
         let (class, kind, args, kwargs) = only_call(b"(c__main__\nC\nK\x01K\x02o.");

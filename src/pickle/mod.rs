@@ -17,7 +17,7 @@ pub mod value;
 use std::fmt;
 
 pub use encoding::{decode_py2_string, Decoded, StringEncoding};
-pub use value::{Arena, Call, CallKind, Node, NodeId};
+pub use value::{Arena, Call, CallKind, DictItems, Node, NodeId};
 
 /// What the machine asks of the layer above it.
 pub trait Hooks {

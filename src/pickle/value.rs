@@ -65,6 +65,10 @@ pub struct Call {
     pub dict_items: Vec<(NodeId, NodeId)>,
 }
 
+/// A dict node's `(key, value)` pairs: two inline (a module's `{'version': 1}` in a
+/// `state_dict`'s `_metadata` costs no allocation of its own), more on the heap.
+pub type DictItems = smallvec::SmallVec<[(NodeId, NodeId); 2]>;
+
 /// One pickled value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Node {
@@ -89,7 +93,7 @@ pub enum Node {
     /// A tuple: its items are [`Arena::items`] of the span.
     Tuple(Span),
     /// A dict, in insertion order; a repeated key replaces the earlier value in place.
-    Dict(Vec<(NodeId, NodeId)>),
+    Dict(DictItems),
     /// A set (`EMPTY_SET` + `ADDITEMS`).
     Set(Vec<NodeId>),
     /// A frozenset.

@@ -131,7 +131,7 @@ pub struct PlacementJob {
     /// The storage's index in the checkpoint's storages.
     pub index: usize,
     /// Its key in the file (`"0"`; the record's full name is `record.name`).
-    pub key: String,
+    pub key: crate::StorageKey,
     /// Its dtype (uint8 for untyped storages).
     pub dtype: Dtype,
     /// Its size in bytes once inflated (`numel × element size`).
@@ -148,7 +148,7 @@ impl PlacementJob {
     /// An error about this storage, naming it and its device.
     pub fn error(&self, message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Placement {
-            storage: self.key.clone(),
+            storage: self.key.to_string(),
             device: self.device.to_string(),
             message: message.into(),
         })
@@ -290,7 +290,7 @@ pub(crate) mod testing {
             file.extend_from_slice(&stored);
             jobs.push(PlacementJob {
                 index: i,
-                key: i.to_string(),
+                key: i.to_string().into(),
                 dtype: Dtype::Float32,
                 nbytes: len as u64,
                 device: device.clone(),

@@ -18,7 +18,7 @@ impl Loader {
         let sizes = parsed
             .storages
             .iter()
-            .map(|s| (s.key.clone(), (s.dtype.element_size(), s.numel)))
+            .map(|s| (s.key.to_string(), (s.dtype.element_size(), s.numel)))
             .collect();
         let records = archive::legacy::read_records(data, main + parsed.end, &sizes)?;
         self.finish_plan(
@@ -27,7 +27,7 @@ impl Loader {
             Format::Legacy,
             ByteOrder::Little,
             |_, storage| {
-                records.get(&storage.key).cloned().ok_or_else(|| {
+                records.get(storage.key.as_str()).cloned().ok_or_else(|| {
                     Error::new(ErrorKind::MissingRecord {
                         name: format!("storage {} (not in the key list)", storage.key),
                     })

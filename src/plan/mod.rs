@@ -193,9 +193,9 @@ pub(crate) fn catching_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> R
 fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
     let mut units: Vec<Option<usize>> = vec![None; storages.len()];
     for root in roots {
-        walk_tensors(root, &mut String::new(), &mut |_, _, meta| {
-            if let Some(id) = meta.storage {
-                units[id].get_or_insert(meta.dtype.swap_unit());
+        for_each_tensor(root, |meta| {
+            if let Some(unit) = meta.storage.and_then(|id| units.get_mut(id)) {
+                unit.get_or_insert(meta.dtype.swap_unit());
             }
         });
     }
@@ -204,6 +204,63 @@ fn swap_units(roots: &[&Value], storages: &[StorageRef]) -> Vec<usize> {
         .zip(storages)
         .map(|(u, s)| u.unwrap_or(s.dtype.swap_unit()))
         .collect()
+}
+
+/// The children of a container still to visit, in [`Value::child_entries`] order.
+enum Children<'v> {
+    Values(std::slice::Iter<'v, Value>),
+    Pairs(std::slice::Iter<'v, (Value, Value)>),
+    /// An object's (few): as `child_entries` lists them.
+    Entries(Box<dyn Iterator<Item = (Segment<'v>, &'v Value)> + 'v>),
+}
+
+impl<'v> Children<'v> {
+    /// The children of `value`, when it is a container.
+    fn of(value: &'v Value) -> Option<Self> {
+        Some(match value {
+            Value::List(items)
+            | Value::Tuple(items)
+            | Value::Set(items)
+            | Value::FrozenSet(items) => Children::Values(items.iter()),
+            Value::Dict(d) => Children::Pairs(d.items.iter()),
+            Value::Object(_) => Children::Entries(value.child_entries()),
+            _ => return None,
+        })
+    }
+}
+
+impl<'v> Iterator for Children<'v> {
+    type Item = &'v Value;
+    fn next(&mut self) -> Option<&'v Value> {
+        match self {
+            Children::Values(items) => items.next(),
+            Children::Pairs(items) => items.next().map(|(_, v)| v),
+            Children::Entries(entries) => entries.next().map(|(_, v)| v),
+        }
+    }
+}
+
+/// Calls `f` for every tensor in the tree, in the order of [`walk_tensors`], without the paths
+/// (nor the work of building them). The walk keeps its own stack on the heap.
+fn for_each_tensor<'v>(value: &'v Value, mut f: impl FnMut(&'v TensorMeta)) {
+    let mut stack: Vec<Children<'v>> = match Children::of(value) {
+        Some(children) => vec![children],
+        None => {
+            if let Value::Tensor(meta) = value {
+                f(meta);
+            }
+            return;
+        }
+    };
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            Some(Value::Tensor(meta)) => f(meta),
+            Some(child) => stack.extend(Children::of(child)),
+            None => {
+                stack.pop();
+            }
+        }
+    }
 }
 
 /// One container being walked: its children still to visit, and where its path ends.
@@ -298,7 +355,7 @@ impl Plan {
 #[derive(Clone, Debug)]
 pub struct PlannedStorage {
     /// Its key in the file.
-    pub key: String,
+    pub key: crate::StorageKey,
     /// Its dtype (uint8 for untyped storages).
     pub dtype: Dtype,
     /// Elements of `dtype`.
@@ -359,5 +416,100 @@ fn require_all(
         Ok(())
     } else {
         Err(Error::new(ErrorKind::NeedBytes { ranges: missing }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::torch::{Dict, Object};
+
+    fn tensor(storage: usize, dtype: Dtype) -> Value {
+        Value::Tensor(Box::new(TensorMeta::view(
+            Some(storage),
+            dtype,
+            vec![1],
+            vec![1],
+            0,
+        )))
+    }
+
+    fn dict(items: Vec<(&str, Value)>) -> Value {
+        Value::Dict(Box::new(Dict {
+            class: "dict".into(),
+            items: items
+                .into_iter()
+                .map(|(k, v)| (Value::Str(k.into()), v))
+                .collect(),
+            attributes: vec![("ignored".into(), tensor(99, Dtype::Int8))],
+        }))
+    }
+
+    /// Every tensor `walk_tensors` reaches, in its order (by address: the same values).
+    fn walked(root: &Value) -> Vec<*const TensorMeta> {
+        let mut out = Vec::new();
+        walk_tensors(root, &mut String::new(), &mut |_, _, meta| {
+            out.push(meta as *const _)
+        });
+        out
+    }
+
+    fn each(root: &Value) -> Vec<*const TensorMeta> {
+        let mut out = Vec::new();
+        for_each_tensor(root, |meta| out.push(meta as *const _));
+        out
+    }
+
+    #[test]
+    fn the_tensor_walk_without_paths_visits_what_the_walk_with_paths_does() {
+        let object = Value::Object(Box::new(Object {
+            class: "__main__.Net".into(),
+            args: vec![tensor(50, Dtype::Int8)],
+            state: Some(Value::Tuple(vec![
+                dict(vec![("w", tensor(3, Dtype::Float16))]),
+                dict(vec![("slot", tensor(4, Dtype::Int32))]),
+            ])),
+            list_items: vec![tensor(5, Dtype::Int64)],
+            dict_items: vec![(Value::Int(1), tensor(6, Dtype::Float32))],
+        }));
+        let root = dict(vec![
+            ("a", tensor(0, Dtype::Float32)),
+            (
+                "b",
+                Value::List(vec![
+                    Value::Tuple(vec![tensor(1, Dtype::Int16), Value::None]),
+                    Value::Set(vec![tensor(2, Dtype::UInt8)]),
+                    Value::FrozenSet(vec![]),
+                    Value::Int(7),
+                ]),
+            ),
+            ("net", object),
+            ("empty", dict(vec![])),
+            ("again", tensor(0, Dtype::Int8)),
+        ]);
+        let order = each(&root);
+        assert_eq!(order.len(), 8);
+        assert_eq!(order, walked(&root));
+        let lone = tensor(0, Dtype::Float64);
+        assert_eq!(each(&lone), walked(&lone));
+        assert_eq!(each(&lone).len(), 1);
+        assert!(each(&Value::Int(1)).is_empty());
+        // The first tensor to view a storage gives its swap unit (the second view of storage
+        // 0 is int8; object arguments are not walked).
+        let storages: Vec<StorageRef> = (0..7)
+            .map(|i| StorageRef {
+                key: i.to_string().into(),
+                dtype: Dtype::UInt8,
+                numel: 1,
+                location: "cpu".into(),
+            })
+            .collect();
+        assert_eq!(swap_units(&[&root], &storages), vec![4, 2, 1, 2, 4, 8, 4]);
+        // A storage no tensor views swaps by its own dtype.
+        let unviewed = vec![StorageRef {
+            dtype: Dtype::Float64,
+            ..storages[0].clone()
+        }];
+        assert_eq!(swap_units(&[&Value::None], &unviewed), vec![8]);
     }
 }

@@ -60,7 +60,7 @@ impl Loader {
             let size = (end - begin) as u64;
             let numel = size / dtype.element_size() as u64;
             storages.push(StorageRef {
-                key: name.clone(),
+                key: name.as_str().into(),
                 dtype,
                 numel,
                 location: "cpu".into(),

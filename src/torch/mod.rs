@@ -16,6 +16,7 @@ pub mod tar;
 pub mod value;
 
 pub use dtype::Dtype;
+pub use storage::StorageKey;
 #[doc(hidden)]
 pub use storage::{StorageRef, StorageTable};
 pub use value::{Dict, Dims, Object, StorageId, TensorKind, TensorMeta, Value};

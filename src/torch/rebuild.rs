@@ -82,10 +82,23 @@ struct EqualIndex<S = foldhash::fast::RandomState> {
     first: foldhash::HashMap<u64, usize>,
     /// How many kept items `first` has seen.
     indexed: usize,
+    /// How many items the caller expects to keep at most (room for them in `first`, made when
+    /// the first table is built).
+    expected: usize,
 }
 
 /// Up to this many kept items, [`EqualIndex`] scans them.
 const SCANNED_KEYS: usize = 8;
+
+impl<S: std::hash::BuildHasher + Default> EqualIndex<S> {
+    /// An index for up to `expected` items (a hint: more are fine).
+    fn for_items(expected: usize) -> Self {
+        EqualIndex {
+            expected,
+            ..Self::default()
+        }
+    }
+}
 
 impl<S: std::hash::BuildHasher> EqualIndex<S> {
     /// The position in `kept` of an item whose key (`key_of`) equals `key`. Items are only
@@ -95,6 +108,9 @@ impl<S: std::hash::BuildHasher> EqualIndex<S> {
         let equal = |item: &T| KeyRepr::of(key_of(item)) == Some(repr);
         if kept.len() <= SCANNED_KEYS {
             return kept.iter().position(equal);
+        }
+        if self.indexed == 0 {
+            self.first.reserve(self.expected.max(kept.len()));
         }
         for (at, item) in kept.iter().enumerate().skip(self.indexed) {
             if let Some(kept_repr) = KeyRepr::of(key_of(item)) {
@@ -116,7 +132,7 @@ impl<S: std::hash::BuildHasher> EqualIndex<S> {
 /// A set's members with Python's rule: a member equal to an earlier one is dropped (the first
 /// is kept, so `{1, True}` is `{1}`).
 fn distinct(items: Vec<Value>) -> Vec<Value> {
-    let mut index: EqualIndex = EqualIndex::default();
+    let mut index: EqualIndex = EqualIndex::for_items(items.len());
     let mut kept = Vec::with_capacity(items.len());
     for item in items {
         if index.find(&kept, |v| v, &item).is_none() {
@@ -319,7 +335,7 @@ impl<'a> Interpreter<'a> {
     /// keys are kept apart. Linear: one hash lookup per item.
     fn pairs(&mut self, items: &[(NodeId, NodeId)], depth: usize) -> Result<Vec<(Value, Value)>> {
         let mut out: Vec<(Value, Value)> = Vec::with_capacity(items.len());
-        let mut index: EqualIndex = EqualIndex::default();
+        let mut index: EqualIndex = EqualIndex::for_items(items.len());
         for &(k, v) in items {
             let key = self.value(k, depth + 1)?;
             self.path.push(Step::Key(k));
@@ -534,13 +550,23 @@ impl<'a> Interpreter<'a> {
             Some(Value::Global(_)) if name == "defaultdict" => {}
             Some(other) => return Err(self.bad_args(module, name, &other)),
         }
-        items.extend(self.pairs(&call.dict_items, depth)?);
+        let set_items = self.pairs(&call.dict_items, depth)?;
+        if items.is_empty() {
+            items = set_items;
+        } else {
+            items.extend(set_items);
+        }
         let mut attributes = Vec::new();
         for &state in &call.state {
             match self.value(state, depth + 1)? {
                 Value::Dict(d) => {
+                    attributes.reserve(d.items.len());
                     for (k, v) in d.items {
-                        attributes.push((super::value::key_segment(&k), v));
+                        let name = match k {
+                            Value::Str(name) => name,
+                            other => super::value::key_segment(&other),
+                        };
+                        attributes.push((name, v));
                     }
                 }
                 Value::None => {}

@@ -22,11 +22,16 @@ use crate::pickle::{Arena, Node, NodeId};
 
 use super::value::{StorageId, TensorMeta};
 
+/// A storage's key (`"0"`, or a pointer number in older files): up to 24 bytes inline (every key
+/// torch writes), so a key costs no allocation of its own. It derefs to `str`; build one from a
+/// `&str` or a `String` (`"0".into()`).
+pub type StorageKey = compact_str::CompactString;
+
 /// One storage as the pickle declares it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageRef {
     /// The key (`"0"`, or a pointer number in older files).
-    pub key: String,
+    pub key: StorageKey,
     /// The dtype of its first reference (uint8 for `UntypedStorage`).
     pub dtype: Dtype,
     /// Elements of `dtype`.
@@ -183,7 +188,7 @@ impl StorageTable {
                 dtype.element_size()
             ));
         }
-        let (key, location) = (key.into_owned(), device_tag(&location));
+        let (key, location) = (StorageKey::from(&*key), device_tag(&location));
         let hash = self.hasher.hash_one(&key);
         let storages = &self.storages;
         let first = self
@@ -240,7 +245,7 @@ impl StorageTable {
 
     fn push(
         &mut self,
-        key: String,
+        key: StorageKey,
         dtype: Dtype,
         numel: u64,
         location: Cow<'static, str>,

@@ -6,6 +6,7 @@
 //! int32 ndim, 4 padding bytes, ndim × int64 sizes, ndim × int64 strides, int64 offset), all
 //! little-endian. The main pickle (`pickle` member) names both by decimal-string persistent ids.
 
+use compact_str::ToCompactString;
 use std::ops::Range;
 
 use super::rebuild::view_bounds_error;
@@ -157,7 +158,7 @@ pub fn parse(
         let id = table
             .add(
                 StorageRef {
-                    key: key.to_string(),
+                    key: key.to_compact_string(),
                     dtype,
                     numel: count,
                     location: super::storage::device_tag(&location),
@@ -222,7 +223,7 @@ pub fn parse(
         let id = table
             .add(
                 StorageRef {
-                    key: target.to_string(),
+                    key: target.to_compact_string(),
                     dtype: root_ref.dtype,
                     numel,
                     location: root_ref.location.clone(),

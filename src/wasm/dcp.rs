@@ -157,7 +157,7 @@ impl DcpCheckpoint {
     pub fn root_json(&self) -> String {
         let storages = &self.ckpt.storages;
         crate::torch::json::tree(&self.ckpt.root, &|id| {
-            storages.get(id).map(|s| s.key.clone())
+            storages.get(id).map(|s| s.key.to_string())
         })
     }
 }

@@ -451,7 +451,7 @@ impl Planner {
     pub fn root_json(&self) -> Result<String, JsValue> {
         let plan = self.planned()?;
         Ok(crate::torch::json::tree(&plan.root, &|id| {
-            plan.storages.get(id).map(|s| s.key.clone())
+            plan.storages.get(id).map(|s| s.key.to_string())
         }))
     }
 

@@ -32,6 +32,7 @@ mod safetensors;
 mod sharded;
 mod torch_zip;
 
+use compact_str::ToCompactString;
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -272,7 +273,7 @@ impl Checkpoint {
             let meta = crate::TensorMeta::view(Some(id), dtype, shape, stride, 0);
             items.push((Value::Str(name.clone()), Value::Tensor(Box::new(meta))));
             storages.push(crate::Storage {
-                key: id.to_string(),
+                key: id.to_compact_string(),
                 dtype,
                 numel: numel.unwrap_or(0),
                 location: "cpu".into(),

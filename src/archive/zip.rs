@@ -331,9 +331,9 @@ impl ZipDirectory {
                 pos += header.total_len as u64;
                 // UTF-8 checked first: the lossy conversion is several times slower.
                 let start = names.len();
-                match std::str::from_utf8(header.name) {
-                    Ok(name) => names.push_str(name),
-                    Err(_) => names.push_str(&String::from_utf8_lossy(header.name)),
+                match crate::pickle::encoding::utf8(header.name) {
+                    Some(name) => names.push_str(name),
+                    None => names.push_str(&String::from_utf8_lossy(header.name)),
                 };
                 let name = &names[start..];
                 let prefix = prefix.get_or_insert_with(|| {

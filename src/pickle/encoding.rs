@@ -75,6 +75,16 @@ impl fmt::Display for StringEncoding {
     }
 }
 
+/// `bytes` as text when they are valid UTF-8. Names and keys in a checkpoint are short and
+/// ASCII: those skip the general validator, which costs several times more on a short string.
+pub(crate) fn utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII bytes are valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).ok()
+}
+
 /// Decodes a Python 2 string's bytes; `Err` is Python's `UnicodeDecodeError` text, naming the
 /// offending byte and its position in the string.
 pub fn decode_py2_string(bytes: Vec<u8>, encoding: StringEncoding) -> Result<Decoded, String> {
@@ -128,6 +138,26 @@ pub enum Decoded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_is_read_as_the_general_validator_reads_it() {
+        let cases: [&[u8]; 8] = [
+            b"",
+            b"layer0.weight",
+            "caf\u{e9}".as_bytes(),
+            "\u{1F600} emoji".as_bytes(),
+            b"\xff",
+            b"ok\xc3",
+            b"\xed\xa0\x80", // a surrogate
+            b"\x7f\x00",
+        ];
+        for bytes in cases {
+            assert_eq!(utf8(bytes), std::str::from_utf8(bytes).ok(), "{bytes:?}");
+        }
+        // Borrowed, not copied.
+        let bytes = b"archive/data/0";
+        assert_eq!(utf8(bytes).unwrap().as_ptr(), bytes.as_ptr());
+    }
 
     fn error(bytes: &[u8], encoding: StringEncoding) -> String {
         decode_py2_string(bytes.to_vec(), encoding).unwrap_err()

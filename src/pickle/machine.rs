@@ -211,7 +211,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
     }
     fn line_str(&mut self) -> Result<&'a str> {
         let line = self.line()?;
-        std::str::from_utf8(line).map_err(|_| self.err("a text argument is not valid UTF-8"))
+        super::encoding::utf8(line).ok_or_else(|| self.err("a text argument is not valid UTF-8"))
     }
 
     #[inline(always)]
@@ -532,8 +532,8 @@ impl<'a, H: Hooks> Machine<'a, H> {
                     };
                     let n = self.len_u64(n)?;
                     let bytes = self.take(n)?;
-                    let s = std::str::from_utf8(bytes)
-                        .map_err(|_| self.err("a str is not valid UTF-8"))?;
+                    let s = super::encoding::utf8(bytes)
+                        .ok_or_else(|| self.err("a str is not valid UTF-8"))?;
                     self.push_str(s)?
                 }
                 b'V' => {

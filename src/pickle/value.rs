@@ -286,6 +286,13 @@ impl Arena {
         }
     }
 
+    /// Every global's `(module, name)`, by [`Node::Global`] index.
+    pub fn globals(&self) -> impl ExactSizeIterator<Item = (&str, &str)> + '_ {
+        self.globals
+            .iter()
+            .map(|&(module, name)| (self.text(module), self.text(name)))
+    }
+
     /// A short name for the node's kind, for error messages.
     pub fn kind_name(&self, id: NodeId) -> &'static str {
         match self.get(id) {

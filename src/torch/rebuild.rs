@@ -169,6 +169,8 @@ pub struct Interpreter<'a> {
     values: u64,
     /// Where the value being converted sits, rendered only when an error names it.
     path: Vec<Step>,
+    /// Each global of the arena (by [`Node::Global`] index) as [`Common`] knows it.
+    common: Vec<Common>,
 }
 
 /// One step of [`Interpreter::path`].
@@ -178,6 +180,28 @@ enum Step {
     Index(usize),
     /// The value under a dict key (the key's node).
     Key(NodeId),
+}
+
+/// The globals most calls of a checkpoint name, told apart once per pickle rather than by
+/// their text at every call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Common {
+    /// `collections.OrderedDict` (a state dict; every tensor's backward hooks).
+    OrderedDict,
+    /// `torch._utils._rebuild_tensor_v2` (every tensor).
+    RebuildTensorV2,
+    /// Any other.
+    Other,
+}
+
+impl Common {
+    fn of(module: &str, name: &str) -> Common {
+        match (module, name) {
+            ("collections", "OrderedDict") => Common::OrderedDict,
+            ("torch._utils", "_rebuild_tensor_v2") => Common::RebuildTensorV2,
+            _ => Common::Other,
+        }
+    }
 }
 
 /// What a call's callable is, once resolved.
@@ -201,6 +225,22 @@ impl<'a> Interpreter<'a> {
             limits,
             values: 0,
             path: Vec::new(),
+            common: arena
+                .globals()
+                .map(|(module, name)| Common::of(module, name))
+                .collect(),
+        }
+    }
+
+    /// The node `id` as [`Common`] knows it (`Other` when it is no global).
+    fn common(&self, id: NodeId) -> Common {
+        match *self.arena.get(id) {
+            Node::Global(index) => self
+                .common
+                .get(index as usize)
+                .copied()
+                .unwrap_or(Common::Other),
+            _ => Common::Other,
         }
     }
 
@@ -355,6 +395,15 @@ impl<'a> Interpreter<'a> {
     }
 
     fn call(&mut self, call: &Call, depth: usize) -> Result<Value> {
+        // The calls of every tensor first, without comparing their globals' text (the general
+        // match below treats them the same).
+        match self.common(call.callable) {
+            Common::OrderedDict => return self.dict_object("collections.OrderedDict", call, depth),
+            Common::RebuildTensorV2 if self.plain_rebuild_v2(call, depth).is_some() => {
+                return self.rebuild_plain_v2(call, depth)
+            }
+            _ => {}
+        }
         let callee = match self.arena.global(call.callable) {
             Some((module, name)) => Callee::Global(module, name),
             None => Callee::Other(self.arena.kind_name(call.callable)),
@@ -638,7 +687,7 @@ impl<'a> Interpreter<'a> {
             return false;
         };
         let call = self.arena.call(call);
-        self.arena.global(call.callable) == Some(("collections", "OrderedDict"))
+        self.common(call.callable) == Common::OrderedDict
             && self
                 .arena
                 .tuple(call.args)
@@ -961,6 +1010,26 @@ pub fn view_bounds_error(meta: &TensorMeta, storage_bytes: u64) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_common_globals_are_told_apart_by_module_and_name() {
+        assert_eq!(
+            Common::of("collections", "OrderedDict"),
+            Common::OrderedDict
+        );
+        assert_eq!(
+            Common::of("torch._utils", "_rebuild_tensor_v2"),
+            Common::RebuildTensorV2
+        );
+        for (module, name) in [
+            ("collections", "Counter"),
+            ("torch._utils", "_rebuild_tensor"),
+            ("torch._utils", "OrderedDict"),
+            ("collections", "_rebuild_tensor_v2"),
+        ] {
+            assert_eq!(Common::of(module, name), Common::Other, "{module}.{name}");
+        }
+    }
 
     /// A hasher under which every key has one hash: every lookup past the scanned few is a
     /// collision.

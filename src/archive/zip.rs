@@ -205,12 +205,23 @@ fn relative_name(record: &Record, prefix_len: usize) -> &str {
     record.name.get(prefix_len + 1..).unwrap_or_default()
 }
 
-/// [`relative_name`] while the directory is walked: the record's name is still a range of
-/// `names`, the names read so far.
-fn pending_relative_name<'n>(names: &'n str, record: &Record, prefix_len: usize) -> &'n str {
-    names
-        .get(record.name.start + prefix_len + 1..record.name.end)
-        .unwrap_or_default()
+/// A record as the directory walk finds it, before the names it was read with are shared.
+struct Walked {
+    /// Where its name lies in the names read so far.
+    name: std::ops::Range<usize>,
+    data_offset: u64,
+    stored_len: u64,
+    size: u64,
+    method: Method,
+}
+
+impl Walked {
+    /// [`relative_name`] of the record, while its name is still a range of `names`.
+    fn relative_name<'n>(&self, names: &'n str, prefix_len: usize) -> &'n str {
+        names
+            .get(self.name.start + prefix_len + 1..self.name.end)
+            .unwrap_or_default()
+    }
 }
 
 impl ZipDirectory {
@@ -295,15 +306,14 @@ impl ZipDirectory {
 
         // The whole directory at once (a partial source loads it in one round).
         let directory = data.get(cd_offset, cd_size)?;
-        let mut records = Vec::with_capacity(entries as usize);
+        let mut walked: Vec<Walked> = Vec::with_capacity(entries as usize);
         let mut missing = Vec::new();
         let mut by_name = hashbrown::HashTable::with_capacity(entries as usize);
         let hasher = foldhash::fast::RandomState::default();
         let mut prefix: Option<String> = None;
         // The names, one after another, in one allocation: a record's name is a slice of it
-        // (`RecordName`), set once the walk is done.
+        // (`RecordName`), made once the walk is done.
         let mut names = String::with_capacity(cd_size.min(MAX_DIRECTORY_READ) as usize);
-        let pending: std::sync::Arc<str> = std::sync::Arc::from("");
         let mut pos = cd_offset;
         // Local headers more than a page fault's reach apart (Linux maps 64 KiB around each
         // fault) are read, not borrowed from a mapping: a file of big tensors would otherwise
@@ -377,7 +387,7 @@ impl ZipDirectory {
                 }
                 let data_offset = if defer && is_storage_record(relative) {
                     deferred.entries.push(Deferred {
-                        record: records.len(),
+                        record: walked.len(),
                         local_header_offset: header.local_header_offset,
                         stored_len: header.compressed_size,
                         name: start..names.len(),
@@ -409,8 +419,8 @@ impl ZipDirectory {
                 let skip = prefix.len();
                 let entry = by_name.entry(
                     hasher.hash_one(relative),
-                    |&i| pending_relative_name(&names, &records[i], skip) == relative,
-                    |&i| hasher.hash_one(pending_relative_name(&names, &records[i], skip)),
+                    |&i: &usize| walked[i].relative_name(&names, skip) == relative,
+                    |&i: &usize| hasher.hash_one(walked[i].relative_name(&names, skip)),
                 );
                 match entry {
                     hashbrown::hash_table::Entry::Occupied(_) => {
@@ -420,15 +430,11 @@ impl ZipDirectory {
                         ))
                     }
                     hashbrown::hash_table::Entry::Vacant(slot) => {
-                        slot.insert(records.len());
+                        slot.insert(walked.len());
                     }
                 }
-                records.push(Record {
-                    name: RecordName {
-                        all: pending.clone(),
-                        start,
-                        end: names.len(),
-                    },
+                walked.push(Walked {
+                    name: start..names.len(),
                     data_offset,
                     stored_len: header.compressed_size,
                     size: header.size,
@@ -437,12 +443,23 @@ impl ZipDirectory {
             }
             Ok(())
         };
-        let walked = walk();
+        let result = walk();
         let names: std::sync::Arc<str> = names.into();
-        for record in &mut records {
-            record.name.all = names.clone();
-        }
-        if let Err(e) = walked {
+        let mut records: Vec<Record> = walked
+            .into_iter()
+            .map(|w| Record {
+                name: RecordName {
+                    all: names.clone(),
+                    start: w.name.start,
+                    end: w.name.end,
+                },
+                data_offset: w.data_offset,
+                stored_len: w.stored_len,
+                size: w.size,
+                method: w.method,
+            })
+            .collect();
+        if let Err(e) = result {
             // A deferred header before the failing entry would have failed first.
             std::mem::take(&mut deferred).resolve(&mut records, &names, data)?;
             if missing.is_empty() || matches!(e.kind(), ErrorKind::NeedBytes { .. }) {

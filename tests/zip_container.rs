@@ -932,3 +932,32 @@ fn a_directory_keeps_its_names_in_one_buffer() {
         directory.record("data.pkl").unwrap().name.as_ptr()
     );
 }
+
+#[test]
+fn an_entry_named_twice_is_refused() {
+    // Readers disagree on which of two entries of one name wins: torch's miniz takes the
+    // first, Python's zipfile the last. Refused, naming it, whatever the folder's name.
+    for folder in ["archive", "m", "a_much_longer_folder_name.v2"] {
+        let tensor = tensor_pickle();
+        let zip = ZipBuilder::new(folder)
+            .add("data.pkl", &tensor)
+            .add("data/0", &floats())
+            .add("version", b"3\n")
+            .add("data/0", &floats())
+            .finish();
+        let e = err(zip);
+        assert!(
+            e.contains(&format!(
+                "entry '{folder}/data/0' appears twice in the central directory"
+            )),
+            "{e}"
+        );
+        // The same entries once each load.
+        let zip = ZipBuilder::new(folder)
+            .add("data.pkl", &tensor)
+            .add("data/0", &floats())
+            .add("version", b"3\n")
+            .finish();
+        ptload::load_bytes(zip).unwrap();
+    }
+}

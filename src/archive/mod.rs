@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(data, RecordName::from(String::from("archive/data/0")));
         assert_ne!(data, pickle);
         assert!(data == *"archive/data/0" && data == "archive/data/0");
-        assert!(data != "archive/data/1");
+        assert!(data != "archive/data/1" && data != *"archive/data/1");
         // No copy of the text: both share the one buffer.
         assert!(std::sync::Arc::ptr_eq(&pickle.all, &data.all));
         assert!(std::sync::Arc::ptr_eq(&data.clone().all, &all));

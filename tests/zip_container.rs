@@ -961,3 +961,49 @@ fn an_entry_named_twice_is_refused() {
         ptload::load_bytes(zip).unwrap();
     }
 }
+
+/// An in-memory source that records every range borrowed from it.
+struct CountingGets {
+    bytes: Vec<u8>,
+    gets: std::cell::RefCell<Vec<(u64, u64)>>,
+}
+
+impl ptload::source::ByteSource for CountingGets {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn get(&self, offset: u64, len: u64) -> ptload::Result<&[u8]> {
+        self.gets.borrow_mut().push((offset, len));
+        ptload::source::ByteSource::get(&self.bytes[..], offset, len)
+    }
+}
+
+#[test]
+fn the_directory_is_taken_from_its_source_once_not_header_by_header() {
+    let bytes = std::fs::read("examples/tiny_convnet.pt").unwrap();
+    let eocd = bytes.len() - 22;
+    assert_eq!(bytes[eocd..eocd + 4], *b"PK\x05\x06");
+    let field = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as u64;
+    let (cd_size, cd_offset) = (field(eocd + 12), field(eocd + 16));
+    let source = CountingGets {
+        bytes: bytes.clone(),
+        gets: Default::default(),
+    };
+    let directory = ptload::archive::ZipDirectory::parse(&source).unwrap();
+    assert_eq!(
+        directory.records(),
+        ptload::archive::ZipDirectory::parse(&bytes[..])
+            .unwrap()
+            .records()
+    );
+    // Every central header is read from the one borrow of the whole directory.
+    let inside: Vec<(u64, u64)> = source
+        .gets
+        .borrow()
+        .iter()
+        .copied()
+        .filter(|&(offset, _)| (cd_offset..cd_offset + cd_size).contains(&offset))
+        .collect();
+    assert_eq!(inside, [(cd_offset, cd_size)]);
+}

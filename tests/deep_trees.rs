@@ -207,3 +207,18 @@ fn object_states_and_tensor_subclass_parts_count_toward_max_depth() {
         assert_eq!(deepest, in_list, "nested state: {nested_state}");
     }
 }
+
+#[test]
+fn an_ordered_dict_state_counts_toward_max_depth_as_an_object_state_does() {
+    // [state] and OrderedDict() whose BUILD state is `state` (a state_dict's `_metadata`
+    // arrives so): the state is one level below the dict in both.
+    let in_list = deepest_loading(|n| nested_lists_around_none(Pickle::new(), n + 1));
+    let ordered = deepest_loading(|n| {
+        nested_lists_around_none(
+            Pickle::new().global("collections", "OrderedDict").op(b")R"),
+            n,
+        )
+        .op(b"b")
+    });
+    assert_eq!(ordered, in_list);
+}

@@ -740,6 +740,8 @@ struct CountingMap {
     bytes: Vec<u8>,
     borrowed: std::cell::RefCell<Vec<(u64, u64)>>,
     reads: std::cell::RefCell<Vec<(u64, u64)>>,
+    /// Whether it says it reads ahead (a mapped file); else it is bytes in memory.
+    mapped: bool,
 }
 
 impl CountingMap {
@@ -748,6 +750,15 @@ impl CountingMap {
             bytes,
             borrowed: Default::default(),
             reads: Default::default(),
+            mapped: true,
+        }
+    }
+
+    /// Bytes in memory (no reads ahead), counted alike.
+    fn in_memory(bytes: Vec<u8>) -> Self {
+        CountingMap {
+            mapped: false,
+            ..CountingMap::new(bytes)
         }
     }
 }
@@ -770,7 +781,7 @@ impl ptload::source::ByteSource for CountingMap {
     }
 
     fn reads_ahead(&self) -> bool {
-        true
+        self.mapped
     }
 }
 
@@ -962,23 +973,6 @@ fn an_entry_named_twice_is_refused() {
     }
 }
 
-/// An in-memory source that records every range borrowed from it.
-struct CountingGets {
-    bytes: Vec<u8>,
-    gets: std::cell::RefCell<Vec<(u64, u64)>>,
-}
-
-impl ptload::source::ByteSource for CountingGets {
-    fn len(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-
-    fn get(&self, offset: u64, len: u64) -> ptload::Result<&[u8]> {
-        self.gets.borrow_mut().push((offset, len));
-        ptload::source::ByteSource::get(&self.bytes[..], offset, len)
-    }
-}
-
 #[test]
 fn the_directory_is_taken_from_its_source_once_not_header_by_header() {
     let bytes = std::fs::read("examples/tiny_convnet.pt").unwrap();
@@ -986,10 +980,7 @@ fn the_directory_is_taken_from_its_source_once_not_header_by_header() {
     assert_eq!(bytes[eocd..eocd + 4], *b"PK\x05\x06");
     let field = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as u64;
     let (cd_size, cd_offset) = (field(eocd + 12), field(eocd + 16));
-    let source = CountingGets {
-        bytes: bytes.clone(),
-        gets: Default::default(),
-    };
+    let source = CountingMap::in_memory(bytes.clone());
     let directory = ptload::archive::ZipDirectory::parse(&source).unwrap();
     assert_eq!(
         directory.records(),
@@ -999,7 +990,7 @@ fn the_directory_is_taken_from_its_source_once_not_header_by_header() {
     );
     // Every central header is read from the one borrow of the whole directory.
     let inside: Vec<(u64, u64)> = source
-        .gets
+        .borrowed
         .borrow()
         .iter()
         .copied()

@@ -11,7 +11,9 @@
 //!   it is reported as "did not finish" (it reads the tensors too, so it is no zero-copy peer).
 //! - `memcpy`: copying the file's bytes once into fresh memory (what reading them costs).
 //!
-//! It prints one Markdown table with the ratio ptload ÷ safetensors (the goal: ≤ 1.5).
+//! ptload and safetensors are timed in turns (one load of each, `--runs` times), so that a slow
+//! spell of the machine slows both. It prints one Markdown table with the ratio ptload ÷
+//! safetensors (the goal: ≤ 1.5).
 //!
 //! Run: `cargo run --release --manifest-path bench/peers/Cargo.toml -- FILE.pt...`
 //! (`scripts/bench-peers` makes the torch-written files and runs it).
@@ -75,18 +77,32 @@ fn parse_args() -> Result<Options, String> {
     Ok(options)
 }
 
+/// One timing of `f` (what it returns is dropped untimed).
+fn timed<T>(f: &mut impl FnMut() -> T) -> Duration {
+    let start = Instant::now();
+    let out = f();
+    let took = start.elapsed();
+    drop(std::hint::black_box(out));
+    took
+}
+
 /// The best (smallest) of `runs` timings of `f`.
 fn best<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
+    (0..runs).map(|_| timed(&mut f)).min().expect("runs > 0")
+}
+
+/// The best of `runs` timings of `a` and of `b`, taken in turns (a, b, a, b, …): a slow
+/// spell of the machine (a busy neighbour on a VM) then slows both, not one of them.
+fn best_in_turns<A, B>(
+    runs: usize,
+    mut a: impl FnMut() -> A,
+    mut b: impl FnMut() -> B,
+) -> (Duration, Duration) {
     (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            let out = f();
-            let took = start.elapsed();
-            drop(std::hint::black_box(out));
-            took
+        .map(|_| (timed(&mut a), timed(&mut b)))
+        .fold((Duration::MAX, Duration::MAX), |(x, y), (ta, tb)| {
+            (x.min(ta), y.min(tb))
         })
-        .min()
-        .expect("runs > 0")
 }
 
 /// The twin `.safetensors` of `file` in `dir`, written by ptload when missing.
@@ -166,8 +182,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Warm the page cache for both.
         drop(memcpy(file));
         drop(memcpy(&twin));
-        let ptload_t = best(options.runs, || ptload::load(file).expect("ptload loads"));
-        let st_t = best(options.runs, || safetensors_load(&twin));
+        let (ptload_t, st_t) = best_in_turns(
+            options.runs,
+            || ptload::load(file).expect("ptload loads"),
+            || safetensors_load(&twin),
+        );
         let copy_t = best(options.runs, || memcpy(file));
         if options.in_memory {
             let bytes = SharedBytes(std::sync::Arc::new(std::fs::read(file)?));

@@ -732,6 +732,31 @@ fn a_broken_storage_header_read_on_a_helper_is_reported_before_later_errors() {
     check(broken.clone(), "wrong magic for local file header");
     broken[header] = b'P';
     check(broken, "compression method 12");
+    // A storage one byte shorter than its tensor (both sizes in its central header): found
+    // while the helper reads, reported with its data's offset as when read in turn, and after
+    // an earlier broken header.
+    let mut short = good.clone();
+    let mut pos = cd_offset;
+    while short[pos..pos + 4] == *b"PK\x01\x02" {
+        let name = u16::from_le_bytes([short[pos + 28], short[pos + 29]]) as usize;
+        let extra = u16::from_le_bytes([short[pos + 30], short[pos + 31]]) as usize;
+        let comment = u16::from_le_bytes([short[pos + 32], short[pos + 33]]) as usize;
+        if &short[pos + 46..pos + 46 + name] == b"archive/data/30" {
+            for field in [pos + 20, pos + 24] {
+                short[field..field + 4].copy_from_slice(&((80u32 << 10) - 1).to_le_bytes());
+            }
+        }
+        pos += 46 + name + extra + comment;
+    }
+    let offset = directory.record("data/30").unwrap().data_offset;
+    check(
+        short.clone(),
+        &format!(
+            "storage 'archive/data/30' (data at byte 0x{offset:X}): record size (81919 bytes)"
+        ),
+    );
+    short[header] = b'Q';
+    check(short, "wrong magic for local file header");
 }
 
 /// A file in memory that behaves like a mapped one (`reads_ahead`): it counts the bytes

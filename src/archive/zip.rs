@@ -480,23 +480,64 @@ impl ZipDirectory {
         Ok((directory, deferred))
     }
 
-    /// The record named `name` relative to the folder (`data.pkl`, `data/0`), if present.
-    pub fn record(&self, name: &str) -> Option<&Record> {
+    /// The index in [`records`](Self::records) of the record named `name` relative to the
+    /// folder (`data.pkl`, `data/0`), if present.
+    fn index(&self, name: &str) -> Option<usize> {
         let skip = self.prefix.len();
         self.by_name
             .find(self.hasher.hash_one(name), |&i| {
                 relative_name(&self.records[i], skip) == name
             })
-            .map(|&i| &self.records[i])
+            .copied()
     }
 
-    /// The record named `name`, or a [`ErrorKind::MissingRecord`] error.
-    pub fn require(&self, name: &str) -> Result<&Record> {
-        self.record(name).ok_or_else(|| {
+    /// The record named `name` relative to the folder (`data.pkl`, `data/0`), if present.
+    pub fn record(&self, name: &str) -> Option<&Record> {
+        self.index(name).map(|i| &self.records[i])
+    }
+
+    /// The index in [`records`](Self::records) of the record named `name` relative to the
+    /// folder, or a [`ErrorKind::MissingRecord`] error.
+    pub fn require_index(&self, name: &str) -> Result<usize> {
+        self.index(name).ok_or_else(|| {
             Error::new(ErrorKind::MissingRecord {
                 name: format!("{}/{name}", self.prefix),
             })
         })
+    }
+
+    /// `error` with the data offset of the record it names, when it was made before
+    /// [`finish`](Self::finish) located that record (a storage whose size does not match).
+    pub fn locate_in_error(&self, error: Error) -> Error {
+        let ErrorKind::StorageSize {
+            record,
+            offset: NOT_LOCATED,
+            numel,
+            dtype,
+            actual,
+        } = error.kind()
+        else {
+            return error;
+        };
+        let located = record
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .and_then(|r| self.record(r));
+        match located {
+            Some(found) => Error::new(ErrorKind::StorageSize {
+                record: record.clone(),
+                offset: found.data_offset,
+                numel: *numel,
+                dtype: *dtype,
+                actual: *actual,
+            }),
+            None => error,
+        }
+    }
+
+    /// The record named `name`, or a [`ErrorKind::MissingRecord`] error.
+    pub fn require(&self, name: &str) -> Result<&Record> {
+        self.require_index(name).map(|i| &self.records[i])
     }
 
     /// All records, in central-directory order.

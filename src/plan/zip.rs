@@ -42,13 +42,22 @@ impl Loader {
             .map(|r| (r.data_offset, r.stored_len))
             .collect();
         small.read_all(ranges, SMALL_RECORDS_GAP, MAX_SMALL_READ);
-        let parsed = self.parse_zip_pickles(&dir, &small);
-        dir.finish(bytes, deferred)?;
-        let (parsed, constants, format, byte_order) = parsed?;
+        let (parsed, constants, format, byte_order) = match self.parse_zip_pickles(&dir, &small) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                dir.finish(bytes, deferred)?;
+                return Err(e);
+            }
+        };
+        // The plan is made while the helper may still be reading the storages' local headers:
+        // their records get their data offsets once it is done. Its errors come first, as they
+        // would had the headers been read first.
         let data_storages = parsed.storages.len() - constants.as_ref().map_or(0, |c| c.1);
         let constants = constants.map(|c| c.0);
         let mut name = String::new();
-        self.finish_plan(parsed, constants, format, byte_order, |id, storage| {
+        // The directory index of each planned record, in plan order.
+        let mut indices = Vec::with_capacity(parsed.storages.len());
+        let plan = self.finish_plan(parsed, constants, format, byte_order, |id, storage| {
             let folder = if id < data_storages {
                 "data/"
             } else {
@@ -57,8 +66,17 @@ impl Loader {
             name.clear();
             name.push_str(folder);
             name.push_str(&storage.key);
-            Ok(dir.require(&name)?.clone())
-        })
+            let index = dir.require_index(&name)?;
+            indices.push(index);
+            Ok(dir.records()[index].clone())
+        });
+        dir.finish(bytes, deferred)?;
+        let mut plan = plan.map_err(|e| dir.locate_in_error(e))?;
+        let records = plan.storages.iter_mut().filter_map(|s| s.record.as_mut());
+        for (record, &index) in records.zip(&indices) {
+            record.data_offset = dir.records()[index].data_offset;
+        }
+        Ok(plan)
     }
 
     /// The small records of a zip checkpoint (`version`, `byteorder`) and its pickles: the

@@ -47,23 +47,23 @@ const HEAD_BYTES = 262;
 const TAIL_BYTES = 65557 + 22 + 76;
 /** Reading a Blob (or a file: index.cjs opens a path as one) ahead of placement. Node's Blob
  * costs per read and its own reads are slow (Node 20 reads a file-backed Blob in 64 KiB pieces
- * joined on the main thread), so: records smaller than BATCH_RECORD_BYTES lying next to each
- * other (BATCH_GAP bytes apart at most: a zip local header) are read together, in reads of up
- * to BATCH_BYTES, each record a view of that read; a record of up to ONE_READ_BYTES is one read
- * whose buffer becomes the storage's; a bigger one is read in parts into its own buffer: a
- * Blob's in STREAM_PART_BYTES parts whose stream() chunks are copied into place as they come
- * (PART_BYTES where it has no stream()), a file's in PART_BYTES parts read straight into it.
- * Up to READS_IN_FLIGHT reads are under way while earlier records are placed, and at most
- * AHEAD_BYTES are read (or being read) and not yet placed. (Measured on Node 20 with
- * scripts/bench-npm.mjs on 4 x 128 MiB records: a Blob's are read faster in 16 MiB streamed
- * parts than in 4 MiB ones, a file's faster in 4 MiB parts than in 16 MiB ones.) */
-const BATCH_RECORD_BYTES = 1 << 20;
+ * joined on the main thread), so: records lying next to each other (BATCH_GAP bytes apart at
+ * most: a zip local header) are read together, in reads of up to BATCH_BYTES, each record a view
+ * of that read; a record of up to ONE_READ_BYTES is one read whose buffer becomes the storage's;
+ * a bigger one is read in parts into its own buffer: a Blob's in STREAM_PART_BYTES parts whose
+ * stream() chunks are copied into place as they come (PART_BYTES where it has no stream()), a
+ * file's in PART_BYTES parts read straight into it. Up to READS_IN_FLIGHT reads are under way
+ * while earlier records are placed, and at most AHEAD_BYTES are read (or being read) and not yet
+ * placed. (Measured on Node 20 with scripts/bench-npm.mjs: a file-backed Blob is read fastest in
+ * reads of a few MiB, several at once, since each read's pieces come one after another from one
+ * thread of libuv's pool; 4 x 128 MiB records are read faster in 16 MiB streamed parts than in
+ * 4 MiB ones, a file's faster in 4 MiB parts than in 16 MiB ones.) */
 const BATCH_GAP = 4096;
-const BATCH_BYTES = 8 << 20;
+const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;
 const PART_BYTES = 4 << 20;
 const STREAM_PART_BYTES = 16 << 20;
-const READS_IN_FLIGHT = 3;
+const READS_IN_FLIGHT = 6;
 const AHEAD_BYTES = 64 << 20;
 /** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
  * legacy file read whole): the records inside them are not read again. */
@@ -712,7 +712,7 @@ async function readEach(source, ranges, f) {
 
 /** Yields `[index, bytes, fresh]` for each job `[index, offset, length]` in the order given
  * (a storage's record, stored or deflated): views of a buffer; a Blob's or file's records read
- * ahead as BATCH_RECORD_BYTES and its neighbours say, each byte once. `fresh`: the bytes are
+ * ahead with their neighbours (BATCH_BYTES), each byte once. `fresh`: the bytes are
  * the load's own (a read), not the caller's buffer nor shared with another record. */
 async function* recordBytes(source, jobs, progress, signal) {
   if (!(source instanceof BlobSource)) {
@@ -732,13 +732,13 @@ async function* recordBytes(source, jobs, progress, signal) {
     const held = length === 0 ? new Uint8Array(0) : source.heldBytes(offset, length);
     if (held) {
       reads.push({ offset, length: 0, bytes: held, held: true, records: [[index, 0, length]] });
-    } else if (length < BATCH_RECORD_BYTES) {
-      // Small neighbours in the file (torch writes records in the order they are referenced).
+    } else if (length < BATCH_BYTES) {
+      // With its neighbours in the file (torch writes records in the order they are referenced).
       const records = [[index, 0, length]];
       let end = offset + length;
       for (; k < jobs.length; k++) {
         const [i, o, l] = jobs[k];
-        if (l >= BATCH_RECORD_BYTES || o < end || o - end > BATCH_GAP || o + l - offset > BATCH_BYTES ||
+        if (o < end || o - end > BATCH_GAP || o + l - offset > BATCH_BYTES ||
             source.heldBytes(o, l)) break;
         records.push([i, o - offset, l]);
         end = o + l;

@@ -185,7 +185,10 @@ impl Loader {
             .iter()
             .filter_map(|(tensor, _)| {
                 let meta = tensors.remove(tensor.as_str())?;
-                Some((Value::Str(tensor.clone()), Value::Tensor(Box::new(meta))))
+                Some((
+                    Value::Str(tensor.as_str().into()),
+                    Value::Tensor(Box::new(meta)),
+                ))
             })
             .collect();
         let root = Value::Dict(Box::new(Dict {

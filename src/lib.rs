@@ -106,7 +106,7 @@ pub use pickle::StringEncoding;
 pub use place::{Backend, DeviceBuffer, Progress, StorageData};
 pub use plan::{Plan, PlannedStorage};
 pub use source::Source;
-pub use torch::{Dict, Dims, Dtype, Object, StorageKey, TensorKind, TensorMeta, Value};
+pub use torch::{Dict, Dims, Dtype, Object, StorageKey, TensorKind, TensorMeta, Text, Value};
 pub use write::{Report, Writer};
 
 /// Loads a checkpoint file with default options: `Loader::new().load(path)`.

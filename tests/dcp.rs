@@ -40,7 +40,7 @@ fn plain(value: &Value) -> Json {
     match value {
         Value::Int(i) => Json::from(*i),
         Value::Float(f) => Json::from(*f),
-        Value::Str(s) => Json::from(s.clone()),
+        Value::Str(s) => Json::from(s.as_str()),
         other => Json::from(format!("{other:?}")),
     }
 }

@@ -143,7 +143,7 @@ fn nested_plain_values_are_exact() {
     fn walk(v: &Value, out: &mut Vec<String>) {
         match v {
             Value::BigInt(s) => out.push(s.clone()),
-            Value::Str(s) => out.push(s.clone()),
+            Value::Str(s) => out.push(s.to_string()),
             Value::Bytes(b) => out.push(format!("{b:?}")),
             _ => v.children().for_each(|(_, c)| walk(c, out)),
         }

@@ -201,7 +201,7 @@ fn storage_info(value: &Value) -> Result<Item> {
         }
     }
     let file = match field(d, class, "relative_path")? {
-        Value::Str(s) => s.clone(),
+        Value::Str(s) => s.to_string(),
         _ => return Err(bad("a relative_path is not a str")),
     };
     // A plain file name: a `.metadata` never sends reads outside its folder.
@@ -234,7 +234,7 @@ pub fn parse(root: &Value) -> Result<Metadata> {
             let index_class = format!("{MODULE}.MetadataIndex");
             let d = attrs(&index, &index_class)?;
             let fqn = match field(d, &index_class, "fqn")? {
-                Value::Str(s) => s.clone(),
+                Value::Str(s) => s.to_string(),
                 _ => return Err(bad("a MetadataIndex fqn is not a str")),
             };
             let offset = match d.get("offset") {
@@ -250,7 +250,7 @@ pub fn parse(root: &Value) -> Result<Metadata> {
             .iter()
             .filter_map(|(k, v)| match (k, v) {
                 (Value::Str(k), Value::Tuple(path)) if path_is_plain(path) => {
-                    Some((k.clone(), path.clone()))
+                    Some((k.to_string(), path.clone()))
                 }
                 _ => None,
             })
@@ -263,7 +263,7 @@ pub fn parse(root: &Value) -> Result<Metadata> {
         "state_dict_metadata",
     )? {
         let fqn = match key {
-            Value::Str(s) => s,
+            Value::Str(s) => s.into_string(),
             _ => return Err(bad("a state_dict_metadata key is not a str")),
         };
         let kind = match &md {
@@ -278,7 +278,7 @@ pub fn parse(root: &Value) -> Result<Metadata> {
         let path = planner
             .get(&fqn)
             .cloned()
-            .unwrap_or_else(|| vec![Value::Str(fqn.clone())]);
+            .unwrap_or_else(|| vec![Value::Str(fqn.as_str().into())]);
         entries.push(Entry { fqn, path, kind });
     }
     Ok(Metadata { entries })

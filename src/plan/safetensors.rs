@@ -73,7 +73,7 @@ impl Loader {
                 method: Method::Stored,
             });
             let meta = TensorMeta::view(Some(id), dtype, shape, stride, 0);
-            items.push((Value::Str(name), Value::Tensor(Box::new(meta))));
+            items.push((Value::Str(name.into()), Value::Tensor(Box::new(meta))));
         }
         let root = Value::Dict(Box::new(Dict {
             class: "collections.OrderedDict".into(),

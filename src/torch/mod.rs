@@ -19,7 +19,7 @@ pub use dtype::Dtype;
 pub use storage::StorageKey;
 #[doc(hidden)]
 pub use storage::{StorageRef, StorageTable};
-pub use value::{Dict, Dims, Object, StorageId, TensorKind, TensorMeta, Value};
+pub use value::{Dict, Dims, Object, StorageId, TensorKind, TensorMeta, Text, Value};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::pickle::{self, Arena, Hooks, NodeId, PickleLimits, StringEncoding};

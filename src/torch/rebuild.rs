@@ -336,7 +336,7 @@ impl<'a> Interpreter<'a> {
             Node::Int(i) => Value::Int(*i),
             Node::BigInt(bytes) => Value::BigInt(bigint_to_decimal(bytes)),
             Node::Float(x) => Value::Float(*x),
-            Node::Str(s) => Value::Str(arena.text(*s).to_owned()),
+            Node::Str(s) => Value::Str(arena.text(*s).into()),
             Node::Bytes(b) => Value::Bytes(b.clone()),
             Node::ByteArray(b) => Value::ByteArray(b.clone()),
             Node::List(items) => Value::List(self.seq(items, depth)?),
@@ -540,7 +540,7 @@ impl<'a> Interpreter<'a> {
             ("torch.serialization", "_get_layout") => {
                 let args = self.args(call, depth)?;
                 match args.first() {
-                    Some(Value::Str(s)) => Ok(Value::Global(s.clone())),
+                    Some(Value::Str(s)) => Ok(Value::Global(s.to_string())),
                     _ => Err(self.bad_args(module, name, &Value::Tuple(args))),
                 }
             }
@@ -612,7 +612,7 @@ impl<'a> Interpreter<'a> {
                     attributes.reserve(d.items.len());
                     for (k, v) in d.items {
                         let name = match k {
-                            Value::Str(name) => name,
+                            Value::Str(name) => name.into_string(),
                             other => super::value::key_segment(&other),
                         };
                         attributes.push((name, v));
@@ -1029,6 +1029,31 @@ mod tests {
         ] {
             assert_eq!(Common::of(module, name), Common::Other, "{module}.{name}");
         }
+    }
+
+    #[test]
+    fn a_short_str_is_kept_inline_and_a_long_one_whole() {
+        // {'layer1.0.conv1.weight': 'x' * 40}, protocol 2.
+        let long = "x".repeat(40);
+        let mut pickle =
+            b"\x80\x02}X\x15\x00\x00\x00layer1.0.conv1.weightX\x28\x00\x00\x00".to_vec();
+        pickle.extend_from_slice(long.as_bytes());
+        pickle.extend_from_slice(b"s.");
+        let options = crate::Loader::new().pickle_options();
+        let parsed = crate::torch::parse_pickle(&pickle, "data.pkl", &options).unwrap();
+        let Value::Dict(d) = &parsed.root else {
+            panic!("not a dict: {:?}", parsed.root)
+        };
+        let [(Value::Str(key), Value::Str(value))] = &d.items[..] else {
+            panic!("not one str pair: {:?}", d.items)
+        };
+        assert_eq!(
+            (key.as_str(), value.as_str()),
+            ("layer1.0.conv1.weight", &*long)
+        );
+        // A key of up to 24 bytes costs no allocation of its own.
+        assert!(!key.is_heap_allocated());
+        assert!(value.is_heap_allocated());
     }
 
     /// A hasher under which every key has one hash: every lookup past the scanned few is a

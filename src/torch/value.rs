@@ -102,6 +102,11 @@ impl TensorMeta {
     }
 }
 
+/// A Python `str` in a tree ([`Value::Str`]): up to 24 bytes of text are kept inline, with no
+/// allocation of their own (every state_dict key torch writes for common models fits); longer
+/// text is on the heap. It derefs to `str`.
+pub type Text = compact_str::CompactString;
+
 /// A value of the checkpoint tree.
 ///
 /// Walks over a tree ([`Value::children`] with an explicit stack, `Display`,
@@ -125,7 +130,7 @@ pub enum Value {
     /// `complex`
     Complex(f64, f64),
     /// `str`
-    Str(String),
+    Str(Text),
     /// `bytes`
     Bytes(Vec<u8>),
     /// `bytearray`

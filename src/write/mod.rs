@@ -271,7 +271,10 @@ impl Checkpoint {
                 acc = acc.saturating_mul(d.max(1));
             }
             let meta = crate::TensorMeta::view(Some(id), dtype, shape, stride, 0);
-            items.push((Value::Str(name.clone()), Value::Tensor(Box::new(meta))));
+            items.push((
+                Value::Str(name.as_str().into()),
+                Value::Tensor(Box::new(meta)),
+            ));
             storages.push(crate::Storage {
                 key: id.to_compact_string(),
                 dtype,

@@ -68,6 +68,9 @@ const AHEAD_BYTES = 64 << 20;
 /** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
  * legacy file read whole): the records inside them are not read again. */
 const HOLD_BYTES = 4096;
+/** Ranges the planner asks for at most this far apart are read together (`planReads`): the
+ * local headers of records smaller than this, and those records with them. */
+const PLAN_GAP = 4096;
 /** Groups of runs asked of the wasm walker per call (contiguousBytes of a strided view). */
 const GROUPS_PER_CALL = 1 << 12;
 /** Bytes swapped per call into wasm (a multiple of every swap unit). */
@@ -291,11 +294,11 @@ class BlobSource {
     this.holding = true;
   }
 
-  /** Bytes [offset, offset + length) if a kept read holds them all, else null. Only reads kept
-   * from a multiple of 64 serve, so that the views keep the file's alignment. */
+  /** Bytes [offset, offset + length) if a kept read holds them all, else null. Only reads that
+   * lie in their buffer at the file's alignment (mod 64) serve, so that the views keep it. */
   heldBytes(offset, length) {
     for (const [at, bytes] of this.held) {
-      if (at % 64 === 0 && offset >= at && offset + length <= at + bytes.length) {
+      if ((at - bytes.byteOffset) % 64 === 0 && offset >= at && offset + length <= at + bytes.length) {
         return bytes.subarray(offset - at, offset - at + length);
       }
     }
@@ -305,8 +308,14 @@ class BlobSource {
   async read(offset, length) {
     const held = this.heldBytes(offset, length);
     if (held) return { bytes: held, fresh: false };
-    const bytes = await this.fetch(offset, length);
-    if (this.holding && length >= HOLD_BYTES) this.held.push([offset, bytes]);
+    const keep = this.holding && length >= HOLD_BYTES;
+    // A kept read from anywhere but a multiple of 64 goes into its buffer at the file's
+    // alignment, so that the records in it can be views (heldBytes).
+    const skew = offset % 64;
+    const bytes = keep && skew !== 0 && length <= ONE_READ_BYTES
+      ? await this.readOne(offset, length, new Uint8Array(this.alloc(length + skew), skew, length))
+      : await this.fetch(offset, length);
+    if (keep) this.held.push([offset, bytes]);
     return { bytes, fresh: true };
   }
 
@@ -652,16 +661,31 @@ class Progress {
 
 // ---- the load -----------------------------------------------------------------------------
 
-/** Adds the ranges the planner asks for, merged where they touch. */
-function merge(ranges) {
-  const sorted = ranges.map(([o, l]) => [o, o + l]).sort((a, b) => a[0] - b[0]);
-  const out = [];
+/** The ranges the planner asks for, merged where they touch, as reads: `[offset, length, parts]`
+ * where `parts` are the merged ranges the read covers. Ranges at most PLAN_GAP bytes apart are
+ * read together (up to BATCH_BYTES a read): the local headers of many small records are then a
+ * few reads, not one each (a Blob's read costs about what reading 64 KiB does), and the records
+ * between them come with them. Only the parts enter wasm memory; the read is kept for placement
+ * (`holding`), whose records in it are views of it. */
+function planReads(ranges) {
+  const sorted = ranges.filter(([, l]) => l > 0).map(([o, l]) => [o, o + l]).sort((a, b) => a[0] - b[0]);
+  const parts = [];
   for (const [start, end] of sorted) {
-    const last = out[out.length - 1];
+    const last = parts[parts.length - 1];
     if (last && start <= last[1]) last[1] = Math.max(last[1], end);
-    else out.push([start, end]);
+    else parts.push([start, end]);
   }
-  return out.map(([s, e]) => [s, e - s]);
+  const reads = [];
+  for (const [start, end] of parts) {
+    const read = reads[reads.length - 1];
+    if (read && start - read.end <= PLAN_GAP && end - read.start <= BATCH_BYTES) {
+      read.end = end;
+      read.parts.push([start, end - start]);
+    } else {
+      reads.push({ start, end, parts: [[start, end - start]] });
+    }
+  }
+  return reads.map(({ start, end, parts }) => [start, end - start, parts]);
 }
 
 /** Runs the planner to completion: each round hands in the ranges the last one asked for. */
@@ -677,8 +701,8 @@ async function plan(planner, source, callback, progress) {
       throw new PtloadError(`${source.name}: the planner asked for bytes ${MAX_ROUNDS} times`,
         { kind: "Unsupported", file: source.name });
     }
-    await readEach(source, merge(need).filter(([, length]) => length > 0), (offset, bytes) => {
-      planner.insert(offset, bytes);
+    await readEach(source, planReads(need), (offset, bytes, parts) => {
+      for (const [at, length] of parts) planner.insert(at, bytes.subarray(at - offset, at - offset + length));
       progress.add(bytes.length);
     });
     need = planner.step(callback);
@@ -689,16 +713,17 @@ async function plan(planner, source, callback, progress) {
   }
 }
 
-/** Reads `ranges` ([offset, length]), up to READS_IN_FLIGHT at a time, calling `f(offset, bytes)`
- * as each arrives; the first error is thrown once the reads under way are done. */
+/** Reads `ranges` ([offset, length, ...rest]), up to READS_IN_FLIGHT at a time, calling
+ * `f(offset, bytes, ...rest)` as each arrives; the first error is thrown once the reads under
+ * way are done. */
 async function readEach(source, ranges, f) {
   let next = 0;
   let failed = false;
   const worker = async () => {
     while (!failed && next < ranges.length) {
-      const [offset, length] = ranges[next++];
+      const [offset, length, ...rest] = ranges[next++];
       try {
-        f(offset, (await source.read(offset, length)).bytes);
+        f(offset, (await source.read(offset, length)).bytes, ...rest);
       } catch (e) {
         failed = true;
         throw e;

@@ -54,6 +54,131 @@ pub fn float_repr(x: f64) -> String {
     }
 }
 
+/// `s` as a JSON string, appended to `out` (escapes as serde_json writes them).
+pub(crate) fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Plain records as JSON text, written field by field: what the npm package's wasm side hands
+/// to JS for one `JSON.parse` (a storage's plan, a tensor's metadata) instead of setting each
+/// property across the boundary (a call and a property-name string each: about a million for
+/// 20,000 tensors). `JSON.parse` makes the properties in the order written. Numbers are
+/// integers; beyond 2⁵³ JS rounds them as `JsValue::from_f64` of the same `u64` would.
+#[cfg(any(test, all(feature = "wasm", target_arch = "wasm32")))]
+#[derive(Default)]
+pub(crate) struct JsonText {
+    out: String,
+    /// Whether the object or array just opened (or the field just named) needs no comma
+    /// before what comes next.
+    fresh: bool,
+}
+
+#[cfg(any(test, all(feature = "wasm", target_arch = "wasm32")))]
+impl JsonText {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// The text written so far.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.out
+    }
+
+    /// Starts an object: the whole text, an array's next item, or a field's value after
+    /// [`key`](Self::key).
+    pub(crate) fn open_object(&mut self) {
+        self.separate();
+        self.out.push('{');
+        self.fresh = true;
+    }
+
+    pub(crate) fn close_object(&mut self) {
+        self.out.push('}');
+        self.fresh = false;
+    }
+
+    pub(crate) fn open_array(&mut self) {
+        self.separate();
+        self.out.push('[');
+        self.fresh = true;
+    }
+
+    pub(crate) fn close_array(&mut self) {
+        self.out.push(']');
+        self.fresh = false;
+    }
+
+    /// A field's name; its value is written next.
+    pub(crate) fn key(&mut self, name: &str) {
+        self.separate();
+        write_string(&mut self.out, name);
+        self.out.push(':');
+        self.fresh = true;
+    }
+
+    pub(crate) fn str(&mut self, name: &str, value: &str) {
+        self.key(name);
+        self.separate();
+        write_string(&mut self.out, value);
+    }
+
+    pub(crate) fn uint(&mut self, name: &str, value: u64) {
+        self.key(name);
+        self.number(value);
+    }
+
+    pub(crate) fn bool(&mut self, name: &str, value: bool) {
+        self.key(name);
+        self.separate();
+        self.out.push_str(if value { "true" } else { "false" });
+    }
+
+    pub(crate) fn null(&mut self, name: &str) {
+        self.key(name);
+        self.separate();
+        self.out.push_str("null");
+    }
+
+    /// A field whose value is an array of numbers.
+    pub(crate) fn uints(&mut self, name: &str, values: &[u64]) {
+        self.key(name);
+        self.open_array();
+        for &v in values {
+            self.number(v);
+        }
+        self.close_array();
+    }
+
+    /// A comma, unless this is the first member (or a field's value).
+    fn separate(&mut self) {
+        if !self.fresh && !self.out.is_empty() {
+            self.out.push(',');
+        }
+        self.fresh = false;
+    }
+
+    fn number(&mut self, value: u64) {
+        self.separate();
+        let _ = write!(self.out, "{value}");
+    }
+}
+
 /// The tree as JSON text; `storage_key` names a storage saved on its own.
 ///
 /// The walk keeps its own stack on the heap: a tree of any depth is written on any thread.
@@ -121,23 +246,7 @@ impl Writer<'_> {
 
     /// A JSON string (escapes as serde_json writes them).
     fn string(&mut self, s: &str) {
-        self.out.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => self.out.push_str("\\\""),
-                '\\' => self.out.push_str("\\\\"),
-                '\n' => self.out.push_str("\\n"),
-                '\r' => self.out.push_str("\\r"),
-                '\t' => self.out.push_str("\\t"),
-                '\u{8}' => self.out.push_str("\\b"),
-                '\u{c}' => self.out.push_str("\\f"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(self.out, "\\u{:04x}", c as u32);
-                }
-                c => self.out.push(c),
-            }
-        }
-        self.out.push('"');
+        write_string(&mut self.out, s);
     }
 
     fn float(&mut self, x: f64) {
@@ -382,6 +491,44 @@ mod tests {
             text,
             r#"{"z\"q\n":{"__float__":"-inf"},"nan":{"__float__":"nan"},"big":{"__int__":"-1180591620717411303424"},"b":{"__bytes__":"00ff"},"set":{"__set__":[1]},"c":{"__class__":"builtins.complex","args":[1.5,-2.0],"state":null},"ints":{"__dict__":[[3,{"__tensor__":"ints.3"}]]},"obj":{"__class__":"argparse.Namespace","args":[{"__tensor__":null,"dtype":"float32","shape":[2]}],"state":{"w":{"__tensor__":"obj.w"}}},"g":{"__global__":"torch.float32"},"st":{"__storage__":"key0"}}"#
         );
+    }
+
+    #[test]
+    fn records_are_written_as_json_text_serde_reads_back_in_order() {
+        let mut j = JsonText::new();
+        j.open_array();
+        for (key, size) in [("0", 16u64), ("a\"b\\c\n\u{1}é", u64::MAX)] {
+            j.open_object();
+            j.str("key", key);
+            j.uint("size", size);
+            j.uints("shape", &[2, 3]);
+            j.uints("none", &[]);
+            j.bool("swap", size == 16);
+            j.null("record");
+            j.key("inner");
+            j.open_object();
+            j.bool("deflated", false);
+            j.close_object();
+            j.close_object();
+        }
+        j.close_array();
+        let parsed: serde_json::Value = serde_json::from_str(j.as_str()).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!([
+                {"key": "0", "size": 16, "shape": [2, 3], "none": [], "swap": true,
+                 "record": null, "inner": {"deflated": false}},
+                {"key": "a\"b\\c\n\u{1}é", "size": u64::MAX, "shape": [2, 3], "none": [],
+                 "swap": false, "record": null, "inner": {"deflated": false}}
+            ])
+        );
+        // JSON.parse makes properties in text order: the fields are written in call order.
+        let text = j.as_str();
+        let at: Vec<usize> = ["key", "size", "shape", "none", "swap", "record", "inner"]
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\"")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
     }
 
     #[test]

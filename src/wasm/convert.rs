@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use js_sys::{Array, BigInt, Function, Map, Object, Reflect, Set, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 
+use crate::torch::json::JsonText;
 use crate::torch::layout::element_span;
 use crate::torch::{Dict, TensorKind, TensorMeta, Value};
 
@@ -351,40 +352,35 @@ impl<'f> Converter<'f> {
         quantizer: Option<JsValue>,
         attributes: Option<JsValue>,
     ) -> Result<JsValue, JsValue> {
-        let m = Object::new();
-        let storage = match meta.storage {
-            Some(id) => JsValue::from_f64(id as f64),
-            None => JsValue::NULL,
-        };
-        set(&m, "storage", &storage)?;
-        set(&m, "dtype", &JsValue::from_str(meta.dtype.name()))?;
-        set(
-            &m,
-            "itemsize",
-            &JsValue::from_f64(meta.dtype.element_size() as f64),
-        )?;
-        set(&m, "shape", &numbers(&meta.shape))?;
-        set(&m, "stride", &numbers(&meta.stride))?;
-        set(
-            &m,
-            "storageOffset",
-            &JsValue::from_f64(meta.storage_offset as f64),
-        )?;
-        set(&m, "requiresGrad", &JsValue::from_bool(meta.requires_grad))?;
+        // One JSON.parse, not a call across the boundary per property (json::JsonText).
+        let mut j = JsonText::new();
+        j.open_object();
+        match meta.storage {
+            Some(id) => j.uint("storage", id as u64),
+            None => j.null("storage"),
+        }
+        j.str("dtype", meta.dtype.name());
+        j.uint("itemsize", meta.dtype.element_size() as u64);
+        j.uints("shape", &meta.shape);
+        j.uints("stride", &meta.stride);
+        j.uint("storageOffset", meta.storage_offset);
+        j.bool("requiresGrad", meta.requires_grad);
         // Layout, decided by the native rules (torch/layout.rs): C-contiguous or not, and the
         // storage elements `[first, end)` from its first element through the last one it
         // reaches (elements, so that a dtype converted on the GPU keeps them).
-        set(&m, "contiguous", &JsValue::from_bool(meta.is_contiguous()))?;
+        j.bool("contiguous", meta.is_contiguous());
         let span = element_span(meta)
             .ok_or_else(|| JsValue::from(js_sys::RangeError::new("a tensor's extent overflows")))?;
-        set(&m, "span", &numbers(&[span.start, span.end]))?;
-        set(&m, "conj", &JsValue::from_bool(meta.conj))?;
-        set(&m, "neg", &JsValue::from_bool(meta.neg))?;
+        j.uints("span", &[span.start, span.end]);
+        j.bool("conj", meta.conj);
+        j.bool("neg", meta.neg);
         let kind = match meta.kind {
             TensorKind::Tensor => "tensor",
             TensorKind::Parameter => "parameter",
         };
-        set(&m, "kind", &JsValue::from_str(kind))?;
+        j.str("kind", kind);
+        j.close_object();
+        let m = js_sys::JSON::parse(j.as_str())?;
         if let Some(q) = quantizer {
             set(&m, "quantizer", &q)?;
         }

@@ -60,6 +60,7 @@ use crate::location::{restore_location, Device, DeviceSupport, MapLocation, Plac
 use crate::place::{Backend, Placer};
 use crate::plan::Plan;
 use crate::source::{ByteSource, SparseBytes};
+use crate::torch::json::JsonText;
 use crate::torch::layout::Runs;
 use crate::torch::{Dtype, TensorMeta};
 use crate::{Limits, Loader, StringEncoding};
@@ -192,10 +193,8 @@ fn tree_js(
     set(&out, "constants", &constants_js)?;
     let tensors = Array::new();
     for (path, meta) in crate::plan::tensors_of(root, constants) {
-        let pair: Array = [JsValue::from_str(&path), convert.tensor(meta)?]
-            .iter()
-            .collect();
-        tensors.push(&pair);
+        let tensor = convert.tensor(meta)?;
+        tensors.push(&Array::of2(&JsValue::from_str(&path), &tensor));
     }
     set(&out, "tensors", &tensors)?;
     Ok(out.into())
@@ -384,46 +383,43 @@ impl Planner {
     /// [`swap_bytes`], realigned), as the native CPU placer does.
     pub fn storages(&self) -> Result<Array, JsValue> {
         let plan = self.planned()?;
-        let storages = Array::new();
+        // One JSON.parse, not a call across the boundary per property (json::JsonText).
+        let mut j = JsonText::new();
+        j.open_array();
         for s in &plan.storages {
-            let o = Object::new();
-            set(&o, "key", &JsValue::from_str(&s.key))?;
-            set(&o, "dtype", &JsValue::from_str(s.dtype.name()))?;
-            set(
-                &o,
-                "itemsize",
-                &JsValue::from_f64(s.dtype.element_size() as f64),
-            )?;
-            set(&o, "numel", &JsValue::from_f64(s.numel as f64))?;
-            set(&o, "location", &JsValue::from_str(&s.location))?;
-            set(&o, "device", &JsValue::from_str(&s.device.to_string()))?;
-            set(&o, "swapUnit", &JsValue::from_f64(s.swap_unit as f64))?;
+            j.open_object();
+            j.str("key", &s.key);
+            j.str("dtype", s.dtype.name());
+            j.uint("itemsize", s.dtype.element_size() as u64);
+            j.uint("numel", s.numel);
+            j.str("location", &s.location);
+            j.str("device", &s.device.to_string());
+            j.uint("swapUnit", s.swap_unit as u64);
             // The native placer's decisions (src/place): swap in units of `swapUnit` or not,
             // and the alignment at which stored bytes may be used in place.
-            let swap = crate::place::needs_swap(plan.byte_order, s.swap_unit);
-            set(&o, "swap", &JsValue::from_bool(swap))?;
+            j.bool(
+                "swap",
+                crate::place::needs_swap(plan.byte_order, s.swap_unit),
+            );
             let align = crate::place::cpu::alignment(s.dtype, s.swap_unit);
-            set(&o, "align", &JsValue::from_f64(align as f64))?;
-            let record = match &s.record {
+            j.uint("align", align as u64);
+            match &s.record {
                 Some(r) => {
-                    let ro = Object::new();
-                    set(&ro, "name", &JsValue::from_str(&r.name))?;
-                    set(&ro, "dataOffset", &JsValue::from_f64(r.data_offset as f64))?;
-                    set(&ro, "storedLen", &JsValue::from_f64(r.stored_len as f64))?;
-                    set(&ro, "size", &JsValue::from_f64(r.size as f64))?;
-                    set(
-                        &ro,
-                        "deflated",
-                        &JsValue::from_bool(r.method == Method::Deflated),
-                    )?;
-                    ro.into()
+                    j.key("record");
+                    j.open_object();
+                    j.str("name", &r.name);
+                    j.uint("dataOffset", r.data_offset);
+                    j.uint("storedLen", r.stored_len);
+                    j.uint("size", r.size);
+                    j.bool("deflated", r.method == Method::Deflated);
+                    j.close_object();
                 }
-                None => JsValue::NULL,
-            };
-            set(&o, "record", &record)?;
-            storages.push(&o);
+                None => j.null("record"),
+            }
+            j.close_object();
         }
-        Ok(storages)
+        j.close_array();
+        Ok(js_sys::JSON::parse(j.as_str())?.unchecked_into())
     }
 
     /// The object tree as JS values: `{ format, byteOrder, root, constants, tensors }`, where

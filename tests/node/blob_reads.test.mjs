@@ -8,13 +8,16 @@
 
 import assert from "node:assert/strict";
 import { mkdtempSync, openAsBlob, promises as fsp, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 
-import { allFixtures, optionsFor, Pickle, ptload, zipCheckpoint } from "./helpers.mjs";
+import { allFixtures, optionsFor, Pickle, PKG, ptload, zipCheckpoint } from "./helpers.mjs";
 
 const MiB = 1 << 20;
+/** The wasm module's classes, the instance the package uses (to count what enters its memory). */
+const { Planner } = createRequire(import.meta.url)(join(PKG, "wasm", "ptload_wasm.cjs"));
 /** The zip tail window the planner reads first (api.mjs TAIL_BYTES, from a multiple of 64): a
  * record partly in it is partly read twice, so coverage is checked before it. */
 const TAIL_BYTES = 65557 + 22 + 76 + 63;
@@ -180,6 +183,49 @@ test("neighbouring records are read together, at most 4 MiB at a time, each byte
     // Every storage is a view of one of those reads (no copy), read as one ArrayBuffer.
     for (const s of ckpt.storages) assert.ok(spy.handed.has(s.bytes.buffer), `${what}: storage ${s.key} is a copy`);
   }
+});
+
+test("the local headers of many small records are read together while planning, and the records with them", async () => {
+  // 3,000 records of 16 bytes (a header about every 100 bytes): one read each was 3,000 reads
+  // of local headers, then the records.
+  const sizes = Array(3000).fill(16);
+  const { file, where } = checkpoint(sizes);
+  const spy = spyBlob(file);
+  // What enters wasm memory: the headers, not the records read with them (but for those in the
+  // zip tail window, which is handed in whole).
+  const inserted = [];
+  const insert = Planner.prototype.insert;
+  Planner.prototype.insert = function (offset, bytes) {
+    inserted.push([offset, bytes.length]);
+    return insert.call(this, offset, bytes);
+  };
+  let ckpt;
+  try {
+    ckpt = await ptload.load(spy.blob);
+  } finally {
+    Planner.prototype.insert = insert;
+  }
+  const tail = file.length - TAIL_BYTES;
+  for (const [start, length] of where.filter(([start]) => start < tail)) {
+    const into = inserted.filter(([o, n]) => o < start + length && start < o + n);
+    assert.deepEqual(into, [], `the record at ${start} entered wasm memory`);
+  }
+  await sameAsBuffer(ckpt, file, "small records");
+  assert.ok(spy.reads.length <= 8, `${spy.reads.length} reads: ${JSON.stringify(spy.reads.slice(0, 20))}`);
+  eachByteOnce(spy.reads, where, file.length);
+  // The records are views of those reads, at the file's alignment: a few buffers, no copies.
+  const buffers = new Set(ckpt.storages.map((s) => s.bytes.buffer));
+  assert.ok(buffers.size <= spy.reads.length, `${buffers.size} buffers for ${spy.reads.length} reads`);
+  ckpt.storages.forEach((s, k) => {
+    assert.equal(s.bytes.byteOffset % 64, where[k][0] % 64, `storage ${k} is not at the file's alignment`);
+  });
+  // Over 4 MiB of them: planning reads of 4 MiB at most, as placement's.
+  const more = checkpoint(Array(2500).fill(2048));
+  const spyMore = spyBlob(more.file);
+  await sameAsBuffer(await ptload.load(spyMore.blob), more.file, "2,500 records of 2 KiB");
+  for (const [, n] of spyMore.reads) assert.ok(n <= 4 * MiB, `a read of ${n} bytes`);
+  assert.ok(spyMore.reads.length <= 10, `${spyMore.reads.length} reads`);
+  eachByteOnce(spyMore.reads, more.where, more.file.length);
 });
 
 test("a record of 4 to 16 MiB is one read whose ArrayBuffer is its storage's; a bigger one is streamed in 16 MiB parts", async () => {

@@ -275,6 +275,17 @@ fn chunk_past_the_end_of_its_file() {
 }
 
 #[test]
+fn a_list_index_past_the_entries_is_refused() {
+    // planner_data gives the plain tensor the path ('plain', 10**12): building that list
+    // would take 32 TB.
+    let e = error_of(&bad_folder("list_index"));
+    assert_eq!(
+        e,
+        "DIR/.metadata: key 'plain' of the distributed checkpoint: planner_data puts it at list index 1000000000000, but the checkpoint has 6 entries"
+    );
+}
+
+#[test]
 fn overlapping_chunks() {
     let e = error_of(&bad_folder("overlap"));
     assert_eq!(

@@ -244,24 +244,23 @@ pub fn parse(root: &Value) -> Result<Metadata> {
             stored.insert((fqn, offset), storage_info(&info)?);
         }
     }
-    let planner: HashMap<String, Vec<Value>> = match top.get("planner_data") {
-        Some(Value::Dict(d)) => d
-            .items
-            .iter()
-            .filter_map(|(k, v)| match (k, v) {
-                (Value::Str(k), Value::Tuple(path)) if path_is_plain(path) => {
-                    Some((k.to_string(), path.clone()))
-                }
-                _ => None,
-            })
-            .collect(),
-        _ => HashMap::new(),
-    };
-    let mut entries = Vec::new();
-    for (key, md) in items(
+    let metadata = items(
         field(top, &class, "state_dict_metadata")?,
         "state_dict_metadata",
-    )? {
+    )?;
+    let mut planner: HashMap<String, Vec<Value>> = HashMap::new();
+    if let Some(Value::Dict(d)) = top.get("planner_data") {
+        for (k, v) in &d.items {
+            if let (Value::Str(k), Value::Tuple(path)) = (k, v) {
+                if path_is_plain(path) {
+                    check_indices(k, path, metadata.len())?;
+                    planner.insert(k.to_string(), path.clone());
+                }
+            }
+        }
+    }
+    let mut entries = Vec::new();
+    for (key, md) in metadata {
         let fqn = match key {
             Value::Str(s) => s.into_string(),
             _ => return Err(bad("a state_dict_metadata key is not a str")),
@@ -282,6 +281,25 @@ pub fn parse(root: &Value) -> Result<Metadata> {
         entries.push(Entry { fqn, path, kind });
     }
     Ok(Metadata { entries })
+}
+
+/// A list index in a nested path is below the number of entries: every element of a list in
+/// the saved state dict is an entry of its own, so a larger index is no checkpoint torch wrote
+/// (and the list it asks for could exhaust memory).
+fn check_indices(fqn: &str, path: &[Value], entries: usize) -> Result<()> {
+    for v in path {
+        if let Value::Int(i) = v {
+            if usize::try_from(*i).map_or(true, |i| i >= entries) {
+                return Err(chunk_error(
+                    fqn,
+                    format!(
+                        "planner_data puts it at list index {i}, but the checkpoint has {entries} entries"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn path_is_plain(path: &[Value]) -> bool {
@@ -338,4 +356,25 @@ fn tensor_entry(
         shape,
         chunks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nested_path_is_keys_and_list_indices_below_the_entries() {
+        let key = || Value::Str("layers".into());
+        assert!(!path_is_plain(&[]));
+        assert!(path_is_plain(&[key()]));
+        assert!(path_is_plain(&[key(), Value::Int(0), key()]));
+        assert!(!path_is_plain(&[key(), Value::Int(-1)]));
+        assert!(!path_is_plain(&[key(), Value::Float(0.0)]));
+        assert!(check_indices("w", &[key(), Value::Int(2)], 3).is_ok());
+        let e = check_indices("w", &[key(), Value::Int(3)], 3).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "key 'w' of the distributed checkpoint: planner_data puts it at list index 3, but the checkpoint has 3 entries"
+        );
+    }
 }

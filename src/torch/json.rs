@@ -57,6 +57,12 @@ pub fn float_repr(x: f64) -> String {
 /// `s` as a JSON string, appended to `out` (escapes as serde_json writes them).
 pub(crate) fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    // Most text (keys, dtype names, record names) needs no escape: copied whole.
+    if !s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -534,7 +540,16 @@ mod tests {
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let every: String = (0u32..0x80).filter_map(char::from_u32).collect();
-        for s in [every.as_str(), "é\u{2028}\u{ffff}😀", ""] {
+        // Each character that needs an escape alone too (the unescaped text is copied whole).
+        for s in [
+            every.as_str(),
+            "é\u{2028}\u{ffff}😀",
+            "",
+            "a\"b",
+            "a\\b",
+            "a\u{1f}b",
+            "a\nb",
+        ] {
             let text = tree(&Value::Str(s.into()), &|_| None);
             assert_eq!(text, serde_json::to_string(s).unwrap(), "{s:?}");
         }

@@ -109,24 +109,29 @@ impl JsonText {
     /// Starts an object: the whole text, an array's next item, or a field's value after
     /// [`key`](Self::key).
     pub(crate) fn open_object(&mut self) {
-        self.separate();
-        self.out.push('{');
-        self.fresh = true;
+        self.open('{');
     }
 
     pub(crate) fn close_object(&mut self) {
-        self.out.push('}');
-        self.fresh = false;
+        self.close('}');
     }
 
     pub(crate) fn open_array(&mut self) {
-        self.separate();
-        self.out.push('[');
-        self.fresh = true;
+        self.open('[');
     }
 
     pub(crate) fn close_array(&mut self) {
-        self.out.push(']');
+        self.close(']');
+    }
+
+    fn open(&mut self, bracket: char) {
+        self.separate();
+        self.out.push(bracket);
+        self.fresh = true;
+    }
+
+    fn close(&mut self, bracket: char) {
+        self.out.push(bracket);
         self.fresh = false;
     }
 

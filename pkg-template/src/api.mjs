@@ -289,20 +289,39 @@ class BlobSource {
     this.part = !this.file && typeof blob.stream === "function" ? STREAM_PART_BYTES : PART_BYTES;
     /** A new ArrayBuffer of n bytes (the host's: Node's need not be zeroed, every byte is read). */
     this.alloc = alloc ?? ((n) => new ArrayBuffer(n));
-    /** Reads kept while `holding` (planning): `[offset, bytes]`. */
+    /** Reads kept while `holding` (planning): `[offset, bytes]`, sorted by offset. */
     this.held = [];
     this.holding = true;
   }
 
   /** Bytes [offset, offset + length) if a kept read holds them all, else null. Only reads that
-   * lie in their buffer at the file's alignment (mod 64) serve, so that the views keep it. */
+   * lie in their buffer at the file's alignment (mod 64) serve, so that the views keep it. The
+   * read asked is the last to start at or before `offset`, found by bisection (placement asks
+   * once per record, and a file of many small records has many kept reads). Kept reads do not
+   * overlap (planning reads are disjoint, and one a kept read holds is served by it); were one
+   * to, a miss would only cost a read. */
   heldBytes(offset, length) {
-    for (const [at, bytes] of this.held) {
-      if ((at - bytes.byteOffset) % 64 === 0 && offset >= at && offset + length <= at + bytes.length) {
-        return bytes.subarray(offset - at, offset - at + length);
-      }
+    const held = this.held;
+    let lo = 0;
+    let hi = held.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (held[mid][0] <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === 0) return null;
+    const [at, bytes] = held[lo - 1];
+    if ((at - bytes.byteOffset) % 64 === 0 && offset + length <= at + bytes.length) {
+      return bytes.subarray(offset - at, offset - at + length);
     }
     return null;
+  }
+
+  /** Keeps a read, in offset order. */
+  keep(offset, bytes) {
+    let at = this.held.length;
+    while (at > 0 && this.held[at - 1][0] > offset) at--;
+    this.held.splice(at, 0, [offset, bytes]);
   }
 
   async read(offset, length) {
@@ -315,7 +334,7 @@ class BlobSource {
     const bytes = keep && skew !== 0 && length <= ONE_READ_BYTES
       ? await this.readOne(offset, length, new Uint8Array(this.alloc(length + skew), skew, length))
       : await this.fetch(offset, length);
-    if (keep) this.held.push([offset, bytes]);
+    if (keep) this.keep(offset, bytes);
     return { bytes, fresh: true };
   }
 

@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 
-use js_sys::{Array, Function, Object, Uint8Array};
+use js_sys::{Array, Function, Uint8Array};
 use wasm_bindgen::prelude::*;
 
-use super::{get, js_error, loader_from, set, tree_js, type_error};
+use super::{get, js_error, loader_from, storage_fields, tree_js, type_error};
 use crate::dcp::FolderReader;
 use crate::error::{Error, ErrorKind, Result};
 use crate::loader::Checkpoint;
+use crate::torch::json::JsonText;
 
 /// A folder held in memory: file name → bytes.
 struct MemoryFolder {
@@ -111,20 +112,17 @@ impl DcpCheckpoint {
     /// The storages, as [`super::Planner::storages`] gives them (no record: the bytes come from
     /// [`DcpCheckpoint::bytes`]).
     pub fn storages(&self) -> Result<Array, JsValue> {
-        let out = Array::new();
+        // One JSON.parse, as Planner::storages.
+        let mut j = JsonText::new();
+        j.open_array();
         for s in &self.ckpt.storages {
-            let o = Object::new();
-            set(&o, "key", &JsValue::from_str(&s.key))?;
-            set(&o, "dtype", &JsValue::from_str(s.dtype.name()))?;
-            let size = s.dtype.element_size() as f64;
-            set(&o, "itemsize", &JsValue::from_f64(size))?;
-            set(&o, "numel", &JsValue::from_f64(s.numel as f64))?;
-            set(&o, "location", &JsValue::from_str(&s.location))?;
-            set(&o, "device", &JsValue::from_str(&s.device.to_string()))?;
-            set(&o, "record", &JsValue::NULL)?;
-            out.push(&o);
+            j.open_object();
+            storage_fields(&mut j, &s.key, s.dtype, s.numel, &s.location, &s.device);
+            j.null("record");
+            j.close_object();
         }
-        Ok(out)
+        j.close_array();
+        Ok(js_sys::JSON::parse(j.as_str())?.unchecked_into())
     }
 
     /// The object tree as JS values, as [`super::Planner::tree`] gives it.

@@ -126,6 +126,25 @@ fn set(target: &JsValue, key: &str, value: &JsValue) -> Result<(), JsValue> {
     Reflect::set(target, &JsValue::from_str(key), value).map(|_| ())
 }
 
+/// The fields every storage object has, from a plan ([`Planner::storages`]) or a consolidated
+/// distributed checkpoint (`DcpCheckpoint::storages`): `key, dtype, itemsize, numel, location,
+/// device`.
+fn storage_fields(
+    j: &mut JsonText,
+    key: &str,
+    dtype: Dtype,
+    numel: u64,
+    location: &str,
+    device: &Device,
+) {
+    j.str("key", key);
+    j.str("dtype", dtype.name());
+    j.uint("itemsize", dtype.element_size() as u64);
+    j.uint("numel", numel);
+    j.str("location", location);
+    j.str("device", &device.to_string());
+}
+
 fn type_error(message: &str) -> JsValue {
     js_sys::TypeError::new(message).into()
 }
@@ -388,12 +407,7 @@ impl Planner {
         j.open_array();
         for s in &plan.storages {
             j.open_object();
-            j.str("key", &s.key);
-            j.str("dtype", s.dtype.name());
-            j.uint("itemsize", s.dtype.element_size() as u64);
-            j.uint("numel", s.numel);
-            j.str("location", &s.location);
-            j.str("device", &s.device.to_string());
+            storage_fields(&mut j, &s.key, s.dtype, s.numel, &s.location, &s.device);
             j.uint("swapUnit", s.swap_unit as u64);
             // The native placer's decisions (src/place): swap in units of `swapUnit` or not,
             // and the alignment at which stored bytes may be used in place.

@@ -10,6 +10,7 @@ const { fileURLToPath } = require("node:url");
 const bindings = require("./wasm/ptload_wasm.cjs");
 const { createApi, FILE_READER, PtloadError } = require("./lib/api.cjs");
 const { createSave } = require("./lib/save.cjs");
+const { freshBuffers } = require("./lib/fresh-buffers.cjs");
 
 /** The OS's words for what can go wrong opening a file (as the native CLI prints them). */
 const OS_ERRORS = {
@@ -109,7 +110,7 @@ async function fetchUrl(url) {
   }
 }
 
-const api = createApi(() => bindings, { open, alloc });
+const api = createApi(() => bindings, { open, alloc, fresh: freshBuffers() });
 Object.assign(api, createSave(() => bindings, api.Checkpoint));
 /** Nothing to do in Node (the wasm module is loaded with the package); for symmetry with browsers. */
 api.init = async () => {};

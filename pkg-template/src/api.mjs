@@ -57,12 +57,25 @@ const TAIL_BYTES = 65557 + 22 + 76;
  * placed. (Measured on Node 20 with scripts/bench-npm.mjs: a file-backed Blob is read fastest in
  * reads of a few MiB, several at once, since each read's pieces come one after another from one
  * thread of libuv's pool; 4 x 128 MiB records are read faster in 16 MiB streamed parts than in
- * 4 MiB ones, a file's faster in 4 MiB parts than in 16 MiB ones.) */
+ * 4 MiB ones, a file's faster in 4 MiB parts than in 16 MiB ones.)
+ *
+ * Where the host makes buffers with their pages touched off the main thread (`host.fresh`: Node,
+ * a worker), a Blob's record of BATCH_BYTES or more is read in STREAM_PART_BYTES parts whose
+ * stream() chunks are copied into such a buffer: copying into new
+ * memory on the main thread costs a page fault per page, on a VM about as long as reading the
+ * file, and the worker takes those faults meanwhile. The buffers are asked for up to
+ * FRESH_AHEAD_BYTES ahead of the reads taken, the host making them one after another. (4 x 128
+ * MiB records, Node 20, scripts/bench-npm.mjs: 1.7x the time of readFileSync without, 1.1-1.25x
+ * with.) */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;
 const PART_BYTES = 4 << 20;
 const STREAM_PART_BYTES = 16 << 20;
+const FRESH_AHEAD_BYTES = 256 << 20;
+/** A Blob this big starts the host's fresh-buffer maker (`host.fresh.warm()`) when it is opened,
+ * so that it is ready by the time the records are read (a Node worker takes 20-30 ms to start). */
+const WARM_FRESH_BYTES = 64 << 20;
 const READS_IN_FLIGHT = 6;
 const AHEAD_BYTES = 64 << 20;
 /** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
@@ -279,14 +292,20 @@ class BufferSource {
 /** A Blob, or a host's file (`FILE_READER`: read straight into buffers the load allocates).
  * Reads are fresh buffers, except those kept from planning (`held`), which are shared. */
 class BlobSource {
-  constructor(blob, name, alloc) {
+  constructor(blob, name, alloc, fresh) {
     this.blob = blob;
     this.size = blob.size;
     this.name = name;
     this.callerOwned = false;
     this.file = blob[FILE_READER] === true ? blob : null;
-    /** Bytes per part of a record read in parts. */
+    /** The host's maker of buffers whose pages are touched off the main thread (a Blob's only: a
+     * file is read straight into its buffers, off the main thread already). */
+    this.fresh = this.file ? null : fresh ?? null;
+    if (this.fresh && this.size >= WARM_FRESH_BYTES) this.fresh.warm();
+    /** Bytes per part of a record read in parts, and the size from which a read goes into a
+     * buffer of its own (`buffer`: made by the host, or here) rather than being one read. */
     this.part = !this.file && typeof blob.stream === "function" ? STREAM_PART_BYTES : PART_BYTES;
+    this.partsFrom = this.fresh ? BATCH_BYTES : ONE_READ_BYTES + 1;
     /** A new ArrayBuffer of n bytes (the host's: Node's need not be zeroed, every byte is read). */
     this.alloc = alloc ?? ((n) => new ArrayBuffer(n));
     /** Reads kept while `holding` (planning): `[offset, bytes]`, sorted by offset. */
@@ -340,7 +359,7 @@ class BlobSource {
 
   /** A fresh buffer of [offset, offset + length): one read, or parts read into one buffer. */
   async fetch(offset, length) {
-    if (length <= ONE_READ_BYTES) return this.readOne(offset, length);
+    if (length < this.partsFrom) return this.readOne(offset, length);
     const into = { size: length, bytes: null };
     const reads = [];
     for (let at = 0; at < length; at += this.part) {
@@ -355,11 +374,33 @@ class BlobSource {
     return into.bytes;
   }
 
-  /** One read of [offset, offset + length) into `target` (a Uint8Array of that length) or, without
-   * one, into a fresh buffer: a Blob's slice (its ArrayBuffer, as it is) or the host file's. */
+  /** The buffer (a Uint8Array) that the parts of `into` (`{ size }`) are read into, made on the
+   * first call: the host's fresh buffer where it makes them (or, should that fail, a new one). */
+  buffer(into) {
+    into.ready ??= (this.fresh
+      ? this.fresh.make(into.size).catch(() => this.alloc(into.size))
+      : new Promise((resolve) => resolve(this.alloc(into.size)))
+    ).then((b) => (into.bytes = new Uint8Array(b)));
+    // Failing, it fails the part that awaits it (the first may still be reading).
+    into.ready.catch(() => {});
+    return into.ready;
+  }
+
+  /** Reads [offset, offset + length) into the buffer of `into` at `at`, and gives those bytes.
+   * The read starts at once: the buffer, if the host is still making it, is awaited by the
+   * first chunk. */
+  readPart(offset, length, into, at) {
+    const target = this.buffer(into).then((b) => b.subarray(at, at + length));
+    target.catch(() => {}); // a failed read may not await it
+    return this.readOne(offset, length, target);
+  }
+
+  /** One read of [offset, offset + length) into `target` (a Uint8Array of that length, or a
+   * promise of one) or, without one, into a fresh buffer: a Blob's slice (its ArrayBuffer, as it
+   * is) or the host file's. */
   async readOne(offset, length, target) {
     if (this.file) {
-      const got = target ?? new Uint8Array(this.alloc(length));
+      const got = target ? await target : new Uint8Array(this.alloc(length));
       const n = length === 0 ? 0 : await this.file.readInto(got, offset);
       if (n !== length) throw this.shortRead(offset, length, n);
       return got;
@@ -371,7 +412,7 @@ class BlobSource {
       if (target && typeof slice.stream === "function") {
         // Into a buffer: the slice's chunks copied as they come (arrayBuffer() would join them
         // into one more buffer first, a second copy of every byte).
-        got = target;
+        got = null;
         n = 0;
         const reader = slice.stream().getReader();
         for (;;) {
@@ -381,15 +422,18 @@ class BlobSource {
             await reader.cancel().catch(() => {});
             throw this.shortRead(offset, length, n + value.length);
           }
+          got ??= await target;
           got.set(value, n);
           n += value.length;
         }
+        got ??= await target;
       } else {
         got = new Uint8Array(await slice.arrayBuffer());
         n = got.length;
         if (target && n === length) {
-          target.set(got);
-          got = target;
+          const into = await target;
+          into.set(got);
+          got = into;
         }
       }
     } catch (e) {
@@ -413,9 +457,10 @@ class BlobSource {
 }
 
 /** Reads (`{ offset, length }`, or `{ ..., into: { size, bytes }, at }`: a part of a buffer of
- * `size` bytes, allocated when its first part starts; or `{ bytes }`: already at hand) issued in
- * order ahead of their use: up to READS_IN_FLIGHT under way, at most AHEAD_BYTES issued and not
- * yet taken. `take()` gives each read's bytes in order. */
+ * `size` bytes, asked for (`source.buffer`) when a read of its parts comes within
+ * FRESH_AHEAD_BYTES of those taken, or when its first part starts; or `{ bytes }`: already at
+ * hand) issued in order ahead of their use: up to READS_IN_FLIGHT under way, at most AHEAD_BYTES
+ * issued and not yet taken. `take()` gives each read's bytes in order. */
 class ReadAhead {
   constructor(source, reads) {
     this.source = source;
@@ -425,6 +470,9 @@ class ReadAhead {
     this.taken = 0;
     this.running = 0;
     this.ahead = 0;
+    /** Reads whose buffers have been asked for, and their bytes not yet taken. */
+    this.made = 0;
+    this.madeAhead = 0;
     this.stopped = false;
     this.issue();
   }
@@ -438,13 +486,11 @@ class ReadAhead {
       if (r.bytes) {
         got = Promise.resolve(r.bytes);
       } else {
-        let target;
-        if (r.into) {
-          r.into.bytes ??= new Uint8Array(this.source.alloc(r.into.size));
-          target = r.into.bytes.subarray(r.at, r.at + r.length);
-        }
         this.running++;
-        got = this.source.readOne(r.offset, r.length, target).finally(() => {
+        got = (r.into
+          ? this.source.readPart(r.offset, r.length, r.into, r.at)
+          : this.source.readOne(r.offset, r.length)
+        ).finally(() => {
           this.running--;
           this.issue();
         });
@@ -453,6 +499,13 @@ class ReadAhead {
       // A failed read stops the others; its error is thrown by take().
       got.catch(() => (this.stopped = true));
       this.pending[k] = got;
+    }
+    // Buffers to read into, asked for ahead of the reads (and at the latest with them).
+    while (!this.stopped && this.made < this.reads.length &&
+           (this.made < this.issued || this.madeAhead + this.reads[this.made].length <= FRESH_AHEAD_BYTES)) {
+      const r = this.reads[this.made++];
+      if (r.into) this.source.buffer(r.into);
+      this.madeAhead += r.length;
     }
   }
 
@@ -464,6 +517,7 @@ class ReadAhead {
     } finally {
       this.pending[k] = undefined;
       this.ahead -= this.reads[k].length;
+      if (k < this.made) this.madeAhead -= this.reads[k].length;
       this.issue();
     }
   }
@@ -530,7 +584,7 @@ async function openInput(input, name, progress, host) {
   if (typeof input === "string" || isUrl(input)) {
     if (!host.open) throw typeError("load() takes no path or URL here");
     const opened = await host.open(input);
-    return openInput(opened.input, name ?? opened.name, progress, { alloc: host.alloc });
+    return openInput(opened.input, name ?? opened.name, progress, { alloc: host.alloc, fresh: host.fresh });
   }
   if (input instanceof ArrayBuffer ||
       (typeof SharedArrayBuffer !== "undefined" && input instanceof SharedArrayBuffer)) {
@@ -550,7 +604,7 @@ async function openInput(input, name, progress, host) {
   }
   if (isBlob(input)) {
     const fileName = typeof input.name === "string" && input.name ? input.name : undefined;
-    return new BlobSource(input, name ?? fileName ?? "<memory>", host.alloc);
+    return new BlobSource(input, name ?? fileName ?? "<memory>", host.alloc, host.fresh);
   }
   if (isFolder(input)) return new FolderSource(input, name ?? "<memory>");
   throw typeError("load() takes a Uint8Array, an ArrayBuffer, a Blob or File, a fetch Response, a path, a URL, " +
@@ -788,7 +842,7 @@ async function* recordBytes(source, jobs, progress, signal) {
         end = o + l;
       }
       reads.push({ offset, length: end - offset, records });
-    } else if (length <= ONE_READ_BYTES) {
+    } else if (length < source.partsFrom) {
       reads.push({ offset, length, records: [[index, 0, length]] });
     } else {
       const into = { size: length, bytes: null };
@@ -843,7 +897,8 @@ function viewOf(tensor) {
  * `host.open(pathOrUrl)` says what a string or URL input reads: `{ input, name }`, the input
  * a Blob, a FILE_READER, bytes or a Response (index.cjs: the file, browser.mjs: fetch).
  * `host.alloc(n)`, if given, makes the ArrayBuffers that Blob and file reads fill (Node: not
- * zeroed first). */
+ * zeroed first). `host.fresh`, if given, makes big ones with their pages touched off the main
+ * thread: `make(n)` (a promise of an ArrayBuffer of n bytes) and `warm()` (get ready to). */
 export function createApi(getBindings, host = {}) {
   /** Loads a checkpoint (see index.d.ts for the input kinds and options). */
   async function load(input, options) {

@@ -1,7 +1,8 @@
 // How a Blob (and, in Node, a path) is read (api.mjs `recordBytes`, `ReadAhead`): neighbouring
 // records in one read of at most 4 MiB, a record of up to 16 MiB in one read whose ArrayBuffer
 // becomes its storage's, a bigger one in parts into its own buffer (a Blob's in 16 MiB parts,
-// streamed; a file's in 4 MiB parts read straight into it); every record's bytes read once; up
+// streamed; a file's in 4 MiB parts read straight into it); in Node, a Blob's record of 4 MiB or
+// more streamed in parts into a buffer a worker made (fresh-buffers.cjs); every record's bytes read once; up
 // to 6 reads under way, the bytes under way bounded; the same bytes as
 // load(buffer) for every fixture (big-endian, misaligned and deflated ones included); errors
 // that name the file. A spying Blob records every read.
@@ -139,6 +140,57 @@ function eachByteOnce(reads, where, size) {
   }
 }
 
+/** Records of 4 MiB, 16 MiB, 36 MiB + 4 KiB, 5 MiB, 128 KiB (keeping the others out of the zip
+ * tail window) and 4 KiB (in it). */
+const SIZES = [4 * MiB, 16 * MiB, 36 * MiB + 4096, 5 * MiB, 128 * 1024, 4096];
+
+/** The package's JS half over its wasm module, with the host a browser gives (no `alloc`, no
+ * fresh buffers), or Node's `alloc` with `fresh`. */
+const { createApi } = createRequire(import.meta.url)(join(PKG, "lib", "api.cjs"));
+const { freshBuffers } = createRequire(import.meta.url)(join(PKG, "lib", "fresh-buffers.cjs"));
+const bindings = createRequire(import.meta.url)(join(PKG, "wasm", "ptload_wasm.cjs"));
+const browserApi = createApi(() => bindings);
+function nodeApi(fresh, alloc = (n) => Buffer.allocUnsafeSlow(n).buffer) {
+  return createApi(() => bindings, { alloc, fresh });
+}
+
+/** A fresh-buffer maker over `inner` that records the sizes asked (`asked`), the buffers made
+ * (`made`, in the order asked) and how many were asked before the first was made; each buffer
+ * comes `delayMs` late. */
+function spyFresh(inner, delayMs) {
+  const spy = { asked: [], made: [], askedBeforeFirst: null };
+  spy.warm = () => inner.warm();
+  spy.make = (size) => {
+    const k = spy.asked.push(size) - 1;
+    return inner.make(size).then((b) => new Promise((resolve) => setTimeout(() => {
+      spy.askedBeforeFirst ??= spy.asked.length;
+      spy.made[k] = b;
+      resolve(b);
+    }, delayMs)));
+  };
+  return spy;
+}
+
+/** Checks records `ks` were streamed in parts of at most 16 MiB, as many as that takes. */
+function streamedInParts(spy, where, ks) {
+  for (const k of ks) {
+    const [start, length] = where[k];
+    const parts = readsOver(spy.reads, start, length);
+    assert.equal(parts.length, Math.ceil(length / (16 * MiB)), `record ${k}: ${JSON.stringify(parts)}`);
+    // Streamed into place (arrayBuffer() would make one more copy of each part).
+    for (const [, n, how] of parts) assert.deepEqual([n <= 16 * MiB, how], [true, "stream"], JSON.stringify(parts));
+  }
+}
+
+/** Checks the last record came with the zip tail window the planner read: not read again, a view. */
+function lastCameWithTheTail(spy, where, ckpt) {
+  const [lastAt, lastLength] = where[where.length - 1];
+  const last = readsOver(spy.reads, lastAt, lastLength);
+  assert.equal(last.length, 1, JSON.stringify(last));
+  assert.ok(last[0][1] > TAIL_BYTES - 64, JSON.stringify(last));
+  assert.ok(spy.handed.has(ckpt.storages[where.length - 1].bytes.buffer));
+}
+
 async function sameAsBuffer(ckpt, file, what, options) {
   const want = await ptload.load(file, options);
   assert.equal(ckpt.format, want.format, what);
@@ -253,12 +305,11 @@ test("a record that starts where a kept read starts is a view of it", async () =
   assert.equal(ckpt.storages[1].bytes.byteOffset % 64, 0);
 });
 
-test("a record of 4 to 16 MiB is one read whose ArrayBuffer is its storage's; a bigger one is streamed in 16 MiB parts", async () => {
+test("without fresh buffers (browsers): a record of 4 to 16 MiB is one read whose ArrayBuffer is its storage's; a bigger one is streamed in 16 MiB parts", async () => {
   // (The 128 KiB one keeps the others out of the tail window; the last one lies in it.)
-  const sizes = [4 * MiB, 16 * MiB, 36 * MiB + 4096, 5 * MiB, 128 * 1024, 4096];
-  const { file, where } = checkpoint(sizes);
+  const { file, where } = checkpoint(SIZES);
   const spy = spyBlob(file);
-  const ckpt = await ptload.load(spy.blob);
+  const ckpt = await browserApi.load(spy.blob);
   await sameAsBuffer(ckpt, file, "sizes");
   for (const k of [0, 1, 3]) {
     const [start, length] = where[k];
@@ -267,21 +318,58 @@ test("a record of 4 to 16 MiB is one read whose ArrayBuffer is its storage's; a 
     assert.ok(spy.handed.has(s.bytes.buffer), `storage ${k} is not the ArrayBuffer read`);
     assert.deepEqual([s.bytes.byteOffset, s.bytes.buffer.byteLength], [0, length]);
   }
-  const [start, length] = where[2];
-  const parts = readsOver(spy.reads, start, length);
-  assert.equal(parts.length, Math.ceil(length / (16 * MiB)), JSON.stringify(parts));
-  // Streamed into place (arrayBuffer() would make one more copy of each part).
-  for (const [, n, how] of parts) assert.deepEqual([n <= 16 * MiB, how], [true, "stream"], JSON.stringify(parts));
+  streamedInParts(spy, where, [2]);
+  assert.deepEqual([ckpt.storages[2].bytes.byteOffset, ckpt.storages[2].bytes.buffer.byteLength], [0, where[2][1]]);
   eachByteOnce(spy.reads, where, file.length);
-  // Read into a buffer of its own, of its size.
-  const big = ckpt.storages[2].bytes;
-  assert.deepEqual([big.byteOffset, big.buffer.byteLength], [0, length]);
-  // The last record came with the zip tail window the planner read: not read again, a view.
-  const [lastAt, lastLength] = where[5];
-  const last = readsOver(spy.reads, lastAt, lastLength);
-  assert.equal(last.length, 1, JSON.stringify(last));
-  assert.ok(last[0][1] > TAIL_BYTES - 64, JSON.stringify(last));
-  assert.ok(spy.handed.has(ckpt.storages[5].bytes.buffer));
+  lastCameWithTheTail(spy, where, ckpt);
+});
+
+test("Node: a record of 4 MiB or more is streamed in 16 MiB parts into a buffer a worker made, asked for ahead", async () => {
+  const { file, where } = checkpoint(SIZES);
+  const big = [0, 1, 2, 3];
+  // The package's own: those records streamed, none of them an ArrayBuffer a read handed out.
+  const own = spyBlob(file);
+  const ownCkpt = await ptload.load(own.blob);
+  await sameAsBuffer(ownCkpt, file, "package");
+  streamedInParts(own, where, big);
+  for (const k of big) assert.ok(!own.handed.has(ownCkpt.storages[k].bytes.buffer), `storage ${k}`);
+  // With a maker that says what it was asked, and takes 50 ms over each buffer.
+  const fresh = spyFresh(freshBuffers(), 50);
+  const spy = spyBlob(file);
+  const ckpt = await nodeApi(fresh).load(spy.blob);
+  await sameAsBuffer(ckpt, file, "fresh");
+  streamedInParts(spy, where, big);
+  assert.deepEqual(fresh.asked, big.map((k) => where[k][1]), "the buffers asked for, in order");
+  // All four asked for before the first was made (they are well within 256 MiB).
+  assert.equal(fresh.askedBeforeFirst, big.length);
+  big.forEach((k, i) => {
+    const bytes = ckpt.storages[k].bytes;
+    assert.equal(bytes.buffer, fresh.made[i], `storage ${k} is not the buffer made for it`);
+    assert.deepEqual([bytes.byteOffset, bytes.length, bytes.buffer.byteLength], [0, where[k][1], where[k][1]]);
+  });
+  // The smaller ones are read as before: batched, the ArrayBuffers the reads handed out.
+  for (const k of [4, 5]) assert.ok(spy.handed.has(ckpt.storages[k].bytes.buffer), `storage ${k}`);
+  eachByteOnce(spy.reads, where, file.length);
+  lastCameWithTheTail(spy, where, ckpt);
+  // Asked for ahead of the reads, not with them: twelve 4 MiB records, six reads under way.
+  const many = checkpoint([...Array(12).fill(4 * MiB), 128 * 1024, 4096]);
+  const manyFresh = spyFresh(freshBuffers(), 50);
+  await sameAsBuffer(await nodeApi(manyFresh).load(spyBlob(many.file).blob), many.file, "twelve");
+  assert.equal(manyFresh.askedBeforeFirst, 12);
+});
+
+test("Node: a buffer the worker fails to make is made on the main thread instead", async () => {
+  const { file, where } = checkpoint([5 * MiB, 20 * MiB, 128 * 1024, 4096]);
+  const allocated = [];
+  const api = nodeApi({ warm() {}, make: () => Promise.reject(new Error("no worker")) }, (n) => {
+    allocated.push(n);
+    return new ArrayBuffer(n);
+  });
+  const spy = spyBlob(file);
+  const ckpt = await api.load(spy.blob);
+  await sameAsBuffer(ckpt, file, "no worker");
+  streamedInParts(spy, where, [0, 1]);
+  for (const k of [0, 1]) assert.ok(allocated.includes(ckpt.storages[k].bytes.buffer.byteLength), `storage ${k}`);
 });
 
 test("reads overlap placement: up to 6 under way, the bytes read ahead bounded", async () => {

@@ -1,0 +1,69 @@
+// Node's fresh buffers (pkg/lib/fresh-buffers.cjs, `host.fresh` for api.mjs): ArrayBuffers a
+// worker allocated and touched, handed over whole and zeroed; a failure rejects and leaves the
+// maker working; the workers never keep the process alive when nothing is asked, and come back
+// after ending idle.
+
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { createRequire } from "node:module";
+import { join } from "node:path";
+import { test } from "node:test";
+import { promisify } from "node:util";
+
+import { PKG } from "./helpers.mjs";
+
+const MODULE = join(PKG, "lib", "fresh-buffers.cjs");
+const { freshBuffers } = createRequire(import.meta.url)(MODULE);
+const MiB = 1 << 20;
+
+/** Runs `code` in a fresh Node (CommonJS, `MODULE` and `PKG` defined); gives its stdout. A
+ * worker that kept it alive would run it into the timeout (which fails the test). */
+async function child(code) {
+  const prelude = `const MODULE = ${JSON.stringify(MODULE)}; const PKG = ${JSON.stringify(PKG)};\n`;
+  const { stdout } = await promisify(execFile)(process.execPath, ["-e", prelude + code], { timeout: 30_000 });
+  return stdout.trim();
+}
+
+test("make(n) gives a zeroed ArrayBuffer of n bytes, its own, from each worker", async () => {
+  const fresh = freshBuffers({ workers: 2 });
+  const sizes = [MiB, 3 * MiB + 4096, 5 * MiB + 1, 64 * 1024 + 7];
+  const made = await Promise.all(sizes.map((n) => fresh.make(n)));
+  made.forEach((b, k) => {
+    assert.ok(b instanceof ArrayBuffer, `buffer ${k} is a ${Object.prototype.toString.call(b)}`);
+    assert.equal(b.byteLength, sizes[k]);
+    assert.ok(new Uint8Array(b).every((x) => x === 0), `buffer ${k} is not zeroed`);
+  });
+  assert.equal(new Set(made).size, made.length);
+  // Ours to write (transferred, not shared with the worker).
+  const bytes = new Uint8Array(made[0]);
+  bytes.fill(7);
+  assert.equal(bytes[MiB - 1], 7);
+});
+
+test("a buffer the worker cannot allocate rejects, and the next is made", async () => {
+  const fresh = freshBuffers({ workers: 1 });
+  await assert.rejects(fresh.make(2 ** 53), /Array buffer allocation failed|Invalid array buffer length/);
+  assert.equal((await fresh.make(MiB)).byteLength, MiB);
+});
+
+test("after ending idle, a worker starts again when asked", async () => {
+  const fresh = freshBuffers({ workers: 1, idleMs: 20 });
+  assert.equal((await fresh.make(MiB)).byteLength, MiB);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal((await fresh.make(2 * MiB)).byteLength, 2 * MiB);
+});
+
+test("the workers keep no process alive: warmed and unused, or done making", async () => {
+  // A minute idle: a worker still holding the process would run it into the 30 s timeout.
+  assert.equal(await child(`const f = require(MODULE).freshBuffers({ idleMs: 60000 }); f.warm(); console.log("warmed");`), "warmed");
+  assert.equal(await child(`const f = require(MODULE).freshBuffers({ idleMs: 60000 });
+    Promise.all([f.make(1 << 20), f.make(1 << 22)]).then((b) => console.log(b.map((x) => x.byteLength).join(" ")));`),
+  `${MiB} ${4 * MiB}`);
+  // And while one is asked for, the process waits for it (the worker is its only work).
+  assert.equal(await child(`const f = require(MODULE).freshBuffers({ idleMs: 60000 });
+    setTimeout(() => f.make(1 << 20).then((b) => console.log("made", b.byteLength)), 10);`), `made ${MiB}`);
+  // Nor after a load that warmed them (a Blob of 64 MiB or more), whatever came of it.
+  assert.equal(await child(`const { load } = require(PKG);
+    load(new Blob([new Uint8Array(65 << 20)])).then(() => console.log("loaded"), (e) => console.log(e.kind));`),
+  "NotACheckpoint");
+});

@@ -2,30 +2,15 @@
 // (`host.fresh`; index.cjs makes one for the package).
 "use strict";
 
-/** Big ArrayBuffers with their pages touched on other threads (`host.fresh` for api.mjs). A
+/** Big ArrayBuffers with their pages touched on another thread (`host.fresh` for api.mjs). A
  * Blob's reads come to the main thread, and copying them into new memory there takes a page
  * fault per page (on a VM, as long as reading the file); a worker allocates the buffer and touches
- * its pages while the reads are under way, then hands it over (transferred, not copied). `make`
- * asks the one of `workers` with the fewest bytes to make. (Two workers, not one, on the 2-core
- * VM this was measured on: 1.1 GB of 4-64 MiB records loaded from a Blob in 1.25x the time of
- * readFileSync rather than 1.37x; the pages, not the reads, were what the loads waited for.) */
-function freshBuffers({ idleMs = 2000, workers = 2 } = {}) {
-  const pool = Array.from({ length: workers }, () => oneWorker(idleMs));
-  return {
-    warm() {
-      for (const w of pool) w.warm();
-    },
-    make(size) {
-      const w = pool.reduce((a, b) => (b.pending() < a.pending() ? b : a));
-      return w.make(size);
-    },
-  };
-}
-
-/** One worker making fresh buffers. It starts on first use and ends when it has had nothing to
- * do for idleMs; should it fail to start or die, `make` rejects (and the caller allocates on its
- * own thread). */
-function oneWorker(idleMs) {
+ * its pages while the reads are under way, then hands it over (transferred, not copied), one
+ * buffer after another in the order asked. It starts on first use and ends
+ * when it has had nothing to do for idleMs; should it fail to start or die, `make` rejects (and
+ * the caller allocates on its own thread). (One worker, not two: on the 2-core VM this was
+ * measured on, a second one starting in a fresh process cost more than it made up.) */
+function freshBuffers({ idleMs = 2000 } = {}) {
   const CODE = `"use strict";
 const { parentPort } = require("node:worker_threads");
 // One byte in every 4 KiB touches every page (pages are 4 KiB or more).
@@ -46,9 +31,8 @@ parentPort.on("message", ({ id, size }) => {
   let failed = false;
   let next = 0;
   let idle = null;
-  /** Asked and not yet made: id → { resolve, reject, size }. */
+  /** Asked and not yet made: id → { resolve, reject }. */
   const waiting = new Map();
-  let pendingBytes = 0;
   /** Ends worker `w` (the current one), rejecting what it was asked with `why`. */
   const end = (w, why) => {
     if (worker !== w) return;
@@ -57,7 +41,6 @@ parentPort.on("message", ({ id, size }) => {
     w.terminate().catch(() => {});
     for (const { reject } of waiting.values()) reject(why);
     waiting.clear();
-    pendingBytes = 0;
   };
   const start = () => {
     if (worker || failed) return worker;
@@ -73,7 +56,6 @@ parentPort.on("message", ({ id, size }) => {
     w.on("message", ({ id, buffer, error }) => {
       const asked = waiting.get(id);
       waiting.delete(id);
-      pendingBytes -= asked.size;
       if (buffer) asked.resolve(buffer);
       else asked.reject(new Error(error));
       if (waiting.size === 0) {
@@ -93,10 +75,6 @@ parentPort.on("message", ({ id, size }) => {
     return w;
   };
   return {
-    warm() {
-      start();
-    },
-    pending: () => pendingBytes,
     make(size) {
       const w = start();
       if (!w) return Promise.reject(new Error("no worker to make fresh buffers"));
@@ -104,8 +82,7 @@ parentPort.on("message", ({ id, size }) => {
       w.ref();
       return new Promise((resolve, reject) => {
         const id = next++;
-        waiting.set(id, { resolve, reject, size });
-        pendingBytes += size;
+        waiting.set(id, { resolve, reject });
         w.postMessage({ id, size });
       });
     },

@@ -64,18 +64,15 @@ const TAIL_BYTES = 65557 + 22 + 76;
  * stream() chunks are copied into such a buffer: copying into new
  * memory on the main thread costs a page fault per page, on a VM about as long as reading the
  * file, and the worker takes those faults meanwhile. The buffers are asked for up to
- * FRESH_AHEAD_BYTES ahead of the reads taken, the host making them one after another. (4 x 128
- * MiB records, Node 20, scripts/bench-npm.mjs: 1.7x the time of readFileSync without, 1.1-1.25x
- * with.) */
+ * FRESH_AHEAD_BYTES ahead of the reads taken, the host making them one after another. (Node 20,
+ * this 2-core VM, a load of 4 x 128 MiB records in a fresh process: 2.0x the time of
+ * readFileSync without, 1.6x with; 1.1 GB of 4-64 MiB records: 2.1x and 1.8x.) */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;
 const PART_BYTES = 4 << 20;
 const STREAM_PART_BYTES = 16 << 20;
 const FRESH_AHEAD_BYTES = 256 << 20;
-/** A Blob this big starts the host's fresh-buffer maker (`host.fresh.warm()`) when it is opened,
- * so that it is ready by the time the records are read (a Node worker takes 20-30 ms to start). */
-const WARM_FRESH_BYTES = 64 << 20;
 const READS_IN_FLIGHT = 6;
 const AHEAD_BYTES = 64 << 20;
 /** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
@@ -301,7 +298,6 @@ class BlobSource {
     /** The host's maker of buffers whose pages are touched off the main thread (a Blob's only: a
      * file is read straight into its buffers, off the main thread already). */
     this.fresh = this.file ? null : fresh ?? null;
-    if (this.fresh && this.size >= WARM_FRESH_BYTES) this.fresh.warm();
     /** Bytes per part of a record read in parts, and the size from which a read goes into a
      * buffer of its own (`buffer`: made by the host, or here) rather than being one read. */
     this.part = !this.file && typeof blob.stream === "function" ? STREAM_PART_BYTES : PART_BYTES;
@@ -898,7 +894,7 @@ function viewOf(tensor) {
  * a Blob, a FILE_READER, bytes or a Response (index.cjs: the file, browser.mjs: fetch).
  * `host.alloc(n)`, if given, makes the ArrayBuffers that Blob and file reads fill (Node: not
  * zeroed first). `host.fresh`, if given, makes big ones with their pages touched off the main
- * thread: `make(n)` (a promise of an ArrayBuffer of n bytes) and `warm()` (get ready to). */
+ * thread: `make(n)`, a promise of an ArrayBuffer of n bytes. */
 export function createApi(getBindings, host = {}) {
   /** Loads a checkpoint (see index.d.ts for the input kinds and options). */
   async function load(input, options) {

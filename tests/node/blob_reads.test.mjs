@@ -2,8 +2,8 @@
 // records in one read of at most 4 MiB, a record of up to 16 MiB in one read whose ArrayBuffer
 // becomes its storage's, a bigger one in parts into its own buffer (a Blob's in 16 MiB parts,
 // streamed; a file's in 4 MiB parts read straight into it); in Node, a Blob's record of 4 MiB or
-// more streamed in parts into a buffer a worker made (fresh-buffers.cjs); every record's bytes read once; up
-// to 6 reads under way, the bytes under way bounded; the same bytes as
+// more streamed in parts into a buffer a worker made (fresh-buffers.cjs); every record's bytes
+// read once; up to 6 reads under way, the bytes under way bounded; the same bytes as
 // load(buffer) for every fixture (big-endian, misaligned and deflated ones included); errors
 // that name the file. A spying Blob records every read.
 
@@ -159,7 +159,6 @@ function nodeApi(fresh, alloc = (n) => Buffer.allocUnsafeSlow(n).buffer) {
  * comes `delayMs` late. */
 function spyFresh(inner, delayMs) {
   const spy = { asked: [], made: [], askedBeforeFirst: null };
-  spy.warm = () => inner.warm();
   spy.make = (size) => {
     const k = spy.asked.push(size) - 1;
     return inner.make(size).then((b) => new Promise((resolve) => setTimeout(() => {
@@ -361,7 +360,7 @@ test("Node: a record of 4 MiB or more is streamed in 16 MiB parts into a buffer 
 test("Node: a buffer the worker fails to make is made on the main thread instead", async () => {
   const { file, where } = checkpoint([5 * MiB, 20 * MiB, 128 * 1024, 4096]);
   const allocated = [];
-  const api = nodeApi({ warm() {}, make: () => Promise.reject(new Error("no worker")) }, (n) => {
+  const api = nodeApi({ make: () => Promise.reject(new Error("no worker")) }, (n) => {
     allocated.push(n);
     return new ArrayBuffer(n);
   });

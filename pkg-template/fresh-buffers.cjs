@@ -55,6 +55,7 @@ parentPort.on("message", ({ id, size }) => {
     worker = w;
     w.on("message", ({ id, buffer, error }) => {
       const asked = waiting.get(id);
+      if (!asked) return; // rejected already (this worker was ended)
       waiting.delete(id);
       if (buffer) asked.resolve(buffer);
       else asked.reject(new Error(error));

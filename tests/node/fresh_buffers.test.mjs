@@ -1,7 +1,7 @@
 // Node's fresh buffers (pkg/lib/fresh-buffers.cjs, `host.fresh` for api.mjs): ArrayBuffers a
 // worker allocated and touched, handed over whole and zeroed; a failure rejects and leaves the
 // maker working; the worker never keeps the process alive when nothing is asked, and comes back
-// after ending idle.
+// after ending idle. (Each test has a timeout: a worker mishandled is as likely to hang as to fail.)
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
@@ -26,7 +26,7 @@ async function child(code) {
   return stdout.trim();
 }
 
-test("make(n) gives a zeroed ArrayBuffer of n bytes, its own, in the order asked", async () => {
+test("make(n) gives a zeroed ArrayBuffer of n bytes, its own, in the order asked", { timeout: 60_000 }, async () => {
   const fresh = freshBuffers();
   const sizes = [MiB, 3 * MiB + 4096, 5 * MiB + 1, 64 * 1024 + 7];
   const made = await Promise.all(sizes.map((n) => fresh.make(n)));
@@ -42,20 +42,30 @@ test("make(n) gives a zeroed ArrayBuffer of n bytes, its own, in the order asked
   assert.equal(bytes[MiB - 1], 7);
 });
 
-test("a buffer the worker cannot allocate rejects, and the next is made", async () => {
+test("a buffer the worker cannot allocate rejects, and the next is made", { timeout: 60_000 }, async () => {
   const fresh = freshBuffers();
   await assert.rejects(fresh.make(2 ** 53), /Array buffer allocation failed|Invalid array buffer length/);
   assert.equal((await fresh.make(MiB)).byteLength, MiB);
 });
 
-test("after ending idle, a worker starts again when asked", async () => {
+test("after ending idle, a worker starts again when asked", { timeout: 60_000 }, async () => {
   const fresh = freshBuffers({ idleMs: 20 });
   assert.equal((await fresh.make(MiB)).byteLength, MiB);
   await new Promise((resolve) => setTimeout(resolve, 200));
   assert.equal((await fresh.make(2 * MiB)).byteLength, 2 * MiB);
 });
 
-test("the worker keeps no process alive once done making, but does while asked", async () => {
+test("a buffer asked for just as the worker ends idle is made by the next worker", { timeout: 60_000 }, async () => {
+  const fresh = freshBuffers({ idleMs: 0 });
+  for (let k = 0; k < 5; k++) {
+    assert.equal((await fresh.make(MiB)).byteLength, MiB);
+    // After the idle timer (set when that buffer came): the worker is ending, not yet gone.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    assert.equal((await fresh.make(2 * MiB)).byteLength, 2 * MiB);
+  }
+});
+
+test("the worker keeps no process alive once done making, but does while asked", { timeout: 60_000 }, async () => {
   // A minute idle: a worker still holding the process would run it into the 30 s timeout.
   assert.equal(await child(`const f = require(MODULE).freshBuffers({ idleMs: 60000 });
     Promise.all([f.make(1 << 20), f.make(1 << 22)]).then((b) => console.log(b.map((x) => x.byteLength).join(" ")));`),

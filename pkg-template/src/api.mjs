@@ -61,12 +61,13 @@ const TAIL_BYTES = 65557 + 22 + 76;
  *
  * Where the host makes buffers with their pages touched off the main thread (`host.fresh`: Node,
  * a worker), a Blob's record of BATCH_BYTES or more is read in STREAM_PART_BYTES parts whose
- * stream() chunks are copied into such a buffer: copying into new
- * memory on the main thread costs a page fault per page, on a VM about as long as reading the
- * file, and the worker takes those faults meanwhile. The buffers are asked for up to
- * FRESH_AHEAD_BYTES ahead of the reads taken, the host making them one after another. (Node 20,
- * this 2-core VM, a load of 4 x 128 MiB records in a fresh process: 2.0x the time of
- * readFileSync without, 1.6x with; 1.1 GB of 4-64 MiB records: 2.1x and 1.8x.) */
+ * stream() chunks are copied into such a buffer. Copying into new memory on the main thread
+ * costs a page fault per page, on a VM about as long as reading the file; the worker takes those
+ * faults meanwhile. The buffers are asked for up to FRESH_AHEAD_BYTES ahead of the reads taken,
+ * the host making them one after another. Batches stay arrayBuffer() reads: streaming them into
+ * fresh buffers was slower once a process's memory is reused. (Node 20, this 2-core VM, a load
+ * in a fresh process: 4 x 128 MiB records 2.0x the time of readFileSync without, 1.6-1.8x with;
+ * 1.1 GB of 4-64 MiB records 2.1x and 1.7-1.8x.) */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;

@@ -371,10 +371,11 @@ class BlobSource {
     return into.bytes;
   }
 
-  /** The buffer (a Uint8Array) that the parts of `into` (`{ size }`) are read into, made on the
-   * first call: the host's fresh buffer where it makes them (or, should that fail, a new one). */
+  /** The buffer (a Uint8Array) that the parts of `into` (`{ size, transient }`) are read into,
+   * made on the first call: the host's fresh buffer where it makes them (or, should that fail, a
+   * new one), but for a transient one (read to be inflated, then dropped). */
   buffer(into) {
-    into.ready ??= (this.fresh
+    into.ready ??= (this.fresh && !into.transient
       ? this.fresh.make(into.size).catch(() => this.alloc(into.size))
       : new Promise((resolve) => resolve(this.alloc(into.size)))
     ).then((b) => (into.bytes = new Uint8Array(b)));
@@ -454,8 +455,8 @@ class BlobSource {
 }
 
 /** Reads (`{ offset, length }`, or `{ ..., into: { size, bytes }, at }`: a part of a buffer of
- * `size` bytes, asked for (`source.buffer`) when a read of its parts comes within
- * FRESH_AHEAD_BYTES of those taken, or when its first part starts; or `{ bytes }`: already at
+ * `size` bytes, made (`source.buffer`) when its first part starts or, the host's fresh one, asked
+ * for when a read of its parts comes within FRESH_AHEAD_BYTES of those taken; or `{ bytes }`: already at
  * hand) issued in order ahead of their use: up to READS_IN_FLIGHT under way, at most AHEAD_BYTES
  * issued and not yet taken. `take()` gives each read's bytes in order. */
 class ReadAhead {
@@ -497,11 +498,12 @@ class ReadAhead {
       got.catch(() => (this.stopped = true));
       this.pending[k] = got;
     }
-    // Buffers to read into, asked for ahead of the reads (and at the latest with them).
-    while (!this.stopped && this.made < this.reads.length &&
+    // The host's fresh buffers, asked for ahead of the reads (they are the storages the load
+    // returns; a transient one is made with its first part).
+    while (this.source.fresh && !this.stopped && this.made < this.reads.length &&
            (this.made < this.issued || this.madeAhead + this.reads[this.made].length <= FRESH_AHEAD_BYTES)) {
       const r = this.reads[this.made++];
-      if (r.into) this.source.buffer(r.into);
+      if (r.into && !r.into.transient) this.source.buffer(r.into);
       this.madeAhead += r.length;
     }
   }
@@ -805,8 +807,9 @@ async function readEach(source, ranges, f) {
   if (error) throw error.reason;
 }
 
-/** Yields `[index, bytes, fresh]` for each job `[index, offset, length]` in the order given
- * (a storage's record, stored or deflated): views of a buffer; a Blob's or file's records read
+/** Yields `[index, bytes, fresh]` for each job `[index, offset, length, transient]` in the order
+ * given (a storage's record, stored or deflated: transient, its bytes dropped once inflated):
+ * views of a buffer; a Blob's or file's records read
  * ahead with their neighbours (BATCH_BYTES), each byte once. `fresh`: the bytes are
  * the load's own (a read), not the caller's buffer nor shared with another record. */
 async function* recordBytes(source, jobs, progress, signal) {
@@ -823,7 +826,7 @@ async function* recordBytes(source, jobs, progress, signal) {
   // offset in the read, length]; `whole`: a record read in parts, complete after its last).
   const reads = [];
   for (let k = 0; k < jobs.length;) {
-    const [index, offset, length] = jobs[k++];
+    const [index, offset, length, transient = false] = jobs[k++];
     const held = length === 0 ? new Uint8Array(0) : source.heldBytes(offset, length);
     if (held) {
       reads.push({ offset, length: 0, bytes: held, held: true, records: [[index, 0, length]] });
@@ -842,7 +845,7 @@ async function* recordBytes(source, jobs, progress, signal) {
     } else if (length < source.partsFrom) {
       reads.push({ offset, length, records: [[index, 0, length]] });
     } else {
-      const into = { size: length, bytes: null };
+      const into = { size: length, bytes: null, transient };
       for (let at = 0; at < length; at += source.part) {
         const n = Math.min(source.part, length - at);
         reads.push({ offset: offset + at, length: n, into, at, whole: at + n === length ? index : undefined });
@@ -1012,7 +1015,7 @@ async function place(planner, bindings, source, planned, storages, tensors, prog
   const jobs = [];
   planned.forEach((s, i) => {
     const r = s.record;
-    if (r && s.device === "cpu") jobs.push([i, r.dataOffset, r.deflated ? r.storedLen : r.size]);
+    if (r && s.device === "cpu") jobs.push([i, r.dataOffset, r.deflated ? r.storedLen : r.size, r.deflated]);
   });
   for await (const [i, read, fresh] of recordBytes(source, jobs, progress, signal)) {
     const s = planned[i];

@@ -9,6 +9,7 @@
 
 import assert from "node:assert/strict";
 import { mkdtempSync, openAsBlob, promises as fsp, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -355,6 +356,41 @@ test("Node: a record of 4 MiB or more is streamed in 16 MiB parts into a buffer 
   const manyFresh = spyFresh(freshBuffers(), 50);
   await sameAsBuffer(await nodeApi(manyFresh).load(spyBlob(many.file).blob), many.file, "twelve");
   assert.equal(manyFresh.askedBeforeFirst, 12);
+});
+
+test("Node: a deflated record's read is not a fresh buffer, nor made ahead (it is dropped once inflated)", async () => {
+  // Twenty stored 8 MiB records (well past the 64 MiB read ahead, within the 256 MiB asked for
+  // ahead), then a deflated one of incompressible bytes (over 4 MiB as stored).
+  const noise = randomBytes(6 * MiB);
+  let pickle = new Pickle().op("}(");
+  const records = [];
+  for (let k = 0; k < 20; k++) {
+    pickle = pickle.str(`s${k}`).tensor("FloatStorage", String(k), 2 * MiB, 0, [2 * MiB], [1]);
+    records.push([String(k), new Uint8Array(8 * MiB).fill(k + 1)]);
+  }
+  pickle = pickle.str("d").tensor("FloatStorage", "20", 1.5 * MiB, 0, [1.5 * MiB], [1])
+    .str("e").tensor("FloatStorage", "21", 32 * 1024, 0, [32 * 1024], [1]).op("u").stop();
+  records.push(["20", noise], ["21", new Uint8Array(128 * 1024)]);
+  const file = zipCheckpoint(pickle, records, { deflate: ["20"] });
+  const fresh = spyFresh(freshBuffers(), 0);
+  const spy = spyBlob(file);
+  // When the deflated record's buffer is made: how many reads had begun.
+  const allocated = [];
+  const api = nodeApi(fresh, (n) => {
+    allocated.push([n, spy.reads.length]);
+    return new ArrayBuffer(n);
+  });
+  const ckpt = await api.load(spy.blob);
+  await sameAsBuffer(ckpt, file, "deflated");
+  assert.ok(Buffer.from(ckpt.storages[20].bytes).equals(noise));
+  // The stored records' buffers were asked of the worker, the deflated one's not.
+  assert.deepEqual(fresh.asked, Array(20).fill(8 * MiB));
+  const deflated = allocated.filter(([n]) => n > 4 * MiB);
+  assert.equal(deflated.length, 1, JSON.stringify(allocated));
+  // Made with its first part, once every stored record's reads had begun (not 256 MiB ahead).
+  const headerAt = file.indexOf(Buffer.from("archive/data/20")); // its local header
+  const before = spy.reads.filter(([start]) => start < headerAt);
+  assert.ok(deflated[0][1] >= before.length, `made after ${deflated[0][1]} reads; ${before.length} come before it`);
 });
 
 test("Node: a buffer the worker fails to make is made on the main thread instead", async () => {

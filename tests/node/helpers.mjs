@@ -4,6 +4,7 @@
 
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
+import { deflateRawSync } from "node:zlib";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -166,34 +167,37 @@ export function countingBlob(bytes) {
 /** A torch-like zip checkpoint (stored entries, data aligned to 64 bytes, folder `archive/`):
  * `data.pkl`, `data/<key>` for each record, `version` (tests/common/mod.rs `ZipBuilder`).
  * `misalign`: every entry's data starts that many bytes past a multiple of 64 instead (a
- * function: of the entry's index, data.pkl's being 0). */
-export function zipCheckpoint(pickle, records, { misalign = 0 } = {}) {
+ * function: of the entry's index, data.pkl's being 0). `deflate`: the record keys whose entries
+ * are deflated instead of stored (CRCs zero, as torch writes them). */
+export function zipCheckpoint(pickle, records, { misalign = 0, deflate = [] } = {}) {
   const parts = [];
   const central = [];
   let offset = 0;
   let count = 0;
   const u16 = (v) => [v & 0xff, (v >> 8) & 0xff];
   const u32 = (v) => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff];
-  const add = (name, data) => {
+  const add = (name, raw, deflated = false) => {
+    const data = deflated ? deflateRawSync(raw) : raw;
+    const method = deflated ? 8 : 0;
     const full = new TextEncoder().encode(`archive/${name}`);
     const start = offset + 30 + full.length + 4;
     const skew = typeof misalign === "function" ? misalign(count) : misalign;
     const pad = (64 + skew - (start % 64)) % 64;
     const header = [
-      ...u32(0x04034b50), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...new Array(12).fill(0),
+      ...u32(0x04034b50), 0, 0, 0, 0, ...u16(method), 0, 0, 0, 0, ...new Array(12).fill(0),
       ...u16(full.length), ...u16(4 + pad), ...full, ...u16(0x4246), ...u16(pad), ...new Array(pad).fill(90),
     ];
     parts.push(Uint8Array.from(header), data);
     central.push(
-      ...u32(0x02014b50), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, ...u32(0),
-      ...u32(data.length), ...u32(data.length), ...u16(full.length), ...new Array(12).fill(0),
+      ...u32(0x02014b50), 0, 0, 0, 0, 0, 0, ...u16(method), 0, 0, 0, 0, ...u32(0),
+      ...u32(data.length), ...u32(raw.length), ...u16(full.length), ...new Array(12).fill(0),
       ...u32(offset), ...full,
     );
     offset += header.length + data.length;
     count++;
   };
   add("data.pkl", pickle);
-  for (const [key, data] of records) add(`data/${key}`, data);
+  for (const [key, data] of records) add(`data/${key}`, data, deflate.includes(key));
   add("version", new TextEncoder().encode("3\n"));
   const eocd = [
     ...u32(0x06054b50), 0, 0, 0, 0, ...u16(count), ...u16(count), ...u32(central.length), ...u32(offset), 0, 0,

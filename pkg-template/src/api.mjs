@@ -454,11 +454,12 @@ class BlobSource {
   }
 }
 
-/** Reads (`{ offset, length }`, or `{ ..., into: { size, bytes }, at }`: a part of a buffer of
- * `size` bytes, made (`source.buffer`) when its first part starts or, the host's fresh one, asked
- * for when a read of its parts comes within FRESH_AHEAD_BYTES of those taken; or `{ bytes }`: already at
- * hand) issued in order ahead of their use: up to READS_IN_FLIGHT under way, at most AHEAD_BYTES
- * issued and not yet taken. `take()` gives each read's bytes in order. */
+/** Reads issued in order ahead of their use: up to READS_IN_FLIGHT under way, at most
+ * AHEAD_BYTES issued and not yet taken. `take()` gives each read's bytes in order. A read is
+ * `{ offset, length }`; or `{ ..., into: { size, bytes }, at }`, a part of a buffer of `size`
+ * bytes (`source.buffer`), made when its first part starts, or, a host's fresh one, asked for
+ * when a read of its parts comes within FRESH_AHEAD_BYTES of those taken; or `{ bytes }`, already
+ * at hand. */
 class ReadAhead {
   constructor(source, reads) {
     this.source = source;
@@ -808,10 +809,10 @@ async function readEach(source, ranges, f) {
 }
 
 /** Yields `[index, bytes, fresh]` for each job `[index, offset, length, transient]` in the order
- * given (a storage's record, stored or deflated: transient, its bytes dropped once inflated):
- * views of a buffer; a Blob's or file's records read
- * ahead with their neighbours (BATCH_BYTES), each byte once. `fresh`: the bytes are
- * the load's own (a read), not the caller's buffer nor shared with another record. */
+ * given (a storage's record, stored or deflated; `transient`: its bytes are dropped once
+ * inflated): views of a buffer; a Blob's or file's records read ahead with their neighbours
+ * (BATCH_BYTES), each byte once. `fresh`: the bytes are the load's own (a read), not the
+ * caller's buffer nor shared with another record. */
 async function* recordBytes(source, jobs, progress, signal) {
   if (!(source instanceof BlobSource)) {
     for (const [index, offset, length] of jobs) {

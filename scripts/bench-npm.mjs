@@ -1,29 +1,48 @@
 #!/usr/bin/env node
 // Load time of a checkpoint through the built npm package (pkg/) against reading the file.
 //
-// Usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS=7]     (after scripts/build-npm)
+// Usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS=7] [--fresh]   (after scripts/build-npm)
 // Env:   PTLOAD_PKG=DIR   measure the package built in DIR instead of pkg/ (before/after)
 // Files: node scripts/make-bench-checkpoints.mjs DIR writes the ones README quotes.
 //
-// Prints the median of RUNS runs (page cache warm) of:
-//   read        fs.readFileSync(FILE)
-//   load        load(buffer) on the bytes already read (zero-copy: the parse and the views)
-//   read+load   fs.readFileSync then load
-//   blob        load(await fs.openAsBlob(FILE)) (read by slices; each record copied once)
-//   path        load(FILE) (the file read with positioned reads into the storages' buffers)
-//   blob-whole  (await fs.openAsBlob(FILE)).arrayBuffer(): Node's own Blob read of the whole
-//               file, the floor under `blob` (no load through a Blob can read faster)
-// with their ratios to `read`, and how many bytes one load copies into wasm memory (the
-// directory and the pickle). Every run checks that each tensor's data views the buffer, and
-// that the Blob and path loads give the same tensors.
+// Prints the median of RUNS runs (page cache warm) of each of these, its ratio to `read`, and
+// the CPU time it took (user + system, every thread of the process: the main thread, libuv's
+// pool, workers):
+//   read         fs.readFileSync(FILE)
+//   load         load(buffer) on the bytes already read (zero-copy: the parse and the views)
+//   read+load    fs.readFileSync then load
+//   blob         load(await fs.openAsBlob(FILE)) (read by slices; each record copied once)
+//   path         load(FILE) (the file read with positioned reads into the storages' buffers)
+//   blob-whole   (await fs.openAsBlob(FILE)).arrayBuffer(): Node's own Blob read of the whole
+//                file into one buffer
+//   blob-stream  the Blob read as `blob` reads it at best (slices of 16 MiB, six at once, by
+//                stream()), every chunk dropped: what reading a Blob costs before one byte is
+//                placed
+//   touch        a new ArrayBuffer of the file's size with one byte written per 4 KiB: the page
+//                faults of the new memory every storage a Blob load returns must be
+// and the floor under a Blob load on this machine: the CPU time of `blob-stream`, `touch` and
+// `load` (the parse) spread over every core, against `read` (a Blob load does all three, and can
+// take no less, however well it overlaps them).
+// Every run checks that each tensor's data views the buffer, and that the Blob and path loads
+// give the same tensors.
+//
+// --fresh: every measurement in a process of its own (as a command-line tool loads a checkpoint
+// once), so that it pays for its memory's page faults, its worker's start and its code's
+// compilation, as `read` does for its buffer.
+import { spawnSync } from "node:child_process";
 import { openAsBlob, readFileSync, statSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createRequire } from "node:module";
 
-const [file, runsArg] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const fresh = args.includes("--fresh");
+const childIndex = args.indexOf("--child");
+const child = childIndex >= 0 ? args[childIndex + 1] : null;
+const [file, runsArg] = args.filter((a, i) => !a.startsWith("--") && (childIndex < 0 || i !== childIndex + 1));
 if (!file) {
-  console.error("usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS]");
+  console.error("usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS] [--fresh]");
   process.exit(2);
 }
 const runs = Number(runsArg ?? 7);
@@ -39,51 +58,125 @@ Planner.prototype.insert = function (offset, bytes) {
   return insert.call(this, offset, bytes);
 };
 
-const ms = (t0) => Number(process.hrtime.bigint() - t0) / 1e6;
+/** What `blob` reads at best: its part size and reads in flight (pkg-template/src/api.mjs). */
+const STREAM_PART_BYTES = 16 << 20;
+const READS_IN_FLIGHT = 6;
+const PAGE = 4096;
+
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-const times = { read: [], load: [], "read+load": [], blob: [], path: [], "blob-whole": [] };
-let tensors = 0;
 const gc = globalThis.gc ?? (() => {}); // between timings, so that no run pays for another's garbage
 /** The first bytes of every tensor's data, to check that all loads agree. */
 const fingerprint = (ckpt) => ckpt.tensors().map(([p, t]) => {
   const b = new Uint8Array(t.data.buffer, t.data.byteOffset, Math.min(t.data.byteLength, 64));
   return `${p}:${t.data.byteLength}:${b.join(",")}`;
 }).join(";");
-const timed = async (name, f) => {
-  gc();
-  const t0 = process.hrtime.bigint();
-  const out = await f();
-  times[name].push(ms(t0));
-  return out;
+
+async function blobStream() {
+  const blob = await openAsBlob(file);
+  let next = 0;
+  let bytes = 0;
+  const reader = async () => {
+    while (next * STREAM_PART_BYTES < blob.size) {
+      const at = next++ * STREAM_PART_BYTES;
+      for await (const chunk of blob.slice(at, at + STREAM_PART_BYTES).stream()) bytes += chunk.length;
+    }
+  };
+  await Promise.all(Array.from({ length: READS_IN_FLIGHT }, reader));
+  if (bytes !== blob.size) throw new Error(`blob-stream read ${bytes} of ${blob.size} bytes`);
+}
+
+function touch() {
+  const bytes = new Uint8Array(new ArrayBuffer(statSync(file).size));
+  for (let at = 0; at < bytes.length; at += PAGE) bytes[at] = 1;
+  return bytes;
+}
+
+/** Each measurement: what it times, given the file's bytes already read (for `load`). Those
+ * that load return the checkpoint (its fingerprint is compared). */
+const measures = {
+  read: async () => readFileSync(file),
+  load: async (bytes) => load(bytes),
+  "read+load": async () => load(readFileSync(file)),
+  blob: async () => load(await openAsBlob(file)),
+  path: async () => load(file),
+  "blob-whole": async () => (await openAsBlob(file)).arrayBuffer(),
+  "blob-stream": blobStream,
+  touch: async () => touch(),
 };
-for (let i = 0; i < runs + 1; i++) {
-  const bytes = await timed("read", () => readFileSync(file));
+const loads = new Set(["load", "read+load", "blob", "path"]);
+
+/** One timing of `name`: `{ wall, cpu, fingerprint?, handed? }` (milliseconds). */
+async function measure(name, bytes) {
+  gc();
   intoWasm = 0;
-  const ckpt = await timed("load", () => load(bytes));
-  const handed = intoWasm;
-  tensors = ckpt.tensors().length;
-  for (const [path, t] of ckpt.tensors()) {
-    if (t.data.buffer !== bytes.buffer) throw new Error(`${path}: not a view of the buffer`);
+  const cpu0 = process.cpuUsage();
+  const t0 = process.hrtime.bigint();
+  const out = await measures[name](bytes);
+  const wall = Number(process.hrtime.bigint() - t0) / 1e6;
+  const cpu = process.cpuUsage(cpu0);
+  const got = { wall, cpu: (cpu.user + cpu.system) / 1e3 };
+  if (loads.has(name)) {
+    got.fingerprint = fingerprint(out);
+    got.handed = intoWasm;
   }
-  const want = fingerprint(ckpt);
-  const again = await timed("read+load", async () => load(readFileSync(file)));
-  if (fingerprint(again) !== want) throw new Error("read+load differs");
-  const fromBlob = await timed("blob", async () => load(await openAsBlob(file)));
-  if (fingerprint(fromBlob) !== want) throw new Error("blob load differs");
-  const fromPath = await timed("path", () => load(file));
-  if (fingerprint(fromPath) !== want) throw new Error("path load differs");
-  await timed("blob-whole", async () => (await openAsBlob(file)).arrayBuffer());
-  if (i === 0) {
-    for (const xs of Object.values(times)) xs.length = 0; // warm-up
-    console.log(`bytes copied into wasm memory by one load: ${handed} (${((100 * handed) / bytes.length).toFixed(3)} % of the file)`);
+  if (name === "load") {
+    for (const [path, t] of out.tensors()) {
+      if (t.data.buffer !== bytes.buffer) throw new Error(`${path}: not a view of the buffer`);
+    }
+  }
+  return got;
+}
+
+if (child) {
+  // One measurement in this fresh process (--fresh), reported to the parent as JSON.
+  const bytes = child === "load" ? readFileSync(file) : null;
+  process.stdout.write(JSON.stringify(await measure(child, bytes)));
+  process.exit(0);
+}
+
+/** A fresh process's measurement of `name`. */
+function inChild(name) {
+  const self = fileURLToPath(import.meta.url);
+  const run = spawnSync(process.execPath, ["--expose-gc", self, file, "--child", name],
+    { env: process.env, encoding: "utf8", maxBuffer: 1 << 30 });
+  if (run.status !== 0) throw new Error(`${name} in a fresh process failed:\n${run.stderr}`);
+  return JSON.parse(run.stdout);
+}
+
+const times = Object.fromEntries(Object.keys(measures).map((name) => [name, []]));
+const cpus = Object.fromEntries(Object.keys(measures).map((name) => [name, []]));
+let want = null;
+let handed = 0;
+for (let i = 0; i < runs + 1; i++) {
+  const bytes = fresh ? null : readFileSync(file);
+  for (const name of Object.keys(measures)) {
+    const got = fresh ? inChild(name) : await measure(name, bytes);
+    times[name].push(got.wall);
+    cpus[name].push(got.cpu);
+    if (got.fingerprint !== undefined) {
+      want ??= got.fingerprint;
+      if (got.fingerprint !== want) throw new Error(`${name}: the tensors differ from the first load's`);
+    }
+    if (name === "load") handed = got.handed;
+  }
+  if (i === 0 && !fresh) {
+    for (const xs of [...Object.values(times), ...Object.values(cpus)]) xs.length = 0; // warm-up
   }
 }
 const size = statSync(file).size;
-console.log(`${file}: ${(size / 1e6).toFixed(1)} MB, ${tensors} tensors; median of ${runs} runs (node ${process.version}, ${pkg})`);
+const tensors = want.split(";").length;
+console.log(`bytes copied into wasm memory by one load: ${handed} (${((100 * handed) / size).toFixed(3)} % of the file)`);
+console.log(`${file}: ${(size / 1e6).toFixed(1)} MB, ${tensors} tensors; median of ${times.read.length} runs, ` +
+  `${fresh ? "each in a fresh process" : "in one process"} (node ${process.version}, ${pkg})`);
 const base = median(times.read);
-for (const [name, xs] of Object.entries(times)) {
-  const m = median(xs);
-  console.log(`${name.padEnd(11)} ${m.toFixed(2).padStart(9)} ms   ${(m / base).toFixed(3)} × read`);
+for (const name of Object.keys(measures)) {
+  const m = median(times[name]);
+  console.log(`${name.padEnd(12)} ${m.toFixed(2).padStart(9)} ms   ${(m / base).toFixed(3)} × read   ` +
+    `cpu ${median(cpus[name]).toFixed(0).padStart(6)} ms`);
 }
 const ratio = (name) => (median(times[name]) / base).toFixed(2);
 console.log(`blob/read ${ratio("blob")}   path/read ${ratio("path")}   blob-whole/read ${ratio("blob-whole")}`);
+const cores = availableParallelism();
+const floor = (median(cpus["blob-stream"]) + median(cpus.touch) + median(cpus.load)) / cores;
+console.log(`floor under a Blob load: (blob-stream + touch + load) cpu / ${cores} cores = ${floor.toFixed(0)} ms = ` +
+  `${(floor / base).toFixed(2)} × read`);

@@ -385,8 +385,7 @@ class BlobSource {
   }
 
   /** Reads [offset, offset + length) into the buffer of `into` at `at`, and gives those bytes.
-   * The read starts at once: the buffer, if the host is still making it, is awaited by the
-   * first chunk. */
+   * The read starts at once and goes on while the host is still making the buffer (`readOne`). */
   readPart(offset, length, into, at) {
     const target = this.buffer(into).then((b) => b.subarray(at, at + length));
     target.catch(() => {}); // a failed read may not await it
@@ -395,7 +394,10 @@ class BlobSource {
 
   /** One read of [offset, offset + length) into `target` (a Uint8Array of that length, or a
    * promise of one) or, without one, into a fresh buffer: a Blob's slice (its ArrayBuffer, as it
-   * is) or the host file's. */
+   * is) or the host file's. A Blob's chunks that come before a promised target are kept and
+   * copied in when it comes, so that the read does not stall behind the worker making it (at
+   * most the read's own bytes are kept, and the reads under way are bounded by AHEAD_BYTES);
+   * should the target fail, the read is cancelled at its next chunk. */
   async readOne(offset, length, target) {
     if (this.file) {
       const got = target ? await target : new Uint8Array(this.alloc(length));
@@ -410,21 +412,27 @@ class BlobSource {
       if (target && typeof slice.stream === "function") {
         // Into a buffer: the slice's chunks copied as they come (arrayBuffer() would join them
         // into one more buffer first, a second copy of every byte).
-        got = null;
+        got = target instanceof Uint8Array ? target : null;
         n = 0;
+        /** `{ bytes }` or `{ failed: true, error }` once the promised target came or failed. */
+        let came = null;
+        if (got === null) target.then((bytes) => (came = { bytes }), (error) => (came = { failed: true, error }));
+        const early = [];
         const reader = slice.stream().getReader();
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;
-          if (n + value.length > length) {
+          if (n + value.length > length || came?.failed) {
             await reader.cancel().catch(() => {});
+            if (came?.failed) throw came.error;
             throw this.shortRead(offset, length, n + value.length);
           }
-          got ??= await target;
-          got.set(value, n);
+          if (got === null && came !== null) got = copyIn(came.bytes, early);
+          if (got !== null) got.set(value, n);
+          else early.push([value, n]);
           n += value.length;
         }
-        got ??= await target;
+        got ??= copyIn(await target, early);
       } else {
         got = new Uint8Array(await slice.arrayBuffer());
         n = got.length;
@@ -452,6 +460,13 @@ class BlobSource {
   async close() {
     if (this.file) await this.file.close();
   }
+}
+
+/** Copies the chunks `early` ([bytes, at]) into `into` at their places, and gives `into`. */
+function copyIn(into, early) {
+  for (const [bytes, at] of early) into.set(bytes, at);
+  early.length = 0;
+  return into;
 }
 
 /** Reads issued in order ahead of their use: up to READS_IN_FLIGHT under way, at most

@@ -27,13 +27,14 @@ const TAIL_BYTES = 65557 + 22 + 76 + 63;
 const dir = mkdtempSync(join(tmpdir(), "ptload-blob-reads-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A Blob over `bytes` that records every read: `reads` ([start, length, how]), the most reads
- * and bytes under way at once, and every ArrayBuffer it handed out. With `delayMs`, each read
+/** A Blob over `bytes` that records every read: `reads` ([start, length, how]), how each read
+ * ended (`ended`: [start, "end" or "cancel"], a stream's), the most reads and bytes under way at
+ * once, and every ArrayBuffer it handed out. With `delayMs`, each read
  * takes that long (so that reads under way overlap); the one at `slowAt` takes `slowMs`, and
  * `aheadOfSlow` counts the bytes asked for meanwhile. `cut`: reads past it come back short. */
 function spyBlob(bytes, { delayMs = 0, slowAt, slowMs = 0, name, cut } = {}) {
   const blob = new Blob([bytes]);
-  const spy = { reads: [], pending: 0, pendingBytes: 0, maxPending: 0, maxPendingBytes: 0, handed: new Set() };
+  const spy = { reads: [], ended: [], pending: 0, pendingBytes: 0, maxPending: 0, maxPendingBytes: 0, handed: new Set() };
   let slow = false;
   const begin = (start, end, how) => {
     spy.reads.push([start, end - start, how]);
@@ -73,6 +74,7 @@ function spyBlob(bytes, { delayMs = 0, slowAt, slowMs = 0, name, cut } = {}) {
             if (delayMs && at === start) await wait(start);
             if (at >= stop) {
               finish(start, end);
+              spy.ended.push([start, "end"]);
               controller.close();
               return;
             }
@@ -82,6 +84,7 @@ function spyBlob(bytes, { delayMs = 0, slowAt, slowMs = 0, name, cut } = {}) {
           },
           cancel() {
             finish(start, end);
+            spy.ended.push([start, "cancel"]);
           },
         });
       },
@@ -405,6 +408,57 @@ test("Node: a buffer the worker fails to make is made on the main thread instead
   await sameAsBuffer(ckpt, file, "no worker");
   streamedInParts(spy, where, [0, 1]);
   for (const k of [0, 1]) assert.ok(allocated.includes(ckpt.storages[k].bytes.buffer.byteLength), `storage ${k}`);
+});
+
+test("Node: a part is read on while its buffer is being made, the chunks that come first copied in when it comes", async () => {
+  const { file, where } = checkpoint([20 * MiB, 128 * 1024, 4096]);
+  const [start, length] = where[0];
+  const spy = spyBlob(file);
+  const partsEnded = () => spy.ended.filter(([at, how]) => at >= start && at < start + length && how === "end").length;
+  // The buffer comes once both parts' streams have ended; were the reads waiting for it, after 2 s.
+  let readFirst = null;
+  const fresh = {
+    make: (size) => new Promise((resolve) => {
+      const asked = Date.now();
+      const poll = setInterval(() => {
+        if (partsEnded() < 2 && Date.now() - asked < 2000) return;
+        clearInterval(poll);
+        readFirst = partsEnded() === 2;
+        resolve(new ArrayBuffer(size));
+      }, 5);
+    }),
+  };
+  const ckpt = await nodeApi(fresh).load(spy.blob);
+  assert.equal(readFirst, true, "the parts' reads waited for their buffer");
+  await sameAsBuffer(ckpt, file, "read before the buffer came");
+  streamedInParts(spy, where, [0]);
+  assert.equal(ckpt.storages[0].bytes.buffer.byteLength, length);
+});
+
+test("a part whose buffer cannot be made fails the load naming the file, its read cancelled", async () => {
+  const { file, where } = checkpoint([20 * MiB, 128 * 1024, 4096]);
+  const [start, length] = where[0];
+  for (const [what, api] of [
+    ["Node", nodeApi({ make: () => Promise.reject(new Error("no worker")) }, (n) => {
+      if (n > 4 * MiB) throw new RangeError("Array buffer allocation failed");
+      return new ArrayBuffer(n);
+    })],
+    ["browser", createApi(() => bindings, { alloc: (n) => {
+      if (n > 4 * MiB) throw new RangeError("Array buffer allocation failed");
+      return new ArrayBuffer(n);
+    } })],
+  ]) {
+    const spy = spyBlob(file, { name: "big.pt" });
+    await assert.rejects(api.load(spy.blob), (e) => {
+      assert.match(e.message, /^big\.pt: could not read \d+ bytes at offset \d+: Array buffer allocation failed/, what);
+      return true;
+    });
+    const streams = spy.reads.filter(([at, , how]) => at >= start && at < start + length && how === "stream");
+    assert.ok(streams.length >= 1, `${what}: ${JSON.stringify(spy.reads)}`);
+    for (const [at] of streams) {
+      assert.deepEqual(spy.ended.filter(([e]) => e === at), [[at, "cancel"]], `${what}: the read at ${at}`);
+    }
+  }
 });
 
 test("reads overlap placement: up to 6 under way, the bytes read ahead bounded", async () => {

@@ -64,10 +64,12 @@ const TAIL_BYTES = 65557 + 22 + 76;
  * stream() chunks are copied into such a buffer. Copying into new memory on the main thread
  * costs a page fault per page, on a VM about as long as reading the file; the worker takes those
  * faults meanwhile. The buffers are asked for up to FRESH_AHEAD_BYTES ahead of the reads taken,
- * the host making them one after another. Batches stay arrayBuffer() reads: streaming them into
- * fresh buffers was slower once a process's memory is reused. (Node 20, this 2-core VM, a load
- * in a fresh process: 4 x 128 MiB records 2.0x the time of readFileSync without, 1.6-1.8x with;
- * 1.1 GB of 4-64 MiB records 2.1x and 1.7-1.8x.) */
+ * the host making them one after another, and a part's read does not wait for its buffer: the
+ * chunks that come first are kept and copied in when it comes (`readOne`). Batches stay
+ * arrayBuffer() reads: streaming them into fresh buffers was slower once a process's memory is
+ * reused. (Node 20, this 2-core VM, `scripts/bench-npm.mjs --fresh`, a load in a fresh process:
+ * 4 x 128 MiB records 2.0x the time of readFileSync without fresh buffers, 1.8x with, 1.6-1.8x
+ * with reads that go on meanwhile; 1.1 GB of 4-64 MiB records 2.1x, 1.8x and 1.7x.) */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;

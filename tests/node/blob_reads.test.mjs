@@ -29,10 +29,11 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 /** A Blob over `bytes` that records every read: `reads` ([start, length, how]), how each read
  * ended (`ended`: [start, "end" or "cancel"], a stream's), the most reads and bytes under way at
- * once, and every ArrayBuffer it handed out. With `delayMs`, each read
+ * once, and every ArrayBuffer it handed out. `beforeChunk(start, k)`: a stream's k-th chunk
+ * waits for the promise it returns, if any. With `delayMs`, each read
  * takes that long (so that reads under way overlap); the one at `slowAt` takes `slowMs`, and
  * `aheadOfSlow` counts the bytes asked for meanwhile. `cut`: reads past it come back short. */
-function spyBlob(bytes, { delayMs = 0, slowAt, slowMs = 0, name, cut } = {}) {
+function spyBlob(bytes, { delayMs = 0, slowAt, slowMs = 0, name, cut, beforeChunk } = {}) {
   const blob = new Blob([bytes]);
   const spy = { reads: [], ended: [], pending: 0, pendingBytes: 0, maxPending: 0, maxPendingBytes: 0, handed: new Set() };
   let slow = false;
@@ -79,6 +80,7 @@ function spyBlob(bytes, { delayMs = 0, slowAt, slowMs = 0, name, cut } = {}) {
               return;
             }
             const n = Math.min(64 << 10, stop - at);
+            await beforeChunk?.(start, (at - start) / (64 << 10));
             controller.enqueue(new Uint8Array(await blob.slice(at, at + n).arrayBuffer()));
             at += n;
           },
@@ -433,6 +435,33 @@ test("Node: a part is read on while its buffer is being made, the chunks that co
   await sameAsBuffer(ckpt, file, "read before the buffer came");
   streamedInParts(spy, where, [0]);
   assert.equal(ckpt.storages[0].bytes.buffer.byteLength, length);
+});
+
+test("Node: a buffer that comes while its part is being read gets the chunks that came before it", async () => {
+  const { file, where } = checkpoint([20 * MiB, 128 * 1024, 4096]);
+  const [start] = where[0];
+  // The first part's stream stops before its 9th chunk until its buffer has come.
+  let reachedNinth;
+  const ninth = new Promise((resolve) => (reachedNinth = resolve));
+  let bufferCame;
+  const came = new Promise((resolve) => (bufferCame = resolve));
+  const spy = spyBlob(file, {
+    beforeChunk: (at, k) => {
+      if (at !== start || k !== 8) return undefined;
+      reachedNinth();
+      return came.then(() => new Promise((resolve) => setTimeout(resolve, 10)));
+    },
+  });
+  const fresh = {
+    make: async (size) => {
+      await ninth;
+      bufferCame();
+      return new ArrayBuffer(size);
+    },
+  };
+  const ckpt = await nodeApi(fresh).load(spy.blob);
+  await sameAsBuffer(ckpt, file, "the buffer came mid-part");
+  streamedInParts(spy, where, [0]);
 });
 
 test("a part whose buffer cannot be made fails the load naming the file, its read cancelled", async () => {

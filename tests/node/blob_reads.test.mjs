@@ -417,13 +417,14 @@ test("Node: a part is read on while its buffer is being made, the chunks that co
   const [start, length] = where[0];
   const spy = spyBlob(file);
   const partsEnded = () => spy.ended.filter(([at, how]) => at >= start && at < start + length && how === "end").length;
-  // The buffer comes once both parts' streams have ended; were the reads waiting for it, after 2 s.
+  // The buffer comes once both parts' streams have ended; were the reads waiting for it, after
+  // 10 s (a margin for a slow machine).
   let readFirst = null;
   const fresh = {
     make: (size) => new Promise((resolve) => {
       const asked = Date.now();
       const poll = setInterval(() => {
-        if (partsEnded() < 2 && Date.now() - asked < 2000) return;
+        if (partsEnded() < 2 && Date.now() - asked < 10_000) return;
         clearInterval(poll);
         readFirst = partsEnded() === 2;
         resolve(new ArrayBuffer(size));

@@ -63,19 +63,22 @@ const TAIL_BYTES = 65557 + 22 + 76;
  * a worker), a Blob's record of BATCH_BYTES or more is read in STREAM_PART_BYTES parts whose
  * stream() chunks are copied into such a buffer. Copying into new memory on the main thread
  * costs a page fault per page, on a VM about as long as reading the file; the worker takes those
- * faults meanwhile. The buffers are asked for up to FRESH_AHEAD_BYTES ahead of the reads taken,
- * the host making them one after another, and a part's read does not wait for its buffer: the
- * chunks that come first are kept and copied in when it comes (`readOne`). Batches stay
+ * faults meanwhile. The host makes them one after another, kept busy: up to FRESH_QUEUE_BYTES are
+ * asked for and not yet made (those made are storages the load returns, so making them early
+ * holds no memory it would not hold anyway; a failed load leaves at most FRESH_QUEUE_BYTES to be
+ * made for nothing). A part's read does not wait for its buffer: the chunks that come first are
+ * kept and copied in when it comes (`readOne`). Batches stay
  * arrayBuffer() reads: streaming them into fresh buffers was slower once a process's memory is
  * reused. (Node 20, this 2-core VM, `scripts/bench-npm.mjs --fresh`, a load in a fresh process:
  * 4 x 128 MiB records 2.0x the time of readFileSync without fresh buffers, 1.8x with, 1.6-1.8x
- * with reads that go on meanwhile; 1.1 GB of 4-64 MiB records 2.1x, 1.8x and 1.7x.) */
+ * with reads that go on meanwhile; 1.1 GB of 4-64 MiB records 2.1x, 1.8x and 1.7x, and 1.6x once
+ * the host was kept busy rather than asked at most 256 MiB ahead of the records placed.) */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;
 const PART_BYTES = 4 << 20;
 const STREAM_PART_BYTES = 16 << 20;
-const FRESH_AHEAD_BYTES = 256 << 20;
+const FRESH_QUEUE_BYTES = 256 << 20;
 const READS_IN_FLIGHT = 6;
 const AHEAD_BYTES = 64 << 20;
 /** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
@@ -474,9 +477,9 @@ function copyIn(into, early) {
 /** Reads issued in order ahead of their use: up to READS_IN_FLIGHT under way, at most
  * AHEAD_BYTES issued and not yet taken. `take()` gives each read's bytes in order. A read is
  * `{ offset, length }`; or `{ ..., into: { size, bytes }, at }`, a part of a buffer of `size`
- * bytes (`source.buffer`), made when its first part starts, or, a host's fresh one, asked for
- * when a read of its parts comes within FRESH_AHEAD_BYTES of those taken; or `{ bytes }`, already
- * at hand. */
+ * bytes (`source.buffer`), made when its first part starts, or, a host's fresh one, asked for in
+ * order with at most FRESH_QUEUE_BYTES asked for and not yet made (`askFresh`); or `{ bytes }`,
+ * already at hand. */
 class ReadAhead {
   constructor(source, reads) {
     this.source = source;
@@ -486,11 +489,33 @@ class ReadAhead {
     this.taken = 0;
     this.running = 0;
     this.ahead = 0;
-    /** Reads whose buffers have been asked for, and their bytes not yet taken. */
-    this.made = 0;
-    this.madeAhead = 0;
+    /** Reads looked at by `askFresh`, and the bytes of the buffers it asked for not yet made. */
+    this.asked = 0;
+    this.queued = 0;
     this.stopped = false;
+    this.askFresh();
     this.issue();
+  }
+
+  /** Asks the host for the fresh buffers of the reads to come, in their order, so that it is
+   * never idle while some are left: up to FRESH_QUEUE_BYTES asked for and not yet made (one at
+   * least), the next asked for as each is made. A transient buffer (read to be inflated, then
+   * dropped) is made with its first part instead; one whose part was issued first was asked for
+   * by that part. */
+  askFresh() {
+    while (this.source.fresh && !this.stopped && this.asked < this.reads.length) {
+      const into = this.reads[this.asked].into;
+      if (into && !into.transient && into.ready === undefined) {
+        if (this.queued > 0 && this.queued + into.size > FRESH_QUEUE_BYTES) return;
+        this.queued += into.size;
+        const made = () => {
+          this.queued -= into.size;
+          this.askFresh();
+        };
+        this.source.buffer(into).then(made, made);
+      }
+      this.asked++;
+    }
   }
 
   issue() {
@@ -516,14 +541,6 @@ class ReadAhead {
       got.catch(() => (this.stopped = true));
       this.pending[k] = got;
     }
-    // The host's fresh buffers, asked for ahead of the reads (they are the storages the load
-    // returns; a transient one is made with its first part).
-    while (this.source.fresh && !this.stopped && this.made < this.reads.length &&
-           (this.made < this.issued || this.madeAhead + this.reads[this.made].length <= FRESH_AHEAD_BYTES)) {
-      const r = this.reads[this.made++];
-      if (r.into && !r.into.transient) this.source.buffer(r.into);
-      this.madeAhead += r.length;
-    }
   }
 
   /** The next read's bytes. */
@@ -534,7 +551,6 @@ class ReadAhead {
     } finally {
       this.pending[k] = undefined;
       this.ahead -= this.reads[k].length;
-      if (k < this.made) this.madeAhead -= this.reads[k].length;
       this.issue();
     }
   }

@@ -363,6 +363,86 @@ test("Node: a record of 4 MiB or more is streamed in 16 MiB parts into a buffer 
   assert.equal(manyFresh.askedBeforeFirst, 12);
 });
 
+/** A fresh-buffer maker that holds every buffer until the test makes it: `asked` lists
+ * `{ size, make, seen }` in the order asked, `seen` what `onAsk` returned when it was asked. */
+function heldFresh(onAsk = () => undefined) {
+  const asked = [];
+  return {
+    asked,
+    make: (size) => new Promise((resolve) => asked.push({ size, make: () => resolve(new ArrayBuffer(size)), seen: onAsk() })),
+  };
+}
+
+/** Resolves once `list` has stayed `n` long for 100 ms; fails if it does not within 10 s. */
+async function settlesAt(list, n) {
+  const start = Date.now();
+  let since = Date.now();
+  let seen = -1;
+  while (Date.now() - start < 10_000) {
+    if (list.length !== seen) (seen = list.length), (since = Date.now());
+    else if (Date.now() - since >= 100) break;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.equal(list.length, n, `buffers asked for: ${list.length}, expected ${n}`);
+}
+
+test("Node: the worker is kept busy: the next buffer is asked for as one is made, not as one is placed, 256 MiB at most asked and not made", async () => {
+  // 280 MiB in 20 MiB records (two parts each). The buffers are made in an order the records
+  // cannot be placed in (the first one last).
+  const sizes = [...Array(14).fill(20 * MiB), 128 * 1024, 4096];
+  const { file } = checkpoint(sizes);
+  const fresh = heldFresh();
+  const loading = nodeApi(fresh).load(spyBlob(file).blob);
+  // Nothing made: 12 x 20 MiB asked for (a 13th would pass 256 MiB; each counted once, not once
+  // per part).
+  await settlesAt(fresh.asked, 12);
+  // The second made, the first still not (so nothing can be placed): one more asked for.
+  fresh.asked[1].make();
+  await settlesAt(fresh.asked, 13);
+  fresh.asked[2].make();
+  await settlesAt(fresh.asked, 14);
+  for (let k = 3; k < 14; k++) fresh.asked[k].make();
+  fresh.asked[0].make();
+  const ckpt = await loading;
+  await sameAsBuffer(ckpt, file, "kept busy");
+  ckpt.storages.slice(0, 14).forEach((s, k) => assert.equal(s.bytes.buffer.byteLength, 20 * MiB, `storage ${k}`));
+});
+
+test("Node: a record over 256 MiB is asked for at once, alone, and the ones after it once it is made, before their reads", async () => {
+  const sizes = [264 * MiB, 8 * MiB, 8 * MiB, 128 * 1024, 4096];
+  const { file, where } = checkpoint(sizes);
+  const spy = spyBlob(file);
+  // When each buffer is asked for: the reads begun of the records after the big one.
+  const fresh = heldFresh(() => spy.reads.filter(([start]) => start === where[1][0] || start === where[2][0]).length);
+  const loading = nodeApi(fresh).load(spy.blob);
+  await settlesAt(fresh.asked, 1);
+  assert.equal(fresh.asked[0].size, 264 * MiB);
+  fresh.asked[0].make();
+  await settlesAt(fresh.asked, 3);
+  // Asked for by the loop ahead, not by their reads (none of which had begun).
+  assert.deepEqual(fresh.asked.map(({ size, seen }) => [size, seen]), [[264 * MiB, 0], [8 * MiB, 0], [8 * MiB, 0]]);
+  fresh.asked[1].make();
+  fresh.asked[2].make();
+  await sameAsBuffer(await loading, file, "over 256 MiB");
+});
+
+test("Node: once a read fails, no more buffers are asked for", async () => {
+  const sizes = [...Array(14).fill(20 * MiB), 128 * 1024, 4096];
+  const { file, where } = checkpoint(sizes);
+  const fresh = heldFresh();
+  // The first record's second part fails at its first chunk.
+  const failing = where[0][0] + 16 * MiB;
+  const spy = spyBlob(file, {
+    beforeChunk: (at, k) => (at === failing && k === 0 ? Promise.reject(new Error("the disk is gone")) : undefined),
+  });
+  const failed = assert.rejects(nodeApi(fresh).load(spy.blob), /could not read 4194304 bytes at offset \d+: the disk is gone/);
+  await settlesAt(fresh.asked, 12);
+  // Made after the failure: none asked for in their place.
+  for (const { make } of fresh.asked) make();
+  await failed;
+  await settlesAt(fresh.asked, 12);
+});
+
 test("Node: a deflated record's read is not a fresh buffer, nor made ahead (it is dropped once inflated)", async () => {
   // Twenty stored 8 MiB records (well past the 64 MiB read ahead, within the 256 MiB asked for
   // ahead), then a deflated one of incompressible bytes (over 4 MiB as stored).

@@ -254,6 +254,8 @@ impl ZipDirectory {
         deferred.resolve(&mut self.records, &self.names, data)
     }
 
+    // Not inlined, so that its callers stay small (see `pickle::machine::Machine::rare_opcode`).
+    #[inline(never)]
     fn parse_with(
         data: &(impl ByteSource + ?Sized),
         defer: bool,

@@ -77,7 +77,9 @@ impl Loader {
     }
 
     /// Decides every storage's device (all errors before any byte is read), then finds the
-    /// record of each storage that needs bytes.
+    /// record of each storage that needs bytes. Not inlined, so that its callers stay small
+    /// (see `pickle::machine::Machine::rare_opcode`).
+    #[inline(never)]
     fn finish_plan(
         &self,
         mut parsed: torch::Parsed,

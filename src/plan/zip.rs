@@ -82,7 +82,11 @@ impl Loader {
     /// The small records of a zip checkpoint (`version`, `byteorder`) and its pickles: the
     /// parsed `data.pkl` with `constants.pkl`'s storages appended, and TorchScript's constants
     /// with the count of their storages.
+    ///
+    /// Not inlined, so that [`plan_zip`](Self::plan_zip) stays small (see
+    /// `pickle::machine::Machine::rare_opcode`).
     #[allow(clippy::type_complexity)]
+    #[inline(never)]
     fn parse_zip_pickles(
         &self,
         dir: &ZipDirectory,

@@ -340,6 +340,16 @@ impl<'a, H: Hooks> Machine<'a, H> {
         }
     }
 
+    /// Pushes what the hooks' `persistent_load` makes of `pid` (`BINPERSID`, `PERSID`).
+    fn persistent_load(&mut self, pid: NodeId) -> Result<()> {
+        let id = self
+            .hooks
+            .persistent_load(self.arena, pid)
+            .map_err(|m| self.err(m))?;
+        self.stack.push(id);
+        Ok(())
+    }
+
     #[inline(never)]
     fn global(&mut self, module: &str, name: &str) -> Result<NodeId> {
         let (module, name) = self
@@ -617,11 +627,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 // --- persistent ids
                 b'Q' => {
                     let pid = self.pop()?;
-                    let id = self
-                        .hooks
-                        .persistent_load(self.arena, pid)
-                        .map_err(|m| self.err(m))?;
-                    self.stack.push(id);
+                    self.persistent_load(pid)?
                 }
                 _ => self.rare_opcode(op)?,
             }
@@ -809,11 +815,7 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 let text = self.line_str()?;
                 let node = self.arena.str_node(text);
                 let pid = self.new_node(node)?;
-                let id = self
-                    .hooks
-                    .persistent_load(self.arena, pid)
-                    .map_err(|m| self.err(m))?;
-                self.stack.push(id);
+                self.persistent_load(pid)?
             }
             _ => {
                 return Err(self.err(format!(

@@ -61,24 +61,32 @@ const TAIL_BYTES = 65557 + 22 + 76;
  *
  * Where the host makes buffers with their pages touched off the main thread (`host.fresh`: Node,
  * a worker), a Blob's record of BATCH_BYTES or more is read in STREAM_PART_BYTES parts whose
- * stream() chunks are copied into such a buffer. Copying into new memory on the main thread
- * costs a page fault per page, on a VM about as long as reading the file; the worker takes those
- * faults meanwhile. The host makes them one after another, kept busy: up to FRESH_QUEUE_BYTES are
- * asked for and not yet made (those made are storages the load returns, so making them early
- * holds no memory it would not hold anyway; a failed load leaves at most FRESH_QUEUE_BYTES to be
- * made for nothing). A part's read does not wait for its buffer: the chunks that come first are
- * kept and copied in when it comes (`readOne`). Batches stay
- * arrayBuffer() reads: streaming them into fresh buffers was slower once a process's memory is
- * reused. (Node 20, this 2-core VM, `scripts/bench-npm.mjs --fresh`, a load in a fresh process:
- * 4 x 128 MiB records 2.0x the time of readFileSync without fresh buffers, 1.8x with, 1.6-1.8x
- * with reads that go on meanwhile; 1.1 GB of 4-64 MiB records 2.1x, 1.8x and 1.7x, and 1.6x once
- * the host was kept busy rather than asked at most 256 MiB ahead of the records placed.) */
+ * stream() chunks are copied into such a buffer, and so is a batch of FRESH_BATCH_BYTES or more
+ * (its records views of it) unless all it holds is deflated records (dropped once inflated).
+ * Copying into new memory on the main thread costs a page fault per page, on a VM about as long
+ * as reading the file; the worker takes those faults meanwhile. The host makes them one after
+ * another, kept busy: up to FRESH_QUEUE_BYTES are asked for and not yet made (those made are
+ * storages the load returns, so making them early holds no memory it would not hold anyway; a
+ * failed load leaves at most FRESH_QUEUE_BYTES to be made for nothing). A part's read does not
+ * wait for its buffer: the chunks that come first are kept and copied in when it comes
+ * (`readOne`), and once all of them have come it no longer counts among the READS_IN_FLIGHT, so
+ * that the next reads begin (what is kept stays within AHEAD_BYTES). (Node 20, this 2-core VM,
+ * `scripts/bench-npm.mjs --fresh`, a load in a fresh process: 4 x 128 MiB records 2.0x the time
+ * of readFileSync without fresh buffers, 1.8x with, 1.6-1.8x with reads that go on meanwhile;
+ * 1.1 GB of 4-64 MiB records 2.1x, 1.8x and 1.7x, and 1.6x once the host was kept busy rather
+ * than asked at most 256 MiB ahead of the records placed. 252 MB of 1-4 MiB records, batched:
+ * 1.95x with its batches arrayBuffer() reads, 1.87x streamed into fresh buffers with their
+ * finished reads not counted; streamed with them counted, they were slower than arrayBuffer()
+ * once a process's memory is reused.) */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;
 const PART_BYTES = 4 << 20;
 const STREAM_PART_BYTES = 16 << 20;
 const FRESH_QUEUE_BYTES = 256 << 20;
+/** The least batch read into a fresh buffer: below it, the worker's round trip costs more than
+ * the page faults it saves. */
+const FRESH_BATCH_BYTES = 1 << 20;
 const READS_IN_FLIGHT = 6;
 const AHEAD_BYTES = 64 << 20;
 /** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
@@ -391,10 +399,10 @@ class BlobSource {
 
   /** Reads [offset, offset + length) into the buffer of `into` at `at`, and gives those bytes.
    * The read starts at once and goes on while the host is still making the buffer (`readOne`). */
-  readPart(offset, length, into, at) {
+  readPart(offset, length, into, at, doneReading) {
     const target = this.buffer(into).then((b) => b.subarray(at, at + length));
     target.catch(() => {}); // a failed read may not await it
-    return this.readOne(offset, length, target);
+    return this.readOne(offset, length, target, doneReading);
   }
 
   /** One read of [offset, offset + length) into `target` (a Uint8Array of that length, or a
@@ -402,8 +410,9 @@ class BlobSource {
    * is) or the host file's. A Blob's chunks that come before a promised target are kept and
    * copied in when it comes, so that the read does not stall behind the worker making it (at
    * most the read's own bytes are kept, and the reads under way are bounded by AHEAD_BYTES);
-   * should the target fail, the read is cancelled at its next chunk. */
-  async readOne(offset, length, target) {
+   * should the target fail, the read is cancelled at its next chunk. `doneReading()` is called
+   * once every chunk has come, if the target has not. */
+  async readOne(offset, length, target, doneReading) {
     if (this.file) {
       const got = target ? await target : new Uint8Array(this.alloc(length));
       const n = length === 0 ? 0 : await this.file.readInto(got, offset);
@@ -437,7 +446,10 @@ class BlobSource {
           else early.push([value, n]);
           n += value.length;
         }
-        got ??= copyIn(await target, early);
+        if (got === null) {
+          doneReading?.();
+          got = copyIn(await target, early);
+        }
       } else {
         got = new Uint8Array(await slice.arrayBuffer());
         n = got.length;
@@ -474,7 +486,8 @@ function copyIn(into, early) {
   return into;
 }
 
-/** Reads issued in order ahead of their use: up to READS_IN_FLIGHT under way, at most
+/** Reads issued in order ahead of their use: up to READS_IN_FLIGHT under way (reading: a part
+ * whose bytes have all come, kept until its buffer is made, no longer counts), at most
  * AHEAD_BYTES issued and not yet taken. `take()` gives each read's bytes in order. A read is
  * `{ offset, length }`; or `{ ..., into: { size, bytes }, at }`, a part of a buffer of `size`
  * bytes (`source.buffer`), made when its first part starts, or, a host's fresh one, asked for in
@@ -528,13 +541,17 @@ class ReadAhead {
         got = Promise.resolve(r.bytes);
       } else {
         this.running++;
-        got = (r.into
-          ? this.source.readPart(r.offset, r.length, r.into, r.at)
-          : this.source.readOne(r.offset, r.length)
-        ).finally(() => {
+        let reading = true;
+        const doneReading = () => {
+          if (!reading) return;
+          reading = false;
           this.running--;
           this.issue();
-        });
+        };
+        got = (r.into
+          ? this.source.readPart(r.offset, r.length, r.into, r.at, doneReading)
+          : this.source.readOne(r.offset, r.length)
+        ).finally(doneReading);
       }
       this.ahead += r.length;
       // A failed read stops the others; its error is thrown by take().
@@ -868,14 +885,19 @@ async function* recordBytes(source, jobs, progress, signal) {
       // With its neighbours in the file (torch writes records in the order they are referenced).
       const records = [[index, 0, length]];
       let end = offset + length;
+      let dropped = transient;
       for (; k < jobs.length; k++) {
-        const [i, o, l] = jobs[k];
+        const [i, o, l, t = false] = jobs[k];
         if (o < end || o - end > BATCH_GAP || o + l - offset > BATCH_BYTES ||
             source.heldBytes(o, l)) break;
         records.push([i, o - offset, l]);
         end = o + l;
+        dropped &&= t;
       }
-      reads.push({ offset, length: end - offset, records });
+      const size = end - offset;
+      reads.push(source.fresh && !dropped && size >= FRESH_BATCH_BYTES
+        ? { offset, length: size, into: { size, bytes: null }, at: 0, records }
+        : { offset, length: size, records });
     } else if (length < source.partsFrom) {
       reads.push({ offset, length, records: [[index, 0, length]] });
     } else {

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -40,6 +40,39 @@ test("make(n) gives a zeroed ArrayBuffer of n bytes, its own, in the order asked
   const bytes = new Uint8Array(made[0]);
   bytes.fill(7);
   assert.equal(bytes[MiB - 1], 7);
+});
+
+test("the pages are read from the zero device, opened for each buffer and closed after it, the rest touched", { timeout: 60_000 }, async () => {
+  // A stand-in device that is not zeros, to see what came from it: 20 MiB + 1 byte, its last 7
+  // (past a first read of 16 MiB).
+  const dir = mkdtempSync(join(tmpdir(), "ptload-zeroes-"));
+  try {
+    const device = join(dir, "zeroes");
+    const bytes = new Uint8Array(20 * MiB + 1);
+    bytes[20 * MiB] = 7;
+    bytes[0] = 1;
+    writeFileSync(device, bytes);
+    const fds = () => readdirSync("/proc/self/fd").length;
+    const before = fds();
+    const fresh = freshBuffers({ zeroes: device });
+    for (let k = 0; k < 20; k++) {
+      const size = k % 2 ? 24 * MiB : MiB + 3;
+      const got = new Uint8Array(await fresh.make(size));
+      assert.equal(got.length, size);
+      const want = new Uint8Array(size);
+      want.set(bytes.subarray(0, size));
+      assert.ok(Buffer.from(got).equals(Buffer.from(want)), `buffer ${k} is not the device's bytes, then zeros`);
+    }
+    assert.ok(fds() < before + 5, `${fds() - before} more files open after 20 buffers`);
+    // No device: every page touched instead.
+    const none = freshBuffers({ zeroes: join(dir, "none") });
+    for (const size of [MiB + 3, 24 * MiB]) {
+      const got = new Uint8Array(await none.make(size));
+      assert.deepEqual([got.length, got.every((x) => x === 0)], [size, true]);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test("a buffer the worker cannot allocate rejects, and the next is made", { timeout: 60_000 }, async () => {

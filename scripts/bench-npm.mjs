@@ -18,10 +18,10 @@
 //   blob-stream  the Blob read as `blob` reads it at best (slices of 16 MiB, six at once, by
 //                stream()), every chunk dropped: what reading a Blob costs before one byte is
 //                placed
-//   touch        a new ArrayBuffer of the file's size with its pages touched as the package's
-//                worker touches them (read from /dev/zero in 16 MiB reads; one byte written per
-//                4 KiB where there is none): the page faults of the new memory every storage a
-//                Blob load returns must be
+//   touch        a new ArrayBuffer of the file's size made by the package's worker
+//                (pkg/lib/fresh-buffers.cjs: its pages filled from /dev/zero, or touched; with
+//                --fresh, the worker's start too): the page faults of the new memory every
+//                storage a Blob load returns must be, as the package takes them
 // and the floor under a Blob load on this machine: the CPU time of `blob-stream`, `touch` and
 // `load` (the parse) spread over every core, against `read` (a Blob load does all three, and can
 // take no less, however well it overlaps them).
@@ -32,7 +32,7 @@
 // once), so that it pays for its memory's page faults, its worker's start and its code's
 // compilation, as `read` does for its buffer.
 import { spawnSync } from "node:child_process";
-import { closeSync, openAsBlob, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { openAsBlob, readFileSync, statSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -63,7 +63,6 @@ Planner.prototype.insert = function (offset, bytes) {
 /** What `blob` reads at best: its part size and reads in flight (pkg-template/src/api.mjs). */
 const STREAM_PART_BYTES = 16 << 20;
 const READS_IN_FLIGHT = 6;
-const PAGE = 4096;
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const gc = globalThis.gc ?? (() => {}); // between timings, so that no run pays for another's garbage
@@ -87,26 +86,8 @@ async function blobStream() {
   if (bytes !== blob.size) throw new Error(`blob-stream read ${bytes} of ${blob.size} bytes`);
 }
 
-function touch() {
-  const bytes = new Uint8Array(new ArrayBuffer(statSync(file).size));
-  let at = 0;
-  try {
-    const fd = openSync("/dev/zero", "r");
-    try {
-      while (at < bytes.length) {
-        const n = readSync(fd, bytes, at, Math.min(bytes.length - at, 16 << 20), null);
-        if (n <= 0) break;
-        at += n;
-      }
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    // No /dev/zero: a byte per page.
-  }
-  for (; at < bytes.length; at += PAGE) bytes[at] = 1;
-  return bytes;
-}
+/** The package's own maker of fresh buffers (a worker of its own; not ended while the runs go on). */
+const maker = createRequire(import.meta.url)(join(pkg, "lib", "fresh-buffers.cjs")).freshBuffers({ idleMs: 600_000 });
 
 /** Each measurement: what it times, given the file's bytes already read (for `load`). Those
  * that load return the checkpoint (its fingerprint is compared). */
@@ -118,7 +99,7 @@ const measures = {
   path: async () => load(file),
   "blob-whole": async () => (await openAsBlob(file)).arrayBuffer(),
   "blob-stream": blobStream,
-  touch: async () => touch(),
+  touch: async () => new Uint8Array(await maker.make(statSync(file).size)),
 };
 const loads = new Set(["load", "read+load", "blob", "path"]);
 

@@ -118,15 +118,19 @@ function checkpoint(sizes, options) {
     return [String(k), data];
   });
   const file = zipCheckpoint(p.op("u").stop(), records, options);
-  // Each record's data: find it after its local header's name.
   const where = records.map(([key, data]) => {
-    const name = Buffer.from(`archive/data/${key}`);
-    const header = file.indexOf(Buffer.concat([name, Buffer.from([0x46, 0x42])]));
-    const start = header + name.length + 4 + file.readUInt16LE(header + name.length + 2);
+    const start = dataStart(file, key);
     assert.ok(file.subarray(start, start + Math.min(data.length, 64)).equals(data.subarray(0, 64)));
     return [start, data.length];
   });
   return { file, where };
+}
+
+/** Where record `key`'s data starts in `file`: after its local header's name and `FB` field. */
+function dataStart(file, key) {
+  const name = Buffer.from(`archive/data/${key}`);
+  const header = file.indexOf(Buffer.concat([name, Buffer.from([0x46, 0x42])]));
+  return header + name.length + 4 + file.readUInt16LE(header + name.length + 2);
 }
 
 /** The reads that touch [start, start + length). */
@@ -386,9 +390,7 @@ test("Node: a batch of 1 MiB or more is streamed into a buffer the worker made, 
   const file = zipCheckpoint(pickle.op("u").stop(), records, { deflate: deflated });
   // Each record's bytes as stored in the file: [start, length].
   const where = records.map(([key, bytes]) => {
-    const name = Buffer.from(`archive/data/${key}`);
-    const header = file.indexOf(Buffer.concat([name, Buffer.from([0x46, 0x42])]));
-    const start = header + name.length + 4 + file.readUInt16LE(header + name.length + 2);
+    const start = dataStart(file, key);
     return [start, deflated.includes(key) ? file.indexOf(Buffer.from("PK\x03\x04", "latin1"), start) - start : bytes.length];
   });
   const fresh = spyFresh(freshBuffers(), 0);

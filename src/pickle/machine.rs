@@ -218,6 +218,13 @@ impl<'a, H: Hooks> Machine<'a, H> {
         super::encoding::utf8(line).ok_or_else(|| self.err("a text argument is not valid UTF-8"))
     }
 
+    /// The memo index on a text opcode's line (`PUT`/`GET`, protocol 0), `op` naming it.
+    fn line_index(&mut self, op: &str) -> Result<u64> {
+        let text = self.line_str()?;
+        text.parse::<u64>()
+            .map_err(|_| self.err(format!("invalid {op} index {text:?}")))
+    }
+
     #[inline(never)]
     fn push_node(&mut self, node: Node) -> Result<()> {
         if self.arena.len() >= self.limits.max_nodes {
@@ -761,17 +768,11 @@ impl<'a, H: Hooks> Machine<'a, H> {
                 }
             }
             b'p' => {
-                let text = self.line_str()?;
-                let i = text
-                    .parse::<u64>()
-                    .map_err(|_| self.err(format!("invalid PUT index {text:?}")))?;
+                let i = self.line_index("PUT")?;
                 self.memo_put(i)?
             }
             b'g' => {
-                let text = self.line_str()?;
-                let i = text
-                    .parse::<u64>()
-                    .map_err(|_| self.err(format!("invalid GET index {text:?}")))?;
+                let i = self.line_index("GET")?;
                 self.memo_get(i)?
             }
             0x82..=0x84 => {
@@ -1065,6 +1066,29 @@ mod tests {
         assert_eq!(arena.str(items[1]), Some("a"));
         assert_eq!(arena.get(items[2]), &Node::Float(2.5));
         assert_eq!(arena.get(items[3]), &Node::Bool(true));
+    }
+
+    #[test]
+    fn protocol0_memo_puts_and_gets() {
+        // pickle.dumps(['x', 'x'], protocol=0) with the memo kept for the second 'x' (pickle
+        // writes `g1` for a repeated object): PUT 1 then GET 1 give the same node.
+        let (arena, root) = run(b"(lp0\nVx\np1\nag1\na.").unwrap();
+        let Node::List(items) = arena.get(root) else {
+            panic!()
+        };
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0], items[1]);
+        assert_eq!(arena.str(items[0]), Some("x"));
+        // GET of an index never put; indexes that are not numbers, named by their opcode.
+        let err = run(b"(lp0\nVx\np1\nag2\na.").unwrap_err().to_string();
+        assert!(err.contains("memo slot 2 was never set"), "{err}");
+        for (bytes, want) in [
+            (&b"(lp0\nVx\npx1\na."[..], "invalid PUT index \"x1\""),
+            (b"(lp0\nVx\np1\nag-1\na.", "invalid GET index \"-1\""),
+        ] {
+            let err = run(bytes).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
     }
 
     #[test]

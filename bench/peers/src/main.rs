@@ -32,6 +32,9 @@ struct Options {
     /// `--in-memory`: also time ptload on the file's bytes already in memory (no open, map or
     /// page faults: what the parse itself costs).
     in_memory: bool,
+    /// `--no-peers`: only ptload against the safetensors crate (no candle, no memcpy): quick
+    /// enough to run in many processes, for comparing two builds.
+    no_peers: bool,
 }
 
 /// A file's bytes, shared between loads (`Loader::load_bytes` takes ownership of a handle).
@@ -52,6 +55,7 @@ fn parse_args() -> Result<Options, String> {
         files: Vec::new(),
         profile: 0,
         in_memory: false,
+        no_peers: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -64,6 +68,7 @@ fn parse_args() -> Result<Options, String> {
             }
             "--twins" => options.twins = value("--twins")?.into(),
             "--in-memory" => options.in_memory = true,
+            "--no-peers" => options.no_peers = true,
             "--profile" => {
                 options.profile = value("--profile")?.parse().map_err(|e| format!("{e}"))?
             }
@@ -72,7 +77,7 @@ fn parse_args() -> Result<Options, String> {
         }
     }
     if options.files.is_empty() || options.runs == 0 {
-        return Err("usage: ptload-peers [--runs N] [--cap SECS] [--twins DIR] FILE.pt...".into());
+        return Err("usage: ptload-peers [--runs N] [--cap SECS] [--twins DIR] [--in-memory] [--no-peers] FILE.pt...".into());
     }
     Ok(options)
 }
@@ -187,7 +192,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             || ptload::load(file).expect("ptload loads"),
             || safetensors_load(&twin),
         );
-        let copy_t = best(options.runs, || memcpy(file));
         if options.in_memory {
             let bytes = SharedBytes(std::sync::Arc::new(std::fs::read(file)?));
             let loader = ptload::Loader::new();
@@ -200,20 +204,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ms(in_memory_t)
             );
         }
-        let candle_t = match candle(file, options.cap) {
-            Some(Ok((took, n))) if n == tensors => ms(took),
-            Some(Ok((took, n))) => format!("{} ({n} tensors)", ms(took)),
-            Some(Err(e)) => format!("error: {e}"),
-            None => format!("did not finish in {:.0} s", options.cap.as_secs_f64()),
+        let (candle_t, copy_t) = if options.no_peers {
+            ("–".to_string(), "–".to_string())
+        } else {
+            let copy_t = ms(best(options.runs, || memcpy(file)));
+            let candle_t = match candle(file, options.cap) {
+                Some(Ok((took, n))) if n == tensors => ms(took),
+                Some(Ok((took, n))) => format!("{} ({n} tensors)", ms(took)),
+                Some(Err(e)) => format!("error: {e}"),
+                None => format!("did not finish in {:.0} s", options.cap.as_secs_f64()),
+            };
+            (candle_t, copy_t)
         };
         let name = file.file_name().unwrap_or_default().to_string_lossy();
         println!(
-            "| {name} | {tensors} | {:.1} MiB | {} | {} | {:.2}× | {candle_t} | {} |",
+            "| {name} | {tensors} | {:.1} MiB | {} | {} | {:.2}× | {candle_t} | {copy_t} |",
             size as f64 / (1 << 20) as f64,
             ms(ptload_t),
             ms(st_t),
             ptload_t.as_secs_f64() / st_t.as_secs_f64(),
-            ms(copy_t),
         );
     }
     // A candle run past its cap may still be going: don't wait for it.

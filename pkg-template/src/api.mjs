@@ -60,24 +60,27 @@ const TAIL_BYTES = 65557 + 22 + 76;
  * 4 MiB ones, a file's faster in 4 MiB parts than in 16 MiB ones.)
  *
  * Where the host makes buffers with their pages touched off the main thread (`host.fresh`: Node,
- * a worker), a Blob's record of BATCH_BYTES or more is read in STREAM_PART_BYTES parts whose
- * stream() chunks are copied into such a buffer, and so is a batch of FRESH_BATCH_BYTES or more
- * (its records views of it) unless all it holds is deflated records (dropped once inflated).
- * Copying into new memory on the main thread costs a page fault per page, on a VM about as long
- * as reading the file; the worker takes those faults meanwhile. The host makes them one after
- * another, kept busy: up to FRESH_QUEUE_BYTES are asked for and not yet made (those made are
- * storages the load returns, so making them early holds no memory it would not hold anyway; a
- * failed load leaves at most FRESH_QUEUE_BYTES to be made for nothing). A part's read does not
- * wait for its buffer: the chunks that come first are kept and copied in when it comes
- * (`readOne`), and once all of them have come it no longer counts among the READS_IN_FLIGHT, so
- * that the next reads begin (what is kept stays within AHEAD_BYTES). (Node 20, this 2-core VM,
- * `scripts/bench-npm.mjs --fresh`, a load in a fresh process: 4 x 128 MiB records 2.0x the time
- * of readFileSync without fresh buffers, 1.8x with, 1.6-1.8x with reads that go on meanwhile;
- * 1.1 GB of 4-64 MiB records 2.1x, 1.8x and 1.7x, and 1.6x once the host was kept busy rather
- * than asked at most 256 MiB ahead of the records placed. 252 MB of 1-4 MiB records, batched:
- * 1.95x with its batches arrayBuffer() reads, 1.87x streamed into fresh buffers with their
- * finished reads not counted; streamed with them counted, they were slower than arrayBuffer()
- * once a process's memory is reused.) */
+ * a worker), copying into new memory on the main thread, which costs a page fault per page (on a
+ * VM about as long as reading the file), is avoided; the worker takes those faults meanwhile:
+ * - What goes into such buffers: a Blob's record of BATCH_BYTES or more (read in
+ *   STREAM_PART_BYTES parts whose stream() chunks are copied in), and a batch of FRESH_BATCH_BYTES
+ *   or more (its records views of it), unless all it holds is deflated records (dropped once
+ *   inflated).
+ * - The host makes them one after another, kept busy: up to FRESH_QUEUE_BYTES are asked for and
+ *   not yet made. Those made are storages the load returns, so making them early holds no memory
+ *   it would not hold anyway; a failed load leaves at most FRESH_QUEUE_BYTES made for nothing.
+ * - A part's read does not wait for its buffer: the chunks that come first are kept and copied in
+ *   when it comes (`readOne`). Once all of them have come, the read no longer counts among the
+ *   READS_IN_FLIGHT, so that the next reads begin (what is kept stays within AHEAD_BYTES).
+ * Measured (Node 20, this 2-core VM, `scripts/bench-npm.mjs --fresh`, a load in a fresh process,
+ * against readFileSync):
+ * - 4 x 128 MiB records: 2.0x without fresh buffers, 1.8x with, 1.6-1.8x with reads that go on
+ *   meanwhile;
+ * - 1.1 GB of 4-64 MiB records: 2.1x, 1.8x and 1.7x, and 1.6x once the host was kept busy rather
+ *   than asked at most 256 MiB ahead of the records placed;
+ * - 252 MB of 1-4 MiB records, batched: 1.95x with its batches arrayBuffer() reads, 1.87x
+ *   streamed into fresh buffers with their finished reads not counted (streamed with them
+ *   counted, slower than arrayBuffer() once a process's memory is reused). */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;

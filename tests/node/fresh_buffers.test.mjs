@@ -48,7 +48,7 @@ test("the pages are read from the zero device, opened for each buffer and closed
   const dir = mkdtempSync(join(tmpdir(), "ptload-zeroes-"));
   try {
     const device = join(dir, "zeroes");
-    const bytes = new Uint8Array(20 * MiB + 1);
+    const bytes = new Uint8Array(20 * MiB + 1).fill(5);
     bytes[20 * MiB] = 7;
     bytes[0] = 1;
     writeFileSync(device, bytes);
@@ -72,6 +72,20 @@ test("the pages are read from the zero device, opened for each buffer and closed
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("every page is touched before the buffer is handed over, read from the device or written a byte per page", { timeout: 60_000 }, async () => {
+  // 64 MiB: glibc maps a buffer that big anew (untouched), so the process's resident memory grows
+  // by it only if the worker touched it.
+  for (const zeroes of ["/dev/zero", join(tmpdir(), "ptload-no-such-device")]) {
+    const fresh = freshBuffers({ zeroes });
+    await fresh.make(MiB); // the worker started
+    const before = process.memoryUsage().rss;
+    const buffer = await fresh.make(64 * MiB);
+    const grown = process.memoryUsage().rss - before;
+    assert.ok(grown >= 48 * MiB, `${zeroes}: resident memory grew by ${(grown / MiB).toFixed(1)} MiB, not 64`);
+    assert.equal(buffer.byteLength, 64 * MiB);
   }
 });
 

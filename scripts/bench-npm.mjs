@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Load time of a checkpoint through the built npm package (pkg/) against reading the file.
 //
-// Usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS=7] [--fresh]   (after scripts/build-npm)
+// Usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS=7] [--fresh | --processes N]
+//        (after scripts/build-npm)
 // Env:   PTLOAD_PKG=DIR   measure the package built in DIR instead of pkg/ (before/after)
 // Files: node scripts/make-bench-checkpoints.mjs DIR writes the ones README quotes.
 //
@@ -31,6 +32,12 @@
 // --fresh: every measurement in a process of its own (as a command-line tool loads a checkpoint
 // once), so that it pays for its memory's page faults, its worker's start and its code's
 // compilation, as `read` does for its buffer.
+//
+// --processes N: only `blob` against `read` (issue 14's item 3), in N processes one after
+// another: each times RUNS pairs of them in turns after a pair for warm-up, and gives the median
+// of its pairs' ratios; then the median and range of those N ratios. On the 2-core VM this was
+// written on, one process's ratio for the same build moved from 0.95 to 1.32 between processes,
+// so one process says little about a change.
 import { spawnSync } from "node:child_process";
 import { openAsBlob, readFileSync, statSync } from "node:fs";
 import { availableParallelism } from "node:os";
@@ -40,11 +47,19 @@ import { createRequire } from "node:module";
 
 const args = process.argv.slice(2);
 const fresh = args.includes("--fresh");
-const childIndex = args.indexOf("--child");
-const child = childIndex >= 0 ? args[childIndex + 1] : null;
-const [file, runsArg] = args.filter((a, i) => !a.startsWith("--") && (childIndex < 0 || i !== childIndex + 1));
-if (!file) {
-  console.error("usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS] [--fresh]");
+const pairs = args.includes("--pairs");
+/** The value after option `name`, and its index (-1 when absent). */
+const valueOf = (name) => {
+  const at = args.indexOf(name);
+  return [at >= 0 ? args[at + 1] : null, at];
+};
+const [child, childIndex] = valueOf("--child");
+const [processesArg, processesIndex] = valueOf("--processes");
+const processes = processesArg === null ? 0 : Number(processesArg);
+const [file, runsArg] = args.filter((a, i) => !a.startsWith("--") &&
+  !(childIndex >= 0 && i === childIndex + 1) && !(processesIndex >= 0 && i === processesIndex + 1));
+if (!file || !(Number.isInteger(processes) && processes >= 0)) {
+  console.error("usage: node --expose-gc scripts/bench-npm.mjs FILE [RUNS] [--fresh | --processes N]");
   process.exit(2);
 }
 const runs = Number(runsArg ?? 7);
@@ -132,13 +147,43 @@ if (child) {
   process.exit(0);
 }
 
+/** The JSON a fresh process of this script prints, given `extra` arguments. */
+function inChildWith(extra, what) {
+  const self = fileURLToPath(import.meta.url);
+  const run = spawnSync(process.execPath, ["--expose-gc", self, file, ...extra],
+    { env: process.env, encoding: "utf8", maxBuffer: 1 << 30 });
+  if (run.status !== 0) throw new Error(`${what} in a fresh process failed:\n${run.stderr}`);
+  return JSON.parse(run.stdout);
+}
+
 /** A fresh process's measurement of `name`. */
 function inChild(name) {
-  const self = fileURLToPath(import.meta.url);
-  const run = spawnSync(process.execPath, ["--expose-gc", self, file, "--child", name],
-    { env: process.env, encoding: "utf8", maxBuffer: 1 << 30 });
-  if (run.status !== 0) throw new Error(`${name} in a fresh process failed:\n${run.stderr}`);
-  return JSON.parse(run.stdout);
+  return inChildWith(["--child", name], name);
+}
+
+if (pairs) {
+  // One process of --processes: RUNS pairs of `read` then `blob`, after one for warm-up.
+  const ratios = [];
+  let want = null;
+  for (let i = 0; i < runs + 1; i++) {
+    const read = await measure("read");
+    const blob = await measure("blob");
+    want ??= blob.fingerprint;
+    if (blob.fingerprint !== want) throw new Error("blob: the tensors differ from the first load's");
+    if (i > 0) ratios.push(blob.wall / read.wall);
+  }
+  process.stdout.write(JSON.stringify({ ratio: median(ratios) }));
+  process.exit(0);
+}
+
+if (processes > 0) {
+  const ratios = [];
+  for (let p = 0; p < processes; p++) ratios.push(inChildWith([String(runs), "--pairs"], "--pairs").ratio);
+  const sorted = [...ratios].sort((a, b) => a - b);
+  console.log(`${file}: blob/read in ${processes} processes (each the median of ${runs} pairs, node ${process.version}, ${pkg}):`);
+  console.log(`  ${ratios.map((r) => r.toFixed(2)).join(" ")}`);
+  console.log(`  median ${median(ratios).toFixed(2)}, range ${sorted[0].toFixed(2)}–${sorted[sorted.length - 1].toFixed(2)}`);
+  process.exit(0);
 }
 
 const times = Object.fromEntries(Object.keys(measures).map((name) => [name, []]));

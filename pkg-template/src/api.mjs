@@ -63,9 +63,8 @@ const TAIL_BYTES = 65557 + 22 + 76;
  * a worker), copying into new memory on the main thread, which costs a page fault per page (on a
  * VM about as long as reading the file), is avoided; the worker takes those faults meanwhile:
  * - What goes into such buffers: a Blob's record of BATCH_BYTES or more (read in
- *   STREAM_PART_BYTES parts whose stream() chunks are copied in), and a batch of FRESH_BATCH_BYTES
- *   or more (its records views of it), unless all it holds is deflated records (dropped once
- *   inflated).
+ *   STREAM_PART_BYTES parts whose stream() chunks are copied in). Batches of smaller records are
+ *   arrayBuffer() reads, as without a host's buffers (see the last figure below).
  * - The host makes them one after another, kept busy: up to FRESH_QUEUE_BYTES are asked for and
  *   not yet made. Those made are storages the load returns, so making them early holds no memory
  *   it would not hold anyway; a failed load leaves at most FRESH_QUEUE_BYTES made for nothing.
@@ -79,17 +78,19 @@ const TAIL_BYTES = 65557 + 22 + 76;
  * - 1.1 GB of 4-64 MiB records: 2.1x, 1.8x and 1.7x, and 1.6x once the host was kept busy rather
  *   than asked at most 256 MiB ahead of the records placed;
  * - 252 MB of 1-4 MiB records, batched: 1.95x with its batches arrayBuffer() reads, 1.87x
- *   streamed into fresh buffers with their finished reads not counted (streamed with them
- *   counted, slower than arrayBuffer() once a process's memory is reused). */
+ *   streamed into fresh buffers with their finished reads not counted. But in a process that
+ *   loads again (`bench-npm.mjs --processes 1`, 12 and then 10 processes of each build in turns,
+ *   the median of their ratios), arrayBuffer() reads took 1.03x and 1.17x, fresh buffers 1.29x and
+ *   1.31x. Likely because arrayBuffer() gets memory the process freed, its pages present, and
+ *   spares the worker's round trip and the stream's promise per 64 KiB chunk. In fresh processes
+ *   the fresh buffers were 6-9% faster (2.00x, 1.88x and 1.77x against 2.07x, 2.13x and 1.89x,
+ *   10-12 rounds each). So batches are arrayBuffer() reads. */
 const BATCH_GAP = 4096;
 const BATCH_BYTES = 4 << 20;
 const ONE_READ_BYTES = 16 << 20;
 const PART_BYTES = 4 << 20;
 const STREAM_PART_BYTES = 16 << 20;
 const FRESH_QUEUE_BYTES = 256 << 20;
-/** The least batch read into a fresh buffer: below it, the worker's round trip costs more than
- * the page faults it saves. */
-const FRESH_BATCH_BYTES = 1 << 20;
 const READS_IN_FLIGHT = 6;
 const AHEAD_BYTES = 64 << 20;
 /** Reads made while planning that are kept for placement (the zip tail window, the pickle, a
@@ -886,21 +887,17 @@ async function* recordBytes(source, jobs, progress, signal) {
       reads.push({ offset, length: 0, bytes: held, held: true, records: [[index, 0, length]] });
     } else if (length < BATCH_BYTES) {
       // With its neighbours in the file (torch writes records in the order they are referenced).
+      // One arrayBuffer() read, also where the host makes fresh buffers (see BATCH_GAP).
       const records = [[index, 0, length]];
       let end = offset + length;
-      let dropped = transient;
       for (; k < jobs.length; k++) {
-        const [i, o, l, t = false] = jobs[k];
+        const [i, o, l] = jobs[k];
         if (o < end || o - end > BATCH_GAP || o + l - offset > BATCH_BYTES ||
             source.heldBytes(o, l)) break;
         records.push([i, o - offset, l]);
         end = o + l;
-        dropped &&= t;
       }
-      const size = end - offset;
-      reads.push(source.fresh && !dropped && size >= FRESH_BATCH_BYTES
-        ? { offset, length: size, into: { size, bytes: null }, at: 0, records }
-        : { offset, length: size, records });
+      reads.push({ offset, length: end - offset, records });
     } else if (length < source.partsFrom) {
       reads.push({ offset, length, records: [[index, 0, length]] });
     } else {
